@@ -1,0 +1,78 @@
+/* Internal helpers every module uses: errors, parameter structs, allocation, CPU features. */
+#ifndef MLA_CORE_CORE_H
+#define MLA_CORE_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mla/common.h>
+
+#if defined(__GNUC__)
+#  define MLA_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#  define MLA_INTERNAL __attribute__((visibility("hidden")))
+#else
+#  define MLA_PRINTF(f, a)
+#  define MLA_INTERNAL
+#endif
+
+/* Record a failure for mla_last_error() and return its status, so callers can write
+ * `return mla_fail(MLA_ERR_SHAPE_MISMATCH, "layer %d: wq has %lld rows, expected %lld", ...)`.
+ * The message should say what was wrong and where. */
+MLA_INTERNAL mla_status mla_fail(mla_status status, const char *fmt, ...) MLA_PRINTF(2, 3);
+
+/* Prefix the current thread's last error with context ("layer 3: ") and return status. */
+MLA_INTERNAL mla_status mla_fail_context(mla_status status, const char *fmt, ...) MLA_PRINTF(2, 3);
+
+/*
+ * Params structs start with size_t struct_size. mla_params_read copies the caller's struct into a
+ * full-size internal copy that already holds defaults: only the bytes the caller's struct_size
+ * covers are taken, so a caller built against an older, shorter struct keeps the new defaults.
+ * A larger struct_size (a caller built against a newer header) is accepted: the extra fields are
+ * ignored. Fails with INVALID_ARGUMENT, naming `what`, for NULL or struct_size < sizeof(size_t).
+ */
+MLA_INTERNAL mla_status mla_params_read(void *full, size_t full_size, const void *caller,
+                                        const char *what);
+
+/* The counterpart for *_default_params and getters: copy min(struct_size, full_size) bytes of
+ * full into the caller's struct and set its struct_size. */
+MLA_INTERNAL mla_status mla_params_write(void *caller, size_t struct_size, const void *full,
+                                         size_t full_size, const char *what);
+
+/* 64-byte aligned allocation; free with mla_free. NULL on failure (no error recorded). */
+MLA_INTERNAL void *mla_alloc(size_t size);
+MLA_INTERNAL void *mla_calloc(size_t count, size_t size);
+MLA_INTERNAL void mla_free(void *p);
+
+/* a·b without overflow: returns 1 and stores the product, or 0 on overflow. */
+MLA_INTERNAL int mla_mul_size(size_t a, size_t b, size_t *out);
+
+/* CPU features detected once at first use (x86 cpuid + xgetbv; all false elsewhere). */
+typedef struct mla_cpu_features {
+    int avx2;
+    int fma;
+    int f16c;
+    int avx512f;
+    int avx512bw;
+    int avx512vl;
+    int avx512_bf16;
+    int avx512_vnni;
+} mla_cpu_features;
+
+MLA_INTERNAL const mla_cpu_features *mla_cpu(void);
+
+/* Number of online CPUs, at least 1. */
+MLA_INTERNAL int mla_cpu_count(void);
+
+/* Half-precision conversions (portable, round-to-nearest-even). */
+MLA_INTERNAL float mla_f16_to_f32(uint16_t h);
+MLA_INTERNAL uint16_t mla_f32_to_f16(float f);
+MLA_INTERNAL float mla_bf16_to_f32(uint16_t h);
+MLA_INTERNAL uint16_t mla_f32_to_bf16(float f);
+
+/* Convert n elements of src (F32, F16, BF16, F64) to float32. */
+MLA_INTERNAL void mla_to_f32(float *dst, const void *src, mla_dtype dtype, size_t n);
+
+/* Wall clock in seconds (monotonic). */
+MLA_INTERNAL double mla_now(void);
+
+#endif /* MLA_CORE_CORE_H */
