@@ -1,8 +1,18 @@
 /* mla: libmla's command line. Each subcommand is one function; `mla help` lists them. */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <mla/mla.h>
+
+#include "tool.h"
+
+double tool_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int cmd_info(int argc, char **argv)
 {
@@ -21,6 +31,7 @@ static const struct command {
     const char *summary;
 } commands[] = {
     {"info", cmd_info, "version, BLAS/LAPACK in use, CPU features detected"},
+    {"demo", tool_demo, "convert a random SmolLM-135M-shaped layer and run it with its cache"},
     {"help", cmd_help, "this list"},
 };
 
