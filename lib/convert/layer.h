@@ -42,7 +42,8 @@ struct mla_layer {
     float *bkr;                     /* n_kv·r or NULL */
 
     /* Down projection: latent = wdkv · x. Joint: R × d. Split: 2R × d = [W_dk; W_dv].
-     * MHA: W_v (n_kv·d_h × d), so the "latent" is the values themselves. */
+     * MHA: W_v (n_kv·d_h × d), so the "latent" is the values themselves (without b_v, which is
+     * in buv as for MLA: the latent never carries a bias). MHA keeps b_k in bkr, b_q in bq. */
     float *wdkv;
 
     /* Up projections. Joint: wuk is n_kv·n × R and wuv is n_kv·d_h × R, both acting on the whole

@@ -1,0 +1,238 @@
+/* The mla_layer handle: derived fields, the tensor table, getters and destruction. */
+#include <math.h>
+#include <string.h>
+
+#include <mla/cache.h>
+#include <mla/convert.h>
+
+#include "convert/internal.h"
+
+struct mla_layer *mla__layer_alloc(const mla_geometry *g)
+{
+    struct mla_layer *l = mla_calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->geom = *g;
+    l->geom.struct_size = sizeof l->geom;
+    l->report.struct_size = sizeof l->report;
+    l->report.kept_energy = NAN;
+    l->report.k_nope_rel_error = NAN;
+    l->report.v_rel_error = NAN;
+    l->report.k_nope_act_rel_error = NAN;
+    l->report.v_act_rel_error = NAN;
+    l->report.seconds = NAN;
+    l->rope_position_scale = 1.0;
+    return l;
+}
+
+static void add_tensor(struct mla_layer *l, const char *name, mla_dtype dtype, int ndim,
+                       int64_t d0, int64_t d1, const void *data)
+{
+    mla_tensor *t = &l->tensors[l->n_tensors++];
+    t->name = name;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim > 1 ? d1 : 1;
+    t->shape[2] = 1;
+    t->shape[3] = 1;
+    t->data = data;
+}
+
+static void fill_table(struct mla_layer *l)
+{
+    const mla_geometry *g = &l->geom;
+    const int64_t d = g->d_model, qr = (int64_t)g->n_heads * g->head_dim;
+    const int64_t kv = (int64_t)g->n_kv_heads * g->head_dim;
+    const int64_t r = l->rope_dim, n = g->head_dim - l->rope_dim;
+    const int64_t R = (int64_t)l->d_kv * g->n_kv_heads;
+    l->n_tensors = 0;
+    if (l->kind == MLA_LAYER_MHA) {
+        add_tensor(l, "q_proj.weight", MLA_DTYPE_F32, 2, qr, d, l->wq);
+        if (l->bq)
+            add_tensor(l, "q_proj.bias", MLA_DTYPE_F32, 1, qr, 1, l->bq);
+        add_tensor(l, "k_proj.weight", MLA_DTYPE_F32, 2, kv, d, l->wkr);
+        if (l->bkr)
+            add_tensor(l, "k_proj.bias", MLA_DTYPE_F32, 1, kv, 1, l->bkr);
+        add_tensor(l, "v_proj.weight", MLA_DTYPE_F32, 2, kv, d, l->wdkv);
+        if (l->buv)
+            add_tensor(l, "v_proj.bias", MLA_DTYPE_F32, 1, kv, 1, l->buv);
+        add_tensor(l, "o_proj.weight", MLA_DTYPE_F32, 2, d, qr, l->wo);
+        return;
+    }
+    add_tensor(l, "q_proj.weight", MLA_DTYPE_F32, 2, qr, d, l->wq);
+    if (l->bq)
+        add_tensor(l, "q_proj.bias", MLA_DTYPE_F32, 1, qr, 1, l->bq);
+    add_tensor(l, "k_r_proj.weight", MLA_DTYPE_F32, 2, g->n_kv_heads * r, d, l->wkr);
+    if (l->bkr)
+        add_tensor(l, "k_r_proj.bias", MLA_DTYPE_F32, 1, g->n_kv_heads * r, 1, l->bkr);
+    if (l->factorization == MLA_FACTOR_SPLIT) {
+        add_tensor(l, "kv_proj.down_k.weight", MLA_DTYPE_F32, 2, R, d, l->wdkv);
+        add_tensor(l, "kv_proj.down_v.weight", MLA_DTYPE_F32, 2, R, d, l->wdkv + R * d);
+    } else {
+        add_tensor(l, "kv_proj.down_kv.weight", MLA_DTYPE_F32, 2, R, d, l->wdkv);
+    }
+    add_tensor(l, "kv_proj.up_k.weight", MLA_DTYPE_F32, 2, g->n_kv_heads * n, R, l->wuk);
+    if (l->buk)
+        add_tensor(l, "kv_proj.up_k.bias", MLA_DTYPE_F32, 1, g->n_kv_heads * n, 1, l->buk);
+    add_tensor(l, "kv_proj.up_v.weight", MLA_DTYPE_F32, 2, kv, R, l->wuv);
+    if (l->buv)
+        add_tensor(l, "kv_proj.up_v.bias", MLA_DTYPE_F32, 1, kv, 1, l->buv);
+    add_tensor(l, "o_proj.weight", MLA_DTYPE_F32, 2, d, qr, l->wo);
+    add_tensor(l, "rope_dims", MLA_DTYPE_I32, 2, g->n_kv_heads, r, l->rope_dims);
+}
+
+mla_status mla__layer_finish(struct mla_layer *l)
+{
+    const mla_geometry *g = &l->geom;
+    const size_t n_kv = (size_t)g->n_kv_heads, d_h = (size_t)g->head_dim;
+    const size_t r = (size_t)l->rope_dim, n = d_h - r;
+
+    l->rope_position_scale =
+        g->rope_scaling == MLA_ROPE_SCALING_LINEAR ? 1.0 / g->rope_scaling_factor : 1.0;
+
+    mla_free(l->rope_freqs);
+    l->rope_freqs = NULL;
+    if (r > 0) {
+        l->rope_freqs = mla_alloc(n_kv * (r / 2) * sizeof(float));
+        if (!l->rope_freqs)
+            return mla_fail(MLA_ERR_OUT_OF_MEMORY, "rope frequencies of %zu heads", n_kv);
+        /* The original frequency of each kept pair: θ_i = theta^(−2i/d_h), never renumbered. */
+        for (size_t j = 0; j < n_kv; j++)
+            for (size_t k = 0; k < r / 2; k++) {
+                double i = (double)l->rope_dims[j * r + k];
+                l->rope_freqs[j * (r / 2) + k] =
+                    (float)pow(g->rope_theta, -2.0 * i / (double)d_h);
+            }
+    }
+
+    mla_free(l->wuk_t);
+    l->wuk_t = NULL;
+    if (l->kind == MLA_LAYER_MLA && n > 0 && l->wuk) {
+        const size_t R = (size_t)l->d_kv * n_kv;
+        l->wuk_t = mla_alloc(n_kv * R * n * sizeof(float));
+        if (!l->wuk_t)
+            return mla_fail(MLA_ERR_OUT_OF_MEMORY, "absorbed W_uk (%zu × %zu × %zu)", n_kv, R, n);
+        for (size_t j = 0; j < n_kv; j++) {
+            const float *src = l->wuk + j * n * R; /* n × R */
+            float *dst = l->wuk_t + j * R * n;     /* R × n */
+            for (size_t b = 0; b < n; b++)
+                for (size_t a = 0; a < R; a++)
+                    dst[a * n + b] = src[b * R + a];
+        }
+    }
+    fill_table(l);
+    return MLA_OK;
+}
+
+MLA_API void mla_layer_destroy(mla_layer *l)
+{
+    if (!l)
+        return;
+    mla_free(l->rope_dims);
+    mla_free(l->rope_freqs);
+    mla_free(l->wq);
+    mla_free(l->bq);
+    mla_free(l->wkr);
+    mla_free(l->bkr);
+    mla_free(l->wdkv);
+    mla_free(l->wuk);
+    mla_free(l->buk);
+    mla_free(l->wuv);
+    mla_free(l->buv);
+    mla_free(l->wo);
+    mla_free(l->wuk_t);
+    mla_free(l);
+}
+
+MLA_API mla_status mla_layer_get_info(const mla_layer *l, mla_layer_info *info,
+                                      size_t struct_size)
+{
+    if (!l)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
+    mla_layer_info f;
+    memset(&f, 0, sizeof f);
+    f.struct_size = sizeof f;
+    f.kind = l->kind;
+    f.geometry = l->geom;
+    f.factorization = l->factorization;
+    f.rope_strategy = l->rope_strategy;
+    f.rope_dim = l->rope_dim;
+    f.d_kv = l->d_kv;
+    f.latent_dim = l->latent_dim;
+    f.rope_width = l->geom.n_kv_heads * l->rope_dim;
+    f.n_tensors = l->n_tensors;
+    return mla_params_write(info, struct_size, &f, sizeof f, "info");
+}
+
+MLA_API mla_status mla_layer_rope_dims(const mla_layer *l, int32_t kv_head, int32_t *dims)
+{
+    if (!l)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
+    if (kv_head < 0 || kv_head >= l->geom.n_kv_heads)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "kv_head is %d, the layer has %d KV heads",
+                        (int)kv_head, (int)l->geom.n_kv_heads);
+    if (!dims)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "dims is NULL");
+    if (l->rope_dim > 0)
+        memcpy(dims, l->rope_dims + (size_t)kv_head * (size_t)l->rope_dim,
+               (size_t)l->rope_dim * sizeof *dims);
+    return MLA_OK;
+}
+
+MLA_API mla_status mla_layer_tensor(const mla_layer *l, int32_t index, mla_tensor *out)
+{
+    if (!l)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
+    if (!out)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "out is NULL");
+    if (index < 0 || index >= l->n_tensors)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "tensor index %d out of range [0, %d)",
+                        (int)index, (int)l->n_tensors);
+    *out = l->tensors[index];
+    return MLA_OK;
+}
+
+MLA_API mla_status mla_layer_tensor_by_name(const mla_layer *l, const char *name,
+                                            mla_tensor *out)
+{
+    if (!l)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
+    if (!name)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "name is NULL");
+    if (!out)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "out is NULL");
+    for (int32_t i = 0; i < l->n_tensors; i++) {
+        if (strcmp(l->tensors[i].name, name) == 0) {
+            *out = l->tensors[i];
+            return MLA_OK;
+        }
+    }
+    return mla_fail(MLA_ERR_INVALID_ARGUMENT, "the layer has no tensor named \"%s\"", name);
+}
+
+MLA_API mla_status mla_layer_get_report(const mla_layer *l, mla_convert_report *report,
+                                        size_t struct_size)
+{
+    if (!l)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
+    return mla_params_write(report, struct_size, &l->report, sizeof l->report, "report");
+}
+
+MLA_API mla_status mla_layer_cache_desc(const struct mla_layer *l, mla_cache_layer_desc *desc)
+{
+    if (!l)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
+    if (!desc)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "desc is NULL");
+    mla_cache_layer_desc c;
+    memset(&c, 0, sizeof c);
+    c.latent_dim = l->latent_dim;
+    c.rope_heads = l->rope_dim > 0 ? l->geom.n_kv_heads : 0;
+    c.rope_dim = l->rope_dim;
+    c.rope_freqs = l->rope_freqs;
+    c.rope_position_scale = l->rope_position_scale;
+    c.mha_kv_dim = l->geom.n_kv_heads * l->geom.head_dim;
+    *desc = c;
+    return MLA_OK;
+}

@@ -1,0 +1,188 @@
+/*
+ * The tensor table: mla_layer_from_tensors rebuilds an identical layer from what
+ * mla_layer_tensor exports (joint, split, MHA, with and without biases, from f16 copies too);
+ * bad checkpoints are refused by name. Also the internal absorbed form W_uk^{(j)ᵀ}, and f16/bf16
+ * source weights converting like their float32 values.
+ */
+#include <math.h>
+
+#include "convert/layer.h"
+#include "core/core.h"
+#include "util.h"
+
+/* Every tensor of a equals b's tensor of the same name, bit for bit, and the counts agree. */
+static int same_layer(const mla_layer *a, const mla_layer *b)
+{
+    mla_layer_info ia, ib;
+    mla_layer_get_info(a, &ia, sizeof ia);
+    mla_layer_get_info(b, &ib, sizeof ib);
+    if (ia.n_tensors != ib.n_tensors || ia.kind != ib.kind || ia.latent_dim != ib.latent_dim ||
+        ia.rope_dim != ib.rope_dim || ia.factorization != ib.factorization)
+        return 0;
+    for (int i = 0; i < ia.n_tensors; i++) {
+        mla_tensor ta, tb;
+        mla_layer_tensor(a, i, &ta);
+        if (mla_layer_tensor_by_name(b, ta.name, &tb) != MLA_OK || ta.dtype != tb.dtype ||
+            ta.ndim != tb.ndim || memcmp(ta.shape, tb.shape, sizeof ta.shape) != 0)
+            return 0;
+        size_t n = (size_t)(ta.shape[0] * ta.shape[1]) * 4;
+        if (n && memcmp(ta.data, tb.data, n) != 0)
+            return 0;
+    }
+    const struct mla_layer *la = a, *lb = b;
+    size_t nf = (size_t)la->geom.n_kv_heads * (size_t)(la->rope_dim / 2);
+    return nf == 0 || memcmp(la->rope_freqs, lb->rope_freqs, nf * sizeof(float)) == 0;
+}
+
+static mla_status rebuild(const mla_layer *l, const mla_geometry *g, mla_layer **out)
+{
+    mla_layer_info info;
+    mla_layer_get_info(l, &info, sizeof info);
+    mla_tensor t[16];
+    for (int i = 0; i < info.n_tensors; i++)
+        mla_layer_tensor(l, i, &t[i]);
+    return mla_layer_from_tensors(g, info.rope_dim, info.d_kv, t, info.n_tensors, out);
+}
+
+static void round_trip(const char *what, int bias, mla_factorization f, int r, int mha)
+{
+    src_layer s;
+    src_init(&s, 64, 6, 2, 16, bias, 555 + (unsigned)r);
+    mla_convert_params p;
+    mla_convert_default_params(&p, sizeof p);
+    p.rope_dim = r;
+    p.d_kv = 3;
+    p.factorization = f;
+    p.rope_strategy = MLA_ROPE_UNIFORM;
+    p.uniform_start = r == 16 ? 0 : 1;
+    mla_layer *l = NULL, *l2 = NULL;
+    mla_status st = mha ? mla_layer_from_mha(&s.g, &s.w, &l)
+                        : mla_layer_convert(&s.g, &s.w, NULL, &p, &l);
+    CHECK(st == MLA_OK, "%s: make layer: %s", what, mla_last_error());
+    if (st == MLA_OK) {
+        st = rebuild(l, &s.g, &l2);
+        CHECK(st == MLA_OK && same_layer(l, l2), "%s: exported tensors rebuild the same layer (%s)",
+              what, mla_last_error());
+        if (!mha && st == MLA_OK) {
+            /* Absorbed form: wuk_t[j] is the transpose of W_uk's rows of KV head j. */
+            const struct mla_layer *in = l2;
+            size_t n = (size_t)(16 - r), R = 6, ok = 1;
+            for (size_t j = 0; j < 2 && n > 0; j++)
+                for (size_t a = 0; a < R; a++)
+                    for (size_t b = 0; b < n; b++)
+                        ok &= in->wuk_t[j * R * n + a * n + b] == in->wuk[(j * n + b) * R + a];
+            CHECK(ok && (n > 0) == (in->wuk_t != NULL), "%s: wuk_t is W_uk^(j)ᵀ per KV head",
+                  what);
+        }
+    }
+    mla_layer_destroy(l2);
+    mla_layer_destroy(l);
+    src_free(&s);
+}
+
+static void bad_checkpoints(void)
+{
+    src_layer s;
+    src_init(&s, 64, 6, 2, 16, 0, 9);
+    mla_convert_params p;
+    mla_convert_default_params(&p, sizeof p);
+    p.rope_dim = 4;
+    p.d_kv = 3;
+    mla_layer *l = NULL, *out = NULL;
+    mla_layer_convert(&s.g, &s.w, NULL, &p, &l);
+    mla_tensor t[16];
+    mla_layer_info info;
+    mla_layer_get_info(l, &info, sizeof info);
+    int n = info.n_tensors;
+    for (int i = 0; i < n; i++)
+        mla_layer_tensor(l, i, &t[i]);
+    int ir = -1, iu = -1;
+    for (int i = 0; i < n; i++) {
+        if (strcmp(t[i].name, "rope_dims") == 0)
+            ir = i;
+        if (strcmp(t[i].name, "kv_proj.up_k.weight") == 0)
+            iu = i;
+    }
+
+    mla_tensor bad[16];
+    memcpy(bad, t, sizeof bad);
+    bad[iu].shape[1] = 5;
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_SHAPE_MISMATCH &&
+              strstr(mla_last_error(), "kv_proj.up_k.weight") && !out,
+          "wrong shape: %s", mla_last_error());
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, t, n - 1, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "missing tensor rope_dims") && !out,
+          "missing rope_dims: %s", mla_last_error());
+    memcpy(bad, t, sizeof bad);
+    bad[0].name = "q_proj.weights";
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "q_proj.weights") && !out,
+          "unknown name: %s", mla_last_error());
+    int32_t dims[2 * 4] = {0, 1, 8, 9, 0, 0, 8, 8};
+    memcpy(bad, t, sizeof bad);
+    bad[ir].data = dims;
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "rope_dims, KV head 1") && !out,
+          "invalid rope dims: %s", mla_last_error());
+    CHECK(mla_layer_from_tensors(&s.g, 4, 4, t, n, &out) == MLA_ERR_SHAPE_MISMATCH && !out,
+          "d_kv disagreeing with the tensors: %s", mla_last_error());
+    float *nan_copy = malloc(sizeof(float) * 64 * 96);
+    memcpy(nan_copy, t[0].data, sizeof(float) * 64 * 96);
+    nan_copy[100] = NAN;
+    memcpy(bad, t, sizeof bad);
+    bad[0].data = nan_copy;
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_NUMERICAL &&
+              strstr(mla_last_error(), "q_proj.weight[1][36]") && !out,
+          "NaN: %s", mla_last_error());
+    free(nan_copy);
+    mla_layer_destroy(l);
+    src_free(&s);
+}
+
+/* f16 and bf16 sources convert exactly like float32 sources holding the same values. */
+static void half_inputs(void)
+{
+    src_layer s;
+    src_init(&s, 64, 6, 2, 16, 1, 4711);
+    float *all[7] = {s.wq, s.wk, s.wv, s.wo, s.bq, s.bk, s.bv};
+    size_t len[7] = {96 * 64, 32 * 64, 32 * 64, 64 * 96, 96, 32, 32};
+    for (int dt = 0; dt < 2; dt++) {
+        uint16_t *h[7];
+        for (int i = 0; i < 7; i++) {
+            h[i] = malloc(2 * len[i]);
+            for (size_t k = 0; k < len[i]; k++) {
+                h[i][k] = dt ? mla_f32_to_bf16(all[i][k]) : mla_f32_to_f16(all[i][k]);
+                all[i][k] = dt ? mla_bf16_to_f32(h[i][k]) : mla_f16_to_f32(h[i][k]);
+            }
+        }
+        mla_layer_weights w = s.w;
+        w.dtype = dt ? MLA_DTYPE_BF16 : MLA_DTYPE_F16;
+        w.wq = h[0], w.wk = h[1], w.wv = h[2], w.wo = h[3], w.bq = h[4], w.bk = h[5], w.bv = h[6];
+        mla_convert_params p;
+        mla_convert_default_params(&p, sizeof p);
+        p.rope_dim = 4;
+        p.d_kv = 3;
+        mla_layer *a = NULL, *b = NULL;
+        CHECK(mla_layer_convert(&s.g, &w, NULL, &p, &a) == MLA_OK &&
+                  mla_layer_convert(&s.g, &s.w, NULL, &p, &b) == MLA_OK && same_layer(a, b),
+              "%s weights give the layer of their float32 values", dt ? "bf16" : "f16");
+        mla_layer_destroy(a);
+        mla_layer_destroy(b);
+        for (int i = 0; i < 7; i++)
+            free(h[i]);
+    }
+    src_free(&s);
+}
+
+int main(void)
+{
+    round_trip("joint, biases", 1, MLA_FACTOR_JOINT, 4, 0);
+    round_trip("joint, no biases, r = 0", 0, MLA_FACTOR_JOINT, 0, 0);
+    round_trip("joint, r = d_h (no up_k rows)", 1, MLA_FACTOR_JOINT, 16, 0);
+    round_trip("split, biases", 1, MLA_FACTOR_SPLIT, 8, 0);
+    round_trip("MHA, biases", 1, MLA_FACTOR_JOINT, 16, 1);
+    round_trip("MHA, no biases", 0, MLA_FACTOR_JOINT, 16, 1);
+    bad_checkpoints();
+    half_inputs();
+    return tap_done();
+}
