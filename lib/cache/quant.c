@@ -1,0 +1,151 @@
+/*
+ * Row storage: float32 in, the cache's types out (f32, f16, bf16, i8 and i4 with per-group
+ * scales), and back (the portable kernel of mla__cache_span_to_f32, the oracle of the others).
+ *
+ * Quantization is symmetric per group of quant_group values: scale = max|x| / 127 (i8) or / 7
+ * (i4), q = round(x / scale), stored value q·scale. The ratio is taken in double, so q is the
+ * nearest integer to x/scale and |x − q·scale| ≤ scale/2 up to the rounding of the product.
+ * i4 uses [−7, 7] (symmetric); −8 is still decoded should a snapshot hold it.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cache/internal.h"
+
+int64_t mla__cache_check_values(const float *x, int64_t n, mla_dtype dtype)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (!isfinite(v))
+            return i;
+        /* f16 rounds |x| ≥ 65520 to infinity; bf16 overflows only next to FLT_MAX */
+        if (dtype == MLA_DTYPE_F16 && fabsf(v) >= 65520.0f)
+            return i;
+        if (dtype == MLA_DTYPE_BF16 && !isfinite(mla_bf16_to_f32(mla_f32_to_bf16(v))))
+            return i;
+    }
+    return -1;
+}
+
+static int qround(float x, float scale, int qmax)
+{
+    long v = scale > 0 ? lrint((double)x / (double)scale) : 0;
+    return v > qmax ? qmax : v < -qmax ? -qmax : (int)v;
+}
+
+/* Scales of a row: max|x| / qmax per group. */
+static void group_scales(const float *x, int32_t n, int32_t group, int qmax, float *scales)
+{
+    for (int32_t g = 0; g < n / group; g++) {
+        float amax = 0;
+        for (int32_t i = 0; i < group; i++)
+            if (fabsf(x[(size_t)g * (size_t)group + (size_t)i]) > amax)
+                amax = fabsf(x[(size_t)g * (size_t)group + (size_t)i]);
+        scales[g] = amax / (float)qmax;
+    }
+}
+
+void mla__cache_encode_latent(const mla_cache_layer_format *f, const float *x, void *row,
+                              float *scales)
+{
+    const int32_t d = f->latent_dim;
+    switch (f->latent_dtype) {
+    case MLA_DTYPE_F32:
+    case MLA_DTYPE_F16:
+    case MLA_DTYPE_BF16:
+        mla__cache_encode_rope(f->latent_dtype, x, d, row);
+        break;
+    case MLA_DTYPE_I8: {
+        int8_t *q = row;
+        group_scales(x, d, f->quant_group, 127, scales);
+        for (int32_t i = 0; i < d; i++)
+            q[i] = (int8_t)qround(x[i], scales[i / f->quant_group], 127);
+        break;
+    }
+    case MLA_DTYPE_I4: {
+        /* groups have even size, so a byte never straddles two scales */
+        unsigned char *q = row;
+        group_scales(x, d, f->quant_group, 7, scales);
+        for (int32_t i = 0; i < d; i += 2) {
+            float sc = scales[i / f->quant_group];
+            unsigned lo = (unsigned)qround(x[i], sc, 7) & 0xf;
+            unsigned hi = (unsigned)qround(x[i + 1], sc, 7) & 0xf;
+            q[i / 2] = (unsigned char)(lo | hi << 4);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+void mla__cache_encode_rope(mla_dtype dtype, const float *x, int32_t n, void *row)
+{
+    switch (dtype) {
+    case MLA_DTYPE_F32:
+        memcpy(row, x, (size_t)n * sizeof(float));
+        break;
+    case MLA_DTYPE_F16:
+        for (int32_t i = 0; i < n; i++)
+            ((uint16_t *)row)[i] = mla_f32_to_f16(x[i]);
+        break;
+    case MLA_DTYPE_BF16:
+        for (int32_t i = 0; i < n; i++)
+            ((uint16_t *)row)[i] = mla_f32_to_bf16(x[i]);
+        break;
+    default:
+        break;
+    }
+}
+
+static void decode_latent(const mla_cache_layer_format *f, const void *row, const float *scales,
+                          float *y)
+{
+    const int32_t d = f->latent_dim;
+    switch (f->latent_dtype) {
+    case MLA_DTYPE_I8: {
+        const int8_t *q = row;
+        for (int32_t i = 0; i < d; i++)
+            y[i] = (float)q[i] * scales[i / f->quant_group];
+        break;
+    }
+    case MLA_DTYPE_I4: {
+        const unsigned char *q = row;
+        for (int32_t i = 0; i < d; i++) {
+            int v = (q[i / 2] >> (4 * (i % 2))) & 0xf;
+            v = v >= 8 ? v - 16 : v;
+            y[i] = (float)v * scales[i / f->quant_group];
+        }
+        break;
+    }
+    default:
+        mla_to_f32(y, row, f->latent_dtype, (size_t)d);
+        break;
+    }
+}
+
+void mla__cache_span_to_f32_c(const mla_cache_layer_format *fmt, const mla_cache_span *span,
+                              int64_t first, int64_t n, float *latent, float *rope)
+{
+    const size_t d = (size_t)fmt->latent_dim, r = (size_t)fmt->rope_width;
+    const size_t ng = fmt->quant_group > 0 ? d / (size_t)fmt->quant_group : 0;
+    for (int64_t t = 0; t < n; t++) {
+        size_t row = (size_t)(first + t);
+        if (latent)
+            decode_latent(fmt, (const char *)span->latent + row * span->latent_row_bytes,
+                          span->latent_scale ? span->latent_scale + row * ng : NULL,
+                          latent + (size_t)t * d);
+        if (rope && r)
+            mla_to_f32(rope + (size_t)t * r, (const char *)span->rope + row * span->rope_row_bytes,
+                       fmt->rope_dtype, r);
+    }
+}
+
+void mla__cache_span_to_f32(const mla_cache_layer_format *fmt, const mla_cache_span *span,
+                            int64_t first, int64_t n, float *latent, float *rope)
+{
+    if (mla__cache_have_avx512())
+        mla__cache_span_to_f32_avx512(fmt, span, first, n, latent, rope);
+    else
+        mla__cache_span_to_f32_c(fmt, span, first, n, latent, rope);
+}

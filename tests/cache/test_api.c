@@ -1,0 +1,308 @@
+/*
+ * The cache's API contract: parameter checking with messages naming the field, out-pointers
+ * untouched on failure, destroy(NULL), capacity in tokens and bytes, reserved slots reading as
+ * zeros, write rules (fill reserved slots, append after the last), sharing without copying and
+ * copy-on-write with its accounting, and concurrent writers on distinct sequences (that share
+ * blocks) agreeing with a sequential run.
+ */
+#include <pthread.h>
+#include <string.h>
+
+#include <mla/mla.h>
+
+#include "cache/internal.h"
+#include "../tap.h"
+
+static const float freqs[2] = {1.0f, 0.01f};
+
+static mla_cache_layer_desc layer(int latent, int heads, int dim)
+{
+    mla_cache_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.latent_dim = latent;
+    d.rope_heads = heads;
+    d.rope_dim = dim;
+    d.rope_freqs = freqs;
+    d.mha_kv_dim = 64;
+    return d;
+}
+
+static mla_cache_params params(const mla_cache_layer_desc *l, int n)
+{
+    mla_cache_params p;
+    mla_cache_default_params(&p, sizeof p);
+    p.n_layers = n;
+    p.layers = l;
+    p.latent_dtype = MLA_DTYPE_F32;
+    p.rope_dtype = MLA_DTYPE_F32;
+    p.block_tokens = 4;
+    p.capacity_tokens = 64;
+    p.n_seq_max = 8;
+    return p;
+}
+
+static void bad_params(void)
+{
+    mla_cache_layer_desc L[1] = {layer(16, 1, 4)};
+    mla_cache *sentinel = (mla_cache *)&L, *c = sentinel;
+    struct { const char *field; mla_cache_params p; } cases[16];
+    int n = 0;
+    mla_cache_params p = params(L, 1);
+#define CASE(name, stmt) do { cases[n].field = name; cases[n].p = p; { mla_cache_params *q = \
+        &cases[n].p; stmt; } n++; } while (0)
+    CASE("n_layers", q->n_layers = 0);
+    CASE("layers", q->layers = NULL);
+    CASE("latent_dtype", q->latent_dtype = MLA_DTYPE_I32);
+    CASE("rope_dtype", q->rope_dtype = MLA_DTYPE_I8);
+    CASE("quant_group", (q->latent_dtype = MLA_DTYPE_I8, q->quant_group = 0));
+    CASE("multiple of quant_group", (q->latent_dtype = MLA_DTYPE_I8, q->quant_group = 5));
+    CASE("even for i4", (q->latent_dtype = MLA_DTYPE_I4, q->quant_group = 1));
+    CASE("block_tokens", q->block_tokens = 0);
+    CASE("n_seq_max", q->n_seq_max = 0);
+    CASE("capacity_tokens", (q->capacity_tokens = 0, q->capacity_bytes = 0));
+    CASE("capacity_bytes", (q->capacity_tokens = 0, q->capacity_bytes = 10));
+    CASE("struct_size", q->struct_size = 3);
+    for (int i = 0; i < n; i++) {
+        mla_status st = mla_cache_create(&cases[i].p, &c);
+        CHECK(st == MLA_ERR_INVALID_ARGUMENT && c == sentinel &&
+              strstr(mla_last_error(), cases[i].field),
+              "bad %s refused, out untouched: %s", cases[i].field, mla_last_error());
+    }
+    mla_cache_layer_desc bad[5] = {layer(0, 1, 4), layer(16, 1, 3), layer(16, 0, 4),
+                                   layer(16, 1, 4), layer(16, 1, 4)};
+    bad[3].rope_freqs = NULL;
+    bad[4].rope_position_scale = -1;
+    const char *what[5] = {"latent_dim", "rope_dim", "rope_heads", "rope_freqs",
+                           "rope_position_scale"};
+    for (int i = 0; i < 5; i++) {
+        mla_cache_layer_desc two[2] = {layer(16, 1, 4), bad[i]};
+        mla_cache_params q = params(two, 2);
+        mla_status st = mla_cache_create(&q, &c);
+        CHECK(st == MLA_ERR_INVALID_ARGUMENT && c == sentinel &&
+              strstr(mla_last_error(), "layer 1") && strstr(mla_last_error(), what[i]),
+              "bad %s of layer 1 refused: %s", what[i], mla_last_error());
+    }
+    CHECK(mla_cache_create(NULL, &c) == MLA_ERR_INVALID_ARGUMENT, "NULL params refused");
+    CHECK(mla_cache_create(&p, NULL) == MLA_ERR_INVALID_ARGUMENT, "NULL out refused");
+    mla_cache_destroy(NULL);
+    CHECK(1, "mla_cache_destroy(NULL) is a no-op");
+}
+
+static void capacity(void)
+{
+    mla_cache_layer_desc L[1] = {layer(16, 1, 4)};
+    mla_cache_params p = params(L, 1);
+    mla_cache *c = NULL;
+    mla_cache_stats st;
+    p.capacity_tokens = 10; /* rounded up to 3 blocks of 4 */
+    mla_cache_create(&p, &c);
+    mla_cache_get_stats(c, &st, sizeof st);
+    CHECK(st.blocks_total == 3 && st.capacity_tokens == 12 && st.blocks_free == 3,
+          "capacity_tokens 10 -> 3 blocks of 4 tokens");
+    CHECK(st.bytes_per_token == 16 * 4 + 4 * 4 && st.block_bytes >= 4 * (80 + 8) &&
+          st.block_bytes % 64 == 0, "bytes per token %lld, block %lld bytes",
+          (long long)st.bytes_per_token, (long long)st.block_bytes);
+    int64_t block_bytes = st.block_bytes;
+    mla_cache_destroy(c);
+    p.capacity_tokens = 0;
+    p.capacity_bytes = 5 * block_bytes - 1; /* rounded down to 4 blocks */
+    mla_cache_create(&p, &c);
+    mla_cache_get_stats(c, &st, sizeof st);
+    CHECK(st.blocks_total == 4, "capacity_bytes 5 blocks − 1 byte -> 4 blocks");
+
+    float lat[16 * 20], rope[4 * 20];
+    for (int i = 0; i < 16 * 20; i++)
+        lat[i] = (float)i;
+    for (int i = 0; i < 4 * 20; i++)
+        rope[i] = (float)-i;
+    CHECK(mla_cache_write(c, 0, 0, 0, 17, lat, rope) == MLA_ERR_CAPACITY,
+          "17 tokens in 16 slots: CAPACITY (%s)", mla_last_error());
+    int64_t len = -1;
+    mla_cache_seq_length(c, 0, &len);
+    mla_cache_get_stats(c, &st, sizeof st);
+    CHECK(len == 0 && st.blocks_free == 4, "nothing reserved by the failed write");
+    CHECK(mla_cache_write(c, 0, 0, 0, 16, lat, rope) == MLA_OK, "16 tokens fit");
+    CHECK(mla_cache_reserve(c, 1, 0, 1) == MLA_ERR_CAPACITY, "then a reserve: CAPACITY");
+    mla_cache_get_stats(c, &st, sizeof st);
+    CHECK(st.blocks_free == 0 && st.tokens_used == 16 && st.bytes_used == 4 * block_bytes,
+          "accounting when full: %lld tokens, %lld bytes", (long long)st.tokens_used,
+          (long long)st.bytes_used);
+    /* fork shares, writing into the shared part needs a copy, and there is no room for it */
+    CHECK(mla_cache_seq_fork(c, 0, 1) == MLA_OK, "fork of a full cache needs no block");
+    CHECK(mla_cache_write(c, 0, 1, 5, 1, lat, rope) == MLA_ERR_CAPACITY,
+          "writing into a shared block of a full cache: CAPACITY (copy-on-write)");
+    float back[16];
+    mla_cache_seq_read(c, 0, 0, 5, 1, back, NULL, NULL);
+    CHECK(back[0] == 80.0f, "source intact");
+    mla_cache_seq_rm(c, 0, 8, -1); /* seq 1 still holds those blocks */
+    mla_cache_get_stats(c, &st, sizeof st);
+    CHECK(st.blocks_free == 0, "blocks still referenced by seq 1 stay in use");
+    mla_cache_seq_rm(c, 1, 8, -1);
+    mla_cache_get_stats(c, &st, sizeof st);
+    CHECK(st.blocks_free == 2 && st.tokens_used == 8, "freed once both dropped them");
+    CHECK(mla_cache_write(c, 0, 1, 5, 1, lat + 16 * 19, rope) == MLA_OK,
+          "now the copy-on-write succeeds");
+    mla_cache_get_stats(c, &st, sizeof st);
+    mla_cache_seq_read(c, 0, 0, 5, 1, back, NULL, NULL);
+    float back1[16];
+    mla_cache_seq_read(c, 0, 1, 5, 1, back1, NULL, NULL);
+    CHECK(st.blocks_free == 1 && back[0] == 80.0f && back1[0] == 16.0f * 19,
+          "one block copied; seq 0 keeps its value, seq 1 has the new one");
+    mla_cache_destroy(c);
+}
+
+static void write_rules(void)
+{
+    mla_cache_layer_desc L[2] = {layer(8, 1, 2), layer(4, 0, 0)};
+    mla_cache_params p = params(L, 2);
+    mla_cache *c = NULL;
+    mla_cache_create(&p, &c);
+    float lat[8 * 8], rope[2 * 8], back[8 * 8], rback[2 * 8];
+    int64_t pos[8];
+    for (int i = 0; i < 64; i++)
+        lat[i] = 1.0f + (float)i;
+    for (int i = 0; i < 16; i++)
+        rope[i] = 0.5f + (float)i;
+    CHECK(mla_cache_reserve(c, 0, 10, 3) == MLA_OK, "reserve 3 slots at 10");
+    mla_cache_seq_read(c, 0, 0, 0, 3, back, rback, pos);
+    int zeros = 1;
+    for (int i = 0; i < 24; i++)
+        zeros &= back[i] == 0.0f;
+    for (int i = 0; i < 6; i++)
+        zeros &= rback[i] == 0.0f;
+    CHECK(zeros && pos[0] == 10 && pos[2] == 12, "reserved slots read as zeros at 10, 11, 12");
+    CHECK(mla_cache_write(c, 0, 0, 11, 4, lat, rope) == MLA_OK,
+          "write 11..14: fills 11, 12 and appends 13, 14");
+    mla_cache_seq_read(c, 0, 0, 0, 5, back, rback, pos);
+    CHECK(pos[4] == 14 && back[8] == 1.0f && back[4 * 8 + 7] == 32.0f && back[0] == 0.0f,
+          "contents in place");
+    CHECK(mla_cache_write(c, 1, 0, 10, 5, lat, NULL) == MLA_OK,
+          "layer 1 (no RoPE part) takes rope NULL");
+    CHECK(mla_cache_write(c, 0, 0, 16, 1, lat, rope) == MLA_ERR_INVALID_ARGUMENT,
+          "new positions must follow the last directly: %s", mla_last_error());
+    CHECK(mla_cache_reserve(c, 0, 16, 1) == MLA_OK &&
+          mla_cache_write(c, 0, 0, 16, 1, lat, rope) == MLA_OK,
+          "a gap goes through mla_cache_reserve, then the write fills the slot");
+    CHECK(mla_cache_write(c, 0, 0, 15, 1, lat, rope) == MLA_ERR_INVALID_ARGUMENT,
+          "a position inside the sequence that is not reserved: %s", mla_last_error());
+    CHECK(mla_cache_write(c, 0, 0, 14, 2, lat, rope) == MLA_ERR_INVALID_ARGUMENT,
+          "a run that crosses the gap is refused");
+    CHECK(mla_cache_reserve(c, 0, 16, 1) == MLA_ERR_INVALID_ARGUMENT,
+          "reserve not after the last position refused");
+    CHECK(mla_cache_write(c, 0, 0, 0, 1, NULL, rope) == MLA_ERR_INVALID_ARGUMENT &&
+          mla_cache_write(c, 0, 0, 17, 1, lat, NULL) == MLA_ERR_INVALID_ARGUMENT &&
+          mla_cache_write(c, 2, 0, 17, 1, lat, rope) == MLA_ERR_INVALID_ARGUMENT &&
+          mla_cache_write(c, 0, 8, 17, 1, lat, rope) == MLA_ERR_INVALID_ARGUMENT &&
+          mla_cache_write(c, 0, 0, -1, 1, lat, rope) == MLA_ERR_INVALID_ARGUMENT,
+          "NULL data, unknown layer or sequence, negative position refused");
+    int64_t v = 77;
+    CHECK(mla_cache_seq_pos_max(c, 9, &v) == MLA_ERR_INVALID_ARGUMENT && v == 77,
+          "pos_max of an unknown sequence: out untouched");
+    mla_cache_seq_pos_min(c, 0, &v);
+    CHECK(v == 10, "pos_min 10");
+    mla_cache_seq_pos_max(c, 3, &v);
+    CHECK(v == -1, "empty sequence: pos_max −1");
+    CHECK(mla_cache_seq_read(c, 0, 0, 5, 2, back, NULL, NULL) == MLA_ERR_INVALID_ARGUMENT,
+          "reading past the end refused");
+    CHECK(mla_cache_clear(c) == MLA_OK && mla__cache_check(c) == 0, "clear");
+    mla_cache_seq_length(c, 0, &v);
+    CHECK(v == 0, "clear empties every sequence");
+    mla_cache_destroy(c);
+}
+
+/* ---- concurrent writers ------------------------------------------------------------------ */
+
+#define NT 4
+#define PREFIX 10
+#define STEPS 40
+static mla_cache *shared_cache;
+
+static void token(int seq, int t, float *lat, float *rope)
+{
+    for (int i = 0; i < 8; i++)
+        lat[i] = (float)(seq * 1000 + t * 10 + i);
+    for (int i = 0; i < 2; i++)
+        rope[i] = (float)(seq * 1000 + t * 10 + i) * 0.5f;
+}
+
+/* Each thread appends to its own sequence, and rewrites a token of the shared prefix (forcing
+ * copy-on-write of blocks other threads are copying or reading at the same time). */
+static void *writer(void *arg)
+{
+    int seq = (int)(intptr_t)arg;
+    float lat[8], rope[2];
+    for (int t = PREFIX; t < PREFIX + STEPS; t++) {
+        token(seq, t, lat, rope);
+        for (int l = 0; l < 2; l++)
+            if (mla_cache_write(shared_cache, l, seq, t, 1, lat, rope) != MLA_OK)
+                return (void *)1;
+        if (t % 7 == 0) {
+            int u = (t / 7) % PREFIX;
+            token(seq, u, lat, rope);
+            if (mla_cache_write(shared_cache, 0, seq, u, 1, lat, rope) != MLA_OK ||
+                mla_cache_write(shared_cache, 1, seq, u, 1, lat, rope) != MLA_OK)
+                return (void *)1;
+        }
+    }
+    return NULL;
+}
+
+static void concurrent(void)
+{
+    mla_cache_layer_desc L[2] = {layer(8, 1, 2), layer(8, 1, 2)};
+    mla_cache_params p = params(L, 2);
+    p.capacity_tokens = 4 * 100;
+    int ok = 1, rounds = 20;
+    for (int round = 0; round < rounds && ok; round++) {
+        mla_cache_create(&p, &shared_cache);
+        float lat[8], rope[2];
+        for (int t = 0; t < PREFIX; t++) {
+            token(99, t, lat, rope);
+            mla_cache_write(shared_cache, 0, 0, t, 1, lat, rope);
+            mla_cache_write(shared_cache, 1, 0, t, 1, lat, rope);
+        }
+        for (int s = 1; s < NT; s++)
+            mla_cache_seq_fork(shared_cache, 0, s);
+        pthread_t th[NT];
+        for (int s = 0; s < NT; s++)
+            pthread_create(&th[s], NULL, writer, (void *)(intptr_t)s);
+        for (int s = 0; s < NT; s++) {
+            void *r;
+            pthread_join(th[s], &r);
+            ok &= r == NULL;
+        }
+        ok &= mla__cache_check(shared_cache) == 0;
+        /* expected: prefix tokens rewritten by this sequence hold its values, the others 99's */
+        for (int s = 0; s < NT && ok; s++) {
+            int mine[PREFIX] = {0};
+            for (int t = PREFIX; t < PREFIX + STEPS; t++)
+                if (t % 7 == 0)
+                    mine[(t / 7) % PREFIX] = 1;
+            for (int l = 0; l < 2; l++) {
+                float back[8 * (PREFIX + STEPS)], rb[2 * (PREFIX + STEPS)];
+                mla_cache_seq_read(shared_cache, l, s, 0, PREFIX + STEPS, back, rb, NULL);
+                for (int t = 0; t < PREFIX + STEPS; t++) {
+                    token(t < PREFIX && !mine[t] ? 99 : s, t, lat, rope);
+                    ok &= memcmp(&back[8 * t], lat, sizeof lat) == 0 &&
+                          memcmp(&rb[2 * t], rope, sizeof rope) == 0;
+                }
+            }
+        }
+        mla_cache_destroy(shared_cache);
+    }
+    CHECK(ok, "%d writer threads on distinct sequences sharing a prefix, %d rounds: contents and "
+          "invariants as if sequential", NT, rounds);
+}
+
+int main(void)
+{
+    mla_cache_params d;
+    CHECK(mla_cache_default_params(&d, sizeof d) == MLA_OK && d.latent_dtype == MLA_DTYPE_F16 &&
+          d.rope_dtype == MLA_DTYPE_F16 && d.block_tokens == 64 && d.quant_group == 32 &&
+          d.n_seq_max == 64 && d.struct_size == sizeof d, "defaults");
+    bad_params();
+    capacity();
+    write_rules();
+    concurrent();
+    return tap_done();
+}

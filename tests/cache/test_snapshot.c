@@ -1,0 +1,327 @@
+/*
+ * Snapshots:
+ * - round trip: a whole-cache snapshot loaded into another cache reproduces every sequence, the
+ *   sharing (same blocks and slots used) and the snapshot bytes themselves; a one-sequence
+ *   snapshot lands in the sequence asked for and nothing else changes.
+ * - every corruption is refused without changing the cache: each byte XOR 0xff, each single-bit
+ *   flip, each truncation, for a small cache (whole and one-sequence snapshots).
+ * - another geometry or type, too few blocks, unknown sequence ids: refused, nothing changed.
+ * - files: saved through a temporary name (none left behind), loaded back; I/O errors name the
+ *   path and the system's reason.
+ * - CRC-32 is the standard one (check value of "123456789", and a bitwise version on random data).
+ */
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <mla/mla.h>
+
+#include "cache/internal.h"
+#include "../tap.h"
+
+static unsigned long long rng = 0xabcdef12345ULL;
+static const float freqs[1] = {0.25f};
+
+typedef struct geo {
+    int n_layers, lat0, lat1, block_tokens, n_seq_max, capacity;
+    mla_dtype lt;
+} geo;
+
+static const geo BASE = {2, 8, 4, 4, 3, 32, MLA_DTYPE_I8};
+
+static mla_cache *make(geo g)
+{
+    mla_cache_layer_desc L[2];
+    memset(L, 0, sizeof L);
+    L[0] = (mla_cache_layer_desc){.latent_dim = g.lat0, .rope_heads = 1, .rope_dim = 2,
+                                  .rope_freqs = freqs, .mha_kv_dim = 8};
+    L[1] = (mla_cache_layer_desc){.latent_dim = g.lat1, .mha_kv_dim = 8}; /* no RoPE part */
+    mla_cache_params p;
+    mla_cache_default_params(&p, sizeof p);
+    p.n_layers = g.n_layers;
+    p.layers = L;
+    p.latent_dtype = g.lt;
+    p.rope_dtype = MLA_DTYPE_F16;
+    p.quant_group = 4;
+    p.block_tokens = g.block_tokens;
+    p.capacity_tokens = g.capacity;
+    p.n_seq_max = g.n_seq_max;
+    mla_cache *c = NULL;
+    if (mla_cache_create(&p, &c) != MLA_OK)
+        printf("# create: %s\n", mla_last_error());
+    return c;
+}
+
+static void put(mla_cache *c, int seq, int64_t pos, int n)
+{
+    float lat[64], rope[16];
+    for (int i = 0; i < 64; i++)
+        lat[i] = (float)tap_rand(&rng);
+    for (int i = 0; i < 16; i++)
+        rope[i] = (float)tap_rand(&rng);
+    for (int l = 0; l < c->n_layers; l++)
+        mla_cache_write(c, l, seq, pos, n, lat, rope);
+}
+
+/* Everything observable: a whole snapshot, the stats, and the invariants. */
+typedef struct print {
+    unsigned char *bytes;
+    size_t size;
+    mla_cache_stats st;
+} print;
+
+static print fingerprint(const mla_cache *c)
+{
+    print p;
+    memset(&p, 0, sizeof p);
+    mla_cache_save_size(c, -1, &p.size);
+    p.bytes = malloc(p.size);
+    mla_cache_save(c, -1, p.bytes, p.size, NULL);
+    mla_cache_get_stats(c, &p.st, sizeof p.st);
+    return p;
+}
+
+static int same(const mla_cache *c, const print *a)
+{
+    print b = fingerprint(c);
+    int eq = a->size == b.size && memcmp(a->bytes, b.bytes, a->size) == 0 &&
+             a->st.tokens_used == b.st.tokens_used && a->st.blocks_free == b.st.blocks_free &&
+             mla__cache_check(c) == 0;
+    free(b.bytes);
+    return eq;
+}
+
+/* Sequence q of a and sequence r of b hold the same tokens (all layers, as float32). */
+static int seq_equal(const mla_cache *a, int q, const mla_cache *b, int r)
+{
+    int64_t na, nb;
+    mla_cache_seq_length(a, q, &na);
+    mla_cache_seq_length(b, r, &nb);
+    if (na != nb)
+        return 0;
+    for (int l = 0; l < a->n_layers; l++) {
+        float la[256], lb[256], ra[64], rb[64];
+        int64_t pa[32], pb[32];
+        mla_cache_seq_read(a, l, q, 0, na, la, ra, pa);
+        mla_cache_seq_read(b, l, r, 0, nb, lb, rb, pb);
+        mla_cache_layer_format f;
+        mla__cache_layer_format(a, l, &f);
+        if (memcmp(la, lb, sizeof(float) * (size_t)(na * f.latent_dim)) ||
+            memcmp(ra, rb, sizeof(float) * (size_t)(na * f.rope_width)) ||
+            memcmp(pa, pb, sizeof(int64_t) * (size_t)na))
+            return 0;
+    }
+    return 1;
+}
+
+static unsigned char *save(const mla_cache *c, int seq, size_t *size)
+{
+    mla_cache_save_size(c, seq, size);
+    unsigned char *b = malloc(*size);
+    size_t w = 0;
+    if (mla_cache_save(c, seq, b, *size, &w) != MLA_OK || w != *size)
+        printf("# save: %s\n", mla_last_error());
+    return b;
+}
+
+/* Every flip of every byte, and every truncation, is refused and changes nothing. */
+static void corruption(const mla_cache *a, mla_cache *b, int seq, const char *what)
+{
+    size_t size;
+    unsigned char *snap = save(a, seq, &size);
+    unsigned char *bad = malloc(size);
+    print before = fingerprint(b);
+    long accepted = 0, changed = 0, n = 0;
+    for (size_t i = 0; i < size; i++)
+        for (int f = 0; f < 9; f++) {
+            memcpy(bad, snap, size);
+            bad[i] ^= f == 8 ? 0xff : (unsigned char)(1u << f);
+            n++;
+            if (mla_cache_load(b, 1, bad, size) == MLA_OK)
+                accepted++;
+            if (!same(b, &before))
+                changed++;
+        }
+    CHECK(accepted == 0 && changed == 0,
+          "%s snapshot (%zu bytes): %ld corruptions (each byte ^0xff and each bit) all refused "
+          "(%ld accepted), cache unchanged (%ld changed)", what, size, n, accepted, changed);
+    accepted = changed = 0;
+    for (size_t len = 0; len < size; len++) {
+        if (mla_cache_load(b, 1, snap, len) == MLA_OK)
+            accepted++;
+        if (!same(b, &before))
+            changed++;
+    }
+    CHECK(accepted == 0 && changed == 0,
+          "%s snapshot: all %zu truncations refused, cache unchanged", what, size);
+    CHECK(mla_cache_load(b, 1, snap, size) == MLA_OK, "%s snapshot: the intact one loads (%s)",
+          what, mla_last_error());
+    free(before.bytes);
+    free(bad);
+    free(snap);
+}
+
+static uint32_t crc_bitwise(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
+    }
+    return ~c;
+}
+
+static int count_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
+}
+
+int main(void)
+{
+    /* CRC-32 */
+    CHECK(mla__crc32(0, "123456789", 9) == 0xcbf43926u, "CRC-32 check value of \"123456789\"");
+    unsigned char rnd[1000];
+    for (int i = 0; i < 1000; i++)
+        rnd[i] = (unsigned char)(tap_rand(&rng) * 127 + 128);
+    CHECK(mla__crc32(mla__crc32(0, rnd, 300), rnd + 300, 700) == crc_bitwise(rnd, 1000),
+          "CRC-32 equals the bitwise definition, also computed in two pieces");
+
+    /* a small cache with sharing: seq 1 forks seq 0 and continues; seq 2 separate */
+    mla_cache *a = make(BASE);
+    put(a, 0, 0, 6);
+    mla_cache_seq_fork(a, 0, 1);
+    put(a, 1, 6, 3);
+    put(a, 2, 10, 3);
+    mla_cache_seq_rm(a, 2, 11, 12); /* a hole */
+    mla_cache *b = make(BASE);
+    put(b, 0, 3, 5);
+    put(b, 2, 0, 2);
+
+    /* round trip of the whole cache */
+    size_t size;
+    unsigned char *snap = save(a, -1, &size);
+    CHECK(memcmp(snap, "MLAC", 4) == 0, "snapshot starts with the magic");
+    mla_cache *c = make(BASE);
+    CHECK(mla_cache_load(c, 0, snap, size) == MLA_OK, "whole-cache snapshot loads: %s",
+          mla_last_error());
+    int eq = 1;
+    for (int q = 0; q < 3; q++)
+        eq &= seq_equal(a, q, c, q);
+    print pa = fingerprint(a), pc = fingerprint(c);
+    CHECK(eq, "every sequence reads back the same");
+    CHECK(pa.size == pc.size && memcmp(pa.bytes, pc.bytes, pa.size) == 0 &&
+          pa.st.tokens_used == pc.st.tokens_used && pa.st.blocks_free == pc.st.blocks_free,
+          "sharing restored: same snapshot bytes, %lld slots in %lld blocks",
+          (long long)pc.st.tokens_used, (long long)(pc.st.blocks_total - pc.st.blocks_free));
+    free(pa.bytes);
+    free(pc.bytes);
+    free(snap);
+
+    /* one sequence into another id */
+    snap = save(a, 1, &size);
+    print pb0 = fingerprint(b);
+    CHECK(mla_cache_load(b, 2, snap, size) == MLA_OK, "one-sequence snapshot loads into seq 2");
+    CHECK(seq_equal(a, 1, b, 2), "seq 2 now holds seq 1 of the source");
+    mla_cache *b0 = make(BASE);
+    mla_cache_load(b0, 0, pb0.bytes, pb0.size);
+    CHECK(seq_equal(b0, 0, b, 0) && mla__cache_check(b) == 0, "seq 0 untouched");
+    mla_cache_destroy(b0);
+    free(pb0.bytes);
+    free(snap);
+
+    /* corruption and truncation */
+    corruption(a, b, -1, "whole-cache");
+    corruption(a, b, 1, "one-sequence");
+
+    /* other geometries, types, capacities */
+    snap = save(a, -1, &size);
+    geo others[] = {
+        {2, 8, 4, 4, 3, 32, MLA_DTYPE_I4}, {2, 8, 4, 8, 3, 32, MLA_DTYPE_I8},
+        {2, 8, 8, 4, 3, 32, MLA_DTYPE_I8}, {1, 8, 4, 4, 3, 32, MLA_DTYPE_I8},
+    };
+    const char *names[] = {"latent type", "block size", "latent width", "layer count"};
+    for (int i = 0; i < 4; i++) {
+        mla_cache *o = make(others[i]);
+        put(o, 0, 0, 2);
+        print p = fingerprint(o);
+        mla_status st = mla_cache_load(o, 0, snap, size);
+        CHECK(st == MLA_ERR_BAD_FORMAT && strstr(mla_last_error(), "differ") && same(o, &p),
+              "another %s: BAD_FORMAT, unchanged (%s)", names[i], mla_last_error());
+        free(p.bytes);
+        mla_cache_destroy(o);
+    }
+    {
+        geo small = BASE;
+        small.capacity = 8;
+        mla_cache *o = make(small);
+        put(o, 0, 0, 2);
+        print p = fingerprint(o);
+        CHECK(mla_cache_load(o, 0, snap, size) == MLA_ERR_CAPACITY && same(o, &p),
+              "too few blocks: CAPACITY, unchanged (%s)", mla_last_error());
+        free(p.bytes);
+        mla_cache_destroy(o);
+        geo few = BASE;
+        few.n_seq_max = 2;
+        o = make(few);
+        put(o, 0, 0, 2);
+        p = fingerprint(o);
+        CHECK(mla_cache_load(o, 0, snap, size) == MLA_ERR_INVALID_ARGUMENT && same(o, &p),
+              "a sequence id beyond n_seq_max: INVALID_ARGUMENT, unchanged (%s)",
+              mla_last_error());
+        free(p.bytes);
+        mla_cache_destroy(o);
+    }
+    size_t w = 12345;
+    CHECK(mla_cache_save(a, -1, snap, size - 1, &w) == MLA_ERR_CAPACITY && w == 12345,
+          "a buffer one byte short: CAPACITY, written untouched");
+
+    /* files */
+    char dir[] = "/tmp/mla_cache_test.XXXXXX", path[256], missing[256];
+    CHECK(mkdtemp(dir) != NULL, "temporary directory");
+    snprintf(path, sizeof path, "%s/cache.mlac", dir);
+    snprintf(missing, sizeof missing, "%s/no/such/dir/cache.mlac", dir);
+    CHECK(mla_cache_save_file(a, -1, path) == MLA_OK, "save_file: %s", mla_last_error());
+    CHECK(count_files(dir) == 1, "only the snapshot is left in the directory");
+    mla_cache *f = make(BASE);
+    CHECK(mla_cache_load_file(f, 0, path) == MLA_OK && seq_equal(a, 1, f, 1) &&
+          seq_equal(a, 2, f, 2), "load_file restores the cache");
+    CHECK(mla_cache_save_file(a, 2, path) == MLA_OK && count_files(dir) == 1,
+          "saving over an existing file replaces it");
+    CHECK(mla_cache_load_file(f, 0, path) == MLA_OK && seq_equal(a, 2, f, 0),
+          "the replaced file is the one-sequence snapshot");
+    mla_status st = mla_cache_save_file(a, -1, missing);
+    CHECK(st == MLA_ERR_IO && strstr(mla_last_error(), missing) &&
+          strstr(mla_last_error(), "No such file"), "save into a missing directory: %s",
+          mla_last_error());
+    st = mla_cache_load_file(f, 0, missing);
+    CHECK(st == MLA_ERR_IO && strstr(mla_last_error(), missing), "load of a missing file: %s",
+          mla_last_error());
+    FILE *h = fopen(path, "wb");
+    fwrite(snap, 1, size / 2, h);
+    fclose(h);
+    print pf = fingerprint(f);
+    st = mla_cache_load_file(f, 0, path);
+    CHECK(st == MLA_ERR_BAD_FORMAT && strstr(mla_last_error(), path) && same(f, &pf),
+          "a truncated file: BAD_FORMAT naming the file, unchanged (%s)", mla_last_error());
+    free(pf.bytes);
+    unlink(path);
+    rmdir(dir);
+
+    free(snap);
+    mla_cache_destroy(f);
+    mla_cache_destroy(c);
+    mla_cache_destroy(b);
+    mla_cache_destroy(a);
+    return tap_done();
+}
