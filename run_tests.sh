@@ -40,6 +40,8 @@ echo "C: $1 passed, $2 failed"
 # --- Python: numpy references and the ctypes binding, against this build's library.
 echo "== Python tests (pytest)"
 export MLA_LIBRARY="$root/$build/lib/libmla.so"
+export MLA_INCLUDE="$root/include:$root/$build/include"   # for the tests that compile C
+export CC=${CC:-cc}
 export PYTHONPATH="$root/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
 python3 -m pytest -q -p no:cacheprovider tests/python --junitxml="$logs/pytest.xml" 2>&1 | tail -n 25
 py=$(python3 - "$logs/pytest.xml" <<'PY'

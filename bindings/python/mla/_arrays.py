@@ -1,0 +1,58 @@
+"""Checks that a numpy array can be handed to C as it is (no copies, no silent conversion)."""
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def check_array(arr: Any, dtype: Any, shape: Sequence[Optional[int]], name: str,
+                writable: bool = False) -> np.ndarray:
+    """Return arr if it is a C-contiguous numpy array of exactly this dtype and shape.
+
+    shape entries that are None match any size. Raises TypeError (not an ndarray, wrong dtype) or
+    ValueError (wrong shape, not C-contiguous, read-only where C writes), naming the argument.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
+    want = np.dtype(dtype)
+    if arr.dtype != want:
+        raise TypeError(f"{name}: dtype is {arr.dtype}, expected {want} "
+                        f"(convert explicitly, e.g. {name}.astype(numpy.{want.name}))")
+    if arr.ndim != len(shape) or any(w is not None and g != w for g, w in zip(arr.shape, shape)):
+        pretty = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+        raise ValueError(f"{name}: shape is {arr.shape}, expected {pretty}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name}: not C-contiguous (use numpy.ascontiguousarray({name}))")
+    if writable and not arr.flags.writeable:
+        raise ValueError(f"{name}: read-only, but libmla writes into it")
+    return arr
+
+
+def ptr(arr: Optional[np.ndarray], ctype: Any) -> Any:
+    """A ctypes pointer to arr's first element (NULL for None). arr must outlive the call."""
+    if arr is None:
+        return None
+    return arr.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+def void_ptr(arr: Optional[np.ndarray]) -> Optional[int]:
+    return None if arr is None else arr.ctypes.data
+
+
+class BufferView:
+    """Exposes memory owned by a libmla handle to numpy, keeping the handle alive.
+
+    numpy.asarray(BufferView(...)) is a read-only array whose .base is this object, which holds
+    `keep` (the handle's Owned): the memory stays valid as long as the array lives.
+    """
+
+    def __init__(self, keep: Any, address: int, shape: Tuple[int, ...], dtype: np.dtype) -> None:
+        self.keep = keep
+        self.__array_interface__ = {
+            "version": 3,
+            "data": (address, True),
+            "shape": shape,
+            "typestr": np.dtype(dtype).str,
+        }

@@ -1,0 +1,79 @@
+"""Attention forward (mla_attn): one layer over a batch of tokens, through the cache."""
+from __future__ import annotations
+
+import ctypes
+from typing import Optional, Union
+
+import numpy as np
+
+from . import _ffi
+from ._arrays import check_array, ptr
+from ._handle import Handle, Owned
+from ._library import library
+from .cache import Cache
+from .convert import Layer, _defaults
+from .errors import check
+from .types import AttnPath, to_enum
+
+__all__ = ["Attn"]
+
+
+class Attn(Handle):
+    """Worker threads and scratch memory for forward passes (mla_attn).
+
+    One Attn must not run two forwards at once; give each thread its own. Distinct Attn objects
+    may run forwards on distinct sequences of one Cache concurrently.
+    """
+
+    def __init__(self, *, n_threads: Optional[int] = None,
+                 path: Optional[Union[AttnPath, str]] = None,
+                 crossover_tokens: Optional[int] = None) -> None:
+        """Parameters left None take mla_attn_default_params's defaults (1 thread, AUTO path)."""
+        lib = library()
+        p = _defaults(lib, _ffi.mla_attn_params, "mla_attn_default_params")
+        if n_threads is not None:
+            p.n_threads = n_threads
+        if path is not None:
+            p.path = to_enum(AttnPath, path, "path")
+        if crossover_tokens is not None:
+            p.crossover_tokens = crossover_tokens
+        out = ctypes.POINTER(_ffi.mla_attn)()
+        check(lib, lib.mla_attn_create(ctypes.byref(p), ctypes.byref(out)))
+        super().__init__(Owned(lib, out, "mla_attn_destroy"))
+
+    def forward(self, layer: Layer, cache: Cache, cache_layer: int, x: np.ndarray,
+                seq: Union[int, np.ndarray], pos: Union[int, np.ndarray],
+                out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Run `layer` (stored as cache layer `cache_layer`) on x and append to the cache.
+
+        x: (n_tokens, d_model) float32, the layer input after its input norm.
+        seq: one sequence id for every token, or (n_tokens,) int32 ids.
+        pos: the first token's position (the rest follow), or (n_tokens,) int64 positions.
+        out: optional (n_tokens, d_model) float32 output array (must not be x).
+        Returns the o_proj output (n_tokens, d_model) float32. Raises MlaError; on error nothing
+        is appended to the cache.
+        """
+        o = self._own()
+        lo = layer._own()
+        co = cache._own()
+        if lo.lib is not o.lib or co.lib is not o.lib:
+            raise ValueError("layer, cache and attn come from different loaded libmla copies")
+        d_model = layer.info.geometry.d_model
+        check_array(x, np.float32, (None, d_model), "x")
+        n = x.shape[0]
+        if isinstance(seq, (int, np.integer)):
+            seq = np.full(n, seq, np.int32)
+        check_array(seq, np.int32, (n,), "seq")
+        if isinstance(pos, (int, np.integer)):
+            pos = np.arange(pos, pos + n, dtype=np.int64)
+        check_array(pos, np.int64, (n,), "pos")
+        if out is None:
+            out = np.empty((n, d_model), np.float32)
+        else:
+            check_array(out, np.float32, (n, d_model), "out", writable=True)
+            if np.shares_memory(out, x):
+                raise ValueError("out: may not alias x")
+        check(o.lib, o.lib.mla_attn_forward(o.ptr, lo.ptr, co.ptr, cache_layer,
+                                            ptr(x, ctypes.c_float), n, ptr(seq, ctypes.c_int32),
+                                            ptr(pos, ctypes.c_int64), ptr(out, ctypes.c_float)))
+        return out

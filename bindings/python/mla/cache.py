@@ -1,0 +1,259 @@
+"""The latent KV cache (mla_cache): sequences of cached latents and RoPE keys, snapshots."""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _ffi
+from ._arrays import check_array, ptr
+from ._handle import Handle, Owned
+from ._library import library
+from .convert import Layer, _defaults
+from .errors import check
+from .types import DType, to_enum
+
+__all__ = ["Cache", "CacheLayerDesc", "CacheStats"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheLayerDesc:
+    """What one layer caches per token (mla_cache_layer_desc); Layer.cache_desc() makes one.
+
+    rope_freqs: (rope_heads, rope_dim/2) float32 angular frequencies, or empty when rope_dim is 0.
+    """
+
+    latent_dim: int
+    rope_heads: int
+    rope_dim: int
+    rope_freqs: np.ndarray
+    rope_position_scale: float = 1.0
+    mha_kv_dim: int = 0
+
+    @property
+    def rope_width(self) -> int:
+        return self.rope_heads * self.rope_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheStats:
+    """mla_cache_stats, plus the saving against the source model's K/V cache."""
+
+    bytes_per_token: int
+    mha_bytes_per_token: int
+    block_bytes: int
+    blocks_total: int
+    blocks_free: int
+    tokens_used: int
+    bytes_used: int
+    capacity_tokens: int
+
+    @property
+    def saving(self) -> float:
+        """1 − bytes_per_token / mha_bytes_per_token: the fraction of KV memory saved."""
+        if self.mha_bytes_per_token <= 0:
+            return float("nan")
+        return 1.0 - self.bytes_per_token / self.mha_bytes_per_token
+
+
+class Cache(Handle):
+    """A latent KV cache for a stack of layers.
+
+    Threading (include/mla/cache.h): reads of distinct sequences, and write() to distinct
+    sequences, may run concurrently from several threads; every other method needs the object to
+    itself. Sequence ids are 0 .. n_seq_max−1; position ranges [p0, p1) with −1 meaning open.
+    """
+
+    def __init__(self, layers: Sequence[Union[Layer, CacheLayerDesc]], *,
+                 latent_dtype: Optional[Union[DType, str]] = None,
+                 rope_dtype: Optional[Union[DType, str]] = None,
+                 quant_group: Optional[int] = None, block_tokens: Optional[int] = None,
+                 capacity_tokens: Optional[int] = None, capacity_bytes: Optional[int] = None,
+                 n_seq_max: Optional[int] = None) -> None:
+        """layers: one Layer or CacheLayerDesc per cache layer. Other parameters left None take
+        mla_cache_default_params's defaults (F16 latents and RoPE keys, groups of 32, blocks of
+        64 tokens, 64 sequences); give capacity_tokens or capacity_bytes."""
+        lib = library()
+        descs: List[CacheLayerDesc] = [l.cache_desc() if isinstance(l, Layer) else l
+                                       for l in layers]
+        if not descs:
+            raise ValueError("layers: at least one layer is needed")
+        c_descs = (_ffi.mla_cache_layer_desc * len(descs))()
+        freq_arrays = []  # borrowed by C for the create call only
+        for i, d in enumerate(descs):
+            if not isinstance(d, CacheLayerDesc):
+                raise TypeError(f"layers[{i}]: expected mla.Layer or mla.CacheLayerDesc, got "
+                                f"{type(d).__name__}")
+            c = c_descs[i]
+            c.latent_dim, c.rope_heads, c.rope_dim = d.latent_dim, d.rope_heads, d.rope_dim
+            c.rope_position_scale = d.rope_position_scale
+            c.mha_kv_dim = d.mha_kv_dim
+            n_freq = d.rope_heads * (d.rope_dim // 2)
+            if n_freq > 0:
+                f = check_array(d.rope_freqs, np.float32, (d.rope_heads, d.rope_dim // 2),
+                                f"layers[{i}].rope_freqs")
+                freq_arrays.append(f)
+                c.rope_freqs = ptr(f, ctypes.c_float)
+        p = _defaults(lib, _ffi.mla_cache_params, "mla_cache_default_params")
+        p.n_layers = len(descs)
+        p.layers = c_descs
+        if latent_dtype is not None:
+            p.latent_dtype = to_enum(DType, latent_dtype, "latent_dtype")
+        if rope_dtype is not None:
+            p.rope_dtype = to_enum(DType, rope_dtype, "rope_dtype")
+        for name, value in (("quant_group", quant_group), ("block_tokens", block_tokens),
+                            ("capacity_tokens", capacity_tokens),
+                            ("capacity_bytes", capacity_bytes), ("n_seq_max", n_seq_max)):
+            if value is not None:
+                setattr(p, name, value)
+        out = ctypes.POINTER(_ffi.mla_cache)()
+        check(lib, lib.mla_cache_create(ctypes.byref(p), ctypes.byref(out)))
+        super().__init__(Owned(lib, out, "mla_cache_destroy"))
+        self.layers: Tuple[CacheLayerDesc, ...] = tuple(descs)
+        self.latent_dtype = DType(p.latent_dtype)
+        self.rope_dtype = DType(p.rope_dtype)
+        self.n_seq_max = int(p.n_seq_max)
+
+    def _desc(self, layer: int) -> CacheLayerDesc:
+        if not 0 <= layer < len(self.layers):
+            raise IndexError(f"layer {layer} out of range: the cache has {len(self.layers)}")
+        return self.layers[layer]
+
+    # ---- writing ------------------------------------------------------------------------------
+    def reserve(self, seq: int, pos: int, n_tokens: int) -> None:
+        """Append n_tokens empty slots at positions pos.. to seq."""
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_reserve(o.ptr, seq, pos, n_tokens))
+
+    def write(self, layer: int, seq: int, pos: int, latent: np.ndarray,
+              rope: Optional[np.ndarray] = None) -> None:
+        """Store one layer's data for tokens at positions pos.. of seq.
+
+        latent: (n_tokens, latent_dim) float32; rope: (n_tokens, rope_heads·rope_dim) float32,
+        already rotated (None when the layer has no RoPE part).
+        """
+        o = self._own()
+        d = self._desc(layer)
+        check_array(latent, np.float32, (None, d.latent_dim), "latent")
+        n = latent.shape[0]
+        if d.rope_width > 0:
+            if rope is None:
+                raise TypeError(f"rope: required, layer {layer} caches {d.rope_width} RoPE values")
+            check_array(rope, np.float32, (n, d.rope_width), "rope")
+        elif rope is not None:
+            raise ValueError(f"rope: layer {layer} caches no RoPE part; pass None")
+        check(o.lib, o.lib.mla_cache_write(o.ptr, layer, seq, pos, n, ptr(latent, ctypes.c_float),
+                                           ptr(rope, ctypes.c_float)))
+
+    # ---- sequences ----------------------------------------------------------------------------
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        """Remove positions [p0, p1) of seq (seq < 0: of every sequence)."""
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_seq_rm(o.ptr, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Replace dst with src's tokens in [p0, p1), sharing blocks (copy on write)."""
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_seq_cp(o.ptr, src, dst, p0, p1))
+
+    def seq_fork(self, src: int, dst: int) -> None:
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_seq_fork(o.ptr, src, dst))
+
+    def seq_keep(self, seq: int) -> None:
+        """Remove every sequence but seq."""
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_seq_keep(o.ptr, seq))
+
+    def seq_shift(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Add delta to positions [p0, p1) of seq, re-rotating the cached RoPE keys."""
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_seq_shift(o.ptr, seq, p0, p1, delta))
+
+    def _i64(self, fn: str, seq: int) -> int:
+        o = self._own()
+        v = ctypes.c_int64()
+        check(o.lib, getattr(o.lib, fn)(o.ptr, seq, ctypes.byref(v)))
+        return v.value
+
+    def seq_pos_min(self, seq: int) -> int:
+        """Smallest position of seq, −1 when empty."""
+        return self._i64("mla_cache_seq_pos_min", seq)
+
+    def seq_pos_max(self, seq: int) -> int:
+        """Largest position of seq, −1 when empty."""
+        return self._i64("mla_cache_seq_pos_max", seq)
+
+    def seq_length(self, seq: int) -> int:
+        return self._i64("mla_cache_seq_length", seq)
+
+    def clear(self) -> None:
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_clear(o.ptr))
+
+    # ---- reading ------------------------------------------------------------------------------
+    def read(self, layer: int, seq: int, first: int = 0,
+             n_tokens: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokens [first, first+n_tokens) of seq (in position order; default: to the end) at one
+        layer, dequantized: (latent (n, latent_dim) float32, rope (n, rope_width) float32,
+        positions (n,) int64)."""
+        o = self._own()
+        d = self._desc(layer)
+        if n_tokens is None:
+            n_tokens = max(0, self.seq_length(seq) - first)
+        if n_tokens < 0:
+            raise ValueError(f"n_tokens: {n_tokens} is negative")
+        latent = np.empty((n_tokens, d.latent_dim), np.float32)
+        rope = np.empty((n_tokens, d.rope_width), np.float32)
+        pos = np.empty(n_tokens, np.int64)
+        check(o.lib, o.lib.mla_cache_seq_read(o.ptr, layer, seq, first, n_tokens,
+                                              ptr(latent, ctypes.c_float),
+                                              ptr(rope, ctypes.c_float) if d.rope_width else None,
+                                              ptr(pos, ctypes.c_int64)))
+        return latent, rope, pos
+
+    # ---- accounting ---------------------------------------------------------------------------
+    @property
+    def stats(self) -> CacheStats:
+        o = self._own()
+        s = _ffi.mla_cache_stats()
+        check(o.lib, o.lib.mla_cache_get_stats(o.ptr, ctypes.byref(s),
+                                               ctypes.sizeof(_ffi.mla_cache_stats)))
+        return CacheStats(s.bytes_per_token, s.mha_bytes_per_token, s.block_bytes,
+                          s.blocks_total, s.blocks_free, s.tokens_used, s.bytes_used,
+                          s.capacity_tokens)
+
+    # ---- snapshots ----------------------------------------------------------------------------
+    def save(self, seq: int = -1) -> bytes:
+        """A snapshot of seq (or of the whole cache with seq < 0) in libmla's format."""
+        o = self._own()
+        size = ctypes.c_size_t()
+        check(o.lib, o.lib.mla_cache_save_size(o.ptr, seq, ctypes.byref(size)))
+        buf = ctypes.create_string_buffer(max(1, size.value))
+        written = ctypes.c_size_t()
+        check(o.lib, o.lib.mla_cache_save(o.ptr, seq, buf, size.value, ctypes.byref(written)))
+        return buf.raw[:written.value]
+
+    def load(self, data: Any, seq: int = -1) -> None:
+        """Load a snapshot from a bytes-like object (read in place, not copied). On failure the
+        cache is left as it was."""
+        o = self._own()
+        mv = memoryview(data)
+        if not mv.c_contiguous:
+            raise ValueError("data: not a contiguous buffer")
+        mv = mv.cast("B")
+        n = mv.nbytes
+        buf = np.frombuffer(mv, np.uint8) if n else np.zeros(1, np.uint8)
+        check(o.lib, o.lib.mla_cache_load(o.ptr, seq, buf.ctypes.data, n))
+
+    def save_file(self, path: "Union[str, os.PathLike[str]]", seq: int = -1) -> None:
+        """Write a snapshot to path (through a temporary file renamed when complete)."""
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_save_file(o.ptr, seq, os.fsencode(path)))
+
+    def load_file(self, path: "Union[str, os.PathLike[str]]", seq: int = -1) -> None:
+        o = self._own()
+        check(o.lib, o.lib.mla_cache_load_file(o.ptr, seq, os.fsencode(path)))

@@ -1,0 +1,90 @@
+//! Identities the library must satisfy through the safe API: a full-rank, full-RoPE conversion
+//! reproduces the MHA baseline; absorbed and materialized paths agree.
+mod common;
+
+use common::SplitMix64;
+use mla::*;
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn run(layer: &Layer, x: &[f32], path: AttnPath) -> Vec<f32> {
+    let p = CacheParams::new()
+        .unwrap()
+        .latent_dtype(DType::F32)
+        .rope_dtype(DType::F32)
+        .capacity_tokens(64);
+    let mut cache = Cache::new(&[layer.cache_desc().unwrap()], &p).unwrap();
+    let mut attn = Attn::new(&AttnParams::new().unwrap().path(path)).unwrap();
+    let mut y = attn
+        .forward_seq(layer, &mut cache, 0, &x[..8 * 48], 0, 0)
+        .unwrap();
+    for t in 8..12 {
+        y.extend(
+            attn.forward_seq(layer, &mut cache, 0, &x[t * 48..(t + 1) * 48], 0, t as i64)
+                .unwrap(),
+        );
+    }
+    y
+}
+
+#[test]
+fn full_rank_conversion_is_the_mha_layer() {
+    let mut rng = SplitMix64::new();
+    let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0).qkv_bias(true);
+    let (wq, wk, wv, wo) = (
+        rng.fill(48 * 48, 0.25),
+        rng.fill(16 * 48, 0.25),
+        rng.fill(16 * 48, 0.25),
+        rng.fill(48 * 48, 0.25),
+    );
+    let (bq, bk, bv) = (rng.fill(48, 0.1), rng.fill(16, 0.1), rng.fill(16, 0.1));
+    let w = Weights::new(&wq, &wk, &wv, &wo).biases(&bq, &bk, &bv);
+    let x = rng.fill(12 * 48, 1.0);
+    let mha = Layer::from_mha(&g, &w).unwrap();
+    assert_eq!(mha.info().unwrap().kind, Some(LayerKind::Mha));
+    let full = Layer::convert(
+        &g,
+        &w,
+        None,
+        &ConvertParams::new().unwrap().rope_dim(8).d_kv(8),
+    )
+    .unwrap();
+    let want = run(&mha, &x, AttnPath::Auto);
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    for path in [AttnPath::Absorbed, AttnPath::Materialized] {
+        let got = run(&full, &x, path);
+        assert!(
+            max_abs_diff(&got, &want) < 1e-4 * scale,
+            "{path:?}: {}",
+            max_abs_diff(&got, &want)
+        );
+    }
+    // At reduced rank the two paths still agree with each other, and differ from MHA.
+    let low = Layer::convert(
+        &g,
+        &w,
+        None,
+        &ConvertParams::new()
+            .unwrap()
+            .rope_dim(2)
+            .d_kv(2)
+            .rope_strategy(RopeStrategy::Low),
+    )
+    .unwrap();
+    let a = run(&low, &x, AttnPath::Absorbed);
+    let m = run(&low, &x, AttnPath::Materialized);
+    assert!(max_abs_diff(&a, &m) < 1e-4 * scale);
+    assert!(max_abs_diff(&a, &want) > 1e-2);
+    let info = low.info().unwrap();
+    assert_eq!(
+        (info.rope_dim, info.d_kv, info.latent_dim, info.rope_width),
+        (2, 2, 4, 4)
+    );
+    assert_eq!(low.rope_dims(1).unwrap(), vec![3, 7]);
+}

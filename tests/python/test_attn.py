@@ -1,0 +1,131 @@
+"""Attention forward (converted layer + cache + mla_attn_forward) against the numpy forwards."""
+import numpy as np
+import pytest
+
+import mha2mla_ref as ref
+import mla
+from util import assert_close, geometry, layer_tensors, weights
+
+G = ref.Geom(d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, rope_theta=10000.0)
+G_MHA = ref.Geom(d_model=48, n_heads=3, n_kv_heads=3, head_dim=16, rope_theta=500.0)
+N_PREFILL, N_DECODE = 12, 4
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(20)
+    w = ref.random_layer(rng, G, bias=True)
+    wm = ref.random_layer(rng, G_MHA, bias=False)
+    x = rng.standard_normal((N_PREFILL + N_DECODE, G.d_model)).astype(np.float32)
+    xm = rng.standard_normal((N_PREFILL + N_DECODE, G_MHA.d_model)).astype(np.float32)
+    xc = rng.standard_normal((100, G.d_model)).astype(np.float32)
+    return w, wm, x, xm, xc
+
+
+def prefill_decode(layer, x, path="auto", latent_dtype="f32", rope_dtype="f32", seq=0):
+    """Prefill N_PREFILL tokens in one call, then decode the rest one by one."""
+    with mla.Cache([layer], latent_dtype=latent_dtype, rope_dtype=rope_dtype,
+                   capacity_tokens=256, block_tokens=8) as cache, mla.Attn(path=path) as attn:
+        out = np.empty_like(x)
+        attn.forward(layer, cache, 0, x[:N_PREFILL], seq, 0, out=out[:N_PREFILL])
+        for t in range(N_PREFILL, len(x)):
+            out[t:t + 1] = attn.forward(layer, cache, 0, x[t:t + 1], seq, t)
+        assert cache.seq_length(seq) == len(x)
+        return out, cache.read(0, seq)
+
+
+@pytest.mark.parametrize("path", ["absorbed", "materialized", "auto"])
+@pytest.mark.parametrize("method", ["joint", "split"])
+def test_reduced_rank_forward_matches_numpy(data, path, method):
+    w, _, x, _, xc = data
+    with mla.Calib(geometry(G, True), weights(w)) as c:
+        c.feed(xc)
+        layer = mla.convert(geometry(G, True), weights(w), c, rope_strategy="2-norm", rope_dim=4,
+                            d_kv=4, factorization=method)
+    pos = np.arange(len(x))
+    got, (latent, rope, cpos) = prefill_decode(layer, x, path)
+    t = layer_tensors(layer)
+    # The library's tensors through numpy's forward: checks attention alone.
+    assert_close(got, ref.mla_forward(t, G, x, pos), 1e-4, f"{path} vs numpy on lib tensors")
+    # numpy's own conversion: checks conversion and attention together.
+    mine = ref.convert(w, G, t["rope_dims"], 4, method)
+    assert_close(got, ref.mla_forward(mine, G, x, pos), 1e-4, f"{path} vs numpy conversion")
+    # The cache holds the latents and the rotated RoPE keys, nothing else.
+    want_c, want_r = ref.mla_latents(t, G, x, pos)
+    assert_close(latent, want_c, 1e-5, "cached latents")
+    assert_close(rope, want_r, 1e-5, "cached RoPE keys")
+    np.testing.assert_array_equal(cpos, pos)
+    # Not a vacuous comparison: at this rank the output is far from the MHA one.
+    assert np.max(np.abs(got - ref.mha_forward(w, G, x, pos))) > 1e-2
+
+
+def test_full_rank_conversion_reproduces_mha(data):
+    w, _, x, _, _ = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_strategy="high", rope_dim=G.head_dim,
+                        d_kv=G.head_dim)
+    got, _ = prefill_decode(layer, x)
+    assert_close(got, ref.mha_forward(w, G, x, np.arange(len(x))), 1e-4, "full rank vs MHA")
+
+
+def test_mha_baseline_layer(data):
+    _, wm, _, xm, _ = data
+    layer = mla.Layer.from_mha(geometry(G_MHA, False), weights(wm))
+    assert layer.info.kind == mla.LayerKind.MHA
+    assert layer.info.latent_dim == G_MHA.n_kv_heads * G_MHA.head_dim
+    got, _ = prefill_decode(layer, xm)
+    assert_close(got, ref.mha_forward(wm, G_MHA, xm, np.arange(len(xm))), 1e-4, "MHA layer")
+
+
+def test_half_precision_cache_is_close(data):
+    w, _, x, _, _ = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_strategy="high", rope_dim=4, d_kv=6)
+    got, _ = prefill_decode(layer, x, latent_dtype="f16", rope_dtype="f16")
+    assert_close(got, ref.mla_forward(layer_tensors(layer), G, x, np.arange(len(x))), 5e-3,
+                 "f16 cache")
+
+
+def test_linear_rope_scaling(data):
+    w, _, x, _, _ = data
+    g = mla.Geometry(G.d_model, G.n_heads, G.n_kv_heads, G.head_dim, rope_theta=G.rope_theta,
+                     rope_scaling="linear", rope_scaling_factor=4.0, qkv_bias=True)
+    layer = mla.convert(g, weights(w), rope_strategy="low", rope_dim=6, d_kv=6)
+    got, _ = prefill_decode(layer, x)
+    gs = ref.Geom(G.d_model, G.n_heads, G.n_kv_heads, G.head_dim, G.rope_theta,
+                  position_scale=0.25)
+    assert_close(got, ref.mla_forward(layer_tensors(layer), gs, x, np.arange(len(x))), 1e-4,
+                 "linear scaling")
+
+
+def test_mixed_batch_of_two_sequences(data):
+    w, _, x, _, _ = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_strategy="high", rope_dim=4, d_kv=4)
+    seq = np.array([0, 1] * 5, np.int32)
+    pos = np.repeat(np.arange(5), 2).astype(np.int64)
+    with mla.Cache([layer], latent_dtype="f32", rope_dtype="f32", capacity_tokens=64,
+                   block_tokens=4) as cache, mla.Attn() as attn:
+        got = attn.forward(layer, cache, 0, x[:10], seq, pos)
+        assert (cache.seq_length(0), cache.seq_length(1)) == (5, 5)
+    want = ref.mla_forward(layer_tensors(layer), G, x[:10], pos, seq)
+    assert_close(got, want, 1e-4, "two sequences in one batch")
+
+
+def test_seq_shift_rerotates_cached_keys(data):
+    w, _, x, _, xc = data
+    with mla.Calib(geometry(G, True), weights(w)) as c:
+        c.feed(xc)
+        layer = mla.convert(geometry(G, True), weights(w), c, rope_strategy="2-norm", rope_dim=6,
+                            d_kv=4)
+    t = layer_tensors(layer)
+    with mla.Cache([layer], latent_dtype="f32", rope_dtype="f32", capacity_tokens=64) as cache, \
+            mla.Attn() as attn:
+        attn.forward(layer, cache, 0, x[:8], 0, 0)
+        cache.seq_rm(0, 0, 3)  # drop the first 3 tokens, then close the gap
+        cache.seq_shift(0, 3, -1, -3)
+        latent, rope, pos = cache.read(0, 0)
+        np.testing.assert_array_equal(pos, np.arange(5))
+        want_c, want_r = ref.mla_latents(t, G, x[3:8], np.arange(5))
+        assert_close(latent, want_c, 1e-5, "latents after shift")
+        assert_close(rope, want_r, 1e-5, "RoPE keys after shift")
+        # Decoding on after the shift is the forward of the shortened sequence.
+        y = attn.forward(layer, cache, 0, x[8:9], 0, 5)
+    assert_close(y, ref.mla_forward(t, G, x[3:9], np.arange(6))[-1:], 1e-4, "decode after shift")
