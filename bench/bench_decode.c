@@ -1,0 +1,335 @@
+/*
+ * Per-layer decode time of MLA (absorbed path) against this library's MHA baseline, at several
+ * context lengths, for SmolLM-135M and Llama-2-7B attention shapes; and the absorbed/materialized
+ * crossover for prefill chunks. Prints the machine's measured roofs beside every figure.
+ *
+ *   bench_decode [--quick] [--threads N] [--crossover]
+ *
+ * Weights and cached values are random: time does not depend on them. The cache is filled with
+ * mla_cache_write directly (a real prefill of 32K tokens through an MHA layer would take hours of
+ * the benchmark's time), then one token at a time is decoded at position ctx and removed again.
+ * "attn" columns subtract the fixed cost (projections, measured at context 16) so that the
+ * context-dependent work is compared to the roofs: its flops 2·n_h·(2R + r) per cached token for
+ * MLA and 4·n_h·d_h for MHA, its bytes those of the cached tokens (float16 cache).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mla/mla.h>
+
+#include "roofs.h"
+
+typedef struct shape {
+    const char *name;
+    int d, n_h, n_kv, d_h, r;
+} shape;
+
+static const shape shapes[] = {
+    {"SmolLM-135M", 576, 9, 3, 64, 8},
+    {"Llama-2-7B", 4096, 32, 32, 128, 4},
+};
+
+static unsigned long long rng = 88172645463325252ULL;
+
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+}
+
+static float *rand_buf(size_t n, float scale)
+{
+    float *p = malloc(n * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "out of memory (%zu floats)\n", n);
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++)
+        p[i] = scale * frand();
+    return p;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "%s: %s\n", what, mla_last_error());
+    exit(1);
+}
+
+static mla_geometry geometry(const shape *s)
+{
+    mla_geometry g;
+    mla_geometry_default_params(&g, sizeof g);
+    g.d_model = s->d;
+    g.n_heads = s->n_h;
+    g.n_kv_heads = s->n_kv;
+    g.head_dim = s->d_h;
+    return g;
+}
+
+static mla_layer *mha_layer(const shape *s)
+{
+    mla_geometry g = geometry(s);
+    size_t qr = (size_t)s->n_h * s->d_h, kr = (size_t)s->n_kv * s->d_h;
+    float sc = 1.0f / (float)s->d;
+    float *wq = rand_buf(qr * s->d, sc), *wk = rand_buf(kr * s->d, sc);
+    float *wv = rand_buf(kr * s->d, sc), *wo = rand_buf(qr * s->d, sc);
+    mla_layer_weights w;
+    mla_layer_weights_default_params(&w, sizeof w);
+    w.wq = wq;
+    w.wk = wk;
+    w.wv = wv;
+    w.wo = wo;
+    mla_layer *l = NULL;
+    if (mla_layer_from_mha(&g, &w, &l) != MLA_OK)
+        die("mla_layer_from_mha");
+    free(wq);
+    free(wk);
+    free(wv);
+    free(wo);
+    return l;
+}
+
+/* An MLA layer of the shape with random factors (an SVD of a 7B layer would take minutes). */
+static mla_layer *mla_layer_random(const shape *s, int d_kv)
+{
+    mla_geometry g = geometry(s);
+    int64_t R = (int64_t)d_kv * s->n_kv, n = s->d_h - s->r, qr = (int64_t)s->n_h * s->d_h;
+    float sc = 1.0f / (float)s->d;
+    mla_tensor t[7];
+    memset(t, 0, sizeof t);
+    const char *names[6] = {"q_proj.weight", "k_r_proj.weight", "kv_proj.down_kv.weight",
+                            "kv_proj.up_k.weight", "kv_proj.up_v.weight", "o_proj.weight"};
+    int64_t rows[6] = {qr, (int64_t)s->n_kv * s->r, R, s->n_kv * n, (int64_t)s->n_kv * s->d_h,
+                       s->d};
+    int64_t cols[6] = {s->d, s->d, s->d, R, R, qr};
+    for (int i = 0; i < 6; i++) {
+        t[i].name = names[i];
+        t[i].dtype = MLA_DTYPE_F32;
+        t[i].ndim = 2;
+        t[i].shape[0] = rows[i];
+        t[i].shape[1] = cols[i];
+        t[i].shape[2] = t[i].shape[3] = 1;
+        t[i].data = rand_buf((size_t)(rows[i] * cols[i]), sc);
+    }
+    /* The HIGH strategy's dims: frequencies 0 .. r/2−1 and their partners. */
+    int32_t *dims = malloc((size_t)s->n_kv * s->r * sizeof *dims);
+    for (int j = 0; j < s->n_kv; j++)
+        for (int k = 0; k < s->r; k++)
+            dims[j * s->r + k] = k < s->r / 2 ? k : s->d_h / 2 + k - s->r / 2;
+    t[6].name = "rope_dims";
+    t[6].dtype = MLA_DTYPE_I32;
+    t[6].ndim = 2;
+    t[6].shape[0] = s->n_kv;
+    t[6].shape[1] = s->r;
+    t[6].shape[2] = t[6].shape[3] = 1;
+    t[6].data = dims;
+    mla_layer *l = NULL;
+    if (mla_layer_from_tensors(&g, s->r, d_kv, t, 7, &l) != MLA_OK)
+        die("mla_layer_from_tensors");
+    for (int i = 0; i < 7; i++)
+        free((void *)t[i].data);
+    return l;
+}
+
+static mla_cache *filled_cache(mla_layer *l, int64_t ctx, int64_t extra)
+{
+    mla_cache_layer_desc desc;
+    if (mla_layer_cache_desc(l, &desc) != MLA_OK)
+        die("mla_layer_cache_desc");
+    mla_cache_params p;
+    mla_cache_default_params(&p, sizeof p);
+    p.n_layers = 1;
+    p.layers = &desc;
+    p.latent_dtype = MLA_DTYPE_F16;
+    p.rope_dtype = MLA_DTYPE_F16;
+    p.capacity_tokens = ctx + extra + 64;
+    p.n_seq_max = 2;
+    mla_cache *c = NULL;
+    if (mla_cache_create(&p, &c) != MLA_OK)
+        die("mla_cache_create");
+    int64_t L = desc.latent_dim, W = (int64_t)desc.rope_heads * desc.rope_dim, chunk = 1024;
+    float *lat = rand_buf((size_t)(chunk * L), 1.0f), *rope = rand_buf((size_t)(chunk * W + 1), 1.0f);
+    for (int64_t p0 = 0; p0 < ctx; p0 += chunk) {
+        int64_t n = ctx - p0 < chunk ? ctx - p0 : chunk;
+        if (mla_cache_write(c, 0, 0, p0, n, lat, W ? rope : NULL) != MLA_OK)
+            die("mla_cache_write");
+    }
+    free(lat);
+    free(rope);
+    return c;
+}
+
+/* Median seconds of forwarding m tokens at positions ctx .. ctx+m−1 of a ctx-token sequence. */
+static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t ctx, int64_t m,
+                           int reps)
+{
+    float *x = rand_buf((size_t)(m * d), 1.0f), *out = malloc((size_t)(m * d) * sizeof *out);
+    int32_t *seq = calloc((size_t)m, sizeof *seq);
+    int64_t *pos = malloc((size_t)m * sizeof *pos);
+    for (int64_t i = 0; i < m; i++)
+        pos[i] = ctx + i;
+    double t[64];
+    if (reps > 63)
+        reps = 63;
+    for (int r = 0; r <= reps; r++) {
+        double t0 = roofs_now();
+        if (mla_attn_forward(a, l, c, 0, x, m, seq, pos, out) != MLA_OK)
+            die("mla_attn_forward");
+        double dt = roofs_now() - t0;
+        if (r > 0)
+            t[r - 1] = dt; /* the first run warms up scratch memory and threads */
+        if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
+            die("mla_cache_seq_rm");
+    }
+    for (int i = 1; i < reps; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            double s = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = s;
+        }
+    free(x);
+    free(out);
+    free(seq);
+    free(pos);
+    return t[reps / 2];
+}
+
+static mla_attn *attn_new(int threads, mla_attn_path path)
+{
+    mla_attn_params p;
+    mla_attn_default_params(&p, sizeof p);
+    p.n_threads = threads;
+    p.path = path;
+    mla_attn *a = NULL;
+    if (mla_attn_create(&p, &a) != MLA_OK)
+        die("mla_attn_create");
+    return a;
+}
+
+static double decode(mla_layer *l, int d, int64_t ctx, int threads, int reps)
+{
+    mla_cache *c = filled_cache(l, ctx, 1);
+    mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
+    double t = time_forward(a, l, c, d, ctx, 1, reps);
+    mla_attn_destroy(a);
+    mla_cache_destroy(c);
+    return t;
+}
+
+static void bench_decode(int quick, int threads, double sgemm, double bw)
+{
+    static const int64_t ctxs[] = {1024, 4096, 16384, 32768};
+    static const int dkvs[] = {8, 16, 32};
+    int n_ctx = quick ? 2 : 4, reps = quick ? 3 : 9;
+    printf("\n## decode, one token, %d thread(s); attn = time minus the fixed cost at context 16\n",
+           threads);
+    printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %6s\n", "shape", "layer", "ctx", "ms",
+           "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "vsMHA");
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const shape *s = &shapes[si];
+        mla_layer *mha = mha_layer(s);
+        double mha_fixed = decode(mha, s->d, 16, threads, reps);
+        double mha_t[4];
+        for (int ci = 0; ci < n_ctx; ci++) {
+            int64_t ctx = ctxs[ci];
+            mha_t[ci] = decode(mha, s->d, ctx, threads, reps);
+            double at = mha_t[ci] - mha_fixed;
+            double fl = 4.0 * s->n_h * s->d_h * (double)ctx;
+            double by = 2.0 * s->n_kv * s->d_h * 2.0 * (double)ctx;
+            printf("%-12s %-9s %6lld %9.3f %9.1f %8.1f %8.1f %6.0f%% %6.0f%% %6s\n", s->name,
+                   "MHA", (long long)ctx, mha_t[ci] * 1e3, 1.0 / mha_t[ci], fl / at * 1e-9,
+                   by / at * 1e-9, 100 * fl / at * 1e-9 / sgemm, 100 * by / at * 1e-9 / bw, "");
+        }
+        mla_layer_destroy(mha);
+        for (size_t ki = 0; ki < sizeof dkvs / sizeof dkvs[0]; ki++) {
+            if (quick && dkvs[ki] != 16)
+                continue;
+            mla_layer *l = mla_layer_random(s, dkvs[ki]);
+            int64_t R = (int64_t)dkvs[ki] * s->n_kv;
+            double fixed = decode(l, s->d, 16, threads, reps);
+            char lname[16];
+            snprintf(lname, sizeof lname, "MLA d%d", dkvs[ki]);
+            for (int ci = 0; ci < n_ctx; ci++) {
+                int64_t ctx = ctxs[ci];
+                double t = decode(l, s->d, ctx, threads, reps);
+                double at = t - fixed;
+                double fl = 2.0 * s->n_h * (2.0 * R + s->r) * (double)ctx;
+                double by = (double)(R + (int64_t)s->n_kv * s->r) * 2.0 * (double)ctx;
+                printf("%-12s %-9s %6lld %9.3f %9.1f %8.1f %8.1f %6.0f%% %6.0f%% %5.2fx\n",
+                       s->name, lname, (long long)ctx, t * 1e3, 1.0 / t, fl / at * 1e-9,
+                       by / at * 1e-9, 100 * fl / at * 1e-9 / sgemm, 100 * by / at * 1e-9 / bw,
+                       mha_t[ci] / t);
+                fflush(stdout);
+            }
+            mla_layer_destroy(l);
+        }
+    }
+}
+
+/* Absorbed vs materialized for a chunk of m new tokens after `ctx` cached ones. */
+static void bench_crossover(int quick, int threads)
+{
+    static const int64_t ms[] = {16, 32, 64, 96, 128, 160, 192, 256, 384, 512};
+    int64_t ctx = quick ? 1024 : 4096;
+    int reps = quick ? 1 : 3;
+    printf("\n## prefill chunk after %lld cached tokens, %d thread(s): absorbed vs materialized\n",
+           (long long)ctx, threads);
+    printf("%-12s %5s %5s %12s %12s %8s\n", "shape", "d_kv", "m", "absorbed ms", "materal. ms",
+           "faster");
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const shape *s = &shapes[si];
+        int d_kv = 16;
+        mla_layer *l = mla_layer_random(s, d_kv);
+        mla_cache *c = filled_cache(l, ctx, 512);
+        mla_attn *aa = attn_new(threads, MLA_ATTN_PATH_ABSORBED);
+        mla_attn *am = attn_new(threads, MLA_ATTN_PATH_MATERIALIZED);
+        int64_t cross = -1;
+        for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+            if (quick && ms[mi] > 128)
+                break;
+            double ta = time_forward(aa, l, c, s->d, ctx, ms[mi], reps);
+            double tm = time_forward(am, l, c, s->d, ctx, ms[mi], reps);
+            if (cross < 0 && tm < ta)
+                cross = ms[mi];
+            printf("%-12s %5d %5lld %12.3f %12.3f %8s\n", s->name, d_kv, (long long)ms[mi],
+                   ta * 1e3, tm * 1e3, ta <= tm ? "absorbed" : "material.");
+            fflush(stdout);
+        }
+        printf("%-12s crossover: materialized first faster at m = %lld\n", s->name,
+               (long long)cross);
+        mla_attn_destroy(aa);
+        mla_attn_destroy(am);
+        mla_cache_destroy(c);
+        mla_layer_destroy(l);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int quick = 0, threads = 2, crossover = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+        else if (strcmp(argv[i], "--crossover") == 0)
+            crossover = 1;
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover]\n", argv[0]);
+            return 2;
+        }
+    }
+    printf("libmla %s\n%s\n", mla_version_string(), mla_build_info());
+    double sgemm = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
+    double bw = roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30));
+    printf("roofs (%d thread(s)): sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s\n", threads,
+           sgemm, bw);
+    if (crossover)
+        bench_crossover(quick, threads);
+    else
+        bench_decode(quick, threads, sgemm, bw);
+    return 0;
+}

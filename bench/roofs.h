@@ -1,0 +1,16 @@
+/* The machine's measured roofs, printed beside every benchmark result. */
+#ifndef MLA_BENCH_ROOFS_H
+#define MLA_BENCH_ROOFS_H
+
+#include <stddef.h>
+
+/* Wall clock in seconds (monotonic). */
+double roofs_now(void);
+
+/* BLIS sgemm rate on n_threads threads for n × n × n products, GFLOP/s (best of 3). */
+double roofs_sgemm_gflops(int n_threads, int n);
+
+/* Read bandwidth: the sum of a `bytes`-byte float array on n_threads threads, GB/s (best of 5). */
+double roofs_read_gbps(int n_threads, size_t bytes);
+
+#endif /* MLA_BENCH_ROOFS_H */

@@ -1,0 +1,62 @@
+/* The attention handle: parameters, threads, scratch memory. */
+#include <string.h>
+
+#include <mla/attn.h>
+
+#include "attn/internal.h"
+
+/* Upper bound on worker threads, against typos such as −1 cast to a huge count. */
+#define MAX_THREADS 4096
+
+MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_size)
+{
+    mla_attn_params d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.n_threads = 1;
+    d.path = MLA_ATTN_PATH_AUTO;
+    d.crossover_tokens = MLA_ATTN_DEFAULT_CROSSOVER;
+    return mla_params_write(p, struct_size, &d, sizeof d, "attn params");
+}
+
+MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out)
+{
+    if (!out)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_create: out is NULL");
+    mla_attn_params p;
+    mla_attn_default_params(&p, sizeof p);
+    if (params) {
+        mla_status st = mla_params_read(&p, sizeof p, params, "attn params");
+        if (st != MLA_OK)
+            return st;
+    }
+    if (p.n_threads < 0 || p.n_threads > MAX_THREADS)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attn params: n_threads is %d, must be in [0, %d] (0: all cores)",
+                        (int)p.n_threads, MAX_THREADS);
+    if (p.path != MLA_ATTN_PATH_AUTO && p.path != MLA_ATTN_PATH_ABSORBED &&
+        p.path != MLA_ATTN_PATH_MATERIALIZED)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "attn params: path is %d, unknown",
+                        (int)p.path);
+    if (p.crossover_tokens < 1)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attn params: crossover_tokens is %d, must be ≥ 1",
+                        (int)p.crossover_tokens);
+    mla_attn *a = mla_calloc(1, sizeof *a);
+    if (!a)
+        return mla_fail(MLA_ERR_OUT_OF_MEMORY, "mla_attn_create: %zu bytes", sizeof *a);
+    a->p = p;
+    a->p.struct_size = sizeof p;
+    a->n_threads = p.n_threads == 0 ? mla_cpu_count() : p.n_threads;
+    a->k = mla__attn_kernels_best();
+    *out = a;
+    return MLA_OK;
+}
+
+MLA_API void mla_attn_destroy(mla_attn *attn)
+{
+    if (!attn)
+        return;
+    mla_free(attn->scratch);
+    mla_free(attn);
+}

@@ -1,0 +1,81 @@
+/* A sequence's cached tokens as a table of spans, and tiles dequantized from them. */
+#include "attn/internal.h"
+
+mla_status mla__seq_view_load(const mla_cache *cache, int32_t layer, int32_t seq,
+                              int64_t max_spans, mla__seq_view *v)
+{
+    int64_t n;
+    mla_status st = mla__cache_seq_span_count(cache, seq, &n);
+    if (st != MLA_OK)
+        return mla_fail_context(MLA_ERR_INTERNAL, "attention: sequence %d: ", (int)seq);
+    if (n > max_spans)
+        return mla_fail(MLA_ERR_INTERNAL,
+                        "attention: sequence %d has %lld spans, more than the %lld planned",
+                        (int)seq, (long long)n, (long long)max_spans);
+    v->n_spans = n;
+    v->start[0] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        st = mla__cache_seq_span(cache, layer, seq, i, &v->spans[i]);
+        if (st != MLA_OK)
+            return mla_fail_context(MLA_ERR_INTERNAL, "attention: sequence %d span %lld: ",
+                                    (int)seq, (long long)i);
+        v->start[i + 1] = v->start[i] + v->spans[i].n_tokens;
+    }
+    return MLA_OK;
+}
+
+int64_t mla__seq_view_count_le(const mla__seq_view *v, int64_t p)
+{
+    /* First span whose last position exceeds p, then a binary search inside it. */
+    int64_t lo = 0, hi = v->n_spans;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        const mla_cache_span *s = &v->spans[mid];
+        if (s->pos[s->n_tokens - 1] <= p)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == v->n_spans)
+        return v->start[lo];
+    const mla_cache_span *s = &v->spans[lo];
+    int64_t a = 0, b = s->n_tokens;
+    while (a < b) {
+        int64_t mid = a + (b - a) / 2;
+        if (s->pos[mid] <= p)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    return v->start[lo] + a;
+}
+
+void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v, int64_t first,
+                    int64_t n, mla__tile *tile)
+{
+    /* The span holding token `first`: the last span starting at or before it. */
+    int64_t lo = 0, hi = v->n_spans - 1;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo + 1) / 2;
+        if (v->start[mid] <= first)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    int64_t done = 0;
+    for (int64_t si = lo; done < n; si++) {
+        const mla_cache_span *s = &v->spans[si];
+        int64_t off = first + done - v->start[si];
+        int64_t take = s->n_tokens - off;
+        if (take > n - done)
+            take = n - done;
+        mla__cache_span_to_f32(fmt, s, off, take,
+                               tile->latent + done * (int64_t)fmt->latent_dim,
+                               fmt->rope_width ? tile->rope + done * (int64_t)fmt->rope_width
+                                               : NULL);
+        for (int64_t t = 0; t < take; t++)
+            tile->pos[done + t] = s->pos[off + t];
+        done += take;
+    }
+    tile->n = n;
+}

@@ -1,0 +1,716 @@
+/*
+ * mla_attn_forward: validate everything, project, rotate, append to the cache, attend over each
+ * sequence's cached tokens (absorbed or materialized per sequence chunk), project the output.
+ *
+ * Tokens are processed sorted by (sequence, position), so each sequence's tokens form one chunk of
+ * consecutive rows; the output is scattered back to the caller's order at the end.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mla/attn.h>
+
+#include "attn/internal.h"
+
+/* Query rows (tokens × heads) per absorbed block and query tokens per materialized block: large
+ * enough to keep the products efficient, small enough that a tile's scores stay in L2. */
+#define ABSORBED_ROWS 512
+#define MATERIALIZED_TOKENS 1024
+/* Float32 bytes of one tile's data; the tile length follows from the per-token width. */
+#define TILE_BYTES (256 * 1024)
+/* Work below this many flops runs on the calling thread: waking a team costs more than it saves,
+ * and far more when the cores are shared with other processes. */
+#define PARALLEL_MIN_FLOPS 4e6
+
+static int threads_for(int nt, double flops)
+{
+    return flops < PARALLEL_MIN_FLOPS ? 1 : nt;
+}
+
+typedef struct tok {
+    int32_t seq;
+    int64_t pos;
+    int64_t idx;
+} tok;
+
+static int tok_cmp(const void *pa, const void *pb)
+{
+    const tok *a = pa, *b = pb;
+    if (a->seq != b->seq)
+        return a->seq < b->seq ? -1 : 1;
+    if (a->pos != b->pos)
+        return a->pos < b->pos ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+/* One sequence's tokens in the batch. */
+typedef struct chunk {
+    int32_t seq;
+    int64_t t0, m, p0;
+    int64_t app0;        /* first appended position (positions ≥ app0 are new), or p0 + m */
+    int64_t max_spans;
+    mla__seq_view view;
+    int absorbed;
+} chunk;
+
+/* ---- a bump allocator over the handle's scratch: sized by a dry run, then carved ------------- */
+
+typedef struct arena {
+    char *base;
+    size_t off;
+    int overflow;
+} arena;
+
+static void *take(arena *a, size_t count, size_t size)
+{
+    size_t bytes;
+    size_t o = (a->off + 63) & ~(size_t)63;
+    if (o < a->off || !mla_mul_size(count, size, &bytes) || bytes > SIZE_MAX - o) {
+        a->overflow = 1;
+        return NULL;
+    }
+    a->off = o + bytes;
+    return a->base ? a->base + o : NULL;
+}
+
+/* Dimensions of the layer as the forward needs them. */
+typedef struct dims {
+    int64_t d, n_h, n_kv, g, d_h, r, nope, L, W, lat_k, lat_v, off_v;
+    int mha;
+} dims;
+
+/* Everything one forward allocates, carved from the arena. */
+typedef struct plan {
+    int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
+    int any_abs, any_mat;
+    float *xp, *q, *kr, *lat, *qg, *qt, *qrt, *obar, *ao, *mx, *l, *outp;
+    double *rope_work;
+    mla__qblock *blocks;
+    mla__job *jobs;
+    mla__work *works;
+    float *extra;        /* state of split parts ≥ 1 */
+    size_t extra_floats;
+} plan;
+
+static void carve(arena *a, plan *p, const dims *dm, chunk *ch, int n_threads)
+{
+    size_t n = (size_t)p->n, nh = (size_t)dm->n_h, hd = (size_t)(dm->n_h * dm->d_h);
+    p->xp = take(a, n * (size_t)dm->d, sizeof(float));
+    p->q = take(a, n * hd, sizeof(float));
+    p->kr = take(a, n * (size_t)dm->W + 1, sizeof(float));
+    p->lat = take(a, n * (size_t)dm->L, sizeof(float));
+    p->qg = p->any_mat ? take(a, n * hd, sizeof(float)) : NULL;
+    p->qt = p->any_abs ? take(a, n * nh * (size_t)dm->lat_k + 1, sizeof(float)) : NULL;
+    p->qrt = p->any_abs ? take(a, n * nh * (size_t)dm->r + 1, sizeof(float)) : NULL;
+    p->obar = p->any_abs ? take(a, n * nh * (size_t)dm->lat_v, sizeof(float)) : NULL;
+    p->ao = take(a, n * hd, sizeof(float));
+    p->mx = take(a, n * nh, sizeof(float));
+    p->l = take(a, n * nh, sizeof(float));
+    p->outp = take(a, n * (size_t)dm->d, sizeof(float));
+    p->rope_work = take(a, 2 * (size_t)(dm->n_kv * dm->r) + 2, sizeof(double));
+    p->blocks = take(a, (size_t)p->n_blocks, sizeof(mla__qblock));
+    p->jobs = take(a, (size_t)p->n_jobs, sizeof(mla__job));
+    p->extra = take(a, p->extra_floats + 1, sizeof(float));
+    p->works = take(a, (size_t)n_threads, sizeof(mla__work));
+    size_t T = (size_t)p->tile;
+    size_t s_floats = T * (size_t)(p->rows_abs > p->rows_mat ? p->rows_abs : p->rows_mat);
+    size_t max_m = (size_t)(p->rows_abs > p->rows_mat ? p->rows_abs : p->rows_mat);
+    for (int i = 0; i < n_threads; i++) {
+        mla__work w;
+        w.tile.latent = take(a, T * (size_t)dm->L, sizeof(float));
+        w.tile.rope = take(a, T * (size_t)dm->W + 1, sizeof(float));
+        w.tile.pos = take(a, T, sizeof(int64_t));
+        w.tile.n = 0;
+        w.s = take(a, s_floats, sizeof(float));
+        int up = p->any_mat && !dm->mha;
+        w.kbuf = up ? take(a, T * (size_t)(dm->n_kv * dm->d_h), sizeof(float)) : NULL;
+        w.vbuf = up ? take(a, T * (size_t)(dm->n_kv * dm->d_h), sizeof(float)) : NULL;
+        w.nvis = take(a, max_m, sizeof(int64_t));
+        if (p->works)
+            p->works[i] = w;
+    }
+    for (int64_t c = 0; c < p->n_chunks; c++) {
+        ch[c].view.spans = take(a, (size_t)ch[c].max_spans, sizeof(mla_cache_span));
+        ch[c].view.start = take(a, (size_t)ch[c].max_spans + 1, sizeof(int64_t));
+    }
+}
+
+static mla_status scratch_reserve(mla_attn *attn, size_t bytes)
+{
+    if (bytes <= attn->scratch_size)
+        return MLA_OK;
+    void *p = mla_alloc(bytes);
+    if (!p)
+        return mla_fail(MLA_ERR_OUT_OF_MEMORY, "attention: %zu bytes of scratch memory", bytes);
+    mla_free(attn->scratch);
+    attn->scratch = p;
+    attn->scratch_size = bytes;
+    return MLA_OK;
+}
+
+/* ---- validation ------------------------------------------------------------------------------ */
+
+static mla_status layer_dims(const struct mla_layer *ly, const mla_cache_layer_format *fmt,
+                             int32_t cache_layer, dims *dm)
+{
+    dm->d = ly->geom.d_model;
+    dm->n_h = ly->geom.n_heads;
+    dm->n_kv = ly->geom.n_kv_heads;
+    dm->g = dm->n_h / dm->n_kv;
+    dm->d_h = ly->geom.head_dim;
+    dm->r = ly->rope_dim;
+    dm->nope = dm->d_h - dm->r;
+    dm->L = ly->latent_dim;
+    dm->W = dm->n_kv * dm->r;
+    dm->mha = ly->kind == MLA_LAYER_MHA;
+    if (dm->mha) {
+        dm->lat_k = dm->lat_v = dm->L;
+        dm->off_v = 0;
+    } else if (ly->factorization == MLA_FACTOR_SPLIT) {
+        dm->lat_k = dm->lat_v = dm->L / 2;
+        dm->off_v = dm->L / 2;
+    } else {
+        dm->lat_k = dm->lat_v = dm->L;
+        dm->off_v = 0;
+    }
+    if (fmt->latent_dim != dm->L || fmt->rope_width != dm->W)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attention: cache layer %d stores latent_dim %d and rope width %d per "
+                        "token, the layer produces %lld and %lld (n_kv_heads %lld × rope_dim "
+                        "%lld)",
+                        (int)cache_layer, (int)fmt->latent_dim, (int)fmt->rope_width,
+                        (long long)dm->L, (long long)dm->W, (long long)dm->n_kv,
+                        (long long)dm->r);
+    return MLA_OK;
+}
+
+/* Where a sequence's batch positions land: already present slots (overwritten in this layer)
+ * followed by new ones appended directly after its last position. */
+static mla_status place_chunk(const mla_cache *cache, int32_t layer, chunk *c)
+{
+    int64_t pmax;
+    mla_status st = mla_cache_seq_pos_max(cache, c->seq, &pmax);
+    if (st != MLA_OK)
+        return mla_fail_context(MLA_ERR_INVALID_ARGUMENT, "attention: sequence %d: ",
+                                (int)c->seq);
+    int64_t p_last = c->p0 + c->m - 1;
+    if (c->p0 > pmax) {
+        if (pmax >= 0 && c->p0 != pmax + 1)
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "attention: sequence %d ends at position %lld, the batch continues "
+                            "it at %lld (a gap)",
+                            (int)c->seq, (long long)pmax, (long long)c->p0);
+        c->app0 = c->p0;
+    } else {
+        /* Positions p0 .. min(p_last, pmax) must all be slots of the sequence. */
+        int64_t e = p_last < pmax ? p_last : pmax;
+        mla__seq_view v = c->view;
+        st = mla__seq_view_load(cache, layer, c->seq, c->max_spans, &v);
+        if (st != MLA_OK)
+            return st;
+        int64_t have = mla__seq_view_count_le(&v, e) - mla__seq_view_count_le(&v, c->p0 - 1);
+        if (have != e - c->p0 + 1)
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "attention: sequence %d: positions %lld..%lld of the batch are not "
+                            "all reserved slots (%lld of %lld present) and do not continue its "
+                            "last position %lld",
+                            (int)c->seq, (long long)c->p0, (long long)e, (long long)have,
+                            (long long)(e - c->p0 + 1), (long long)pmax);
+        c->app0 = pmax + 1 > p_last ? c->p0 + c->m : pmax + 1;
+    }
+    return MLA_OK;
+}
+
+/* Sort the batch, form chunks and check positions within each. */
+static mla_status make_chunks(const int32_t *seq, const int64_t *pos, int64_t n, tok *tk,
+                              chunk *ch, int64_t *n_chunks)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (pos[i] < 0)
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT, "attention: token %lld has position %lld",
+                            (long long)i, (long long)pos[i]);
+        if (seq[i] < 0)
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "attention: token %lld has sequence id %d", (long long)i,
+                            (int)seq[i]);
+        tk[i].seq = seq[i];
+        tk[i].pos = pos[i];
+        tk[i].idx = i;
+    }
+    qsort(tk, (size_t)n, sizeof *tk, tok_cmp);
+    int64_t nc = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (i > 0 && tk[i].seq == tk[i - 1].seq) {
+            if (tk[i].pos == tk[i - 1].pos)
+                return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                                "attention: sequence %d: position %lld appears twice in the "
+                                "batch (tokens %lld and %lld)",
+                                (int)tk[i].seq, (long long)tk[i].pos,
+                                (long long)tk[i - 1].idx, (long long)tk[i].idx);
+            if (tk[i].pos != tk[i - 1].pos + 1)
+                return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                                "attention: sequence %d: the batch has positions %lld and %lld "
+                                "but not those between (a gap)",
+                                (int)tk[i].seq, (long long)tk[i - 1].pos, (long long)tk[i].pos);
+            ch[nc - 1].m++;
+            continue;
+        }
+        memset(&ch[nc], 0, sizeof ch[nc]);
+        ch[nc].seq = tk[i].seq;
+        ch[nc].t0 = i;
+        ch[nc].m = 1;
+        ch[nc].p0 = tk[i].pos;
+        nc++;
+    }
+    *n_chunks = nc;
+    return MLA_OK;
+}
+
+static mla_status check_finite(const float *x, int64_t n, int64_t d)
+{
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < d; j++)
+            if (!isfinite(x[i * d + j]))
+                return mla_fail(MLA_ERR_NUMERICAL,
+                                "attention: x of token %lld, column %lld is %g", (long long)i,
+                                (long long)j, (double)x[i * d + j]);
+    return MLA_OK;
+}
+
+/* ---- the steps after validation ----------------------------------------------------------- */
+
+static void add_bias(float *y, int64_t n, int64_t w, const float *b)
+{
+    if (!b)
+        return;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < w; j++)
+            y[i * w + j] += b[j];
+}
+
+static void project(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
+                    const int64_t *spos)
+{
+    int64_t n = p->n, qw = dm->n_h * dm->d_h;
+    nt = threads_for(nt, 2.0 * (double)n * (double)dm->d * (double)(qw + dm->W + dm->L));
+    mla__sgemm(nt, n, qw, dm->d, p->xp, dm->d, 1, ly->wq, 1, dm->d, 0.0f, p->q, qw, 1);
+    add_bias(p->q, n, qw, ly->bq);
+    if (dm->W > 0) {
+        mla__sgemm(nt, n, dm->W, dm->d, p->xp, dm->d, 1, ly->wkr, 1, dm->d, 0.0f, p->kr, dm->W,
+                   1);
+        add_bias(p->kr, n, dm->W, ly->bkr);
+    }
+    mla__sgemm(nt, n, dm->L, dm->d, p->xp, dm->d, 1, ly->wdkv, 1, dm->d, 0.0f, p->lat, dm->L, 1);
+    double ps = ly->rope_position_scale > 0 ? ly->rope_position_scale : 1.0;
+    mla__rope_rotate(p->q, qw, n, spos, (int32_t)dm->n_h, (int32_t)dm->g, (int32_t)dm->r,
+                     ly->rope_freqs, (int32_t)dm->n_kv, ps, p->rope_work);
+    mla__rope_rotate(p->kr, dm->W, n, spos, (int32_t)dm->n_kv, 1, (int32_t)dm->r, ly->rope_freqs,
+                     (int32_t)dm->n_kv, ps, p->rope_work);
+}
+
+/* Append each chunk's latents and RoPE keys; on failure undo what this call appended. */
+static mla_status write_cache(mla_cache *cache, int32_t layer, const dims *dm, const plan *p,
+                              const chunk *ch)
+{
+    mla_status st = MLA_OK;
+    int64_t c = 0;
+    for (; c < p->n_chunks; c++) {
+        const chunk *k = &ch[c];
+        int64_t n_old = k->app0 - k->p0;
+        const float *lat = p->lat + k->t0 * dm->L, *kr = p->kr + k->t0 * dm->W;
+        if (n_old > 0)
+            st = mla_cache_write(cache, layer, k->seq, k->p0, n_old, lat,
+                                 dm->W ? kr : NULL);
+        if (st == MLA_OK && n_old < k->m)
+            st = mla_cache_write(cache, layer, k->seq, k->app0, k->m - n_old,
+                                 lat + n_old * dm->L, dm->W ? kr + n_old * dm->W : NULL);
+        if (st != MLA_OK)
+            break;
+    }
+    if (st == MLA_OK)
+        return MLA_OK;
+    mla_fail_context(st, "attention: writing sequence %d, positions %lld..%lld: ",
+                     (int)ch[c].seq, (long long)ch[c].p0, (long long)(ch[c].p0 + ch[c].m - 1));
+    for (int64_t u = 0; u < c; u++)
+        if (ch[u].app0 < ch[u].p0 + ch[u].m)
+            mla_cache_seq_rm(cache, ch[u].seq, ch[u].app0, -1);
+    return st;
+}
+
+static void rollback(mla_cache *cache, const plan *p, const chunk *ch)
+{
+    for (int64_t u = 0; u < p->n_chunks; u++)
+        if (ch[u].app0 < ch[u].p0 + ch[u].m)
+            mla_cache_seq_rm(cache, ch[u].seq, ch[u].app0, -1);
+}
+
+/* The queries in the layouts the paths read (see internal.h), scaled by 1/√d_h. */
+static void prepare_queries(const struct mla_layer *ly, const dims *dm, const plan *p, int nt)
+{
+    int64_t n = p->n, qw = dm->n_h * dm->d_h;
+    float scale = (float)(1.0 / sqrt((double)dm->d_h));
+    if (p->any_mat)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t h = 0; h < dm->n_h; h++) {
+                float *dst = p->qg + (t * dm->n_h + h) * dm->d_h;
+                const float *qr = p->q + t * qw + h * dm->r;
+                const float *qn = p->q + t * qw + dm->n_h * dm->r + h * dm->nope;
+                for (int64_t i = 0; i < dm->r; i++)
+                    dst[i] = qr[i] * scale;
+                for (int64_t i = 0; i < dm->nope; i++)
+                    dst[dm->r + i] = qn[i] * scale;
+            }
+    if (!p->any_abs)
+        return;
+    int64_t ldq = n * dm->n_h;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t h = 0; h < dm->n_h; h++)
+            for (int64_t i = 0; i < dm->r; i++)
+                p->qrt[i * ldq + t * dm->n_h + h] = p->q[t * qw + h * dm->r + i] * scale;
+    if (dm->nope == 0)
+        return;
+    /* q̃_h = W_uk^{(j)ᵀ} q_nope_h for every token at once, written transposed. */
+    nt = threads_for(nt, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k);
+    for (int64_t h = 0; h < dm->n_h; h++) {
+        int64_t j = h / dm->g;
+        mla__sgemm(nt, dm->lat_k, n, dm->nope, ly->wuk + j * dm->nope * dm->lat_k, 1, dm->lat_k,
+                   p->q + dm->n_h * dm->r + h * dm->nope, 1, qw, 0.0f, p->qt + h, ldq, dm->n_h);
+    }
+    for (int64_t i = 0; i < dm->lat_k * ldq; i++)
+        p->qt[i] *= scale;
+}
+
+static void run_jobs(mla_attn *attn, const mla__ctx *ctx, const plan *p, int nt)
+{
+    int64_t nj = p->n_jobs;
+    double flops = 0;
+    for (int64_t i = 0; i < nj; i++) {
+        const mla__qblock *b = &p->blocks[p->jobs[i].block];
+        double width = b->absorbed ? 2.0 * ctx->lat_k + ctx->r : 2.0 * ctx->d_h;
+        flops += 2.0 * (double)(b->m * ctx->n_h) * (double)(p->jobs[i].c1 - p->jobs[i].c0) *
+                 width;
+    }
+    nt = threads_for(nt, flops);
+    if (nt <= 1 || nj <= 1) {
+        for (int64_t i = 0; i < nj; i++) {
+            const mla__job *job = &p->jobs[i];
+            if (p->blocks[job->block].absorbed)
+                mla__absorbed_job(ctx, job, &p->works[0]);
+            else
+                mla__materialized_job(ctx, job, &p->works[0]);
+        }
+        return;
+    }
+    (void)attn;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t i = 0; i < nj; i++) {
+        const mla__job *job = &p->jobs[i];
+        mla__work *w = &p->works[omp_get_thread_num()];
+        if (p->blocks[job->block].absorbed)
+            mla__absorbed_job(ctx, job, w);
+        else
+            mla__materialized_job(ctx, job, w);
+    }
+}
+
+/* Split-K parts merged into part 0, then every row divided by its softmax sum. */
+static void finish_rows(const struct mla_layer *ly, const dims *dm, const plan *p)
+{
+    for (int64_t i = 0; i < p->n_jobs; i++) {
+        const mla__job *jb = &p->jobs[i];
+        const mla__job *j0 = &p->jobs[i];
+        while (j0 > p->jobs && (j0 - 1)->block == jb->block)
+            j0--;
+        if (j0 == jb)
+            continue;
+        const mla__qblock *b = &p->blocks[jb->block];
+        int64_t dv = b->absorbed ? dm->lat_v : dm->d_h;
+        mla__softmax_merge(b->m * dm->n_h, dv, j0->mx, j0->l, j0->o, j0->ldo, jb->mx, jb->l,
+                           jb->o, jb->ldo);
+    }
+    for (int64_t bi = 0; bi < p->n_blocks; bi++) {
+        const mla__qblock *b = &p->blocks[bi];
+        int64_t dv = b->absorbed ? dm->lat_v : dm->d_h;
+        float *o = b->absorbed ? p->obar : p->ao;
+        for (int64_t row = b->t0 * dm->n_h; row < (b->t0 + b->m) * dm->n_h; row++) {
+            float inv = 1.0f / p->l[row];
+            float *orow = o + row * dv;
+            for (int64_t j = 0; j < dv; j++)
+                orow[j] *= inv;
+            /* MHA values are W_v x without b_v; the weights sum to 1, so b_v adds once. */
+            if (dm->mha && ly->buv) {
+                const float *bv = ly->buv + (row % dm->n_h) / dm->g * dm->d_h;
+                for (int64_t j = 0; j < dv; j++)
+                    orow[j] += bv[j];
+            }
+        }
+    }
+}
+
+/* o_h = W_uv^{(j)} ō_h + b_v^{(j)} for the runs of consecutive absorbed tokens. */
+static void absorbed_output(const struct mla_layer *ly, const dims *dm, const plan *p, int nt)
+{
+    int64_t hd = dm->n_h * dm->d_h;
+    for (int64_t bi = 0; bi < p->n_blocks;) {
+        if (!p->blocks[bi].absorbed) {
+            bi++;
+            continue;
+        }
+        int64_t t0 = p->blocks[bi].t0, t1 = t0;
+        while (bi < p->n_blocks && p->blocks[bi].absorbed && p->blocks[bi].t0 == t1) {
+            t1 += p->blocks[bi].m;
+            bi++;
+        }
+        int ntu = threads_for(nt, 2.0 * (double)(t1 - t0) * (double)(dm->n_h * dm->d_h) *
+                                      (double)dm->lat_v);
+        for (int64_t h = 0; h < dm->n_h; h++) {
+            int64_t j = h / dm->g;
+            float *o = p->ao + t0 * hd + h * dm->d_h;
+            mla__sgemm(ntu, t1 - t0, dm->d_h, dm->lat_v, p->obar + (t0 * dm->n_h + h) * dm->lat_v,
+                       dm->n_h * dm->lat_v, 1, ly->wuv + j * dm->d_h * dm->lat_v, 1, dm->lat_v,
+                       0.0f, o, hd, 1);
+            if (ly->buv)
+                for (int64_t t = 0; t < t1 - t0; t++)
+                    for (int64_t i = 0; i < dm->d_h; i++)
+                        o[t * hd + i] += ly->buv[j * dm->d_h + i];
+        }
+    }
+}
+
+/* ---- planning -------------------------------------------------------------------------------- */
+
+static int64_t tile_tokens(const dims *dm, int up)
+{
+    int64_t per = (dm->L + dm->W) * 4 + (up ? 8 * dm->n_kv * dm->d_h : 0);
+    int64_t t = TILE_BYTES / (per > 0 ? per : 1);
+    t = t / 16 * 16;
+    /* Materialized tiles feed BLIS products of tile × (n_kv·d_h) × R: below 64 rows its
+     * per-call overhead dominates, so wide layers accept tiles that spill L2. */
+    int64_t lo = up ? 64 : 16;
+    return t < lo ? lo : t > 256 ? 256 : t;
+}
+
+/* Blocks and jobs: blocks of up to ABSORBED_ROWS rows or MATERIALIZED_TOKENS tokens; when there
+ * are fewer blocks than threads, each block's context is split across threads (split-K). */
+static void plan_blocks(const dims *dm, plan *p, chunk *ch, int nt, int count_only)
+{
+    int64_t qb_abs = ABSORBED_ROWS / dm->n_h > 0 ? ABSORBED_ROWS / dm->n_h : 1;
+    int64_t nb = 0;
+    for (int64_t c = 0; c < p->n_chunks; c++) {
+        int64_t qb = ch[c].absorbed ? qb_abs : MATERIALIZED_TOKENS;
+        for (int64_t s = 0; s < ch[c].m; s += qb) {
+            if (!count_only) {
+                mla__qblock *b = &p->blocks[nb];
+                b->t0 = ch[c].t0 + s;
+                b->m = ch[c].m - s < qb ? ch[c].m - s : qb;
+                b->p0 = ch[c].p0 + s;
+                b->view = &ch[c].view;
+                b->absorbed = ch[c].absorbed;
+                b->n_ctx = mla__seq_view_count_le(&ch[c].view, b->p0 + b->m - 1);
+            }
+            nb++;
+        }
+    }
+    p->n_blocks = nb;
+    if (count_only) {
+        p->rows_abs = p->any_abs ? qb_abs * dm->n_h : 0;
+        p->rows_mat = p->any_mat ? MATERIALIZED_TOKENS : 0;
+    }
+}
+
+/* Parts per block (split-K) and the state each part accumulates into. */
+static void plan_jobs(const dims *dm, plan *p, int nt, int count_only)
+{
+    int64_t parts = nt > 1 && p->n_blocks < nt ? (nt + p->n_blocks - 1) / p->n_blocks : 1;
+    int64_t nj = 0;
+    size_t extra = 0;
+    for (int64_t bi = 0; bi < p->n_blocks; bi++) {
+        int64_t rows = 0, dv = 0, n_ctx = 0;
+        const mla__qblock *b = count_only ? NULL : &p->blocks[bi];
+        if (b) {
+            rows = b->m * dm->n_h;
+            dv = b->absorbed ? dm->lat_v : dm->d_h;
+            n_ctx = b->n_ctx;
+        }
+        /* Before the writes the context is unknown: plan for the maximum number of parts. */
+        int64_t np = parts;
+        if (b) {
+            int64_t tiles = (n_ctx + p->tile - 1) / p->tile;
+            np = tiles < parts ? (tiles > 0 ? tiles : 1) : parts;
+        }
+        for (int64_t k = 0; k < np; k++) {
+            if (b) {
+                mla__job *j = &p->jobs[nj];
+                int64_t per = (n_ctx + np - 1) / np;
+                per = (per + p->tile - 1) / p->tile * p->tile;
+                j->block = bi;
+                j->c0 = k * per < n_ctx ? k * per : n_ctx;
+                j->c1 = (k + 1) * per < n_ctx ? (k + 1) * per : n_ctx;
+                if (k == 0) {
+                    j->mx = p->mx + b->t0 * dm->n_h;
+                    j->l = p->l + b->t0 * dm->n_h;
+                    j->o = (b->absorbed ? p->obar : p->ao) + b->t0 * dm->n_h * dv;
+                    j->ldo = dv;
+                } else {
+                    j->mx = p->extra + extra;
+                    j->l = j->mx + rows;
+                    j->o = j->l + rows;
+                    j->ldo = dv;
+                    extra += (size_t)rows * (size_t)(2 + dv);
+                }
+                for (int64_t r = 0; r < rows; r++) {
+                    j->mx[r] = -INFINITY;
+                    j->l[r] = 0.0f;
+                }
+                memset(j->o, 0, (size_t)rows * (size_t)dv * sizeof(float));
+            }
+            nj++;
+        }
+    }
+    p->n_jobs = nj;
+    if (count_only) {
+        /* Upper bound of the extra state: every block split into `parts`. */
+        int64_t dvmax = dm->lat_v > dm->d_h ? dm->lat_v : dm->d_h;
+        p->extra_floats = (size_t)(parts - 1) * (size_t)p->n * (size_t)dm->n_h *
+                          (size_t)(2 + dvmax);
+    }
+}
+
+MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_cache *cache,
+                                    int32_t cache_layer, const float *x, int64_t n_tokens,
+                                    const int32_t *seq, const int64_t *pos, float *out)
+{
+    if (!attn || !layer || !cache)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_forward: %s is NULL",
+                        !attn ? "attn" : !layer ? "layer" : "cache");
+    if (n_tokens < 0)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_forward: n_tokens is %lld",
+                        (long long)n_tokens);
+    if (n_tokens > 0 && (!x || !seq || !pos || !out))
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_forward: %s is NULL",
+                        !x ? "x" : !seq ? "seq" : !pos ? "pos" : "out");
+    mla_cache_layer_format fmt;
+    mla_status st = mla__cache_layer_format(cache, cache_layer, &fmt);
+    if (st != MLA_OK)
+        return mla_fail_context(st, "mla_attn_forward: cache_layer %d: ", (int)cache_layer);
+    dims dm;
+    st = layer_dims(layer, &fmt, cache_layer, &dm);
+    if (st != MLA_OK || n_tokens == 0)
+        return st;
+    size_t xbytes, obytes;
+    if (!mla_mul_size((size_t)n_tokens, (size_t)dm.d * sizeof(float), &xbytes))
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_forward: n_tokens %lld is too large",
+                        (long long)n_tokens);
+    obytes = xbytes;
+    if ((const char *)out < (const char *)x + xbytes && (const char *)x < (const char *)out + obytes)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_forward: out overlaps x");
+    st = check_finite(x, n_tokens, dm.d);
+    if (st != MLA_OK)
+        return st;
+
+    /* Batch structure: sorted tokens, one chunk per sequence. */
+    tok *tk = mla_calloc((size_t)n_tokens, sizeof *tk);
+    chunk *ch = mla_calloc((size_t)n_tokens, sizeof *ch);
+    int64_t *spos = mla_calloc((size_t)n_tokens, sizeof *spos);
+    if (!tk || !ch || !spos) {
+        st = mla_fail(MLA_ERR_OUT_OF_MEMORY, "mla_attn_forward: batch of %lld tokens",
+                      (long long)n_tokens);
+        goto done;
+    }
+    plan p;
+    memset(&p, 0, sizeof p);
+    p.n = n_tokens;
+    st = make_chunks(seq, pos, n_tokens, tk, ch, &p.n_chunks);
+    if (st != MLA_OK)
+        goto done;
+    int mat_path = attn->p.path == MLA_ATTN_PATH_MATERIALIZED;
+    /* Per cached token and query head the absorbed path costs 2R + r multiply-adds, the
+     * materialized one 2·d_h (after a per-token up-projection shared by all queries): when the
+     * latent is narrower than a head's key and value, absorbed wins at every chunk length
+     * (doc/attention.md). */
+    int mat_pays = 2 * dm.lat_k + dm.r > 2 * dm.d_h;
+    for (int64_t c = 0; c < p.n_chunks; c++) {
+        int64_t n_spans;
+        st = mla__cache_seq_span_count(cache, ch[c].seq, &n_spans);
+        if (st != MLA_OK) {
+            st = mla_fail_context(MLA_ERR_INVALID_ARGUMENT, "attention: sequence %d: ",
+                                  (int)ch[c].seq);
+            goto done;
+        }
+        /* Appending m tokens adds at most m spans (at least one token each); a copy-on-write
+         * of a shared block does not add spans. */
+        ch[c].max_spans = n_spans + ch[c].m + 1;
+        ch[c].absorbed = !dm.mha && (attn->p.path == MLA_ATTN_PATH_ABSORBED ||
+                                     (!mat_path && (ch[c].m < attn->p.crossover_tokens ||
+                                                    !mat_pays)));
+        p.any_abs |= ch[c].absorbed;
+        p.any_mat |= !ch[c].absorbed;
+    }
+    int nt = attn->n_threads;
+    p.tile = tile_tokens(&dm, p.any_mat && !dm.mha);
+    plan_blocks(&dm, &p, ch, nt, 1);
+    plan_jobs(&dm, &p, nt, 1);
+    arena a = {NULL, 0, 0};
+    carve(&a, &p, &dm, ch, nt);
+    if (a.overflow) {
+        st = mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                      "mla_attn_forward: %lld tokens need more memory than can be addressed",
+                      (long long)n_tokens);
+        goto done;
+    }
+    st = scratch_reserve(attn, a.off + 64);
+    if (st != MLA_OK)
+        goto done;
+    a.base = (char *)(((uintptr_t)attn->scratch + 63) & ~(uintptr_t)63);
+    a.off = 0;
+    carve(&a, &p, &dm, ch, nt);
+    for (int64_t c = 0; c < p.n_chunks; c++) {
+        st = place_chunk(cache, cache_layer, &ch[c]);
+        if (st != MLA_OK)
+            goto done;
+    }
+
+    /* Nothing below fails except the cache writes (rolled back) and internal errors. */
+    for (int64_t i = 0; i < n_tokens; i++) {
+        memcpy(p.xp + i * dm.d, x + tk[i].idx * dm.d, (size_t)dm.d * sizeof(float));
+        spos[i] = tk[i].pos;
+    }
+    project(layer, &dm, &p, nt, spos);
+    st = write_cache(cache, cache_layer, &dm, &p, ch);
+    if (st != MLA_OK)
+        goto done;
+    for (int64_t c = 0; c < p.n_chunks; c++) {
+        st = mla__seq_view_load(cache, cache_layer, ch[c].seq, ch[c].max_spans, &ch[c].view);
+        if (st != MLA_OK) {
+            rollback(cache, &p, ch);
+            goto done;
+        }
+    }
+    plan_blocks(&dm, &p, ch, nt, 0);
+    plan_jobs(&dm, &p, nt, 0);
+    prepare_queries(layer, &dm, &p, nt);
+    mla__ctx ctx = {
+        .layer = layer, .fmt = &fmt, .k = attn->k,
+        .n_h = (int32_t)dm.n_h, .n_kv = (int32_t)dm.n_kv, .g = (int32_t)dm.g,
+        .d_h = (int32_t)dm.d_h, .r = (int32_t)dm.r, .nope = (int32_t)dm.nope,
+        .lat_k = (int32_t)dm.lat_k, .lat_v = (int32_t)dm.lat_v, .off_v = (int32_t)dm.off_v,
+        .tile_tokens = p.tile, .qg = p.qg, .qt = p.qt, .qrt = p.qrt, .ldq = n_tokens * dm.n_h,
+        .blocks = p.blocks,
+    };
+    run_jobs(attn, &ctx, &p, nt);
+    finish_rows(layer, &dm, &p);
+    if (p.any_abs)
+        absorbed_output(layer, &dm, &p, nt);
+    int64_t hd = dm.n_h * dm.d_h;
+    mla__sgemm(threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd), n_tokens,
+               dm.d, hd, p.ao, hd, 1, layer->wo, 1, hd, 0.0f, p.outp, dm.d, 1);
+    for (int64_t i = 0; i < n_tokens; i++)
+        memcpy(out + tk[i].idx * dm.d, p.outp + i * dm.d, (size_t)dm.d * sizeof(float));
+done:
+    mla_free(tk);
+    mla_free(ch);
+    mla_free(spos);
+    return st;
+}

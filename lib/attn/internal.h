@@ -1,0 +1,128 @@
+/*
+ * Functions shared by the files of lib/attn.
+ *
+ * Row layouts used throughout one forward call (n = tokens of the batch, sorted by sequence then
+ * position; "row (t, h)" is index t·n_h + h):
+ *   q:      n × n_h·d_h as the layer's W_q produces it (all heads' RoPE dims, then non-RoPE dims)
+ *   qg:     n × n_h × d_h, per head [RoPE | non-RoPE], scaled by 1/√d_h  (materialized, MHA)
+ *   qt:     R × n·n_h, the absorbed queries q̃ transposed, scaled            (absorbed)
+ *   qrt:    r × n·n_h, the RoPE queries transposed, scaled                  (absorbed)
+ *   obar:   n·n_h × R, the absorbed weighted latent sums                     (absorbed)
+ *   ao:     n × n_h·d_h, attention outputs of all heads, the input of W_o
+ */
+#ifndef MLA_ATTN_INTERNAL_H
+#define MLA_ATTN_INTERNAL_H
+
+#include <mla/attn.h>
+
+#include "attn/kernels/kernels.h"
+#include "cache/reader.h"
+#include "convert/layer.h"
+#include "core/core.h"
+
+/* The crossover measured on the development machine (doc/attention.md). */
+#define MLA_ATTN_DEFAULT_CROSSOVER 224
+
+struct mla_attn {
+    mla_attn_params p;
+    int n_threads;               /* resolved from p.n_threads */
+    const mla__attn_kernels *k;
+    void *scratch;               /* grow-only arena, reused by every forward */
+    size_t scratch_size;
+};
+
+/* ---- gemm.c ----------------------------------------------------------------------------------- */
+
+/* C = A·B + beta·C through BLIS on n_threads threads, every operand given by element strides:
+ * A(i, k) = a[i·rsa + k·csa], B(k, j) = b[k·rsb + j·csb], C(i, j) = c[i·rsc + j·csc]. */
+MLA_INTERNAL void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a,
+                             ptrdiff_t rsa, ptrdiff_t csa, const float *b, ptrdiff_t rsb,
+                             ptrdiff_t csb, float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc);
+
+/* ---- rope.c ----------------------------------------------------------------------------------- */
+
+/*
+ * Rotate n vectors in place: vector t has heads × r values at x + t·ldx + h·r, head h using the
+ * r/2 frequencies freqs + (h / group)·r/2, pair p = (p, p + r/2), angle pos[t]·scale·θ computed in
+ * double (positions reach millions, where float angles lose whole radians).
+ */
+MLA_INTERNAL void mla__rope_rotate(float *x, ptrdiff_t ldx, int64_t n, const int64_t *pos,
+                                   int32_t heads, int32_t group, int32_t r, const float *freqs,
+                                   int32_t n_freq_heads, double scale, double *work);
+
+/* ---- context.c: one sequence's cache as a table of spans ------------------------------------- */
+
+typedef struct mla__seq_view {
+    int64_t n_spans;
+    mla_cache_span *spans;
+    int64_t *start;              /* n_spans + 1 entries: token index of each span's first token */
+} mla__seq_view;
+
+/* Fill v (spans and start preallocated for max_spans entries). Errors: INTERNAL. */
+MLA_INTERNAL mla_status mla__seq_view_load(const mla_cache *cache, int32_t layer, int32_t seq,
+                                           int64_t max_spans, mla__seq_view *v);
+
+/* Number of the sequence's tokens with position ≤ p (a prefix, as positions ascend). */
+MLA_INTERNAL int64_t mla__seq_view_count_le(const mla__seq_view *v, int64_t p);
+
+/* A tile: tokens [first, first+n) of a sequence, dequantized to float32. */
+typedef struct mla__tile {
+    int64_t n;
+    float *latent;               /* n × latent_dim */
+    float *rope;                 /* n × rope_width (NULL when rope_width is 0) */
+    int64_t *pos;                /* n */
+} mla__tile;
+
+MLA_INTERNAL void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v,
+                                 int64_t first, int64_t n, mla__tile *tile);
+
+/* ---- the paths --------------------------------------------------------------------------------- */
+
+/* A query block: m consecutive queries of one sequence, rows t0 .. t0+m−1 of the sorted batch. */
+typedef struct mla__qblock {
+    int64_t t0, m;
+    int64_t p0;                  /* position of the first query */
+    int64_t n_ctx;               /* cached tokens with position ≤ the last query's position */
+    const mla__seq_view *view;
+    int absorbed;                /* 1: absorbed path; 0: materialized (or MHA) */
+} mla__qblock;
+
+/* Partial softmax state of one query block over tokens [c0, c1) of its context. */
+typedef struct mla__job {
+    int64_t block;
+    int64_t c0, c1;
+    float *mx, *l;               /* m·n_h each, indexed by row (t, h) */
+    float *o;                    /* m·n_h × dv rows, row stride ldo */
+    ptrdiff_t ldo;
+} mla__job;
+
+/* Per-thread scratch for the job loops. */
+typedef struct mla__work {
+    mla__tile tile;
+    float *s;                    /* scores / probabilities */
+    float *kbuf, *vbuf;          /* materialized keys and values of a tile (MLA only) */
+    int64_t *nvis;               /* per query token of the block */
+} mla__work;
+
+/* Everything a job reads: the layer, cache format, queries, tile size. */
+typedef struct mla__ctx {
+    const struct mla_layer *layer;
+    const mla_cache_layer_format *fmt;
+    const mla__attn_kernels *k;
+    int32_t n_h, n_kv, g, d_h, r, nope, lat_k, lat_v, off_v; /* lat_k: R of the key part */
+    int64_t tile_tokens;
+    const float *qg;             /* materialized / MHA queries */
+    const float *qt, *qrt;       /* absorbed queries, transposed, ld = ldq */
+    int64_t ldq;
+    const mla__qblock *blocks;
+} mla__ctx;
+
+MLA_INTERNAL void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w);
+MLA_INTERNAL void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w);
+
+/* Merge job b's state into job a's (same block): log-sum-exp of the two partial softmaxes. */
+MLA_INTERNAL void mla__softmax_merge(int64_t rows, int64_t dv, float *mx_a, float *l_a,
+                                     float *o_a, ptrdiff_t ldo_a, const float *mx_b,
+                                     const float *l_b, const float *o_b, ptrdiff_t ldo_b);
+
+#endif /* MLA_ATTN_INTERNAL_H */

@@ -1,0 +1,71 @@
+/* Portable float32 kernels: the reference every vectorized variant is tested against. */
+#include <math.h>
+#include <string.h>
+
+#include "attn/kernels/kernels.h"
+
+static void gemm_bc(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+                    ptrdiff_t csa, const float *b, ptrdiff_t ldb, float beta, float *c,
+                    ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i++) {
+        float *ci = c + i * ldc;
+        if (beta == 0.0f)
+            memset(ci, 0, (size_t)n * sizeof *ci);
+        for (int64_t kk = 0; kk < k; kk++) {
+            float aik = a[i * rsa + kk * csa];
+            const float *bk = b + kk * ldb;
+            for (int64_t j = 0; j < n; j++)
+                ci[j] += aik * bk[j];
+        }
+    }
+}
+
+static void gemm_dot(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t lda,
+                     const float *b, ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            const float *ai = a + i * lda, *bj = b + j * ldb;
+            float s = 0.0f;
+            for (int64_t kk = 0; kk < k; kk++)
+                s += ai[kk] * bj[kk];
+            c[i * ldc + j] = (beta == 0.0f ? 0.0f : c[i * ldc + j]) + s;
+        }
+}
+
+static void softmax_step(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t s_row,
+                         ptrdiff_t s_col, const int64_t *nvis, int64_t rows_per_nvis, float *mx,
+                         float *l, ptrdiff_t ms, float *o, ptrdiff_t ldo, int64_t dv)
+{
+    for (int64_t i = 0; i < n_rows; i++) {
+        float *si = s + i * s_row;
+        int64_t nv = nvis[i / rows_per_nvis];
+        float m_old = mx[i * ms], m_new = m_old;
+        for (int64_t t = 0; t < nv; t++)
+            m_new = fmaxf(m_new, si[t * s_col]);
+        float sum = 0.0f;
+        for (int64_t t = 0; t < nv; t++) {
+            float p = expf(si[t * s_col] - m_new);
+            si[t * s_col] = p;
+            sum += p;
+        }
+        for (int64_t t = nv; t < t_len; t++)
+            si[t * s_col] = 0.0f;
+        if (nv == 0)
+            continue;
+        /* The first visible tile of a row has m_old = −inf: the scale is exp(−inf) = 0. */
+        float scale = expf(m_old - m_new);
+        mx[i * ms] = m_new;
+        l[i * ms] = l[i * ms] * scale + sum;
+        if (scale != 1.0f) {
+            float *oi = o + i * ldo;
+            for (int64_t j = 0; j < dv; j++)
+                oi[j] *= scale;
+        }
+    }
+}
+
+const mla__attn_kernels mla__attn_kernels_portable = {
+    "portable", gemm_bc, gemm_dot, softmax_step,
+};

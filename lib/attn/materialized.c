@@ -1,0 +1,92 @@
+/*
+ * The materialized path: keys' non-RoPE part and values up-projected from the latents of each
+ * tile (K_nope = c·W_ukᵀ + b_k, V = c·W_uvᵀ + b_v), then ordinary attention per head. The MHA
+ * baseline is the same loop with the cached RoPE part as keys and the latent as values.
+ */
+#include <string.h>
+
+#include "attn/internal.h"
+
+/* Below this many query rows the products go to the kernels instead of BLIS. */
+#define SMALL_M 16
+
+static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, float *vb)
+{
+    const struct mla_layer *ly = c->layer;
+    int64_t n = tile->n, L = c->fmt->latent_dim, W = c->fmt->rope_width;
+    int64_t kw = (int64_t)c->n_kv * c->d_h;
+    for (int32_t j = 0; j < c->n_kv; j++) {
+        for (int64_t t = 0; t < n; t++)
+            memcpy(kb + t * kw + (int64_t)j * c->d_h, tile->rope + t * W + (int64_t)j * c->r,
+                   (size_t)c->r * sizeof(float));
+        if (c->nope == 0)
+            continue;
+        mla__sgemm(1, n, c->nope, c->lat_k, tile->latent, L, 1,
+                   ly->wuk + (int64_t)j * c->nope * c->lat_k, 1, c->lat_k, 0.0f,
+                   kb + (int64_t)j * c->d_h + c->r, kw, 1);
+        if (ly->buk)
+            for (int64_t t = 0; t < n; t++) {
+                float *kt = kb + t * kw + (int64_t)j * c->d_h + c->r;
+                for (int32_t i = 0; i < c->nope; i++)
+                    kt[i] += ly->buk[(int64_t)j * c->nope + i];
+            }
+    }
+    mla__sgemm(1, n, kw, c->lat_v, tile->latent + c->off_v, L, 1, ly->wuv, 1, c->lat_v, 0.0f, vb,
+               kw, 1);
+    if (ly->buv)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t i = 0; i < kw; i++)
+                vb[t * kw + i] += ly->buv[i];
+}
+
+void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w)
+{
+    const mla__qblock *b = &c->blocks[job->block];
+    const mla__attn_kernels *k = c->k;
+    int mha = c->layer->kind == MLA_LAYER_MHA;
+    int64_t kw = (int64_t)c->n_kv * c->d_h;
+    int64_t ldq = (int64_t)c->n_h * c->d_h;
+    for (int64_t first = job->c0; first < job->c1; first += c->tile_tokens) {
+        int64_t n = job->c1 - first < c->tile_tokens ? job->c1 - first : c->tile_tokens;
+        mla__tile *tile = &w->tile;
+        mla__tile_fill(c->fmt, b->view, first, n, tile);
+        /* Queries before the tile's first position see none of it (causal prefill). */
+        int64_t t_from = tile->pos[0] - b->p0;
+        if (t_from < 0)
+            t_from = 0;
+        if (t_from >= b->m)
+            continue;
+        int64_t v = 0;
+        for (int64_t t = t_from; t < b->m; t++) {
+            while (v < n && tile->pos[v] <= b->p0 + t)
+                v++;
+            w->nvis[t] = v;
+        }
+        const float *keys = tile->rope, *vals = tile->latent;
+        if (!mha) {
+            up_project(c, tile, w->kbuf, w->vbuf);
+            keys = w->kbuf;
+            vals = w->vbuf;
+        }
+        int64_t rows = b->m - t_from;
+        int64_t lds = c->tile_tokens;
+        for (int32_t h = 0; h < c->n_h; h++) {
+            int64_t j = h / c->g;
+            const float *q = c->qg + ((b->t0 + t_from) * c->n_h + h) * (int64_t)c->d_h;
+            const float *kj = keys + j * c->d_h, *vj = vals + j * c->d_h;
+            int64_t row0 = t_from * c->n_h + h;
+            float *o = job->o + row0 * job->ldo;
+            ptrdiff_t ldo = (ptrdiff_t)c->n_h * job->ldo;
+            if (rows >= SMALL_M)
+                mla__sgemm(1, rows, n, c->d_h, q, ldq, 1, kj, 1, kw, 0.0f, w->s, lds, 1);
+            else
+                k->gemm_dot(rows, n, c->d_h, q, ldq, kj, kw, 0.0f, w->s, lds);
+            k->softmax_step(rows, n, w->s, lds, 1, w->nvis + t_from, 1, job->mx + row0,
+                            job->l + row0, c->n_h, o, ldo, c->d_h);
+            if (rows >= SMALL_M)
+                mla__sgemm(1, rows, c->d_h, n, w->s, lds, 1, vj, kw, 1, 1.0f, o, ldo, 1);
+            else
+                k->gemm_bc(rows, c->d_h, n, w->s, lds, 1, vj, kw, 1.0f, o, ldo);
+        }
+    }
+}

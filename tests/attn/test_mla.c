@@ -1,0 +1,250 @@
+/*
+ * Reduced-rank MLA layers against the float64 MLA formula with explicit up-projection
+ * (../shared/mha2mla.md, "The converted layer's forward"), and the properties of the forward:
+ * - absorbed and materialized paths give the reference (joint and split, MHA and GQA, biases);
+ * - decoding token by token equals one prefill of the whole sequence (several tiles and spans,
+ *   1 and 2 threads: split-K merging);
+ * - a forked sequence continues exactly like an unforked copy;
+ * - two layers sharing one cache (the second writes slots the first reserved).
+ */
+#include "run.h"
+
+static const struct {
+    int d, n_h, n_kv, d_h, r, d_kv;
+    mla_factorization f;
+    const char *name;
+} cases[] = {
+    {64, 4, 4, 16, 4, 4, MLA_FACTOR_JOINT, "MHA geometry, joint"},
+    {64, 8, 2, 16, 4, 16, MLA_FACTOR_JOINT, "GQA geometry, joint"},
+    {64, 8, 2, 16, 6, 5, MLA_FACTOR_SPLIT, "GQA geometry, split"},
+    {48, 6, 3, 8, 0, 4, MLA_FACTOR_JOINT, "GQA geometry, no RoPE"},
+};
+
+static double run_ref(mla_layer *l, int n_threads, mla_attn_path path, int n0, int p0, int n1,
+                      int p1, int block)
+{
+    ref_mla m;
+    ref_mla_init(&m, l);
+    seqdata s[2];
+    seq_init(&s[0], 1, n0, p0, m.d, 0, 21);
+    seq_init(&s[1], 2, n1, p1, m.d, 0, 22);
+    for (int i = 0; i < 2; i++)
+        ref_mla_forward(&m, s[i].x, s[i].pos, s[i].n, NULL, NULL, s[i].ref);
+    mla_cache *c = make_cache(&l, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, block);
+    mla_attn *a = make_attn(n_threads, path);
+    mla_status st = c && a ? run_seqs(a, l, c, 0, s, 2, m.d) : MLA_ERR_INTERNAL;
+    if (st != MLA_OK)
+        printf("# forward failed: %s\n", mla_last_error());
+    double e = st == MLA_OK ? seqs_diff(s, 2, m.d) : INFINITY;
+    mla_attn_destroy(a);
+    mla_cache_destroy(c);
+    for (int i = 0; i < 2; i++)
+        seq_free(&s[i]);
+    return e;
+}
+
+/* The same sequence as one prefill in sequence 0 and token by token in sequence 1. */
+static void decode_equals_prefill(mla_layer *l, const char *name, int n_threads)
+{
+    ref_mla m;
+    ref_mla_init(&m, l);
+    int n = 300;
+    seqdata s[2];
+    seq_init(&s[0], 0, n, n, m.d, 5, 31);
+    seq_init(&s[1], 1, n, 1, m.d, 5, 31); /* same seed: same tokens */
+    mla_cache *c = make_cache(&l, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, 16);
+    mla_attn *a = make_attn(n_threads, MLA_ATTN_PATH_AUTO);
+    mla_status st = c && a ? run_seqs(a, l, c, 0, s, 2, m.d) : MLA_ERR_INTERNAL;
+    CHECK(st == MLA_OK, "%s, %d thread(s): prefill of %d tokens and %d decode steps (%s)", name,
+          n_threads, n, n - 1, st == MLA_OK ? "" : mla_last_error());
+    double e = tap_rel_diff(s[1].out, s[0].out, (size_t)n * m.d);
+    CHECK(e < 1e-4, "%s, %d thread(s): decode token by token equals one prefill (rel %.2e)", name,
+          n_threads, e);
+    if (n_threads == 1) {
+        /* The last few tokens against the formula (the whole O(n²) reference is slow). */
+        ref_mla_forward(&m, s[0].x, s[0].pos, n, NULL, NULL, s[0].ref);
+        double er = rel_diff_d(s[1].out + (size_t)(n - 8) * m.d, s[0].ref + (size_t)(n - 8) * m.d,
+                               (size_t)8 * m.d);
+        CHECK(er < 1e-4, "%s: decode at context %d equals the reference (rel %.2e)", name, n, er);
+    }
+    mla_attn_destroy(a);
+    mla_cache_destroy(c);
+    seq_free(&s[0]);
+    seq_free(&s[1]);
+}
+
+/* Absorbed and materialized over the same cache and batch. */
+static void absorbed_equals_materialized(mla_layer *l, const char *name)
+{
+    ref_mla m;
+    ref_mla_init(&m, l);
+    float *o[2];
+    for (int k = 0; k < 2; k++) {
+        seqdata s[2];
+        seq_init(&s[0], 0, 70, 50, m.d, 0, 41);
+        seq_init(&s[1], 4, 40, 33, m.d, 0, 42);
+        mla_cache *c = make_cache(&l, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, 16);
+        mla_attn *a = make_attn(1, k ? MLA_ATTN_PATH_MATERIALIZED : MLA_ATTN_PATH_ABSORBED);
+        mla_status st = c && a ? run_seqs(a, l, c, 0, s, 2, m.d) : MLA_ERR_INTERNAL;
+        CHECK(st == MLA_OK, "%s: %s run", name, k ? "materialized" : "absorbed");
+        o[k] = malloc((size_t)110 * m.d * sizeof(float));
+        memcpy(o[k], s[0].out, (size_t)70 * m.d * sizeof(float));
+        memcpy(o[k] + (size_t)70 * m.d, s[1].out, (size_t)40 * m.d * sizeof(float));
+        mla_attn_destroy(a);
+        mla_cache_destroy(c);
+        seq_free(&s[0]);
+        seq_free(&s[1]);
+    }
+    double e = tap_rel_diff(o[0], o[1], (size_t)110 * m.d);
+    CHECK(e < 1e-4, "%s: absorbed equals materialized (rel %.2e)", name, e);
+    free(o[0]);
+    free(o[1]);
+}
+
+/* Sequence 0 prefilled and forked into 1; sequence 2 prefilled with the same tokens. Then every
+ * sequence decodes: 1 and 2 the same token, 0 another one. */
+static void fork_continues(mla_layer *l, const char *name)
+{
+    ref_mla m;
+    ref_mla_init(&m, l);
+    int n = 40, d = m.d;
+    unsigned long long seed = 51;
+    float *x = rand_floats((size_t)(n + 2) * d, &seed, 1.0);
+    mla_cache *c = make_cache(&l, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, 16);
+    mla_attn *a = make_attn(1, MLA_ATTN_PATH_AUTO);
+    int32_t *sq = malloc((size_t)n * sizeof *sq);
+    int64_t *ps = malloc((size_t)n * sizeof *ps);
+    float *out = malloc((size_t)n * d * sizeof *out);
+    mla_status st = MLA_OK;
+    for (int k = 0; k < 2 && st == MLA_OK; k++) {
+        for (int i = 0; i < n; i++) {
+            sq[i] = k ? 2 : 0;
+            ps[i] = i;
+        }
+        st = mla_attn_forward(a, l, c, 0, x, n, sq, ps, out);
+    }
+    if (st == MLA_OK)
+        st = mla_cache_seq_fork(c, 0, 1);
+    /* One decode batch: seq 1 and 2 get token n, seq 0 token n + 1, all at position n. */
+    float xb[3 * 64], ob[3 * 64];
+    memcpy(xb, x + (size_t)n * d, (size_t)d * sizeof(float));
+    memcpy(xb + d, x + (size_t)n * d, (size_t)d * sizeof(float));
+    memcpy(xb + 2 * d, x + (size_t)(n + 1) * d, (size_t)d * sizeof(float));
+    int32_t sb[3] = {1, 2, 0};
+    int64_t pb[3] = {n, n, n};
+    if (st == MLA_OK)
+        st = mla_attn_forward(a, l, c, 0, xb, 3, sb, pb, ob);
+    CHECK(st == MLA_OK, "%s: prefill, fork, decode (%s)", name, st ? mla_last_error() : "");
+    double e = tap_rel_diff(ob, ob + d, (size_t)d);
+    CHECK(e < 1e-6, "%s: a forked sequence continues like an unforked copy (rel %.2e)", name, e);
+    /* Sequence 0's continuation saw its own token, not the fork's: compare with the formula. */
+    float *x0 = malloc((size_t)(n + 1) * d * sizeof *x0);
+    memcpy(x0, x, (size_t)n * d * sizeof *x0);
+    memcpy(x0 + (size_t)n * d, x + (size_t)(n + 1) * d, (size_t)d * sizeof *x0);
+    int64_t *p0 = malloc((size_t)(n + 1) * sizeof *p0);
+    for (int i = 0; i <= n; i++)
+        p0[i] = i;
+    double *ref = malloc((size_t)(n + 1) * d * sizeof *ref);
+    ref_mla_forward(&m, x0, p0, n + 1, NULL, NULL, ref);
+    double e0 = rel_diff_d(ob + 2 * d, ref + (size_t)n * d, (size_t)d);
+    CHECK(e0 < 1e-4, "%s: the fork's source continues independently (rel %.2e)", name, e0);
+    int64_t len[3];
+    for (int k = 0; k < 3; k++)
+        mla_cache_seq_length(c, k, &len[k]);
+    CHECK(len[0] == n + 1 && len[1] == n + 1 && len[2] == n + 1,
+          "%s: every sequence holds %d tokens (%lld %lld %lld)", name, n + 1, (long long)len[0],
+          (long long)len[1], (long long)len[2]);
+    free(x0);
+    free(p0);
+    free(ref);
+    free(x);
+    free(sq);
+    free(ps);
+    free(out);
+    mla_attn_destroy(a);
+    mla_cache_destroy(c);
+}
+
+/* Two different layers in one cache, run on the same batches: the second layer's writes go to
+ * the slots the first one appended. */
+static void two_layers(mla_layer *l0, mla_layer *l1)
+{
+    mla_layer *ls[2] = {l0, l1};
+    mla_cache *c = make_cache(ls, 2, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, 16);
+    mla_attn *a = make_attn(2, MLA_ATTN_PATH_AUTO);
+    ref_mla m[2];
+    seqdata s[2][2];
+    for (int k = 0; k < 2; k++) {
+        ref_mla_init(&m[k], ls[k]);
+        seq_init(&s[k][0], 0, 30, 20, m[k].d, 0, 61 + k);
+        seq_init(&s[k][1], 1, 12, 6, m[k].d, 0, 71 + k);
+        for (int i = 0; i < 2; i++)
+            ref_mla_forward(&m[k], s[k][i].x, s[k][i].pos, s[k][i].n, NULL, NULL, s[k][i].ref);
+    }
+    /* Layer by layer for every batch, as a model runs. */
+    int from[2] = {0, 0}, to[2] = {20, 6};
+    mla_status st = MLA_OK;
+    for (int step = 0; step < 11 && st == MLA_OK; step++) {
+        for (int k = 0; k < 2 && st == MLA_OK; k++)
+            st = run_range(a, ls[k], c, k, s[k], 2, m[k].d, from, to);
+        for (int i = 0; i < 2; i++) {
+            from[i] = to[i];
+            to[i] = from[i] + 1;
+        }
+    }
+    CHECK(st == MLA_OK, "two layers: forward (%s)", st ? mla_last_error() : "");
+    for (int k = 0; k < 2; k++) {
+        double e = seqs_diff(s[k], 2, m[k].d);
+        CHECK(e < 1e-4, "two layers in one cache: layer %d equals the reference (rel %.2e)", k,
+              e);
+        for (int i = 0; i < 2; i++)
+            seq_free(&s[k][i]);
+    }
+    mla_attn_destroy(a);
+    mla_cache_destroy(c);
+}
+
+int main(void)
+{
+    mla_layer *keep[2] = {NULL, NULL};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+        for (int bias = 0; bias <= 1; bias++) {
+            src_layer src;
+            src_init(&src, cases[ci].d, cases[ci].n_h, cases[ci].n_kv, cases[ci].d_h, bias,
+                     200 + ci * 2 + bias);
+            mla_layer *l = convert(&src, cases[ci].r, cases[ci].d_kv, cases[ci].f);
+            char name[96];
+            snprintf(name, sizeof name, "%s, r %d, d_kv %d, %s", cases[ci].name, cases[ci].r,
+                     cases[ci].d_kv, bias ? "biases" : "no biases");
+            CHECK(l != NULL, "%s: conversion (%s)", name, l ? "" : mla_last_error());
+            if (!l) {
+                src_free(&src);
+                continue;
+            }
+            double ea = run_ref(l, 1, MLA_ATTN_PATH_ABSORBED, 25, 18, 11, 3, 8);
+            CHECK(ea < 1e-4, "%s: absorbed equals the MLA formula (rel %.2e)", name, ea);
+            double em = run_ref(l, 1, MLA_ATTN_PATH_MATERIALIZED, 25, 18, 11, 3, 8);
+            CHECK(em < 1e-4, "%s: materialized equals the MLA formula (rel %.2e)", name, em);
+            double e2 = run_ref(l, 2, MLA_ATTN_PATH_AUTO, 25, 18, 11, 3, 64);
+            CHECK(e2 < 1e-4, "%s: automatic path on 2 threads (rel %.2e)", name, e2);
+            if (ci == 1 && bias) {
+                decode_equals_prefill(l, name, 1);
+                decode_equals_prefill(l, name, 2);
+                absorbed_equals_materialized(l, name);
+                fork_continues(l, name);
+            }
+            if (ci == 2 && !bias)
+                absorbed_equals_materialized(l, name);
+            if (ci < 2 && !bias && !keep[ci]) {
+                keep[ci] = l;
+                l = NULL;
+            }
+            mla_layer_destroy(l);
+            src_free(&src);
+        }
+    if (keep[0] && keep[1])
+        two_layers(keep[0], keep[1]);
+    mla_layer_destroy(keep[0]);
+    mla_layer_destroy(keep[1]);
+    return tap_done();
+}

@@ -1,0 +1,393 @@
+/*
+ * Shared helpers of the attention tests: random source layers, caches, and the independent side
+ * of every comparison: the attention of ../shared/mha2mla.md written as plain float64 loops
+ * straight from its formulas (no tiles, no online softmax, no absorption).
+ */
+#ifndef MLA_TESTS_ATTN_UTIL_H
+#define MLA_TESTS_ATTN_UTIL_H
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mla/mla.h>
+
+#include "../tap.h"
+
+typedef struct src_layer {
+    mla_geometry g;
+    float *wq, *wk, *wv, *wo, *bq, *bk, *bv;
+    mla_layer_weights w;
+} src_layer;
+
+static inline float *rand_floats(size_t n, unsigned long long *seed, double scale)
+{
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)(scale * tap_rand(seed));
+    return p;
+}
+
+static inline void src_init(src_layer *s, int d, int n_h, int n_kv, int d_h, int bias,
+                            unsigned long long seed)
+{
+    memset(s, 0, sizeof *s);
+    mla_geometry_default_params(&s->g, sizeof s->g);
+    s->g.d_model = d;
+    s->g.n_heads = n_h;
+    s->g.n_kv_heads = n_kv;
+    s->g.head_dim = d_h;
+    s->g.qkv_bias = bias;
+    size_t qr = (size_t)n_h * d_h, kr = (size_t)n_kv * d_h;
+    /* Scaled so scores spread over a few units: softmax neither uniform nor one-hot. */
+    double sc = 1.5 / sqrt((double)d);
+    s->wq = rand_floats(qr * d, &seed, sc);
+    s->wk = rand_floats(kr * d, &seed, sc);
+    s->wv = rand_floats(kr * d, &seed, sc);
+    s->wo = rand_floats((size_t)d * qr, &seed, sc);
+    if (bias) {
+        s->bq = rand_floats(qr, &seed, 0.5);
+        s->bk = rand_floats(kr, &seed, 0.5);
+        s->bv = rand_floats(kr, &seed, 0.5);
+    }
+    mla_layer_weights_default_params(&s->w, sizeof s->w);
+    s->w.wq = s->wq;
+    s->w.wk = s->wk;
+    s->w.wv = s->wv;
+    s->w.wo = s->wo;
+    s->w.bq = s->bq;
+    s->w.bk = s->bk;
+    s->w.bv = s->bv;
+}
+
+static inline void src_free(src_layer *s)
+{
+    free(s->wq);
+    free(s->wk);
+    free(s->wv);
+    free(s->wo);
+    free(s->bq);
+    free(s->bk);
+    free(s->bv);
+}
+
+/* A cache for the given layers (one cache layer each). */
+static inline mla_cache *make_cache(mla_layer *const *layers, int n_layers, mla_dtype lat,
+                                    mla_dtype rope, int64_t capacity_tokens, int block_tokens)
+{
+    mla_cache_layer_desc desc[8];
+    for (int i = 0; i < n_layers; i++)
+        if (mla_layer_cache_desc(layers[i], &desc[i]) != MLA_OK)
+            return NULL;
+    mla_cache_params p;
+    mla_cache_default_params(&p, sizeof p);
+    p.n_layers = n_layers;
+    p.layers = desc;
+    p.latent_dtype = lat;
+    p.rope_dtype = rope;
+    p.quant_group = 8;
+    p.block_tokens = block_tokens;
+    p.capacity_tokens = capacity_tokens;
+    p.n_seq_max = 8;
+    mla_cache *c = NULL;
+    if (mla_cache_create(&p, &c) != MLA_OK)
+        return NULL;
+    return c;
+}
+
+static inline mla_attn *make_attn(int n_threads, mla_attn_path path)
+{
+    mla_attn_params p;
+    mla_attn_default_params(&p, sizeof p);
+    p.n_threads = n_threads;
+    p.path = path;
+    mla_attn *a = NULL;
+    if (mla_attn_create(&p, &a) != MLA_OK)
+        return NULL;
+    return a;
+}
+
+/* Relative max-norm difference of float output against a double reference. */
+static inline double rel_diff_d(const float *a, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - ref[i]);
+        if (d > num || d != d)
+            num = d;
+        if (fabs(ref[i]) > den)
+            den = fabs(ref[i]);
+    }
+    return num / (den > 1e-30 ? den : 1e-30);
+}
+
+/* y = W x + b in double; W rows × cols float. */
+static inline void matvec(const float *w, const float *b, const float *x, int rows, int cols,
+                          double *y)
+{
+    for (int i = 0; i < rows; i++) {
+        double s = b ? b[i] : 0.0;
+        for (int k = 0; k < cols; k++)
+            s += (double)w[(size_t)i * cols + k] * x[k];
+        y[i] = s;
+    }
+}
+
+/* Rotate pairs (dims i, i + half) of v at position p with frequencies theta[i]. */
+static inline void rotate(double *v, int half, const double *theta, double p)
+{
+    for (int i = 0; i < half; i++) {
+        double c = cos(p * theta[i]), s = sin(p * theta[i]);
+        double a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+/* Causal softmax attention of one query over keys/values of n tokens with positions pos, only
+ * those at or before qpos; scores = q·k / √d_h. k rows: kdim; v rows: vdim. */
+static inline void attend(const double *q, const double *k, const double *v, const int64_t *pos,
+                          int n, int64_t qpos, int kdim, int vdim, int d_h, double *o)
+{
+    double mx = -INFINITY;
+    double *s = malloc((size_t)(n ? n : 1) * sizeof *s);
+    for (int t = 0; t < n; t++) {
+        s[t] = -INFINITY;
+        if (pos[t] > qpos)
+            continue;
+        double acc = 0;
+        for (int i = 0; i < kdim; i++)
+            acc += q[i] * k[(size_t)t * kdim + i];
+        s[t] = acc / sqrt((double)d_h);
+        if (s[t] > mx)
+            mx = s[t];
+    }
+    double sum = 0;
+    for (int i = 0; i < vdim; i++)
+        o[i] = 0;
+    for (int t = 0; t < n; t++) {
+        if (pos[t] > qpos)
+            continue;
+        double p = exp(s[t] - mx);
+        sum += p;
+        for (int i = 0; i < vdim; i++)
+            o[i] += p * v[(size_t)t * vdim + i];
+    }
+    for (int i = 0; i < vdim; i++)
+        o[i] /= sum;
+    free(s);
+}
+
+/*
+ * The original MHA/GQA layer with full RoPE: out (n × d) for the n tokens of one sequence (x rows,
+ * positions pos), each attending to the tokens at or before its position.
+ */
+static inline void ref_mha(const src_layer *s, const float *x, const int64_t *pos, int n,
+                           double *out)
+{
+    int d = s->g.d_model, n_h = s->g.n_heads, n_kv = s->g.n_kv_heads, d_h = s->g.head_dim;
+    int g = n_h / n_kv, half = d_h / 2;
+    double *theta = malloc((size_t)half * sizeof *theta);
+    for (int i = 0; i < half; i++)
+        theta[i] = pow(s->g.rope_theta, -2.0 * i / d_h);
+    double *q = malloc((size_t)n * n_h * d_h * sizeof *q);
+    double *k = malloc((size_t)n * n_kv * d_h * sizeof *k);
+    double *v = malloc((size_t)n * n_kv * d_h * sizeof *v);
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * d;
+        matvec(s->wq, s->bq, xt, n_h * d_h, d, q + (size_t)t * n_h * d_h);
+        matvec(s->wk, s->bk, xt, n_kv * d_h, d, k + (size_t)t * n_kv * d_h);
+        matvec(s->wv, s->bv, xt, n_kv * d_h, d, v + (size_t)t * n_kv * d_h);
+        for (int h = 0; h < n_h; h++)
+            rotate(q + ((size_t)t * n_h + h) * d_h, half, theta, (double)pos[t]);
+        for (int j = 0; j < n_kv; j++)
+            rotate(k + ((size_t)t * n_kv + j) * d_h, half, theta, (double)pos[t]);
+    }
+    double *kj = malloc((size_t)n * d_h * sizeof *kj), *vj = malloc((size_t)n * d_h * sizeof *vj);
+    double *o = malloc((size_t)n_h * d_h * sizeof *o);
+    for (int t = 0; t < n; t++) {
+        for (int h = 0; h < n_h; h++) {
+            int j = h / g;
+            for (int u = 0; u < n; u++)
+                for (int i = 0; i < d_h; i++) {
+                    kj[(size_t)u * d_h + i] = k[((size_t)u * n_kv + j) * d_h + i];
+                    vj[(size_t)u * d_h + i] = v[((size_t)u * n_kv + j) * d_h + i];
+                }
+            attend(q + ((size_t)t * n_h + h) * d_h, kj, vj, pos, n, pos[t], d_h, d_h, d_h,
+                   o + (size_t)h * d_h);
+        }
+        for (int i = 0; i < d; i++) {
+            double acc = 0;
+            for (int c = 0; c < n_h * d_h; c++)
+                acc += (double)s->wo[(size_t)i * n_h * d_h + c] * o[c];
+            out[(size_t)t * d + i] = acc;
+        }
+    }
+    free(theta);
+    free(q);
+    free(k);
+    free(v);
+    free(kj);
+    free(vj);
+    free(o);
+}
+
+/* A converted layer's tensors, read through the public API. */
+typedef struct ref_mla {
+    int d, n_h, n_kv, d_h, r, nope, R, split;
+    double rope_theta;
+    const float *wq, *bq, *wkr, *bkr, *wdk, *wdv, *wuk, *buk, *wuv, *buv, *wo;
+    const int32_t *dims;
+} ref_mla;
+
+static inline const void *tensor_or_null(const mla_layer *l, const char *name)
+{
+    mla_tensor t;
+    return mla_layer_tensor_by_name(l, name, &t) == MLA_OK ? t.data : NULL;
+}
+
+static inline void ref_mla_init(ref_mla *m, const mla_layer *l)
+{
+    mla_layer_info info;
+    mla_layer_get_info(l, &info, sizeof info);
+    m->d = info.geometry.d_model;
+    m->n_h = info.geometry.n_heads;
+    m->n_kv = info.geometry.n_kv_heads;
+    m->d_h = info.geometry.head_dim;
+    m->rope_theta = info.geometry.rope_theta;
+    m->r = info.rope_dim;
+    m->nope = m->d_h - m->r;
+    m->R = info.d_kv * m->n_kv;
+    m->split = info.factorization == MLA_FACTOR_SPLIT;
+    m->wq = tensor_or_null(l, "q_proj.weight");
+    m->bq = tensor_or_null(l, "q_proj.bias");
+    m->wkr = tensor_or_null(l, "k_r_proj.weight");
+    m->bkr = tensor_or_null(l, "k_r_proj.bias");
+    if (m->split) {
+        m->wdk = tensor_or_null(l, "kv_proj.down_k.weight");
+        m->wdv = tensor_or_null(l, "kv_proj.down_v.weight");
+    } else {
+        m->wdk = m->wdv = tensor_or_null(l, "kv_proj.down_kv.weight");
+    }
+    m->wuk = tensor_or_null(l, "kv_proj.up_k.weight");
+    m->buk = tensor_or_null(l, "kv_proj.up_k.bias");
+    m->wuv = tensor_or_null(l, "kv_proj.up_v.weight");
+    m->buv = tensor_or_null(l, "kv_proj.up_v.bias");
+    m->wo = tensor_or_null(l, "o_proj.weight");
+    m->dims = tensor_or_null(l, "rope_dims");
+}
+
+/*
+ * The converted layer's forward of ../shared/mha2mla.md, steps 1–5, with explicit up-projection:
+ * out (n × d) for the n tokens of one sequence. When lat and rope are given (n × latent and
+ * n × n_kv·r, the RoPE part already rotated, as read back from a cache), they replace the keys'
+ * and values' inputs computed from x; the queries always come from x.
+ */
+static inline void ref_mla_forward(const ref_mla *m, const float *x, const int64_t *pos, int n,
+                                   const float *lat, const float *rope, double *out)
+{
+    int d = m->d, n_h = m->n_h, n_kv = m->n_kv, d_h = m->d_h, r = m->r, nope = m->nope;
+    int R = m->R, g = n_h / n_kv, half = r / 2, L = m->split ? 2 * R : R;
+    double *theta = malloc((size_t)(n_kv * half + 1) * sizeof *theta);
+    for (int j = 0; j < n_kv; j++)
+        for (int i = 0; i < half; i++)
+            theta[j * half + i] = pow(m->rope_theta, -2.0 * m->dims[j * r + i] / d_h);
+    double *q = malloc((size_t)n * n_h * d_h * sizeof *q);
+    double *kr = malloc((size_t)(n * n_kv * r + 1) * sizeof *kr);
+    double *c = malloc((size_t)n * L * sizeof *c);
+    double *kn = malloc((size_t)(n * n_kv * nope + 1) * sizeof *kn);
+    double *v = malloc((size_t)n * n_kv * d_h * sizeof *v);
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * d;
+        double *qt = q + (size_t)t * n_h * d_h;
+        matvec(m->wq, m->bq, xt, n_h * d_h, d, qt);
+        for (int h = 0; h < n_h; h++)
+            rotate(qt + (size_t)h * r, half, theta + (h / g) * half, (double)pos[t]);
+        double *krt = kr + (size_t)t * n_kv * r, *ct = c + (size_t)t * L;
+        if (rope) {
+            for (int i = 0; i < n_kv * r; i++)
+                krt[i] = rope[(size_t)t * n_kv * r + i];
+        } else if (r > 0) {
+            matvec(m->wkr, m->bkr, xt, n_kv * r, d, krt);
+            for (int j = 0; j < n_kv; j++)
+                rotate(krt + (size_t)j * r, half, theta + j * half, (double)pos[t]);
+        }
+        if (lat) {
+            for (int i = 0; i < L; i++)
+                ct[i] = lat[(size_t)t * L + i];
+        } else {
+            matvec(m->wdk, NULL, xt, R, d, ct);
+            if (m->split)
+                matvec(m->wdv, NULL, xt, R, d, ct + R);
+        }
+        /* Explicit up-projection: k_nope = W_uk c_k + b_k, v = W_uv c_v + b_v. */
+        const double *ck = ct, *cv = m->split ? ct + R : ct;
+        for (int i = 0; i < n_kv * nope; i++) {
+            double acc = m->buk ? m->buk[i] : 0.0;
+            for (int k = 0; k < R; k++)
+                acc += (double)m->wuk[(size_t)i * R + k] * ck[k];
+            kn[(size_t)t * n_kv * nope + i] = acc;
+        }
+        for (int i = 0; i < n_kv * d_h; i++) {
+            double acc = m->buv ? m->buv[i] : 0.0;
+            for (int k = 0; k < R; k++)
+                acc += (double)m->wuv[(size_t)i * R + k] * cv[k];
+            v[(size_t)t * n_kv * d_h + i] = acc;
+        }
+    }
+    /* Keys per KV head as [k_rope | k_nope] against queries [q_rope | q_nope]. */
+    double *kj = malloc((size_t)n * d_h * sizeof *kj), *vj = malloc((size_t)n * d_h * sizeof *vj);
+    double *qh = malloc((size_t)d_h * sizeof *qh), *o = malloc((size_t)n_h * d_h * sizeof *o);
+    for (int t = 0; t < n; t++) {
+        for (int h = 0; h < n_h; h++) {
+            int j = h / g;
+            const double *qt = q + (size_t)t * n_h * d_h;
+            for (int i = 0; i < r; i++)
+                qh[i] = qt[h * r + i];
+            for (int i = 0; i < nope; i++)
+                qh[r + i] = qt[n_h * r + h * nope + i];
+            for (int u = 0; u < n; u++) {
+                for (int i = 0; i < r; i++)
+                    kj[(size_t)u * d_h + i] = kr[((size_t)u * n_kv + j) * r + i];
+                for (int i = 0; i < nope; i++)
+                    kj[(size_t)u * d_h + r + i] = kn[((size_t)u * n_kv + j) * nope + i];
+                for (int i = 0; i < d_h; i++)
+                    vj[(size_t)u * d_h + i] = v[((size_t)u * n_kv + j) * d_h + i];
+            }
+            attend(qh, kj, vj, pos, n, pos[t], d_h, d_h, d_h, o + (size_t)h * d_h);
+        }
+        for (int i = 0; i < d; i++) {
+            double acc = 0;
+            for (int cc = 0; cc < n_h * d_h; cc++)
+                acc += (double)m->wo[(size_t)i * n_h * d_h + cc] * o[cc];
+            out[(size_t)t * d + i] = acc;
+        }
+    }
+    free(theta);
+    free(q);
+    free(kr);
+    free(c);
+    free(kn);
+    free(v);
+    free(kj);
+    free(vj);
+    free(qh);
+    free(o);
+}
+
+/* Convert a source layer (HIGH RoPE strategy). NULL on failure. */
+static inline mla_layer *convert(const src_layer *s, int r, int d_kv, mla_factorization f)
+{
+    mla_convert_params p;
+    mla_convert_default_params(&p, sizeof p);
+    p.rope_strategy = MLA_ROPE_HIGH;
+    p.rope_dim = r;
+    p.d_kv = d_kv;
+    p.factorization = f;
+    mla_layer *l = NULL;
+    if (mla_layer_convert(&s->g, &s->w, NULL, &p, &l) != MLA_OK)
+        return NULL;
+    return l;
+}
+
+#endif /* MLA_TESTS_ATTN_UTIL_H */
