@@ -38,14 +38,14 @@ static float *random_matrix(size_t rows, size_t cols, float scale)
     return m;
 }
 
-/* Inputs with a decaying spectrum, like real hidden states: x = z · A with A random and column
- * scales falling off, so that activation-aware choices have something to find. */
-static float *random_inputs(int n, int d)
+/* Inputs with a decaying spectrum, like real hidden states: x = z · A + noise, with A (32 × d)
+ * shared by every call so that calibration and later tokens come from one distribution, and
+ * z's columns falling off, so that activation-aware choices have something to find. */
+static float *random_inputs(int n, int d, const float *a)
 {
     float *x = calloc((size_t)n * d, sizeof *x);
     float *z = random_matrix((size_t)n, 32, 1.0f);
-    float *a = random_matrix(32, (size_t)d, 1.0f);
-    if (!x || !z || !a) {
+    if (!x || !z) {
         free(x);
         x = NULL;
     } else {
@@ -59,7 +59,6 @@ static float *random_inputs(int n, int d)
             x[i] += 0.05f * rnd();
     }
     free(z);
-    free(a);
     return x;
 }
 
@@ -114,7 +113,7 @@ static mla_status make_cache(const mla_layer *layer, mla_dtype latent_dtype, int
                              mla_cache **out)
 {
     mla_cache_layer_desc desc;
-    mla_status s = mla_layer_cache_desc(layer, &desc);
+    mla_status s = mla_layer_cache_desc(layer, &desc, sizeof desc);
     if (s != MLA_OK)
         return s;
     mla_cache_params cp;
@@ -155,7 +154,7 @@ int tool_demo(int argc, char **argv)
         prefill = 1;
 
     int rc = 1;
-    float *wq = NULL, *wk = NULL, *wv = NULL, *wo = NULL, *xc = NULL, *x = NULL;
+    float *wq = NULL, *wk = NULL, *wv = NULL, *wo = NULL, *mix = NULL, *xc = NULL, *x = NULL;
     float *out_mla = NULL, *out_mha = NULL, *out_back = NULL;
     mla_calib *calib = NULL;
     mla_layer *layer = NULL, *mha = NULL;
@@ -173,8 +172,9 @@ int tool_demo(int argc, char **argv)
     wk = random_matrix((size_t)sh.n_kv * sh.d_h, sh.d, ws);
     wv = random_matrix((size_t)sh.n_kv * sh.d_h, sh.d, ws);
     wo = random_matrix(sh.d, (size_t)sh.n_h * sh.d_h, ws);
-    xc = random_inputs(n_calib, sh.d);
-    x = random_inputs(n_tokens, sh.d);
+    mix = random_matrix(32, sh.d, 1.0f);
+    xc = mix ? random_inputs(n_calib, sh.d, mix) : NULL;
+    x = mix ? random_inputs(n_tokens, sh.d, mix) : NULL;
     out_mla = calloc((size_t)n_tokens * sh.d, sizeof(float));
     out_mha = calloc((size_t)n_tokens * sh.d, sizeof(float));
     out_back = calloc((size_t)sh.d, sizeof(float));
@@ -244,8 +244,31 @@ int tool_demo(int argc, char **argv)
            n_dec ? 1e3 * dec_mla / n_dec : 0.0);
     printf("  MHA: prefill %.2f ms, decode %.3f ms/token\n", 1e3 * pf_mha,
            n_dec ? 1e3 * dec_mha / n_dec : 0.0);
-    printf("  MLA output vs the original MHA layer (untrained conversion): relative error %.4f\n",
+    printf("  MLA output vs the original MHA layer, before any fine-tuning: relative error %.4f\n",
            rel_diff(out_mla, out_mha, (size_t)n_tokens * sh.d));
+
+    /* The same conversion minimizing weight error only (the paper's SVD_joint), for comparison. */
+    {
+        mla_convert_params jp = cp;
+        jp.factorization = MLA_FACTOR_JOINT;
+        mla_layer *joint = NULL;
+        mla_cache *jc = NULL;
+        float *out_joint = calloc((size_t)n_tokens * sh.d, sizeof(float));
+        double a, b;
+        mla_status s = out_joint ? mla_layer_convert(&g, &w, calib, &jp, &joint)
+                                 : MLA_ERR_OUT_OF_MEMORY;
+        if (s == MLA_OK)
+            s = make_cache(joint, MLA_DTYPE_F16, n_tokens, &jc);
+        if (s == MLA_OK)
+            s = run_sequence(attn, joint, jc, x, n_tokens, prefill, sh.d, out_joint, &a, &b);
+        if (s == MLA_OK)
+            printf("  the same with weight-only joint SVD (the paper's): relative error %.4f\n",
+                   rel_diff(out_joint, out_mha, (size_t)n_tokens * sh.d));
+        mla_cache_destroy(jc);
+        mla_layer_destroy(joint);
+        free(out_joint);
+        TRY(s);
+    }
 
     /* The identity the method rests on: at full rank with every RoPE pair kept, the converted
      * layer is the original one. */
@@ -351,6 +374,7 @@ done:
     free(wk);
     free(wv);
     free(wo);
+    free(mix);
     free(xc);
     free(x);
     free(out_mla);
