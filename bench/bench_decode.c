@@ -137,7 +137,7 @@ static mla_layer *mla_layer_random(const shape *s, int d_kv)
 static mla_cache *filled_cache(mla_layer *l, int64_t ctx, int64_t extra)
 {
     mla_cache_layer_desc desc;
-    if (mla_layer_cache_desc(l, &desc) != MLA_OK)
+    if (mla_layer_cache_desc(l, &desc, sizeof desc) != MLA_OK)
         die("mla_layer_cache_desc");
     mla_cache_params p;
     mla_cache_default_params(&p, sizeof p);

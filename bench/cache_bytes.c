@@ -48,6 +48,7 @@ static int stats(const shape *s, int d_kv, int r, mla_dtype lt, mla_cache_stats 
     mla_cache_layer_desc *L = calloc((size_t)s->n_layers, sizeof *L);
     float *freqs = calloc((size_t)(s->n_kv * r / 2), sizeof *freqs);
     for (int l = 0; l < s->n_layers; l++) {
+        mla_cache_layer_desc_default_params(&L[l], sizeof L[l]);
         L[l].latent_dim = d_kv * s->n_kv;
         L[l].rope_heads = s->n_kv;
         L[l].rope_dim = r;

@@ -71,8 +71,8 @@ int main(void)
 {
     static float freqs[N_KV * R / 2];
     mla_cache_layer_desc layers[N_LAYERS];
-    memset(layers, 0, sizeof layers);
     for (int l = 0; l < N_LAYERS; l++) {
+        mla_cache_layer_desc_default_params(&layers[l], sizeof layers[l]);
         layers[l].latent_dim = LATENT;
         layers[l].rope_heads = N_KV;
         layers[l].rope_dim = R;

@@ -35,7 +35,7 @@ static int fail(const char *what, mla_status st)
 static mla_status make_cache(const mla_layer *layer, mla_cache **out)
 {
     mla_cache_layer_desc desc;
-    mla_status st = mla_layer_cache_desc(layer, &desc);
+    mla_status st = mla_layer_cache_desc(layer, &desc, sizeof desc);
     if (st != MLA_OK)
         return st;
     mla_cache_params p;

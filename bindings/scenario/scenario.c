@@ -98,7 +98,7 @@ int main(void)
     printf("\n");
 
     mla_cache_layer_desc desc;
-    check(mla_layer_cache_desc(layer, &desc), "cache_desc");
+    check(mla_layer_cache_desc(layer, &desc, sizeof desc), "cache_desc");
     mla_cache_params p;
     check(mla_cache_default_params(&p, sizeof p), "cache params");
     p.n_layers = 1;

@@ -23,8 +23,10 @@ extern "C" {
 typedef struct mla_cache mla_cache;
 struct mla_layer;
 
-/* What one layer caches per token. */
+/* What one layer caches per token. Fill one with mla_cache_layer_desc_default_params or
+ * mla_layer_cache_desc. */
 typedef struct mla_cache_layer_desc {
+    size_t struct_size;   /* sizeof(mla_cache_layer_desc) as the caller compiled it */
     int32_t latent_dim;   /* latent values per token (R, or 2R for a split layer) */
     int32_t rope_heads;   /* KV heads carrying a RoPE part (n_kv_heads); 0 if rope_dim is 0 */
     int32_t rope_dim;     /* RoPE values per head (r), even; the first r/2 and last r/2 form the
@@ -32,19 +34,29 @@ typedef struct mla_cache_layer_desc {
     const float *rope_freqs; /* rope_heads × rope_dim/2 angular frequencies θ (radians per position),
                                 used by mla_cache_seq_shift; borrowed for the call, may be NULL when
                                 rope_dim is 0 */
-    double rope_position_scale; /* positions are multiplied by this before rotation (1, or
-                                   1/factor for linear RoPE scaling); 0 means 1 */
+    double rope_position_scale; /* positions are multiplied by this before rotation: 1 (the
+                                   default), or 1/factor for linear RoPE scaling; 0 means 1 */
     int32_t mha_kv_dim;   /* n_kv_heads·head_dim of the source model, for the MHA comparison */
 } mla_cache_layer_desc;
 
-/* The description of what an mla_layer caches. rope_freqs points into the layer, valid while
- * it lives. */
-MLA_API mla_status mla_layer_cache_desc(const struct mla_layer *layer, mla_cache_layer_desc *desc);
+/* Fill *d with defaults: every field 0 (NULL) except rope_position_scale 1. struct_size:
+ * sizeof(*d) as the caller compiled it. Errors: INVALID_ARGUMENT. */
+MLA_API mla_status mla_cache_layer_desc_default_params(mla_cache_layer_desc *d, size_t struct_size);
+
+/* The description of what an mla_layer caches, written into *desc. struct_size: sizeof(*desc) as
+ * the caller compiled it. rope_freqs points into the layer, valid while it lives.
+ * Errors: INVALID_ARGUMENT (NULL layer or desc, struct_size smaller than a size_t). */
+MLA_API mla_status mla_layer_cache_desc(const struct mla_layer *layer, mla_cache_layer_desc *desc,
+                                        size_t struct_size);
 
 typedef struct mla_cache_params {
     size_t struct_size;
     int32_t n_layers;
-    const mla_cache_layer_desc *layers; /* n_layers entries, copied */
+    /* n_layers entries, copied. An array of structs: its element stride is layers[0].struct_size
+     * (so a caller built with a longer or shorter mla_cache_layer_desc steps through its own
+     * array correctly), and every element must carry that same struct_size. Fields past it take
+     * their defaults (mla_cache_layer_desc_default_params). */
+    const mla_cache_layer_desc *layers;
     mla_dtype latent_dtype;  /* F32, F16, BF16, I8 or I4 (default F16) */
     mla_dtype rope_dtype;    /* F32, F16 or BF16 (default F16) */
     int32_t quant_group;     /* values per scale for I8/I4, divides latent_dim (default 32) */
@@ -57,7 +69,8 @@ typedef struct mla_cache_params {
 MLA_API mla_status mla_cache_default_params(mla_cache_params *p, size_t struct_size);
 
 /* Create a cache; all pool memory is allocated here and never reallocated.
- * Errors: INVALID_ARGUMENT (naming the field and layer), OUT_OF_MEMORY. */
+ * Errors: INVALID_ARGUMENT (naming the field and layer, for example layers[2].struct_size when it
+ * differs from layers[0].struct_size), OUT_OF_MEMORY. */
 MLA_API mla_status mla_cache_create(const mla_cache_params *p, mla_cache **out);
 MLA_API void mla_cache_destroy(mla_cache *cache);
 

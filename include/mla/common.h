@@ -78,7 +78,8 @@ MLA_API int mla_dtype_bits(mla_dtype dtype);
 MLA_API const char *mla_dtype_name(mla_dtype dtype);
 
 /* A read-only view of a tensor owned by a libmla handle; valid while that handle lives and is not
- * modified. Row-major, contiguous. Unused trailing shape entries are 1. */
+ * modified. Row-major, contiguous. Unused trailing shape entries are 1.
+ * No struct_size. Frozen for ABI 0: a view with more fields would come with new functions. */
 #define MLA_TENSOR_MAX_DIMS 4
 typedef struct mla_tensor {
     const char *name;  /* for example "q_proj.weight" */

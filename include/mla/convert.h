@@ -161,10 +161,11 @@ typedef enum mla_layer_kind {
     MLA_LAYER_MHA = 1,
 } mla_layer_kind;
 
+/* What a layer is. Its geometry is not a field (an embedded struct could not grow without
+ * moving the fields after it): read it with mla_layer_get_geometry. */
 typedef struct mla_layer_info {
     size_t struct_size;
     mla_layer_kind kind;
-    mla_geometry geometry;
     mla_factorization factorization;
     mla_rope_strategy rope_strategy;
     int32_t rope_dim;        /* r per head */
@@ -177,6 +178,12 @@ typedef struct mla_layer_info {
 
 MLA_API mla_status mla_layer_get_info(const mla_layer *layer, mla_layer_info *info,
                                       size_t struct_size);
+
+/* Write the geometry the layer was built from into *g. struct_size: sizeof(*g) as the caller
+ * compiled it (the rule of params structs, doc/api.md). Errors: INVALID_ARGUMENT (NULL layer or g,
+ * struct_size smaller than a size_t). */
+MLA_API mla_status mla_layer_get_geometry(const mla_layer *layer, mla_geometry *g,
+                                          size_t struct_size);
 
 /* The kept RoPE dimensions of one KV head: rope_dim indices into [0, head_dim), ascending. */
 MLA_API mla_status mla_layer_rope_dims(const mla_layer *layer, int32_t kv_head, int32_t *dims);

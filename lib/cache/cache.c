@@ -25,6 +25,16 @@ MLA_API mla_status mla_cache_default_params(mla_cache_params *p, size_t struct_s
     return mla_params_write(p, struct_size, &d, sizeof d, "cache params");
 }
 
+MLA_API mla_status mla_cache_layer_desc_default_params(mla_cache_layer_desc *d,
+                                                       size_t struct_size)
+{
+    mla_cache_layer_desc f;
+    memset(&f, 0, sizeof f);
+    f.struct_size = sizeof f;
+    f.rope_position_scale = 1.0;
+    return mla_params_write(d, struct_size, &f, sizeof f, "cache layer desc");
+}
+
 static int is_latent_dtype(mla_dtype t)
 {
     return t == MLA_DTYPE_F32 || t == MLA_DTYPE_F16 || t == MLA_DTYPE_BF16 || t == MLA_DTYPE_I8 ||
@@ -85,6 +95,51 @@ static mla_status check_params(const mla_cache_params *p)
                         "cache params: capacity_tokens is %lld and capacity_bytes %lld: set one "
                         "of them (> 0)", (long long)p->capacity_tokens,
                         (long long)p->capacity_bytes);
+    return MLA_OK;
+}
+
+/*
+ * Copy the caller's layer array into full-size descs. It is an array of the caller's
+ * mla_cache_layer_desc, whose size layers[0].struct_size gives: that is the stride. An element
+ * with another struct_size means the caller's idea of the stride is not ours, so every element
+ * is checked before any is read. Elements are read with memcpy: a stride need not keep them
+ * aligned.
+ */
+static mla_status read_layers(const mla_cache_params *p, mla_cache_layer_desc **out)
+{
+    const unsigned char *base = (const unsigned char *)p->layers;
+    size_t stride, total;
+    memcpy(&stride, base, sizeof stride);
+    if (stride < sizeof(size_t))
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "cache params: layers[0].struct_size is %zu: set it with "
+                        "mla_cache_layer_desc_default_params", stride);
+    if (!mla_mul_size((size_t)p->n_layers, stride, &total))
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "cache params: n_layers %d × layers[0].struct_size %zu overflows",
+                        (int)p->n_layers, stride);
+    for (int32_t l = 1; l < p->n_layers; l++) {
+        size_t size;
+        memcpy(&size, base + (size_t)l * stride, sizeof size);
+        if (size != stride)
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "cache params: layers[%d].struct_size is %zu, but "
+                            "layers[0].struct_size is %zu: every element of the array must "
+                            "have the same size", (int)l, size, stride);
+    }
+    mla_cache_layer_desc *d = mla_calloc((size_t)p->n_layers, sizeof *d);
+    if (!d)
+        return mla_fail(MLA_ERR_OUT_OF_MEMORY, "cache params: %d layer descs", (int)p->n_layers);
+    for (int32_t l = 0; l < p->n_layers; l++) {
+        mla_cache_layer_desc_default_params(&d[l], sizeof d[l]);
+        mla_params_read(&d[l], sizeof d[l], base + (size_t)l * stride, "cache params: layers[]");
+    }
+    *out = d;
+    return MLA_OK;
+}
+
+static mla_status check_layers(const mla_cache_params *p)
+{
     for (int32_t l = 0; l < p->n_layers; l++) {
         const mla_cache_layer_desc *d = &p->layers[l];
         if (d->latent_dim < 1 || d->latent_dim > MAX_DIM)
@@ -268,9 +323,19 @@ MLA_API mla_status mla_cache_create(const mla_cache_params *params, mla_cache **
         return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_cache_create: out is NULL");
     if ((st = check_params(&p)) != MLA_OK)
         return st;
+    mla_cache_layer_desc *layers = NULL;
+    if ((st = read_layers(&p, &layers)) != MLA_OK)
+        return st;
+    p.layers = layers;
+    if ((st = check_layers(&p)) != MLA_OK) {
+        mla_free(layers);
+        return st;
+    }
     mla_cache *c = mla_calloc(1, sizeof *c);
-    if (!c)
+    if (!c) {
+        mla_free(layers);
         return mla_fail(MLA_ERR_OUT_OF_MEMORY, "cache: handle");
+    }
     c->n_layers = p.n_layers;
     c->latent_dtype = p.latent_dtype;
     c->rope_dtype = p.rope_dtype;
@@ -278,6 +343,7 @@ MLA_API mla_status mla_cache_create(const mla_cache_params *params, mla_cache **
     c->block_tokens = p.block_tokens;
     c->n_seq_max = p.n_seq_max;
     st = alloc_all(c, &p);
+    mla_free(layers);
     if (st != MLA_OK) {
         mla_cache_destroy(c);
         return st;

@@ -154,7 +154,6 @@ MLA_API mla_status mla_layer_get_info(const mla_layer *l, mla_layer_info *info,
     memset(&f, 0, sizeof f);
     f.struct_size = sizeof f;
     f.kind = l->kind;
-    f.geometry = l->geom;
     f.factorization = l->factorization;
     f.rope_strategy = l->rope_strategy;
     f.rope_dim = l->rope_dim;
@@ -163,6 +162,14 @@ MLA_API mla_status mla_layer_get_info(const mla_layer *l, mla_layer_info *info,
     f.rope_width = l->geom.n_kv_heads * l->rope_dim;
     f.n_tensors = l->n_tensors;
     return mla_params_write(info, struct_size, &f, sizeof f, "info");
+}
+
+MLA_API mla_status mla_layer_get_geometry(const mla_layer *l, mla_geometry *g,
+                                          size_t struct_size)
+{
+    if (!l)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
+    return mla_params_write(g, struct_size, &l->geom, sizeof l->geom, "geometry");
 }
 
 MLA_API mla_status mla_layer_rope_dims(const mla_layer *l, int32_t kv_head, int32_t *dims)
@@ -219,20 +226,19 @@ MLA_API mla_status mla_layer_get_report(const mla_layer *l, mla_convert_report *
     return mla_params_write(report, struct_size, &l->report, sizeof l->report, "report");
 }
 
-MLA_API mla_status mla_layer_cache_desc(const struct mla_layer *l, mla_cache_layer_desc *desc)
+MLA_API mla_status mla_layer_cache_desc(const struct mla_layer *l, mla_cache_layer_desc *desc,
+                                        size_t struct_size)
 {
     if (!l)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
-    if (!desc)
-        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "desc is NULL");
     mla_cache_layer_desc c;
     memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
     c.latent_dim = l->latent_dim;
     c.rope_heads = l->rope_dim > 0 ? l->geom.n_kv_heads : 0;
     c.rope_dim = l->rope_dim;
     c.rope_freqs = l->rope_freqs;
     c.rope_position_scale = l->rope_position_scale;
     c.mha_kv_dim = l->geom.n_kv_heads * l->geom.head_dim;
-    *desc = c;
-    return MLA_OK;
+    return mla_params_write(desc, struct_size, &c, sizeof c, "desc");
 }

@@ -77,7 +77,7 @@ static inline mla_cache *make_cache(mla_layer *const *layers, int n_layers, mla_
 {
     mla_cache_layer_desc desc[8];
     for (int i = 0; i < n_layers; i++)
-        if (mla_layer_cache_desc(layers[i], &desc[i]) != MLA_OK)
+        if (mla_layer_cache_desc(layers[i], &desc[i], sizeof desc[i]) != MLA_OK)
             return NULL;
     mla_cache_params p;
     mla_cache_default_params(&p, sizeof p);
@@ -250,11 +250,13 @@ static inline void ref_mla_init(ref_mla *m, const mla_layer *l)
 {
     mla_layer_info info;
     mla_layer_get_info(l, &info, sizeof info);
-    m->d = info.geometry.d_model;
-    m->n_h = info.geometry.n_heads;
-    m->n_kv = info.geometry.n_kv_heads;
-    m->d_h = info.geometry.head_dim;
-    m->rope_theta = info.geometry.rope_theta;
+    mla_geometry g;
+    mla_layer_get_geometry(l, &g, sizeof g);
+    m->d = g.d_model;
+    m->n_h = g.n_heads;
+    m->n_kv = g.n_kv_heads;
+    m->d_h = g.head_dim;
+    m->rope_theta = g.rope_theta;
     m->r = info.rope_dim;
     m->nope = m->d_h - m->r;
     m->R = info.d_kv * m->n_kv;

@@ -18,7 +18,7 @@ static const float freqs[2] = {1.0f, 0.01f};
 static mla_cache_layer_desc layer(int latent, int heads, int dim)
 {
     mla_cache_layer_desc d;
-    memset(&d, 0, sizeof d);
+    mla_cache_layer_desc_default_params(&d, sizeof d);
     d.latent_dim = latent;
     d.rope_heads = heads;
     d.rope_dim = dim;

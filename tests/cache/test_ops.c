@@ -419,8 +419,8 @@ static mla_status do_op(mla_cache *c, model *m, int op, int *expect)
 int main(void)
 {
     mla_cache_layer_desc layers[NL];
-    memset(layers, 0, sizeof layers);
     for (int l = 0; l < NL; l++) {
+        mla_cache_layer_desc_default_params(&layers[l], sizeof layers[l]);
         layers[l].latent_dim = LD[l];
         layers[l].rope_heads = RH[l];
         layers[l].rope_dim = RD[l];

@@ -30,7 +30,7 @@ static float freqs[RHEADS * RDIM / 2];
 static mla_cache *make(mla_dtype lt, mla_dtype rt, int group, int latent_dim)
 {
     mla_cache_layer_desc L;
-    memset(&L, 0, sizeof L);
+    mla_cache_layer_desc_default_params(&L, sizeof L);
     L.latent_dim = latent_dim;
     L.rope_heads = RHEADS;
     L.rope_dim = RDIM;
@@ -261,8 +261,9 @@ static void accounting(void)
     for (int i = 0; i < 64; i++)
         f[i] = 1.0f;
     for (int l = 0; l < 32; l++)
-        L[l] = (mla_cache_layer_desc){.latent_dim = 16 * 32, .rope_heads = 32, .rope_dim = 4,
-                                      .rope_freqs = f, .mha_kv_dim = 32 * 128};
+        L[l] = (mla_cache_layer_desc){.struct_size = sizeof L[l], .latent_dim = 16 * 32,
+                                      .rope_heads = 32, .rope_dim = 4, .rope_freqs = f,
+                                      .mha_kv_dim = 32 * 128};
     mla_cache_params p;
     mla_cache_default_params(&p, sizeof p);
     p.n_layers = 32;

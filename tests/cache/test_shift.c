@@ -42,8 +42,8 @@ static void rotated(int t, double p, double s, float *out)
 static mla_cache *make(double scale, mla_dtype rope_dtype)
 {
     mla_cache_layer_desc L[2];
-    memset(L, 0, sizeof L);
     for (int l = 0; l < 2; l++) {
+        mla_cache_layer_desc_default_params(&L[l], sizeof L[l]);
         L[l].latent_dim = LAT;
         L[l].rope_heads = NKV;
         L[l].rope_dim = R;

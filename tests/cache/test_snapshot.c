@@ -36,9 +36,11 @@ static mla_cache *make(geo g)
 {
     mla_cache_layer_desc L[2];
     memset(L, 0, sizeof L);
-    L[0] = (mla_cache_layer_desc){.latent_dim = g.lat0, .rope_heads = 1, .rope_dim = 2,
-                                  .rope_freqs = freqs, .mha_kv_dim = 8};
-    L[1] = (mla_cache_layer_desc){.latent_dim = g.lat1, .mha_kv_dim = 8}; /* no RoPE part */
+    L[0] = (mla_cache_layer_desc){.struct_size = sizeof L[0], .latent_dim = g.lat0,
+                                  .rope_heads = 1, .rope_dim = 2, .rope_freqs = freqs,
+                                  .mha_kv_dim = 8};
+    L[1] = (mla_cache_layer_desc){.struct_size = sizeof L[1], .latent_dim = g.lat1,
+                                  .mha_kv_dim = 8}; /* no RoPE part */
     mla_cache_params p;
     mla_cache_default_params(&p, sizeof p);
     p.n_layers = g.n_layers;

@@ -132,7 +132,7 @@ static void check_layer(const char *what, const src_layer *s, const mla_layer *l
 
     /* What the cache and attention read: latent width, RoPE heads, original frequencies. */
     mla_cache_layer_desc cd;
-    CHECK(mla_layer_cache_desc(l, &cd) == MLA_OK, "%s: cache desc", what);
+    CHECK(mla_layer_cache_desc(l, &cd, sizeof cd) == MLA_OK, "%s: cache desc", what);
     int freq_ok = 1;
     for (int j = 0; j < n_kv; j++)
         for (int k = 0; k < r / 2; k++) {
@@ -203,7 +203,7 @@ static void check_mha(void)
               tap_rel_diff(get_tensor(l, "v_proj.bias").data, s.bv, 16) == 0,
           "MHA handle holds the source tensors unchanged");
     mla_cache_layer_desc cd;
-    mla_layer_cache_desc(l, &cd);
+    mla_layer_cache_desc(l, &cd, sizeof cd);
     int ok = 1;
     for (int j = 0; j < 2; j++)
         for (int i = 0; i < 4; i++)

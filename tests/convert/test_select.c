@@ -120,8 +120,8 @@ int main(void)
     /* r = 0 keeps nothing: every row of W_k is in the latent. */
     mla_layer *l = convert(&gqa64, MLA_ROPE_HIGH, 0, 0, NULL);
     mla_cache_layer_desc cd;
-    CHECK(l && mla_layer_cache_desc(l, &cd) == MLA_OK && cd.rope_heads == 0 && cd.rope_dim == 0 &&
-              get_tensor(l, "kv_proj.up_k.weight").shape[0] == 2 * 64,
+    CHECK(l && mla_layer_cache_desc(l, &cd, sizeof cd) == MLA_OK && cd.rope_heads == 0 &&
+              cd.rope_dim == 0 && get_tensor(l, "kv_proj.up_k.weight").shape[0] == 2 * 64,
           "r = 0: no RoPE part, all 64 key dims per head go through the latent");
     mla_layer_destroy(l);
     l = convert(&gqa64, MLA_ROPE_2NORM, 0, 0, NULL);

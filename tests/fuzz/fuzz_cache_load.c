@@ -31,9 +31,9 @@ static mla_cache *make(void)
 {
     mla_cache_layer_desc L[2];
     memset(L, 0, sizeof L);
-    L[0] = (mla_cache_layer_desc){.latent_dim = 8, .rope_heads = 2, .rope_dim = 2,
-                                  .rope_freqs = freqs, .mha_kv_dim = 16};
-    L[1] = (mla_cache_layer_desc){.latent_dim = 4, .mha_kv_dim = 16};
+    L[0] = (mla_cache_layer_desc){.struct_size = sizeof L[0], .latent_dim = 8, .rope_heads = 2,
+                                  .rope_dim = 2, .rope_freqs = freqs, .mha_kv_dim = 16};
+    L[1] = (mla_cache_layer_desc){.struct_size = sizeof L[1], .latent_dim = 4, .mha_kv_dim = 16};
     mla_cache_params p;
     mla_cache_default_params(&p, sizeof p);
     p.n_layers = 2;

@@ -109,7 +109,28 @@ def test_converted_tensors_match_numpy_svd(gqa, calib, method):
     assert (info.rope_dim, info.d_kv, info.rope_width) == (4, d_kv, G.n_kv_heads * 4)
     assert info.latent_dim == (2 * R if method == "split" else R)
     assert info.n_tensors == len(got)
-    assert info.geometry.d_model == G.d_model and info.geometry.qkv_bias is True
+    g = layer.geometry
+    assert (g.d_model, g.n_heads, g.n_kv_heads, g.head_dim, g.rope_theta, g.qkv_bias) == \
+        (G.d_model, G.n_heads, G.n_kv_heads, G.head_dim, G.rope_theta, True)
+
+
+def test_layer_geometry_is_the_given_one(gqa):
+    """Layer.geometry (mla_layer_get_geometry) gives back every field of the geometry the layer
+    was built from, with no field at its default, for converted, MHA and rebuilt layers."""
+    w, _ = gqa
+    given = mla.Geometry(d_model=G.d_model, n_heads=G.n_heads, n_kv_heads=G.n_kv_heads,
+                         head_dim=G.head_dim, rope_theta=123456.0,
+                         rope_scaling=mla.RopeScaling.LINEAR, rope_scaling_factor=2.5,
+                         qkv_bias=True)
+    a = mla.convert(given, weights(w), rope_strategy="high", rope_dim=4, d_kv=6)
+    b = mla.Layer.from_mha(given, weights(w))
+    c = mla.Layer.from_tensors(given, 4, 6, a.tensors())
+    for layer in (a, b, c):
+        assert layer.geometry == given
+    assert a.cache_desc().rope_position_scale == pytest.approx(1 / 2.5, rel=1e-15)
+    a.close()
+    with pytest.raises(ValueError, match="closed"):
+        a.geometry
 
 
 def test_report_is_eckart_young(gqa):

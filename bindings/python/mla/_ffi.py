@@ -146,7 +146,6 @@ class mla_layer_info(Structure):
     _fields_ = [
         ("struct_size", c_size_t),
         ("kind", mla_layer_kind),
-        ("geometry", mla_geometry),
         ("factorization", mla_factorization),
         ("rope_strategy", mla_rope_strategy),
         ("rope_dim", c_int32),
@@ -176,6 +175,7 @@ class mla_cache(Structure):
 
 class mla_cache_layer_desc(Structure):
     _fields_ = [
+        ("struct_size", c_size_t),
         ("latent_dim", c_int32),
         ("rope_heads", c_int32),
         ("rope_dim", c_int32),
@@ -270,6 +270,7 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
                                         _P(_P(mla_layer))]),
     "mla_layer_destroy": (None, [_P(mla_layer)]),
     "mla_layer_get_info": (mla_status, [_P(mla_layer), _P(mla_layer_info), c_size_t]),
+    "mla_layer_get_geometry": (mla_status, [_P(mla_layer), _P(mla_geometry), c_size_t]),
     "mla_layer_rope_dims": (mla_status, [_P(mla_layer), c_int32, _i32p]),
     "mla_layer_tensor": (mla_status, [_P(mla_layer), c_int32, _P(mla_tensor)]),
     "mla_layer_tensor_by_name": (mla_status, [_P(mla_layer), c_char_p, _P(mla_tensor)]),
@@ -277,7 +278,8 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
                                             c_int32, _P(_P(mla_layer))]),
     "mla_layer_get_report": (mla_status, [_P(mla_layer), _P(mla_convert_report), c_size_t]),
     # cache.h
-    "mla_layer_cache_desc": (mla_status, [_P(mla_layer), _P(mla_cache_layer_desc)]),
+    "mla_cache_layer_desc_default_params": (mla_status, [_P(mla_cache_layer_desc), c_size_t]),
+    "mla_layer_cache_desc": (mla_status, [_P(mla_layer), _P(mla_cache_layer_desc), c_size_t]),
     "mla_cache_default_params": (mla_status, [_P(mla_cache_params), c_size_t]),
     "mla_cache_create": (mla_status, [_P(mla_cache_params), _P(_P(mla_cache))]),
     "mla_cache_destroy": (None, [_P(mla_cache)]),

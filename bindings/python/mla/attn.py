@@ -58,7 +58,7 @@ class Attn(Handle):
         co = cache._own()
         if lo.lib is not o.lib or co.lib is not o.lib:
             raise ValueError("layer, cache and attn come from different loaded libmla copies")
-        d_model = layer.info.geometry.d_model
+        d_model = layer.geometry.d_model
         check_array(x, np.float32, (None, d_model), "x")
         n = x.shape[0]
         if isinstance(seq, (int, np.integer)):

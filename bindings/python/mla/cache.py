@@ -81,6 +81,8 @@ class Cache(Handle):
                                        for l in layers]
         if not descs:
             raise ValueError("layers: at least one layer is needed")
+        # An array of structs: the library steps through it by c_descs[0].struct_size, which
+        # default_params sets to ctypes.sizeof (the element size) in every element.
         c_descs = (_ffi.mla_cache_layer_desc * len(descs))()
         freq_arrays = []  # borrowed by C for the create call only
         for i, d in enumerate(descs):
@@ -88,6 +90,8 @@ class Cache(Handle):
                 raise TypeError(f"layers[{i}]: expected mla.Layer or mla.CacheLayerDesc, got "
                                 f"{type(d).__name__}")
             c = c_descs[i]
+            check(lib, lib.mla_cache_layer_desc_default_params(
+                ctypes.byref(c), ctypes.sizeof(_ffi.mla_cache_layer_desc)))
             c.latent_dim, c.rope_heads, c.rope_dim = d.latent_dim, d.rope_heads, d.rope_dim
             c.rope_position_scale = d.rope_position_scale
             c.mha_kv_dim = d.mha_kv_dim

@@ -182,10 +182,9 @@ class Calib(Handle):
 
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
-    """mla_layer_info."""
+    """mla_layer_info. The geometry is Layer.geometry (mla_layer_get_geometry)."""
 
     kind: LayerKind
-    geometry: Geometry
     factorization: Factorization
     rope_strategy: RopeStrategy
     rope_dim: int
@@ -232,7 +231,7 @@ class Layer(Handle):
         check(lib, lib.mla_layer_get_info(owned.ptr, ctypes.byref(info),
                                           ctypes.sizeof(_ffi.mla_layer_info)))
         self._info = LayerInfo(
-            kind=_safe_enum(LayerKind, info.kind), geometry=Geometry._from_c(info.geometry),
+            kind=_safe_enum(LayerKind, info.kind),
             factorization=_safe_enum(Factorization, info.factorization),
             rope_strategy=_safe_enum(RopeStrategy, info.rope_strategy), rope_dim=info.rope_dim,
             d_kv=info.d_kv, latent_dim=info.latent_dim, rope_width=info.rope_width,
@@ -299,14 +298,19 @@ class Layer(Handle):
 
     @property
     def geometry(self) -> Geometry:
-        return self.info.geometry
+        """The geometry the layer was built from (mla_layer_get_geometry)."""
+        o = self._own()
+        g = _ffi.mla_geometry()
+        check(o.lib, o.lib.mla_layer_get_geometry(o.ptr, ctypes.byref(g),
+                                                  ctypes.sizeof(_ffi.mla_geometry)))
+        return Geometry._from_c(g)
 
     def rope_dims(self, kv_head: Optional[int] = None) -> np.ndarray:
         """Kept RoPE dimensions, ascending indices into [0, head_dim): of one KV head (rope_dim,)
         or of all, (n_kv_heads, rope_dim), int32."""
         o = self._own()
         info = self._info
-        heads = range(info.geometry.n_kv_heads) if kv_head is None else [kv_head]
+        heads = range(self.geometry.n_kv_heads) if kv_head is None else [kv_head]
         out = np.empty((len(heads), info.rope_dim), np.int32)
         for i, h in enumerate(heads):
             check(o.lib, o.lib.mla_layer_rope_dims(o.ptr, h, ptr(out[i], ctypes.c_int32)))
@@ -366,7 +370,8 @@ class Layer(Handle):
         from .cache import CacheLayerDesc  # cache.py imports this module
         o = self._own()
         d = _ffi.mla_cache_layer_desc()
-        check(o.lib, o.lib.mla_layer_cache_desc(o.ptr, ctypes.byref(d)))
+        check(o.lib, o.lib.mla_layer_cache_desc(o.ptr, ctypes.byref(d),
+                                                ctypes.sizeof(_ffi.mla_cache_layer_desc)))
         n = d.rope_heads * (d.rope_dim // 2)
         freqs = (np.ctypeslib.as_array(d.rope_freqs, (n,)).astype(np.float32, copy=True)
                  if n > 0 and d.rope_freqs else np.zeros(0, np.float32))

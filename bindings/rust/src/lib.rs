@@ -601,11 +601,10 @@ struct ProgressSlot<'a> {
     panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
-/// What an MLA layer is (`mla_layer_info`).
+/// What an MLA layer is (`mla_layer_info`); its geometry is `Layer::geometry`.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerInfo {
     pub kind: Option<LayerKind>,
-    pub geometry: sys::mla_geometry,
     pub factorization: Option<Factorization>,
     pub rope_strategy: Option<RopeStrategy>,
     pub rope_dim: i32,
@@ -834,7 +833,6 @@ impl Layer {
         let i = unsafe { i.assume_init() };
         Ok(LayerInfo {
             kind: LayerKind::from_code(i.kind),
-            geometry: i.geometry,
             factorization: Factorization::from_code(i.factorization),
             rope_strategy: RopeStrategy::from_code(i.rope_strategy),
             rope_dim: i.rope_dim,
@@ -842,6 +840,23 @@ impl Layer {
             latent_dim: i.latent_dim,
             rope_width: i.rope_width,
             n_tensors: i.n_tensors,
+        })
+    }
+
+    /// The geometry the layer was built from (`mla_layer_get_geometry`).
+    pub fn geometry(&self) -> Result<Geometry> {
+        let mut g = MaybeUninit::<sys::mla_geometry>::zeroed();
+        // SAFETY: a writable struct of the size passed.
+        check(unsafe {
+            sys::mla_layer_get_geometry(
+                self.raw.as_ptr(),
+                g.as_mut_ptr(),
+                size_of::<sys::mla_geometry>(),
+            )
+        })?;
+        // SAFETY: zeroed then written; plain data.
+        Ok(Geometry {
+            raw: unsafe { g.assume_init() },
         })
     }
 
@@ -910,7 +925,13 @@ impl Layer {
     pub fn cache_desc(&self) -> Result<CacheLayerDesc> {
         let mut d = MaybeUninit::<sys::mla_cache_layer_desc>::zeroed();
         // SAFETY: valid out-pointer.
-        check(unsafe { sys::mla_layer_cache_desc(self.raw.as_ptr(), d.as_mut_ptr()) })?;
+        check(unsafe {
+            sys::mla_layer_cache_desc(
+                self.raw.as_ptr(),
+                d.as_mut_ptr(),
+                size_of::<sys::mla_cache_layer_desc>(),
+            )
+        })?;
         // SAFETY: written by the call.
         let d = unsafe { d.assume_init() };
         let n = d.rope_heads.max(0) as usize * (d.rope_dim.max(0) as usize / 2);
@@ -1043,18 +1064,20 @@ impl Cache {
                 n,
                 "rope_heads × rope_dim/2",
             )?;
-            raw_layers.push(sys::mla_cache_layer_desc {
-                latent_dim: l.latent_dim,
-                rope_heads: l.rope_heads,
-                rope_dim: l.rope_dim,
-                rope_freqs: if n == 0 {
-                    ptr::null()
-                } else {
-                    l.rope_freqs.as_ptr()
-                },
-                rope_position_scale: l.rope_position_scale,
-                mha_kv_dim: l.mha_kv_dim,
-            });
+            // struct_size = size_of (the Vec's stride), as the library reads the array by it.
+            let mut raw: sys::mla_cache_layer_desc =
+                defaults(sys::mla_cache_layer_desc_default_params)?;
+            raw.latent_dim = l.latent_dim;
+            raw.rope_heads = l.rope_heads;
+            raw.rope_dim = l.rope_dim;
+            raw.rope_freqs = if n == 0 {
+                ptr::null()
+            } else {
+                l.rope_freqs.as_ptr()
+            };
+            raw.rope_position_scale = l.rope_position_scale;
+            raw.mha_kv_dim = l.mha_kv_dim;
+            raw_layers.push(raw);
         }
         let mut p = params.raw;
         p.n_layers = layers.len() as i32;
@@ -1343,7 +1366,7 @@ impl Attn {
         pos: &[i64],
         out: &mut [f32],
     ) -> Result<()> {
-        let d = layer.info()?.geometry.d_model.max(1) as usize;
+        let d = layer.geometry()?.d_model().max(1) as usize;
         let n = seq.len();
         expect_len(
             "x",
@@ -1379,7 +1402,7 @@ impl Attn {
         seq: i32,
         pos0: i64,
     ) -> Result<Vec<f32>> {
-        let d = layer.info()?.geometry.d_model.max(1) as usize;
+        let d = layer.geometry()?.d_model().max(1) as usize;
         if x.len() % d != 0 {
             return shape_error("x", x.len(), d, "a multiple of d_model");
         }

@@ -141,7 +141,6 @@ pub const MLA_LAYER_MHA: mla_layer_kind = 1;
 pub struct mla_layer_info {
     pub struct_size: usize,
     pub kind: mla_layer_kind,
-    pub geometry: mla_geometry,
     pub factorization: mla_factorization,
     pub rope_strategy: mla_rope_strategy,
     pub rope_dim: i32,
@@ -173,6 +172,7 @@ pub struct mla_cache {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct mla_cache_layer_desc {
+    pub struct_size: usize,
     pub latent_dim: i32,
     pub rope_heads: i32,
     pub rope_dim: i32,
@@ -285,6 +285,11 @@ extern "C" {
         info: *mut mla_layer_info,
         struct_size: usize,
     ) -> mla_status;
+    pub fn mla_layer_get_geometry(
+        layer: *const mla_layer,
+        g: *mut mla_geometry,
+        struct_size: usize,
+    ) -> mla_status;
     pub fn mla_layer_rope_dims(layer: *const mla_layer, kv_head: i32, dims: *mut i32)
         -> mla_status;
     pub fn mla_layer_tensor(
@@ -312,9 +317,14 @@ extern "C" {
     ) -> mla_status;
 
     // cache.h
+    pub fn mla_cache_layer_desc_default_params(
+        d: *mut mla_cache_layer_desc,
+        struct_size: usize,
+    ) -> mla_status;
     pub fn mla_layer_cache_desc(
         layer: *const mla_layer,
         desc: *mut mla_cache_layer_desc,
+        struct_size: usize,
     ) -> mla_status;
     pub fn mla_cache_default_params(p: *mut mla_cache_params, struct_size: usize) -> mla_status;
     pub fn mla_cache_create(p: *const mla_cache_params, out: *mut *mut mla_cache) -> mla_status;
