@@ -44,14 +44,6 @@ MLA_API void mla_calib_destroy(mla_calib *c)
     mla_free(c);
 }
 
-static float *dup_f32(const float *src, size_t n)
-{
-    float *p = mla_alloc(n * sizeof(float));
-    if (p)
-        memcpy(p, src, n * sizeof(float));
-    return p;
-}
-
 MLA_API mla_status mla_calib_create(const mla_geometry *g_in, const mla_layer_weights *w,
                                     const mla_calib_params *params, mla_calib **out)
 {
@@ -87,16 +79,16 @@ MLA_API mla_status mla_calib_create(const mla_geometry *g_in, const mla_layer_we
     const size_t half = (size_t)g.head_dim / 2;
     int oom = 0;
     if (p.qk_norms) {
-        c->wq = dup_f32(src.wq, qr * d);
-        c->wk = dup_f32(src.wk, kr * d);
+        c->wq = mla_dup_f32(src.wq, qr * d);
+        c->wk = mla_dup_f32(src.wk, kr * d);
         c->q_sum = mla_calloc((size_t)g.n_heads * half, sizeof(double));
         c->k_sum = mla_calloc((size_t)g.n_kv_heads * half, sizeof(double));
         c->qbuf = mla_alloc(CHUNK * qr * sizeof(float));
         c->kbuf = mla_alloc(CHUNK * kr * sizeof(float));
         oom = !c->wq || !c->wk || !c->q_sum || !c->k_sum || !c->qbuf || !c->kbuf;
         if (src.bq) {
-            c->bq = dup_f32(src.bq, qr);
-            c->bk = dup_f32(src.bk, kr);
+            c->bq = mla_dup_f32(src.bq, qr);
+            c->bk = mla_dup_f32(src.bk, kr);
             oom = oom || !c->bq || !c->bk;
         }
     }

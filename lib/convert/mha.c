@@ -6,14 +6,6 @@
 
 #include "convert/internal.h"
 
-static float *dup_f32(const float *src, size_t n)
-{
-    float *p = mla_alloc(n * sizeof(float));
-    if (p)
-        memcpy(p, src, n * sizeof(float));
-    return p;
-}
-
 MLA_API mla_status mla_layer_from_mha(const mla_geometry *g_in, const mla_layer_weights *w,
                                       mla_layer **out)
 {
@@ -42,15 +34,15 @@ MLA_API mla_status mla_layer_from_mha(const mla_geometry *g_in, const mla_layer_
     l->d_kv = g.head_dim;
     l->latent_dim = g.n_kv_heads * g.head_dim;
     l->rope_dims = mla_alloc(n_kv * d_h * sizeof(int32_t));
-    l->wq = dup_f32(src.wq, qr * d);
-    l->wkr = dup_f32(src.wk, kr * d);
-    l->wdkv = dup_f32(src.wv, kr * d);
-    l->wo = dup_f32(src.wo, d * qr);
+    l->wq = mla_dup_f32(src.wq, qr * d);
+    l->wkr = mla_dup_f32(src.wk, kr * d);
+    l->wdkv = mla_dup_f32(src.wv, kr * d);
+    l->wo = mla_dup_f32(src.wo, d * qr);
     int oom = !l->rope_dims || !l->wq || !l->wkr || !l->wdkv || !l->wo;
     if (src.bq) {
-        l->bq = dup_f32(src.bq, qr);
-        l->bkr = dup_f32(src.bk, kr);
-        l->buv = dup_f32(src.bv, kr);
+        l->bq = mla_dup_f32(src.bq, qr);
+        l->bkr = mla_dup_f32(src.bk, kr);
+        l->buv = mla_dup_f32(src.bv, kr);
         oom = oom || !l->bq || !l->bkr || !l->buv;
     }
     mla__source_free(&src);

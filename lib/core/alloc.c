@@ -32,6 +32,17 @@ void mla_free(void *p)
     free(p);
 }
 
+float *mla_dup_f32(const float *src, size_t n)
+{
+    size_t bytes;
+    if (!mla_mul_size(n, sizeof(float), &bytes))
+        return NULL;
+    float *p = mla_alloc(bytes);
+    if (p)
+        memcpy(p, src, bytes);
+    return p;
+}
+
 int mla_mul_size(size_t a, size_t b, size_t *out)
 {
     if (a != 0 && b > SIZE_MAX / a)

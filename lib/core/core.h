@@ -42,6 +42,8 @@ MLA_INTERNAL mla_status mla_params_write(void *caller, size_t struct_size, const
 MLA_INTERNAL void *mla_alloc(size_t size);
 MLA_INTERNAL void *mla_calloc(size_t count, size_t size);
 MLA_INTERNAL void mla_free(void *p);
+/* An aligned copy of n floats; NULL on failure. */
+MLA_INTERNAL float *mla_dup_f32(const float *src, size_t n);
 
 /* a·b without overflow: returns 1 and stores the product, or 0 on overflow. */
 MLA_INTERNAL int mla_mul_size(size_t a, size_t b, size_t *out);
