@@ -72,7 +72,8 @@ MLA_API mla_status mla_calib_default_params(mla_calib_params *p, size_t struct_s
 
 /*
  * Create a calibration accumulator for one layer. The query and key projections (and biases) of
- * *w are copied as float32; nothing else is kept. params may be NULL for defaults.
+ * *w are copied as float32; nothing else is kept. params may be NULL for defaults; w is read only
+ * for qk_norms and may be NULL when they are disabled.
  * Errors: INVALID_ARGUMENT, SHAPE_MISMATCH, NUMERICAL (NaN/Inf weights), OUT_OF_MEMORY.
  */
 MLA_API mla_status mla_calib_create(const mla_geometry *g, const mla_layer_weights *w,
@@ -137,10 +138,11 @@ MLA_API mla_status mla_convert_default_params(mla_convert_params *p, size_t stru
 typedef struct mla_layer mla_layer;
 
 /*
- * Convert one layer. calib is required for MLA_ROPE_2NORM and MLA_FACTOR_ACTIVATION_JOINT and
- * otherwise optional (with it, the report includes activation-space errors). Inputs are read
- * during the call only. Errors: INVALID_ARGUMENT (naming the field), SHAPE_MISMATCH, NUMERICAL
- * (NaN/Inf weights, SVD or Cholesky failure), OUT_OF_MEMORY, CANCELLED.
+ * Convert one layer. calib is required for MLA_ROPE_2NORM (with rope_dim > 0) and
+ * MLA_FACTOR_ACTIVATION_JOINT and otherwise optional (with it, the report includes
+ * activation-space errors). Inputs are read during the call only. Errors: INVALID_ARGUMENT (naming
+ * the field), SHAPE_MISMATCH, NUMERICAL (NaN/Inf weights, SVD or Cholesky failure),
+ * UNSUPPORTED ([W_k_nope; W_v] with more than INT32_MAX rows), OUT_OF_MEMORY, CANCELLED.
  * Thread-safe for distinct outputs.
  */
 MLA_API mla_status mla_layer_convert(const mla_geometry *g, const mla_layer_weights *w,
@@ -204,8 +206,8 @@ MLA_API mla_status mla_layer_tensor_by_name(const mla_layer *layer, const char *
 /*
  * Build a layer from tensors read back from a checkpoint (names as above, F32/F16/BF16; rope_dims
  * I32). The tensors are copied. The factorization is inferred from the names present.
- * Errors: INVALID_ARGUMENT (missing or unknown tensor, by name), SHAPE_MISMATCH (which tensor,
- * expected and got), NUMERICAL.
+ * Errors: INVALID_ARGUMENT (missing, unknown or duplicate tensor, or a wrong dtype, by name),
+ * SHAPE_MISMATCH (which tensor, expected and got), NUMERICAL, OUT_OF_MEMORY.
  */
 MLA_API mla_status mla_layer_from_tensors(const mla_geometry *g, int32_t rope_dim, int32_t d_kv,
                                           const mla_tensor *tensors, int32_t n_tensors,
@@ -214,7 +216,8 @@ MLA_API mla_status mla_layer_from_tensors(const mla_geometry *g, int32_t rope_di
 /* What the conversion lost. Errors are relative Frobenius norms; NaN where not computed. */
 typedef struct mla_convert_report {
     size_t struct_size;
-    double kept_energy;      /* Σ kept σ² / Σ σ² of the factorized matrix (split: of both) */
+    double kept_energy;      /* Σ kept σ² / Σ σ² of the factorized matrix (split: of both;
+                                activation-aware: of M·L, not comparable with the others) */
     double k_nope_rel_error; /* ‖W_k_nope − W_uk·W_dk‖ / ‖W_k_nope‖ */
     double v_rel_error;      /* ‖W_v − W_uv·W_dv‖ / ‖W_v‖ */
     double k_nope_act_rel_error; /* same on calibration activations (needs covariance) */

@@ -198,22 +198,27 @@ static mla_status stats_ready(const mla_calib *c)
     return MLA_OK;
 }
 
+/* S_{j,i} = Σ_{h in group j} a_{h,i} · b_{j,i}, with a and b means over tokens. */
+static double score_at(const mla_calib *c, size_t j, size_t i)
+{
+    const size_t half = (size_t)c->g.head_dim / 2;
+    const size_t group = (size_t)(c->g.n_heads / c->g.n_kv_heads);
+    const double inv = 1.0 / (double)c->n_tokens;
+    double a = 0;
+    for (size_t h = j * group; h < (j + 1) * group; h++)
+        a += c->q_sum[h * half + i] * inv;
+    return a * (c->k_sum[j * half + i] * inv);
+}
+
 mla_status mla__calib_score(const mla_calib *c, double *score)
 {
     mla_status st = stats_ready(c);
     if (st != MLA_OK)
         return st;
     const size_t half = (size_t)c->g.head_dim / 2, n_kv = (size_t)c->g.n_kv_heads;
-    const size_t group = (size_t)(c->g.n_heads / c->g.n_kv_heads);
-    const double inv = 1.0 / (double)c->n_tokens;
-    /* S_{j,i} = Σ_{h in group j} a_{h,i} · b_{j,i}, with a and b means over tokens. */
     for (size_t j = 0; j < n_kv; j++)
-        for (size_t i = 0; i < half; i++) {
-            double a = 0;
-            for (size_t h = j * group; h < (j + 1) * group; h++)
-                a += c->q_sum[h * half + i] * inv;
-            score[j * half + i] = a * (c->k_sum[j * half + i] * inv);
-        }
+        for (size_t i = 0; i < half; i++)
+            score[j * half + i] = score_at(c, j, i);
     return MLA_OK;
 }
 
@@ -225,15 +230,10 @@ MLA_API mla_status mla_calib_qk_stats(const mla_calib *c, float *q_norm, float *
         return st;
     const size_t half = (size_t)c->g.head_dim / 2, n_kv = (size_t)c->g.n_kv_heads;
     const double inv = 1.0 / (double)c->n_tokens;
-    if (score) {
-        double *s = mla_alloc(n_kv * half * sizeof(double));
-        if (!s)
-            return mla_fail(MLA_ERR_OUT_OF_MEMORY, "score (%zu values)", n_kv * half);
-        mla__calib_score(c, s);
-        for (size_t i = 0; i < n_kv * half; i++)
-            score[i] = (float)s[i];
-        mla_free(s);
-    }
+    if (score)
+        for (size_t j = 0; j < n_kv; j++)
+            for (size_t i = 0; i < half; i++)
+                score[j * half + i] = (float)score_at(c, j, i);
     if (q_norm)
         for (size_t i = 0; i < (size_t)c->g.n_heads * half; i++)
             q_norm[i] = (float)(c->q_sum[i] * inv);

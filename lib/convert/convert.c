@@ -33,6 +33,13 @@ static mla_status check_params(const mla_geometry *g, const mla_convert_params *
     /* The latent cannot be wider than the rank of the matrix it factorizes. */
     const int64_t n_kv = g->n_kv_heads, d = g->d_model, R = (int64_t)p->d_kv * n_kv;
     const int64_t k_rows = n_kv * (g->head_dim - p->rope_dim), v_rows = n_kv * g->head_dim;
+    /* Each is ≤ n_h·d_h, which fits in int32, but stacked they may not: LAPACK and BLAS take
+     * 32-bit dimensions. */
+    if (p->factorization != MLA_FACTOR_SPLIT && k_rows + v_rows > INT32_MAX)
+        return mla_fail(MLA_ERR_UNSUPPORTED,
+                        "[W_k_nope; W_v] has %lld rows (n_kv_heads %d × (2·head_dim − rope_dim)), "
+                        "more than LAPACK's 32-bit dimensions allow", (long long)(k_rows + v_rows),
+                        (int)n_kv);
     if (p->factorization == MLA_FACTOR_SPLIT) {
         int64_t lim_k = k_rows < d ? k_rows : d, lim_v = v_rows < d ? v_rows : d;
         int64_t lim = lim_k < lim_v ? lim_k : lim_v;

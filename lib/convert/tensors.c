@@ -188,7 +188,10 @@ MLA_API mla_status mla_layer_from_tensors(const mla_geometry *g_in, int32_t rope
                             "rope_dim is %d, must be even and in [0, head_dim = %d]",
                             (int)rope_dim, (int)g.head_dim);
         if (d_kv < 1 || (int64_t)d_kv * g.n_kv_heads > INT32_MAX / 2)
-            return mla_fail(MLA_ERR_INVALID_ARGUMENT, "d_kv is %d, must be ≥ 1", (int)d_kv);
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "d_kv is %d, must be ≥ 1 with 2·d_kv·n_kv_heads ≤ INT32_MAX "
+                            "(n_kv_heads = %d)",
+                            (int)d_kv, (int)g.n_kv_heads);
     }
 
     struct mla_layer *l = mla__layer_alloc(&g);

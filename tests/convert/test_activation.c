@@ -4,6 +4,7 @@
  * SVD's, while the weight-space error is above (each is optimal for its own norm). With XᵀX = I
  * it gives the joint factorization's product.
  */
+#include <lapacke.h>
 #include <math.h>
 
 #include "util.h"
@@ -53,6 +54,59 @@ static mla_layer *convert(src_layer *s, mla_calib *c, mla_factorization f)
     if (mla_layer_convert(&s->g, &s->w, c, &p, &l) != MLA_OK)
         CHECK(0, "convert (factorization %d): %s", (int)f, mla_last_error());
     return l;
+}
+
+/* Eckart–Young in activation space. Without damping, ‖X (M − M̂)ᵀ‖_F² is minimized over rank R
+ * by the activation-aware factorization, and its minimum is the sum of the discarded eigenvalues
+ * of M C Mᵀ (C = XᵀX): the squared singular values of M·L. Computed here from X directly
+ * (LAPACKE_dsyev), with the error summed token by token. */
+static void eckart_young(src_layer *s, mla_calib *c, const float *m, const float *x)
+{
+    mla_convert_params p;
+    mla_convert_default_params(&p, sizeof p);
+    p.rope_dim = RD;
+    p.d_kv = DKV;
+    p.factorization = MLA_FACTOR_ACTIVATION_JOINT;
+    p.damping = 0;
+    mla_layer *l = NULL;
+    if (mla_layer_convert(&s->g, &s->w, c, &p, &l) != MLA_OK) {
+        CHECK(0, "activation-aware, damping 0: %s", mla_last_error());
+        return;
+    }
+    static double xm[T * ROWS], gram[ROWS * ROWS];
+    double ev[ROWS];
+    /* X Mᵀ (T × ROWS), then its Gram matrix (X Mᵀ)ᵀ (X Mᵀ) = M C Mᵀ. */
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < ROWS; i++) {
+            double a = 0;
+            for (int k = 0; k < D; k++)
+                a += (double)m[i * D + k] * x[t * D + k];
+            xm[t * ROWS + i] = a;
+        }
+    memset(gram, 0, sizeof gram);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < ROWS; i++)
+            for (int j = 0; j < ROWS; j++)
+                gram[i * ROWS + j] += xm[t * ROWS + i] * xm[t * ROWS + j];
+    lapack_int info = LAPACKE_dsyev(LAPACK_ROW_MAJOR, 'N', 'U', ROWS, gram, ROWS, ev);
+    double tail = 0, all = 0; /* ev ascending: the top RK are kept */
+    for (int i = 0; i < ROWS; i++) {
+        all += ev[i];
+        if (i < ROWS - RK)
+            tail += ev[i];
+    }
+    double *pa = product(l), refk, refv;
+    double err = act_err(m, pa, x, T, 0, KR, &refk) + act_err(m, pa, x, T, KR, ROWS, &refv);
+    CHECK(info == 0 && fabs(err - tail) <= 1e-4 * tail,
+          "damping 0: activation error² %.8g = Σ discarded eigenvalues of M C Mᵀ %.8g (rel %.1e)",
+          err, tail, fabs(err - tail) / tail);
+    mla_convert_report rep;
+    mla_layer_get_report(l, &rep, sizeof rep);
+    CHECK(fabs(rep.kept_energy - (all - tail) / all) < 1e-8,
+          "damping 0: kept energy %.10f = kept share of σ²(M·L) %.10f", rep.kept_energy,
+          (all - tail) / all);
+    free(pa);
+    mla_layer_destroy(l);
 }
 
 int main(void)
@@ -106,6 +160,8 @@ int main(void)
     }
     mla_layer_destroy(lj);
     mla_layer_destroy(la);
+
+    eckart_young(&s, c, m, x);
     mla_calib_destroy(c);
 
     /* X = I_d: XᵀX = I, so the whitening is a scalar and the product is the joint one. */

@@ -67,6 +67,13 @@ int main(void)
     g = s.g, g.d_model = INT32_MAX, g.n_heads = 65536, g.head_dim = 32768, g.n_kv_heads = 1;
     bad_convert("sizes overflowing", &g, &s.w, NULL, &p0, MLA_ERR_INVALID_ARGUMENT,
                 "geometry");
+    /* n_kv·d_h = 1.6e9 fits in int32, but [W_k_nope; W_v] has 3.2e9 rows: more than LAPACK's
+     * 32-bit dimensions. Refused before the (small) weights would be read. */
+    g = s.g, g.d_model = g.n_heads = g.n_kv_heads = 12582912, g.head_dim = 128, g.qkv_bias = 0;
+    w = s.w, w.bq = w.bk = w.bv = NULL;
+    p = p0, p.rope_dim = 0, p.d_kv = 1;
+    bad_convert("joint matrix rows beyond int32", &g, &w, NULL, &p, MLA_ERR_UNSUPPORTED,
+                "3221225472 rows");
 
     /* Weights. */
     bad_convert("NULL weights", &s.g, NULL, NULL, &p0, MLA_ERR_INVALID_ARGUMENT, "weights");
@@ -195,9 +202,47 @@ int main(void)
     CHECK(mla_layer_convert(&s.g, &s.w, c, &p, &l) == MLA_OK && calls == 4,
           "a callback returning 0 lets the conversion finish (%d calls)", calls);
 
+    /* NULL arguments of the calibration calls. */
+    mla_calib *c3 = (mla_calib *)SENTINEL;
+    CHECK(expect(mla_calib_create(NULL, &s.w, NULL, &c3), MLA_ERR_INVALID_ARGUMENT, "geometry") &&
+              c3 == (mla_calib *)SENTINEL, "calib_create: NULL geometry");
+    CHECK(expect(mla_calib_create(&s.g, NULL, NULL, &c3), MLA_ERR_INVALID_ARGUMENT, "weights") &&
+              c3 == (mla_calib *)SENTINEL, "calib_create: NULL weights with qk_norms");
+    CHECK(expect(mla_calib_create(&s.g, &s.w, NULL, NULL), MLA_ERR_INVALID_ARGUMENT, "out"),
+          "calib_create: NULL out");
+    CHECK(expect(mla_calib_feed(NULL, x, 1), MLA_ERR_INVALID_ARGUMENT, "calib"),
+          "feed: NULL calib");
+    CHECK(expect(mla_calib_token_count(NULL, &n), MLA_ERR_INVALID_ARGUMENT, "calib") &&
+              expect(mla_calib_token_count(c, NULL), MLA_ERR_INVALID_ARGUMENT, "n_tokens"),
+          "token_count: NULL calib, NULL n_tokens");
+    CHECK(expect(mla_calib_qk_stats(NULL, NULL, NULL, NULL), MLA_ERR_INVALID_ARGUMENT, "calib"),
+          "qk_stats: NULL calib");
+    CHECK(expect(mla_calib_covariance(NULL, NULL), MLA_ERR_INVALID_ARGUMENT, "calib") &&
+              expect(mla_calib_covariance(c, NULL), MLA_ERR_INVALID_ARGUMENT, "xtx"),
+          "covariance: NULL calib, NULL xtx");
+
     /* Getters. */
     mla_tensor t;
     int32_t dims[16];
+    CHECK(expect(mla_layer_tensor(l, 0, NULL), MLA_ERR_INVALID_ARGUMENT, "out") &&
+              expect(mla_layer_tensor(NULL, 0, &t), MLA_ERR_INVALID_ARGUMENT, "layer") &&
+              expect(mla_layer_tensor(l, -1, &t), MLA_ERR_INVALID_ARGUMENT, "-1"),
+          "tensor: NULL out, NULL layer, index -1");
+    CHECK(expect(mla_layer_tensor_by_name(l, NULL, &t), MLA_ERR_INVALID_ARGUMENT, "name") &&
+              expect(mla_layer_tensor_by_name(l, "q_proj.weight", NULL), MLA_ERR_INVALID_ARGUMENT,
+                     "out"), "tensor_by_name: NULL name, NULL out");
+    CHECK(expect(mla_layer_rope_dims(l, 0, NULL), MLA_ERR_INVALID_ARGUMENT, "dims") &&
+              expect(mla_layer_rope_dims(l, -1, dims), MLA_ERR_INVALID_ARGUMENT, "kv_head"),
+          "rope_dims: NULL dims, kv_head -1");
+    mla_convert_report rep;
+    CHECK(expect(mla_layer_get_report(NULL, &rep, sizeof rep), MLA_ERR_INVALID_ARGUMENT, "layer") &&
+              expect(mla_layer_get_report(l, &rep, 2), MLA_ERR_INVALID_ARGUMENT, "struct_size"),
+          "get_report: NULL layer, struct_size 2");
+    mla_layer *l2 = SENTINEL;
+    CHECK(expect(mla_layer_from_tensors(&s.g, 4, 4, NULL, 3, &l2), MLA_ERR_INVALID_ARGUMENT,
+                 "tensors") && l2 == SENTINEL, "from_tensors: NULL tensors");
+    CHECK(expect(mla_layer_from_tensors(&s.g, 4, 4, &t, 1, NULL), MLA_ERR_INVALID_ARGUMENT, "out"),
+          "from_tensors: NULL out");
     CHECK(expect(mla_layer_tensor(l, 99, &t), MLA_ERR_INVALID_ARGUMENT, "99"), "tensor index");
     CHECK(expect(mla_layer_tensor_by_name(l, "k_proj.weight", &t), MLA_ERR_INVALID_ARGUMENT,
                  "k_proj.weight"), "unknown tensor name");
@@ -213,6 +258,11 @@ int main(void)
     w = s.w, w.wo = NULL;
     CHECK(expect(mla_layer_from_mha(&s.g, &w, &l), MLA_ERR_INVALID_ARGUMENT, "weights.wo") &&
               l == SENTINEL, "from_mha without W_o");
+    CHECK(expect(mla_layer_from_mha(&s.g, &s.w, NULL), MLA_ERR_INVALID_ARGUMENT, "out") &&
+              expect(mla_layer_from_mha(NULL, &s.w, &l), MLA_ERR_INVALID_ARGUMENT, "geometry") &&
+              l == SENTINEL, "from_mha: NULL out, NULL geometry");
+    CHECK(expect(mla_layer_convert(&s.g, &s.w, NULL, &p0, NULL), MLA_ERR_INVALID_ARGUMENT, "out"),
+          "convert: NULL out");
 
     free(x);
     mla_calib_destroy(c);

@@ -3,6 +3,8 @@
  * (high, low, uniform with a start point, explicit), for MHA and GQA 3:1 with head_dim 64 and
  * 128; query heads take their KV head's dims.
  */
+#include <math.h>
+
 #include "util.h"
 
 static const int H64_R8_HIGH[] = {0, 1, 2, 3, 32, 33, 34, 35};
@@ -76,6 +78,75 @@ static void same_mask(const char *what, src_layer *s, mla_rope_strategy strat, i
     check_dims(what, s, convert(s, strat, r, start, NULL), r, want);
 }
 
+/* Column 0 of W (the only one a token e_0 reads): every pair (i, i + 8) of every head gets the
+ * norm 1 through (1, 0), then the given dims their own values. */
+static void set_col0(src_layer *s, const float *q_set, const float *k_set)
+{
+    const int d = s->g.d_model, d_h = s->g.head_dim;
+    for (int row = 0; row < s->g.n_heads * d_h; row++)
+        s->wq[row * d] = row % d_h < d_h / 2 ? 1.0f : 0.0f;
+    for (int row = 0; row < s->g.n_kv_heads * d_h; row++)
+        s->wk[row * d] = row % d_h < d_h / 2 ? 1.0f : 0.0f;
+    for (int i = 0; q_set && q_set[i] >= 0; i += 2)
+        s->wq[(int)q_set[i] * d] = q_set[i + 1];
+    for (int i = 0; k_set && k_set[i] >= 0; i += 2)
+        s->wk[(int)k_set[i] * d] = k_set[i + 1];
+}
+
+/* 2-norm on one calibration token e_0, with pair norms chosen so the mask is known by hand:
+ * GQA 3:1, d_h 16, r 4. Scores S_{j,i} = (Σ_{h in group j} a_{h,i}) · b_{j,i}:
+ *   KV head 0 (q heads 0-2): a_{0,1} = 5, a_{1,5} = 3, a_{2,5} = 4, b_{0,7} = 2.5, the rest 1:
+ *     S_1 = 7, S_5 = 8, S_7 = 7.5, others 3  ->  F = {5, 7}
+ *     (q head 0 alone would give {1, 7}; q heads 0, 2, 4 (h mod n_kv) would give {1, 7})
+ *   KV head 1 (q heads 3-5): a_{3,0} = |(3, 4)| = 5, b_{1,2} = 4, b_{1,6} = |(1.2, 1.6)| = 2:
+ *     S_0 = 7, S_2 = 12, S_6 = 6, others 3  ->  F = {0, 2}
+ * Then all norms equal: every score ties, and ties go to the lower index: F = {0, 1}. */
+static void two_norm_by_hand(void)
+{
+    src_layer s;
+    src_init(&s, 4, 6, 2, 16, 0, 11);
+    /* (row of W, value) pairs; row = head·16 + dim */
+    const float q_set[] = {0 * 16 + 1, 5, 1 * 16 + 5, 3, 2 * 16 + 5, 4, 3 * 16 + 0, 3,
+                           3 * 16 + 8, 4, -1};
+    const float k_set[] = {0 * 16 + 7, 2.5f, 1 * 16 + 2, 4, 1 * 16 + 6, 1.2f, 1 * 16 + 14, 1.6f,
+                           -1};
+    const float e0[4] = {1, 0, 0, 0};
+    static const int want0[] = {5, 7, 13, 15}, want1[] = {0, 2, 8, 10}, tie[] = {0, 1, 8, 9};
+    for (int round = 0; round < 2; round++) {
+        set_col0(&s, round ? NULL : q_set, round ? NULL : k_set);
+        mla_calib *c = NULL;
+        if (mla_calib_create(&s.g, &s.w, NULL, &c) != MLA_OK ||
+            mla_calib_feed(c, e0, 1) != MLA_OK) {
+            CHECK(0, "2-norm by hand: calibration: %s", mla_last_error());
+            mla_calib_destroy(c);
+            break;
+        }
+        if (round == 0) {
+            float score[2 * 8];
+            mla_calib_qk_stats(c, NULL, NULL, score);
+            CHECK(fabs(score[5] - 8) < 1e-6 && fabs(score[7] - 7.5) < 1e-6 &&
+                      fabs(score[1] - 7) < 1e-6 && fabs(score[0] - 3) < 1e-6 &&
+                      fabs(score[8 + 2] - 12) < 1e-6 && fabs(score[8 + 6] - 6) < 1e-5 &&
+                      fabs(score[8 + 0] - 7) < 1e-6 && fabs(score[8 + 7] - 3) < 1e-6,
+                  "2-norm scores by hand: S_0,5 %g, S_0,7 %g, S_1,2 %g, S_1,6 %g", score[5],
+                  score[7], score[8 + 2], score[8 + 6]);
+        }
+        mla_convert_params p;
+        mla_convert_default_params(&p, sizeof p);
+        p.rope_strategy = MLA_ROPE_2NORM;
+        p.rope_dim = 4;
+        p.d_kv = 2;
+        mla_layer *l = NULL;
+        if (mla_layer_convert(&s.g, &s.w, c, &p, &l) != MLA_OK)
+            CHECK(0, "2-norm convert: %s", mla_last_error());
+        const int *want[2] = {round ? tie : want0, round ? tie : want1};
+        check_dims(round ? "2-norm, all scores tied: lower indices" : "2-norm GQA 3:1 by hand", &s,
+                   l, 4, want);
+        mla_calib_destroy(c);
+    }
+    src_free(&s);
+}
+
 int main(void)
 {
     src_layer mha64, gqa64, mha128, gqa128;
@@ -127,6 +198,8 @@ int main(void)
     l = convert(&gqa64, MLA_ROPE_2NORM, 0, 0, NULL);
     CHECK(l != NULL, "r = 0 with 2-norm selects nothing, so needs no calibration");
     mla_layer_destroy(l);
+
+    two_norm_by_hand();
 
     src_free(&mha64);
     src_free(&gqa64);

@@ -28,11 +28,14 @@ case "$libdir" in "$dest"*) ;; *) libdir="$dest$libdir" ;; esac  # pkgconf adds 
 flags=$(pkg-config --cflags --libs mla) && point ok "pkg-config --cflags --libs mla: $flags" \
     || point not-ok "pkg-config --cflags --libs mla"
 expected=$(pkg-config --modversion mla)
+# With -Db_sanitize the installed library needs the sanitizer runtime first in the program.
+san=
+case "${MLA_SANITIZE:-none}" in none|'') ;; *) san="-fsanitize=$MLA_SANITIZE" ;; esac
 
 for ex in hello.c hello.cpp; do
     case $ex in *.cpp) comp=${CXX:-c++} std=-std=c++11 ;; *) comp=${CC:-cc} std=-std=c11 ;; esac
     out="$dest/${ex%.*}_${ex##*.}"
-    if $comp $std -Wall -Wextra -Werror "$src/examples/$ex" -o "$out" $flags 2>"$dest/cc.log"; then
+    if $comp $std $san -Wall -Wextra -Werror "$src/examples/$ex" -o "$out" $flags 2>"$dest/cc.log"; then
         point ok "$ex builds against the installed library"
     else
         point not-ok "$ex builds against the installed library"; sed 's/^/# /' "$dest/cc.log"; continue

@@ -59,6 +59,11 @@ int main(void)
         {0.0f, 0x0000}, {1.0f, 0x3c00}, {-2.0f, 0xc000}, {65504.0f, 0x7bff},
         {65520.0f, 0x7c00}, {0x1p-24f, 0x0001}, {0x1p-14f, 0x0400}, {1.0f + 0x1p-11f, 0x3c00},
         {1.0f + 3 * 0x1p-11f, 0x3c02}, {0.333333343f, 0x3555}, {INFINITY, 0x7c00},
+        /* the subnormal path: ties to even, and rounding up into the smallest normal */
+        {0x1p-25f, 0x0000}, {0x1.8p-24f, 0x0002}, {0x1.4p-23f, 0x0002},
+        {0x1p-14f - 0x1p-26f, 0x0400}, {-0.0f, 0x8000}, {-0x1p-24f, 0x8001},
+        /* just below the overflow threshold 65520 */
+        {65519.0f, 0x7bff}, {-65520.0f, 0xfc00},
     };
     for (size_t i = 0; i < sizeof f16 / sizeof f16[0]; i++) {
         CHECK(mla_f32_to_f16(f16[i].f) == f16[i].h, "f32 %a -> f16 0x%04x (got 0x%04x)",
@@ -79,6 +84,8 @@ int main(void)
     CHECK(mla_f32_to_bf16(1.0f + 0x1p-8f) == 0x3f80, "tie rounds to even (down)");
     CHECK(mla_f32_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3f82, "tie rounds to even (up)");
     CHECK(mla_bf16_to_f32(0xc040) == -3.0f, "bf16 0xc040 = -3");
+    CHECK(mla_f32_to_bf16(0x1.fffffep127f) == 0x7f80 && mla_f32_to_bf16(-INFINITY) == 0xff80,
+          "FLT_MAX rounds to bf16 Inf, -Inf stays");
     CHECK(isnan(mla_bf16_to_f32(mla_f32_to_bf16(NAN))), "NaN stays NaN in bf16");
 
     const mla_cpu_features *cpu = mla_cpu();
