@@ -100,8 +100,9 @@ MLA_API mla_status mla_cache_write(mla_cache *cache, int32_t layer, int32_t seq,
 /* Remove the tokens with positions in [p0, p1) from seq (seq < 0: from every sequence). */
 MLA_API mla_status mla_cache_seq_rm(mla_cache *cache, int32_t seq, int64_t p0, int64_t p1);
 
-/* Replace dst's contents with src's tokens in [p0, p1). Whole blocks are shared, not copied;
- * they are copied when either sequence writes into them. Errors: INVALID_ARGUMENT, CAPACITY. */
+/* Replace dst's contents with src's tokens in [p0, p1). Blocks are shared, not copied (never
+ * CAPACITY); a shared block is copied when either sequence writes into it.
+ * Errors: INVALID_ARGUMENT, OUT_OF_MEMORY (the sequence table could not grow; nothing changed). */
 MLA_API mla_status mla_cache_seq_cp(mla_cache *cache, int32_t src, int32_t dst, int64_t p0,
                                     int64_t p1);
 
@@ -113,8 +114,10 @@ MLA_API mla_status mla_cache_seq_keep(mla_cache *cache, int32_t seq);
 
 /*
  * Add delta to the positions in [p0, p1) of seq, rotating the RoPE part of every layer by delta
- * positions. Errors: INVALID_ARGUMENT if the result would be negative or would not stay strictly
- * increasing against the tokens outside the range (nothing changed).
+ * positions. Errors (nothing changed): INVALID_ARGUMENT if the result would be negative or would
+ * not stay strictly increasing against the tokens outside the range; CAPACITY if shared blocks
+ * must be copied first and the pool is full; NUMERICAL if a rotated value would not fit the
+ * RoPE storage type.
  */
 MLA_API mla_status mla_cache_seq_shift(mla_cache *cache, int32_t seq, int64_t p0, int64_t p1,
                                        int64_t delta);

@@ -41,7 +41,12 @@ static void group_scales(const float *x, int32_t n, int32_t group, int qmax, flo
         for (int32_t i = 0; i < group; i++)
             if (fabsf(x[(size_t)g * (size_t)group + (size_t)i]) > amax)
                 amax = fabsf(x[(size_t)g * (size_t)group + (size_t)i]);
-        scales[g] = amax / (float)qmax;
+        float sc = amax / (float)qmax;
+        /* amax near FLT_MAX: the quotient may round up so that qmax · scale overflows to
+         * infinity on reading; the next float down keeps it finite (codes are clamped). */
+        if (isinf(sc * (float)qmax))
+            sc = nextafterf(sc, 0.0f);
+        scales[g] = sc;
     }
 }
 

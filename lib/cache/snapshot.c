@@ -482,7 +482,8 @@ static mla_status parse_geom(const mla_cache *c, in *g, stage *st)
     return MLA_OK;
 }
 
-/* Values a cache could have written: finite floats, non-negative finite scales, i8 ≠ −128. */
+/* Values a cache could have written: finite floats, non-negative scales whose product with
+ * any code is finite, i8 ≠ −128. */
 static int float_ok(mla_dtype t, const unsigned char *p, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
@@ -517,17 +518,20 @@ static mla_status check_block_values(const mla_cache *c, uint32_t k, const sbloc
             ok = float_ok(c->latent_dtype, p, nl / elem_size(c->latent_dtype));
         }
         p += nl;
+        /* the largest code times the scale must stay finite: a read never gives Inf */
+        const float qmax = c->latent_dtype == MLA_DTYPE_I8 ? 127.0f : 8.0f;
         for (size_t i = 0; i < m * (size_t)L->n_groups; i++) {
             float s;
             copy_le(&s, p + 4 * i, 4, 1);
-            ok &= isfinite(s) && s >= 0;
+            ok &= isfinite(s * qmax) && s >= 0;
         }
         p += m * L->scale_row_bytes;
         ok &= float_ok(c->rope_dtype, p, m * (size_t)L->fmt.rope_width);
         p += m * L->rope_row_bytes;
         if (!ok)
             return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: block %u, layer %d holds values "
-                            "a cache cannot store (NaN, Inf, a negative scale or i8 −128)",
+                            "a cache cannot store (NaN, Inf, a negative or too large scale, or i8 "
+                            "−128)",
                             (unsigned)k, (int)l);
     }
     return MLA_OK;
@@ -611,6 +615,34 @@ static mla_status parse_entries(const mla_cache *c, in *r, stage *st, sseq *q)
     return MLA_OK;
 }
 
+/* The n sequences of SEQS into st->q; seen marks the ids met (whole-cache snapshots). */
+static mla_status parse_seq_list(const mla_cache *c, in *r, stage *st, uint32_t n,
+                                 unsigned char *seen)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        sseq *q = &st->q[i];
+        if (!in_has(r, 8))
+            return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: sequence %u truncated",
+                            (unsigned)i);
+        st->n_seqs = i + 1; /* entries of sequences so far are freed by stage_free */
+        q->id = (int32_t)in_u32(r);
+        if (q->id < 0 || (st->kind == KIND_CACHE && q->id >= c->n_seq_max))
+            return mla_fail(q->id < 0 ? MLA_ERR_BAD_FORMAT : MLA_ERR_INVALID_ARGUMENT,
+                            "cache snapshot: sequence id %d (the cache has 0 .. %d)", (int)q->id,
+                            (int)c->n_seq_max - 1);
+        if (st->kind == KIND_CACHE) {
+            if (seen[q->id / 8] & (1u << (q->id % 8)))
+                return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: sequence %d twice",
+                                (int)q->id);
+            seen[q->id / 8] |= (unsigned char)(1u << (q->id % 8));
+        }
+        mla_status s = parse_entries(c, r, st, q);
+        if (s != MLA_OK)
+            return s;
+    }
+    return MLA_OK;
+}
+
 static mla_status parse_seqs(const mla_cache *c, in *r, stage *st)
 {
     if (!in_has(r, 4))
@@ -625,25 +657,15 @@ static mla_status parse_seqs(const mla_cache *c, in *r, stage *st)
     st->q = mla_calloc((size_t)n + 1, sizeof *st->q);
     if (!st->q)
         return mla_fail(MLA_ERR_OUT_OF_MEMORY, "cache snapshot: %u sequences", (unsigned)n);
-    for (uint32_t i = 0; i < n; i++) {
-        sseq *q = &st->q[i];
-        if (!in_has(r, 8))
-            return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: sequence %u truncated",
-                            (unsigned)i);
-        st->n_seqs = i + 1; /* entries of sequences so far are freed by stage_free */
-        q->id = (int32_t)in_u32(r);
-        if (q->id < 0 || (st->kind == KIND_CACHE && q->id >= c->n_seq_max))
-            return mla_fail(q->id < 0 ? MLA_ERR_BAD_FORMAT : MLA_ERR_INVALID_ARGUMENT,
-                            "cache snapshot: sequence id %d (the cache has 0 .. %d)", (int)q->id,
-                            (int)c->n_seq_max - 1);
-        for (uint32_t j = 0; j < i; j++)
-            if (st->q[j].id == q->id)
-                return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: sequence %d twice",
-                                (int)q->id);
-        mla_status s = parse_entries(c, r, st, q);
-        if (s != MLA_OK)
-            return s;
-    }
+    /* ids seen, one bit per id of the cache (a pairwise check would be quadratic in n) */
+    unsigned char *seen = mla_calloc((size_t)c->n_seq_max / 8 + 1, 1);
+    if (!seen)
+        return mla_fail(MLA_ERR_OUT_OF_MEMORY, "cache snapshot: %d sequence ids",
+                        (int)c->n_seq_max);
+    mla_status s = parse_seq_list(c, r, st, n, seen);
+    mla_free(seen);
+    if (s != MLA_OK)
+        return s;
     st->n_seqs = n;
     if (r->at != r->n)
         return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: %zu stray bytes after the sequences",

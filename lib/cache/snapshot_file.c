@@ -112,6 +112,8 @@ MLA_API mla_status mla_cache_save_file(const mla_cache *c, int32_t seq, const ch
     if (st == MLA_OK || st == MLA_ERR_IO)
         st = mla_fail(MLA_ERR_IO, "mla_cache_save_file: %s failed for %s (via %s): %s", step,
                       path, tmp, err ? errno_text(err, msg, sizeof msg) : "unknown error");
+    else
+        st = mla_fail_context(st, "mla_cache_save_file: %s: ", path);
     free(tmp);
     return st;
 }

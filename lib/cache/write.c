@@ -19,7 +19,8 @@ static mla_status locate(const mla_cache *c, int32_t seq, int64_t pos, int64_t n
     if (pos > last)
         return MLA_OK;
     int64_t i = mla__cache_seq_lower(c, s, pos);
-    int64_t kk = last - pos + 1 < n ? last - pos + 1 : n;
+    /* last − pos + 1 overflows when last is INT64_MAX (a shift can put a token there) */
+    int64_t kk = last - pos < n ? last - pos + 1 : n;
     /* strictly increasing positions: equal ends mean every position between is present */
     if (mla__cache_seq_pos(c, s, i) != pos || i + kk > s->n_tokens ||
         mla__cache_seq_pos(c, s, i + kk - 1) != pos + kk - 1)
@@ -127,8 +128,8 @@ MLA_API mla_status mla_cache_seq_read(const mla_cache *c, int32_t layer, int32_t
     const mla_cache_seq *s = &c->seqs[seq];
     if (first < 0 || n_tokens < 0 || first > s->n_tokens || n_tokens > s->n_tokens - first)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT,
-                        "mla_cache_seq_read: tokens %lld .. %lld of sequence %d, which has %lld",
-                        (long long)first, (long long)first + n_tokens - 1, (int)seq,
+                        "mla_cache_seq_read: %lld tokens from index %lld of sequence %d, which "
+                        "has %lld", (long long)n_tokens, (long long)first, (int)seq,
                         (long long)s->n_tokens);
     if (n_tokens == 0)
         return MLA_OK;

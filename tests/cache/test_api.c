@@ -2,8 +2,9 @@
  * The cache's API contract: parameter checking with messages naming the field, out-pointers
  * untouched on failure, destroy(NULL), capacity in tokens and bytes, reserved slots reading as
  * zeros, write rules (fill reserved slots, append after the last), sharing without copying and
- * copy-on-write with its accounting, and concurrent writers on distinct sequences (that share
- * blocks) agreeing with a sequential run.
+ * copy-on-write with its accounting, positions at INT64_MAX, and concurrent writers on distinct
+ * sequences (that share blocks, with a reader of another sharing sequence) agreeing with a
+ * sequential run.
  */
 #include <pthread.h>
 #include <string.h>
@@ -210,6 +211,40 @@ static void write_rules(void)
     mla_cache_destroy(c);
 }
 
+/* Positions at the top of the int64 range: a shift may move a token to INT64_MAX, and writes and
+ * reads around it must not overflow (UBSan) or misread. */
+static void extreme_positions(void)
+{
+    mla_cache_layer_desc L[1] = {layer(8, 1, 2)};
+    mla_cache_params p = params(L, 1);
+    mla_cache *c = NULL;
+    mla_cache_create(&p, &c);
+    float lat[8 * 2], rope[2 * 2], back[8 * 2];
+    int64_t pos[2];
+    for (int i = 0; i < 16; i++)
+        lat[i] = (float)(i + 1);
+    for (int i = 0; i < 4; i++)
+        rope[i] = 0.0f; /* zeros: unchanged by any rotation */
+    mla_cache_write(c, 0, 0, 0, 2, lat, rope);
+    CHECK(mla_cache_seq_shift(c, 0, 1, -1, INT64_MAX - 1) == MLA_OK,
+          "shift of the second token to position INT64_MAX: %s", mla_last_error());
+    for (int i = 0; i < 8; i++)
+        lat[i] = 100.0f + (float)i;
+    mla_status st = mla_cache_write(c, 0, 0, 0, 1, lat, rope);
+    int ok = st == MLA_OK &&
+             mla_cache_seq_read(c, 0, 0, 0, 2, back, NULL, pos) == MLA_OK && pos[0] == 0 &&
+             pos[1] == INT64_MAX && back[0] == 100.0f && back[8] == 9.0f;
+    CHECK(ok, "rewriting position 0 of a sequence whose last position is INT64_MAX (%s)",
+          st == MLA_OK ? "ok" : mla_last_error());
+    CHECK(mla_cache_write(c, 0, 0, 1, 2, lat, rope) == MLA_ERR_INVALID_ARGUMENT,
+          "positions 1, 2 are not reserved there: %s", mla_last_error());
+    CHECK(mla_cache_seq_read(c, 0, 0, INT64_MAX, INT64_MAX, back, NULL, NULL) ==
+              MLA_ERR_INVALID_ARGUMENT,
+          "a read of INT64_MAX tokens from index INT64_MAX is refused: %s", mla_last_error());
+    CHECK(mla__cache_check(c) == 0, "invariants hold after them");
+    mla_cache_destroy(c);
+}
+
 /* ---- concurrent writers ------------------------------------------------------------------ */
 
 #define NT 4
@@ -247,6 +282,28 @@ static void *writer(void *arg)
     return NULL;
 }
 
+/* A reader of a sequence that shares the prefix with every writer, while they copy-on-write:
+ * it must always read the prefix as written (a shared block is never written in place). */
+static int writers_done;
+
+static void *reader(void *arg)
+{
+    (void)arg;
+    float lat[8], rope[2], back[8 * PREFIX], rb[2 * PREFIX];
+    int64_t pos[PREFIX];
+    long bad = 0;
+    do {
+        if (mla_cache_seq_read(shared_cache, 1, NT, 0, PREFIX, back, rb, pos) != MLA_OK)
+            return (void *)1;
+        for (int t = 0; t < PREFIX; t++) {
+            token(99, t, lat, rope);
+            bad += pos[t] != t || memcmp(&back[8 * t], lat, sizeof lat) != 0 ||
+                   memcmp(&rb[2 * t], rope, sizeof rope) != 0;
+        }
+    } while (!__atomic_load_n(&writers_done, __ATOMIC_ACQUIRE));
+    return bad ? (void *)1 : NULL;
+}
+
 static void concurrent(void)
 {
     mla_cache_layer_desc L[2] = {layer(8, 1, 2), layer(8, 1, 2)};
@@ -261,9 +318,11 @@ static void concurrent(void)
             mla_cache_write(shared_cache, 0, 0, t, 1, lat, rope);
             mla_cache_write(shared_cache, 1, 0, t, 1, lat, rope);
         }
-        for (int s = 1; s < NT; s++)
+        for (int s = 1; s <= NT; s++)
             mla_cache_seq_fork(shared_cache, 0, s);
-        pthread_t th[NT];
+        pthread_t th[NT], rd;
+        __atomic_store_n(&writers_done, 0, __ATOMIC_RELEASE);
+        pthread_create(&rd, NULL, reader, NULL);
         for (int s = 0; s < NT; s++)
             pthread_create(&th[s], NULL, writer, (void *)(intptr_t)s);
         for (int s = 0; s < NT; s++) {
@@ -271,6 +330,10 @@ static void concurrent(void)
             pthread_join(th[s], &r);
             ok &= r == NULL;
         }
+        __atomic_store_n(&writers_done, 1, __ATOMIC_RELEASE);
+        void *r;
+        pthread_join(rd, &r);
+        ok &= r == NULL;
         ok &= mla__cache_check(shared_cache) == 0;
         /* expected: prefix tokens rewritten by this sequence hold its values, the others 99's */
         for (int s = 0; s < NT && ok; s++) {
@@ -290,8 +353,8 @@ static void concurrent(void)
         }
         mla_cache_destroy(shared_cache);
     }
-    CHECK(ok, "%d writer threads on distinct sequences sharing a prefix, %d rounds: contents and "
-          "invariants as if sequential", NT, rounds);
+    CHECK(ok, "%d writer threads on distinct sequences sharing a prefix, and a reader of another "
+          "sequence sharing it, %d rounds: contents and invariants as if sequential", NT, rounds);
 }
 
 int main(void)
@@ -303,6 +366,7 @@ int main(void)
     bad_params();
     capacity();
     write_rules();
+    extreme_positions();
     concurrent();
     return tap_done();
 }

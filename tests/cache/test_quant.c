@@ -9,6 +9,7 @@
  * - NaN, Inf and f16 overflow give NUMERICAL and change nothing.
  * - bytes_per_token and mha_bytes_per_token follow the formula of doc/cache.md.
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,9 @@ static void numerical(void)
     for (int i = 0; i < 4 * RW; i++)
         rope[i] = 2.0f;
     mla_cache_write(c, 0, 0, 0, 2, lat, rope);
+    /* the failing writes carry 3.0 at position 1 (row 0), so that a partial write would show */
+    for (int i = 0; i < D; i++)
+        lat[i] = 3.0f;
     float bad[4] = {NAN, INFINITY, -INFINITY, 70000.0f};
     for (int k = 0; k < 4; k++) {
         lat[D + 7] = k < 3 ? bad[k] : 1.0f;
@@ -215,8 +219,11 @@ static void numerical(void)
         int64_t n;
         mla_cache_seq_length(c, 0, &n);
         float back[2 * D];
+        int same = 1;
         mla_cache_seq_read(c, 0, 0, 1, 1, back, NULL, NULL);
-        CHECK(st == MLA_ERR_NUMERICAL && n == 2 && back[7] == 1.0f,
+        for (int i = 0; i < D; i++)
+            same &= back[i] == 1.0f;
+        CHECK(st == MLA_ERR_NUMERICAL && n == 2 && same,
               "%g in the %s gives NUMERICAL, nothing written (%s)", (double)bad[k],
               k < 3 ? "latent" : "f16 RoPE part", mla_last_error());
     }
@@ -226,6 +233,33 @@ static void numerical(void)
     CHECK(mla_cache_write(c, 0, 0, 0, 1, lat, rope) == MLA_ERR_NUMERICAL,
           "NaN gives NUMERICAL with i4 storage too");
     mla_cache_destroy(c);
+
+    /* The largest finite floats: max|x| / 127 rounds up for FLT_MAX, and 127 · scale would
+     * overflow on reading. Every value must read back finite and within scale/2. */
+    for (int q = 0; q < 2; q++) {
+        mla_dtype t = q ? MLA_DTYPE_I4 : MLA_DTYPE_I8;
+        const double qmax = q ? 7 : 127;
+        c = make(t, MLA_DTYPE_F32, 32, D);
+        for (int i = 0; i < D; i++)
+            lat[i] = (float)((i % 3 ? -1.0 : 1.0) * FLT_MAX * (D - i) / D);
+        for (int i = 0; i < RW; i++)
+            rope[i] = 0.0f;
+        float back[D];
+        int ok = mla_cache_write(c, 0, 0, 0, 1, lat, rope) == MLA_OK &&
+                 mla_cache_seq_read(c, 0, 0, 0, 1, back, NULL, NULL) == MLA_OK;
+        for (int g = 0; g < D / 32 && ok; g++) {
+            double amax = 0;
+            for (int i = 0; i < 32; i++)
+                amax = fmax(amax, fabs(lat[g * 32 + i]));
+            for (int i = 0; i < 32; i++) {
+                int k = g * 32 + i;
+                ok &= isfinite(back[k]) &&
+                      fabs((double)back[k] - lat[k]) <= amax / qmax / 2 * (1 + 1e-6);
+            }
+        }
+        CHECK(ok, "%s: values up to FLT_MAX read back finite, within scale/2", mla_dtype_name(t));
+        mla_cache_destroy(c);
+    }
 }
 
 /* bytes_per_token = Σ_layers latent_dim·bits/8 + (latent_dim/group)·4 [i8, i4] + rope·bits/8 */

@@ -193,6 +193,48 @@ int main(void)
         mla_cache_destroy(c);
     }
 
+    /* A rotation keeps a pair's norm, not its values: (v, v) near the top of the storage type's
+     * range turned by 1 radian has a component v·(cos 1 + sin 1) ≈ 1.38·v beyond it. Such a
+     * shift is NUMERICAL and changes nothing (positions, keys, blocks: no copy-on-write). */
+    {
+        const mla_dtype types[2] = {MLA_DTYPE_F16, MLA_DTYPE_F32};
+        const float big[2] = {60000.0f, 3.0e38f};
+        for (int k = 0; k < 2; k++) {
+            mla_cache *c = make(1.0, types[k]);
+            float key[NKV * R], back[2][NKV * R];
+            for (int i = 0; i < NKV * R; i++)
+                key[i] = 0.5f;
+            key[0] = key[R / 2] = big[k]; /* head 0, pair 0: θ = 1 */
+            int64_t pos[2], len;
+            for (int t = 0; t < 2; t++)
+                for (int l = 0; l < 2; l++)
+                    mla_cache_write(c, l, 0, t, 1, latent, key);
+            mla_cache_seq_fork(c, 0, 1); /* a successful shift would copy the block first */
+            mla_cache_stats before, after;
+            mla_cache_get_stats(c, &before, sizeof before);
+            mla_status st = mla_cache_seq_shift(c, 0, 1, -1, 1);
+            mla_cache_get_stats(c, &after, sizeof after);
+            mla_cache_seq_read(c, 1, 0, 0, 2, NULL, back[0], pos);
+            mla_cache_seq_length(c, 0, &len);
+            int same = len == 2 && pos[0] == 0 && pos[1] == 1 &&
+                       back[0][0] == big[k] && back[1][0] == big[k] &&
+                       back[1][R / 2] == big[k] && after.blocks_free == before.blocks_free;
+            CHECK(st == MLA_ERR_NUMERICAL && same && mla__cache_check(c) == 0,
+                  "%s RoPE part: a shift that would rotate %g out of range is NUMERICAL and "
+                  "changes nothing (%s)", mla_dtype_name(types[k]), (double)big[k],
+                  mla_last_error());
+            /* 44 rad is 0.0177 rad past 7 turns: v·(cos + sin) ≈ 1.018·v stays in range */
+            st = mla_cache_seq_shift(c, 0, 1, -1, 44);
+            mla_cache_seq_read(c, 1, 0, 0, 2, NULL, back[0], pos);
+            double a = 44.0, want = (double)big[k] * (cos(a) + sin(a));
+            CHECK(st == MLA_OK && pos[1] == 45 &&
+                      fabs(back[1][R / 2] - want) <= fabs(want) * (k == 0 ? 1e-3 : 1e-6),
+                  "%s: a shift whose rotation stays in range is done (%g, want %g)",
+                  mla_dtype_name(types[k]), (double)back[1][R / 2], want);
+            mla_cache_destroy(c);
+        }
+    }
+
     /* f16 RoPE storage: shifting rounds once more, to f16 precision */
     {
         mla_cache *c = make(1.0, MLA_DTYPE_F16);

@@ -11,6 +11,7 @@
  * - CRC-32 is the standard one (check value of "123456789", and a bitwise version on random data).
  */
 #include <dirent.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,185 @@ static uint32_t crc_bitwise(const unsigned char *p, size_t n)
     return ~c;
 }
 
+/* ---- snapshots written by hand from doc/cache.md, not by the library ---------------------- */
+
+typedef struct bytes {
+    unsigned char *p;
+    size_t n, cap, section;
+} bytes;
+
+static void put_raw(bytes *b, const void *v, size_t n)
+{
+    if (b->n + n > b->cap) {
+        b->cap = 2 * (b->n + n);
+        b->p = realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, v, n);
+    b->n += n;
+}
+
+static void put_u32(bytes *b, uint32_t v)
+{
+    unsigned char x[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
+    put_raw(b, x, 4);
+}
+
+static void put_u64(bytes *b, uint64_t v)
+{
+    put_u32(b, (uint32_t)v);
+    put_u32(b, (uint32_t)(v >> 32));
+}
+
+static void put_f32(bytes *b, float f)
+{
+    uint32_t v;
+    memcpy(&v, &f, 4);
+    put_u32(b, v);
+}
+
+/* A section's tag and a length patched in section_end, then its CRC-32. */
+static void section_begin(bytes *b, const char *tag)
+{
+    b->section = b->n;
+    put_raw(b, tag, 4);
+    put_u64(b, 0);
+}
+
+static void section_end(bytes *b)
+{
+    uint64_t len = b->n - b->section - 12;
+    for (int i = 0; i < 8; i++)
+        b->p[b->section + 4 + (size_t)i] = (unsigned char)(len >> (8 * i));
+    put_u32(b, crc_bitwise(b->p + b->section, b->n - b->section));
+}
+
+/* Header and GEOM of a whole-cache snapshot: one layer of latent_dim 4 in `lt` (group 4), no
+ * RoPE part, blocks of one token. */
+static void hand_head(bytes *b, mla_dtype lt)
+{
+    put_raw(b, "MLAC", 4);
+    put_u32(b, 1);
+    section_begin(b, "GEOM");
+    const uint32_t g[9] = {1, 1, (uint32_t)lt, MLA_DTYPE_F32, 4, 1, 4, 0, 0};
+    for (int i = 0; i < 9; i++)
+        put_u32(b, g[i]);
+    section_end(b);
+}
+
+static mla_cache *hand_cache(mla_dtype lt, int n_seq_max)
+{
+    mla_cache_layer_desc L;
+    mla_cache_layer_desc_default_params(&L, sizeof L);
+    L.latent_dim = 4;
+    mla_cache_params p;
+    mla_cache_default_params(&p, sizeof p);
+    p.n_layers = 1;
+    p.layers = &L;
+    p.latent_dtype = lt;
+    p.rope_dtype = MLA_DTYPE_F32;
+    p.quant_group = 4;
+    p.block_tokens = 1;
+    p.capacity_tokens = 4;
+    p.n_seq_max = n_seq_max;
+    mla_cache *c = NULL;
+    if (mla_cache_create(&p, &c) != MLA_OK)
+        printf("# create: %s\n", mla_last_error());
+    return c;
+}
+
+/* One block holding one token at position 7 with the given codes (4 bytes of i8, or 2 of i4)
+ * and scale, and n_seqs sequences listed in ids: the one with id `owner` holds the token. */
+static bytes hand_snapshot(mla_dtype lt, const unsigned char *codes, float scale,
+                           const uint32_t *ids, uint32_t n_seqs, uint32_t owner)
+{
+    bytes b = {0};
+    hand_head(&b, lt);
+    section_begin(&b, "BLKS");
+    put_u32(&b, 1);
+    put_u32(&b, 0);
+    put_u32(&b, 1);
+    put_u64(&b, 7);
+    put_raw(&b, codes, lt == MLA_DTYPE_I8 ? 4 : 2);
+    put_f32(&b, scale);
+    section_end(&b);
+    section_begin(&b, "SEQS");
+    put_u32(&b, n_seqs);
+    for (uint32_t i = 0; i < n_seqs; i++) {
+        put_u32(&b, ids[i]);
+        put_u32(&b, ids[i] == owner);
+        if (ids[i] == owner) {
+            put_u32(&b, 0);
+            put_u32(&b, 0);
+            put_u32(&b, 1);
+        }
+    }
+    section_end(&b);
+    return b;
+}
+
+/* The format as documented, read by the library; and the loader's checks of what a hand-made
+ * snapshot can hold that the writer never produces. */
+static void hand_made(void)
+{
+    /* i8 codes 1, 2, −3, 127 and i4 codes 1, −2 | −8, 7 (value 2k in the low nibble) */
+    const unsigned char i8[4] = {1, 2, 0xfd, 127}, i4[2] = {0xe1, 0x78};
+    const float want8[4] = {0.5f, 1.0f, -1.5f, 63.5f}, want4[4] = {0.5f, -1.0f, -4.0f, 3.5f};
+    const uint32_t one[1] = {2};
+    for (int k = 0; k < 2; k++) {
+        mla_dtype lt = k ? MLA_DTYPE_I4 : MLA_DTYPE_I8;
+        mla_cache *c = hand_cache(lt, 4);
+        bytes b = hand_snapshot(lt, k ? i4 : i8, 0.5f, one, 1, 2);
+        float back[4];
+        int64_t pos = -1;
+        mla_status st = mla_cache_load(c, 0, b.p, b.n);
+        int ok = st == MLA_OK && mla_cache_seq_read(c, 0, 2, 0, 1, back, NULL, &pos) == MLA_OK &&
+                 pos == 7 && memcmp(back, k ? want4 : want8, sizeof back) == 0;
+        CHECK(ok, "%s: a snapshot written by hand from doc/cache.md loads as documented (%s)",
+              mla_dtype_name(lt), st == MLA_OK ? "ok" : mla_last_error());
+        free(b.p);
+        /* a finite scale whose product with the largest code (127, or −8 for i4) overflows */
+        print before = fingerprint(c);
+        float big = k ? FLT_MAX / 7.5f : FLT_MAX / 100.0f;
+        b = hand_snapshot(lt, k ? i4 : i8, big, one, 1, 2);
+        st = mla_cache_load(c, 0, b.p, b.n);
+        CHECK(st == MLA_ERR_BAD_FORMAT && same(c, &before),
+              "%s: a scale of %g (code × scale beyond FLT_MAX) is refused, nothing changed (%s)",
+              mla_dtype_name(lt), (double)big, mla_last_error());
+        free(b.p);
+        free(before.bytes);
+        mla_cache_destroy(c);
+    }
+
+    /* Every id of a cache with 2^20 sequences, listed from the highest; then a duplicate. */
+    const uint32_t n = 1u << 20;
+    uint32_t *ids = malloc(n * sizeof *ids);
+    for (uint32_t i = 0; i < n; i++)
+        ids[i] = n - 1 - i;
+    mla_cache *c = hand_cache(MLA_DTYPE_I8, (int)n);
+    bytes b = hand_snapshot(MLA_DTYPE_I8, i8, 0.5f, ids, n, 54321);
+    mla_status st = mla_cache_load(c, 0, b.p, b.n);
+    int64_t len0 = -1, len1 = -1, pos = -1;
+    mla_cache_seq_length(c, 54321, &len1);
+    mla_cache_seq_length(c, (int32_t)n - 1, &len0);
+    mla_cache_seq_pos_min(c, 54321, &pos);
+    CHECK(st == MLA_OK && len1 == 1 && pos == 7 && len0 == 0,
+          "a whole-cache snapshot listing 2^20 sequence ids loads (%s)",
+          st == MLA_OK ? "ok" : mla_last_error());
+    free(b.p);
+    ids[n - 1] = ids[0];
+    b = hand_snapshot(MLA_DTYPE_I8, i8, 0.5f, ids, n, 54321);
+    st = mla_cache_load(c, 0, b.p, b.n);
+    len1 = -1;
+    mla_cache_seq_length(c, 54321, &len1);
+    CHECK(st == MLA_ERR_BAD_FORMAT && strstr(mla_last_error(), "twice") && len1 == 1 &&
+              mla__cache_check(c) == 0,
+          "the same list with one id twice is refused, nothing changed (%s)", mla_last_error());
+    free(b.p);
+    free(ids);
+    mla_cache_destroy(c);
+}
+
 static int count_files(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -198,6 +378,8 @@ int main(void)
         rnd[i] = (unsigned char)(tap_rand(&rng) * 127 + 128);
     CHECK(mla__crc32(mla__crc32(0, rnd, 300), rnd + 300, 700) == crc_bitwise(rnd, 1000),
           "CRC-32 equals the bitwise definition, also computed in two pieces");
+
+    hand_made();
 
     /* a small cache with sharing: seq 1 forks seq 0 and continues; seq 2 separate */
     mla_cache *a = make(BASE);
