@@ -12,63 +12,14 @@
 
 #include <mla/mla.h>
 
+#include "../src_layer.h"
 #include "../tap.h"
 
-typedef struct src_layer {
-    mla_geometry g;
-    float *wq, *wk, *wv, *wo, *bq, *bk, *bv;
-    mla_layer_weights w;
-} src_layer;
-
-static inline float *rand_floats(size_t n, unsigned long long *seed, double scale)
-{
-    float *p = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        p[i] = (float)(scale * tap_rand(seed));
-    return p;
-}
-
+/* Scaled so scores spread over a few units: softmax neither uniform nor one-hot. */
 static inline void src_init(src_layer *s, int d, int n_h, int n_kv, int d_h, int bias,
                             unsigned long long seed)
 {
-    memset(s, 0, sizeof *s);
-    mla_geometry_default_params(&s->g, sizeof s->g);
-    s->g.d_model = d;
-    s->g.n_heads = n_h;
-    s->g.n_kv_heads = n_kv;
-    s->g.head_dim = d_h;
-    s->g.qkv_bias = bias;
-    size_t qr = (size_t)n_h * d_h, kr = (size_t)n_kv * d_h;
-    /* Scaled so scores spread over a few units: softmax neither uniform nor one-hot. */
-    double sc = 1.5 / sqrt((double)d);
-    s->wq = rand_floats(qr * d, &seed, sc);
-    s->wk = rand_floats(kr * d, &seed, sc);
-    s->wv = rand_floats(kr * d, &seed, sc);
-    s->wo = rand_floats((size_t)d * qr, &seed, sc);
-    if (bias) {
-        s->bq = rand_floats(qr, &seed, 0.5);
-        s->bk = rand_floats(kr, &seed, 0.5);
-        s->bv = rand_floats(kr, &seed, 0.5);
-    }
-    mla_layer_weights_default_params(&s->w, sizeof s->w);
-    s->w.wq = s->wq;
-    s->w.wk = s->wk;
-    s->w.wv = s->wv;
-    s->w.wo = s->wo;
-    s->w.bq = s->bq;
-    s->w.bk = s->bk;
-    s->w.bv = s->bv;
-}
-
-static inline void src_free(src_layer *s)
-{
-    free(s->wq);
-    free(s->wk);
-    free(s->wv);
-    free(s->wo);
-    free(s->bq);
-    free(s->bk);
-    free(s->bv);
+    src_layer_init(s, d, n_h, n_kv, d_h, bias, seed, 1.5 / sqrt((double)d));
 }
 
 /* A cache for the given layers (one cache layer each). */
