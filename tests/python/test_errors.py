@@ -149,3 +149,65 @@ def test_arrays_are_checked_before_c_sees_them(w):
         mla.convert(geometry(G, False), weights({k: v.astype(np.int32) for k, v in w.items()}))
     with pytest.raises(ValueError, match="rope_strategy"):
         mla.convert(geometry(G, False), weights(w), rope_strategy="fastest")
+
+
+def test_ints_that_do_not_fit_the_c_type_are_refused(w):
+    # ctypes wraps such ints silently: 2**32 passed as int32_t is 0, so each call below would
+    # address sequence, layer, position or tensor 0 instead of failing.
+    layer = mla.convert(geometry(G, False), weights(w), rope_dim=4, d_kv=2)
+    big = 2**32
+    with pytest.raises(ValueError, match="index: 4294967296 does not fit"):
+        layer.tensor(big)
+    with pytest.raises(ValueError, match="kv_head"):
+        layer.rope_dims(big)
+    with pytest.raises(ValueError, match="d_model"):
+        mla.convert(mla.Geometry(G.d_model + big, 4, 2, 8), weights(w))
+    with pytest.raises(ValueError, match="d_kv"):
+        mla.convert(geometry(G, False), weights(w), rope_dim=4, d_kv=2 + big)
+    with pytest.raises(ValueError, match="n_seq_max"):
+        mla.Cache([layer], capacity_tokens=16, n_seq_max=2 + big)
+    with pytest.raises(ValueError, match="n_threads"):
+        mla.Attn(n_threads=1 + big)
+    with mla.Cache([layer], latent_dtype="f32", rope_dtype="f32", capacity_tokens=16,
+                   n_seq_max=2) as cache, mla.Attn() as attn:
+        latent = np.ones((1, layer.info.latent_dim), np.float32)
+        rope = np.ones((1, layer.info.rope_width), np.float32)
+        with pytest.raises(ValueError, match="seq"):
+            cache.write(0, big, 0, latent, rope)
+        with pytest.raises(ValueError, match="pos"):
+            cache.write(0, 0, 2**64, latent, rope)
+        with pytest.raises(ValueError, match="seq"):
+            cache.reserve(big + 1, 0, 1)
+        with pytest.raises(ValueError, match="n_tokens"):
+            cache.reserve(0, 0, 2**64 + 1)
+        with pytest.raises(ValueError, match="delta"):
+            cache.seq_shift(0, -1, -1, 2**64)
+        x = np.ones((2, G.d_model), np.float32)
+        with pytest.raises(ValueError, match="cache_layer"):
+            attn.forward(layer, cache, big, x, 0, 0)
+        with pytest.raises(ValueError, match="seq"):
+            attn.forward(layer, cache, 0, x, big, 0)
+        with pytest.raises(ValueError, match="pos"):
+            attn.forward(layer, cache, 0, x, 0, 2**63 - 1)  # the second token's position
+        assert cache.seq_length(0) == 0 and cache.seq_length(1) == 0  # nothing went to seq 0
+        with pytest.raises(TypeError, match="expected an int"):
+            cache.reserve(0, 1.5, 1)
+        cache.reserve(np.int32(1), np.int64(0), 1)  # numpy integers are ints
+        assert cache.seq_length(1) == 1
+
+
+def test_strings_with_a_nul_are_refused(w, tmp_path):
+    # C would read "q_proj.weight\0x" as "q_proj.weight", and a path up to its NUL.
+    layer = mla.convert(geometry(G, False), weights(w), rope_dim=4, d_kv=2)
+    with pytest.raises(ValueError, match="null byte"):
+        layer.tensor("q_proj.weight\0x")
+    with pytest.raises(ValueError, match="null byte"):
+        mla.Layer.from_tensors(geometry(G, False), 4, 2,
+                               {k + "\0x": v for k, v in layer.tensors().items()})
+    with mla.Cache([layer], capacity_tokens=16) as cache:
+        target = tmp_path / "snap"
+        with pytest.raises(ValueError, match="null byte"):
+            cache.save_file(str(target) + "\0.bak")
+        assert not target.exists()
+        with pytest.raises(ValueError, match="null byte"):
+            cache.load_file(str(target) + "\0.bak")

@@ -150,6 +150,18 @@ def test_library_lookup_and_version_check(monkeypatch, tmp_path):
     monkeypatch.setattr(_ffi, "VERSION_NUMBER", 10000)  # a binding for 1.0.0
     with pytest.raises(mla.LibraryVersionError, match="version 0.1.0"):
         mla.load_library(current.path)
+    monkeypatch.setattr(_ffi, "VERSION_NUMBER", _ffi.VERSION_NUMBER + 100)  # a newer minor
+    with pytest.raises(mla.LibraryVersionError, match="or a newer"):
+        mla.load_library(current.path)
+    monkeypatch.setattr(_ffi, "VERSION_NUMBER", _ffi.VERSION_MAJOR * 10000)  # x.0.0: older is ok
+    assert mla.load_library(current.path).path == current.path
+    monkeypatch.undo()
+    assert mla.load_library(current.path).path == current.path
+    # An explicit path comes before $MLA_LIBRARY.
+    monkeypatch.setenv("MLA_LIBRARY", str(tmp_path / "nope.so"))
+    assert mla.load_library(current.path).path == current.path
+    with pytest.raises(mla.LibraryError, match="nope.so"):
+        mla.load_library()
     monkeypatch.undo()
     assert mla.load_library(current.path).path == current.path
 

@@ -1,4 +1,5 @@
 """Ownership: one C destroy per handle, no use after close, views keep their layer alive."""
+import collections.abc
 import gc
 import weakref
 
@@ -101,3 +102,35 @@ def test_cache_does_not_need_its_layer(layer):
         cache.seq_shift(0, -1, -1, 2)
         cache.seq_shift(0, -1, -1, -2)
         np.testing.assert_allclose(cache.read(0, 0)[1], before, atol=1e-5)
+
+
+class _Poisoned(np.ndarray):
+    """An array that overwrites its memory when it dies: reading it after that gives NaN."""
+
+    def __del__(self):
+        self.fill(-1 if self.dtype == np.int32 else np.nan)
+
+
+class _LazyTensors(collections.abc.Mapping):
+    """A checkpoint reader that makes a new array on every access, as lazy loaders do."""
+
+    def __init__(self, tensors):
+        self._t = tensors
+
+    def __getitem__(self, key):
+        return self._t[key].copy().view(_Poisoned)
+
+    def __iter__(self):
+        return iter(self._t)
+
+    def __len__(self):
+        return len(self._t)
+
+
+def test_from_tensors_keeps_the_arrays_of_a_lazy_mapping_alive(layer):
+    # Only the loop variable referred to each array: it died (and C read freed memory) before
+    # mla_layer_from_tensors ran.
+    tensors = {k: v.copy() for k, v in layer.tensors().items()}
+    with mla.Layer.from_tensors(geometry(G, False), 4, 2, _LazyTensors(tensors)) as rebuilt:
+        for k, v in tensors.items():
+            np.testing.assert_array_equal(rebuilt.tensor(k), v, err_msg=k)

@@ -62,3 +62,40 @@ def test_two_threads_two_sequences():
         np.testing.assert_allclose(parallel[s], serial[s], rtol=0, atol=1e-6)
         assert_close(parallel[s], ref.mla_forward(t, G, xs[s], np.arange(STEPS)), 1e-4,
                      f"sequence {s}")
+
+
+def test_threads_sharing_one_attn_are_serialized():
+    # mla_attn is one thread at a time and grows its scratch memory inside forward: without the
+    # binding's lock, two threads in one Attn corrupt each other's scratch (ASan: use after free).
+    rng = np.random.default_rng(61)
+    w = ref.random_layer(rng, G, bias=False)
+    layer = mla.convert(geometry(G, False), weights(w), rope_dim=4, d_kv=4)
+    chunks = list(range(1, 40))  # every forward grows the scratch: frees what the other uses
+    n = sum(chunks)
+    xs = [rng.standard_normal((n, G.d_model)).astype(np.float32) for _ in range(2)]
+    outs = [np.empty_like(x) for x in xs]
+    errors = []
+    with mla.Cache([layer], latent_dtype="f32", rope_dtype="f32", capacity_tokens=2 * n + 64,
+                   block_tokens=16, n_seq_max=2) as cache, \
+            mla.Attn(path="materialized") as attn:
+        barrier = threading.Barrier(2)
+
+        def run(s):
+            try:
+                barrier.wait()
+                p = 0
+                for c in chunks:
+                    attn.forward(layer, cache, 0, xs[s][p:p + c], s, p, out=outs[s][p:p + c])
+                    p += c
+            except BaseException as e:  # reported below, not lost in the thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+    t = layer_tensors(layer)
+    for s in (0, 1):
+        assert_close(outs[s], ref.mla_forward(t, G, xs[s], np.arange(n)), 1e-4, f"sequence {s}")

@@ -1,8 +1,9 @@
-"""Checks that a numpy array can be handed to C as it is (no copies, no silent conversion)."""
+"""Checks that an argument can be handed to C as it is (no copies, no silent conversion)."""
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Optional, Sequence, Tuple
+import operator
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -28,6 +29,38 @@ def check_array(arr: Any, dtype: Any, shape: Sequence[Optional[int]], name: str,
     if writable and not arr.flags.writeable:
         raise ValueError(f"{name}: read-only, but libmla writes into it")
     return arr
+
+
+def int_arg(value: Any, ctype: Any, name: str) -> int:
+    """value as a Python int that fits ctype (c_int32, c_int64, ...), else TypeError/ValueError.
+
+    ctypes wraps an out-of-range int silently (2**32 passed as int32 is 0): a sequence id or a
+    position that does not fit would address another sequence or position instead of failing.
+    """
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
+    bits = 8 * ctypes.sizeof(ctype)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}: {v} does not fit the C type int{bits}_t [{lo}, {hi}]")
+    return v
+
+
+def set_int(struct: Any, field: str, value: Any, name: Optional[str] = None) -> None:
+    """struct.field = value, checked against the field's C integer type (see int_arg)."""
+    ctype = dict(type(struct)._fields_)[field]
+    setattr(struct, field, int_arg(value, ctype, name or field))
+
+
+def c_string(value: Union[str, bytes], name: str) -> bytes:
+    """value as a NUL-terminated C string's bytes; ValueError for an embedded NUL, which C would
+    take as the end of the string (another file, another tensor name)."""
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if b"\0" in raw:
+        raise ValueError(f"{name}: embedded null byte in {value!r}")
+    return raw
 
 
 def ptr(arr: Optional[np.ndarray], ctype: Any) -> Any:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Optional, Union
 
 import numpy as np
 
 from . import _ffi
-from ._arrays import check_array, ptr
+from ._arrays import check_array, int_arg, ptr, set_int
 from ._handle import Handle, Owned
 from ._library import library
 from .cache import Cache
@@ -21,8 +22,9 @@ __all__ = ["Attn"]
 class Attn(Handle):
     """Worker threads and scratch memory for forward passes (mla_attn).
 
-    One Attn must not run two forwards at once; give each thread its own. Distinct Attn objects
-    may run forwards on distinct sequences of one Cache concurrently.
+    One Attn runs one forward at a time (a second thread calling forward() waits for the first);
+    give each thread its own to run in parallel. Distinct Attn objects may run forwards on
+    distinct sequences of one Cache concurrently.
     """
 
     def __init__(self, *, n_threads: Optional[int] = None,
@@ -32,14 +34,17 @@ class Attn(Handle):
         lib = library()
         p = _defaults(lib, _ffi.mla_attn_params, "mla_attn_default_params")
         if n_threads is not None:
-            p.n_threads = n_threads
+            set_int(p, "n_threads", n_threads)
         if path is not None:
             p.path = to_enum(AttnPath, path, "path")
         if crossover_tokens is not None:
-            p.crossover_tokens = crossover_tokens
+            set_int(p, "crossover_tokens", crossover_tokens)
         out = ctypes.POINTER(_ffi.mla_attn)()
         check(lib, lib.mla_attn_create(ctypes.byref(p), ctypes.byref(out)))
         super().__init__(Owned(lib, out, "mla_attn_destroy"))
+        # mla_attn is one thread at a time, and forward grows its scratch memory: a second
+        # forward on the same handle would write into memory the first just freed.
+        self._busy = threading.Lock()
 
     def forward(self, layer: Layer, cache: Cache, cache_layer: int, x: np.ndarray,
                 seq: Union[int, np.ndarray], pos: Union[int, np.ndarray],
@@ -61,11 +66,14 @@ class Attn(Handle):
         d_model = layer.geometry.d_model
         check_array(x, np.float32, (None, d_model), "x")
         n = x.shape[0]
+        cache_layer = int_arg(cache_layer, ctypes.c_int32, "cache_layer")
         if isinstance(seq, (int, np.integer)):
-            seq = np.full(n, seq, np.int32)
+            seq = np.full(n, int_arg(seq, ctypes.c_int32, "seq"), np.int32)
         check_array(seq, np.int32, (n,), "seq")
         if isinstance(pos, (int, np.integer)):
-            pos = np.arange(pos, pos + n, dtype=np.int64)
+            first = int_arg(pos, ctypes.c_int64, "pos")
+            int_arg(first + max(n - 1, 0), ctypes.c_int64, "pos + n_tokens - 1")
+            pos = np.arange(first, first + n, dtype=np.int64)
         check_array(pos, np.int64, (n,), "pos")
         if out is None:
             out = np.empty((n, d_model), np.float32)
@@ -73,7 +81,9 @@ class Attn(Handle):
             check_array(out, np.float32, (n, d_model), "out", writable=True)
             if np.shares_memory(out, x):
                 raise ValueError("out: may not alias x")
-        check(o.lib, o.lib.mla_attn_forward(o.ptr, lo.ptr, co.ptr, cache_layer,
+        with self._busy:
+            status = o.lib.mla_attn_forward(o.ptr, lo.ptr, co.ptr, cache_layer,
                                             ptr(x, ctypes.c_float), n, ptr(seq, ctypes.c_int32),
-                                            ptr(pos, ctypes.c_int64), ptr(out, ctypes.c_float)))
+                                            ptr(pos, ctypes.c_int64), ptr(out, ctypes.c_float))
+        check(o.lib, status)
         return out

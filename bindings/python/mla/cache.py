@@ -9,7 +9,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _ffi
-from ._arrays import check_array, ptr
+from ._arrays import c_string, check_array, int_arg, ptr, set_int
 from ._handle import Handle, Owned
 from ._library import library
 from .convert import Layer, _defaults
@@ -17,6 +17,14 @@ from .errors import check
 from .types import DType, to_enum
 
 __all__ = ["Cache", "CacheLayerDesc", "CacheStats"]
+
+
+def _int32(value: Any, name: str) -> int:
+    return int_arg(value, ctypes.c_int32, name)
+
+
+def _int64(value: Any, name: str) -> int:
+    return int_arg(value, ctypes.c_int64, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +100,9 @@ class Cache(Handle):
             c = c_descs[i]
             check(lib, lib.mla_cache_layer_desc_default_params(
                 ctypes.byref(c), ctypes.sizeof(_ffi.mla_cache_layer_desc)))
-            c.latent_dim, c.rope_heads, c.rope_dim = d.latent_dim, d.rope_heads, d.rope_dim
+            for field in ("latent_dim", "rope_heads", "rope_dim", "mha_kv_dim"):
+                set_int(c, field, getattr(d, field), f"layers[{i}].{field}")
             c.rope_position_scale = d.rope_position_scale
-            c.mha_kv_dim = d.mha_kv_dim
             n_freq = d.rope_heads * (d.rope_dim // 2)
             if n_freq > 0:
                 f = check_array(d.rope_freqs, np.float32, (d.rope_heads, d.rope_dim // 2),
@@ -112,7 +120,7 @@ class Cache(Handle):
                             ("capacity_tokens", capacity_tokens),
                             ("capacity_bytes", capacity_bytes), ("n_seq_max", n_seq_max)):
             if value is not None:
-                setattr(p, name, value)
+                set_int(p, name, value)
         out = ctypes.POINTER(_ffi.mla_cache)()
         check(lib, lib.mla_cache_create(ctypes.byref(p), ctypes.byref(out)))
         super().__init__(Owned(lib, out, "mla_cache_destroy"))
@@ -130,7 +138,8 @@ class Cache(Handle):
     def reserve(self, seq: int, pos: int, n_tokens: int) -> None:
         """Append n_tokens empty slots at positions pos.. to seq."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_reserve(o.ptr, seq, pos, n_tokens))
+        check(o.lib, o.lib.mla_cache_reserve(o.ptr, _int32(seq, "seq"), _int64(pos, "pos"),
+                                             _int64(n_tokens, "n_tokens")))
 
     def write(self, layer: int, seq: int, pos: int, latent: np.ndarray,
               rope: Optional[np.ndarray] = None) -> None:
@@ -149,38 +158,42 @@ class Cache(Handle):
             check_array(rope, np.float32, (n, d.rope_width), "rope")
         elif rope is not None:
             raise ValueError(f"rope: layer {layer} caches no RoPE part; pass None")
-        check(o.lib, o.lib.mla_cache_write(o.ptr, layer, seq, pos, n, ptr(latent, ctypes.c_float),
+        check(o.lib, o.lib.mla_cache_write(o.ptr, layer, _int32(seq, "seq"), _int64(pos, "pos"),
+                                           n, ptr(latent, ctypes.c_float),
                                            ptr(rope, ctypes.c_float)))
 
     # ---- sequences ----------------------------------------------------------------------------
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         """Remove positions [p0, p1) of seq (seq < 0: of every sequence)."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_rm(o.ptr, seq, p0, p1))
+        check(o.lib, o.lib.mla_cache_seq_rm(o.ptr, _int32(seq, "seq"), _int64(p0, "p0"),
+                                            _int64(p1, "p1")))
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         """Replace dst with src's tokens in [p0, p1), sharing blocks (copy on write)."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_cp(o.ptr, src, dst, p0, p1))
+        check(o.lib, o.lib.mla_cache_seq_cp(o.ptr, _int32(src, "src"), _int32(dst, "dst"),
+                                            _int64(p0, "p0"), _int64(p1, "p1")))
 
     def seq_fork(self, src: int, dst: int) -> None:
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_fork(o.ptr, src, dst))
+        check(o.lib, o.lib.mla_cache_seq_fork(o.ptr, _int32(src, "src"), _int32(dst, "dst")))
 
     def seq_keep(self, seq: int) -> None:
         """Remove every sequence but seq."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_keep(o.ptr, seq))
+        check(o.lib, o.lib.mla_cache_seq_keep(o.ptr, _int32(seq, "seq")))
 
     def seq_shift(self, seq: int, p0: int, p1: int, delta: int) -> None:
         """Add delta to positions [p0, p1) of seq, re-rotating the cached RoPE keys."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_shift(o.ptr, seq, p0, p1, delta))
+        check(o.lib, o.lib.mla_cache_seq_shift(o.ptr, _int32(seq, "seq"), _int64(p0, "p0"),
+                                               _int64(p1, "p1"), _int64(delta, "delta")))
 
     def _i64(self, fn: str, seq: int) -> int:
         o = self._own()
         v = ctypes.c_int64()
-        check(o.lib, getattr(o.lib, fn)(o.ptr, seq, ctypes.byref(v)))
+        check(o.lib, getattr(o.lib, fn)(o.ptr, _int32(seq, "seq"), ctypes.byref(v)))
         return v.value
 
     def seq_pos_min(self, seq: int) -> int:
@@ -206,8 +219,11 @@ class Cache(Handle):
         positions (n,) int64)."""
         o = self._own()
         d = self._desc(layer)
+        seq = _int32(seq, "seq")
+        first = _int64(first, "first")
         if n_tokens is None:
             n_tokens = max(0, self.seq_length(seq) - first)
+        n_tokens = _int64(n_tokens, "n_tokens")
         if n_tokens < 0:
             raise ValueError(f"n_tokens: {n_tokens} is negative")
         latent = np.empty((n_tokens, d.latent_dim), np.float32)
@@ -234,6 +250,7 @@ class Cache(Handle):
     def save(self, seq: int = -1) -> bytes:
         """A snapshot of seq (or of the whole cache with seq < 0) in libmla's format."""
         o = self._own()
+        seq = _int32(seq, "seq")
         size = ctypes.c_size_t()
         check(o.lib, o.lib.mla_cache_save_size(o.ptr, seq, ctypes.byref(size)))
         buf = ctypes.create_string_buffer(max(1, size.value))
@@ -251,13 +268,15 @@ class Cache(Handle):
         mv = mv.cast("B")
         n = mv.nbytes
         buf = np.frombuffer(mv, np.uint8) if n else np.zeros(1, np.uint8)
-        check(o.lib, o.lib.mla_cache_load(o.ptr, seq, buf.ctypes.data, n))
+        check(o.lib, o.lib.mla_cache_load(o.ptr, _int32(seq, "seq"), buf.ctypes.data, n))
 
     def save_file(self, path: "Union[str, os.PathLike[str]]", seq: int = -1) -> None:
         """Write a snapshot to path (through a temporary file renamed when complete)."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_save_file(o.ptr, seq, os.fsencode(path)))
+        check(o.lib, o.lib.mla_cache_save_file(o.ptr, _int32(seq, "seq"),
+                                               c_string(os.fsencode(path), "path")))
 
     def load_file(self, path: "Union[str, os.PathLike[str]]", seq: int = -1) -> None:
         o = self._own()
-        check(o.lib, o.lib.mla_cache_load_file(o.ptr, seq, os.fsencode(path)))
+        check(o.lib, o.lib.mla_cache_load_file(o.ptr, _int32(seq, "seq"),
+                                               c_string(os.fsencode(path), "path")))

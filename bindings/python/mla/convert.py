@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 
 from . import _ffi
-from ._arrays import BufferView, check_array, ptr
+from ._arrays import BufferView, c_string, check_array, int_arg, ptr, set_int
 from ._handle import Handle, Owned
 from ._library import library
 from .errors import check
@@ -45,8 +45,8 @@ class Geometry:
 
     def _to_c(self, lib: _ffi.Library) -> _ffi.mla_geometry:
         g = _defaults(lib, _ffi.mla_geometry, "mla_geometry_default_params")
-        g.d_model, g.n_heads = self.d_model, self.n_heads
-        g.n_kv_heads, g.head_dim = self.n_kv_heads, self.head_dim
+        for name in ("d_model", "n_heads", "n_kv_heads", "head_dim"):
+            set_int(g, name, getattr(self, name))
         if self.rope_theta is not None:
             g.rope_theta = self.rope_theta
         if self.rope_scaling is not None:
@@ -267,6 +267,9 @@ class Layer(Handle):
         g = geometry._to_c(lib)
         arr = (_ffi.mla_tensor * max(1, len(tensors)))()
         names = []
+        # The arrays themselves, held until the call returns: a Mapping may make a new array on
+        # every access (a lazy checkpoint reader), which nothing else would keep alive.
+        arrays = []
         for i, (name, t) in enumerate(tensors.items()):
             if not isinstance(t, np.ndarray):
                 raise TypeError(f"{name}: expected a numpy.ndarray, got {type(t).__name__}")
@@ -279,7 +282,8 @@ class Layer(Handle):
             if not 1 <= t.ndim <= _ffi.MLA_TENSOR_MAX_DIMS:
                 raise ValueError(f"{name}: {t.ndim} dimensions, expected 1 to "
                                  f"{_ffi.MLA_TENSOR_MAX_DIMS}")
-            names.append(name.encode())
+            arrays.append(t)
+            names.append(c_string(name, "tensor name"))
             arr[i].name = names[-1]
             arr[i].dtype = dt
             arr[i].ndim = t.ndim
@@ -287,8 +291,11 @@ class Layer(Handle):
                 arr[i].shape[k] = t.shape[k] if k < t.ndim else 1
             arr[i].data = t.ctypes.data
         out = ctypes.POINTER(_ffi.mla_layer)()
-        check(lib, lib.mla_layer_from_tensors(ctypes.byref(g), rope_dim, d_kv, arr, len(tensors),
+        rope_dim = int_arg(rope_dim, ctypes.c_int32, "rope_dim")
+        d_kv = int_arg(d_kv, ctypes.c_int32, "d_kv")
+        check(lib, lib.mla_layer_from_tensors(ctypes.byref(g), rope_dim, d_kv, arr, len(arrays),
                                               ctypes.byref(out)))
+        del arrays
         return cls._wrap(lib, out)
 
     @property
@@ -310,7 +317,8 @@ class Layer(Handle):
         or of all, (n_kv_heads, rope_dim), int32."""
         o = self._own()
         info = self._info
-        heads = range(self.geometry.n_kv_heads) if kv_head is None else [kv_head]
+        heads = (range(self.geometry.n_kv_heads) if kv_head is None
+                 else [int_arg(kv_head, ctypes.c_int32, "kv_head")])
         out = np.empty((len(heads), info.rope_dim), np.int32)
         for i, h in enumerate(heads):
             check(o.lib, o.lib.mla_layer_rope_dims(o.ptr, h, ptr(out[i], ctypes.c_int32)))
@@ -334,9 +342,11 @@ class Layer(Handle):
         o = self._own()
         t = _ffi.mla_tensor()
         if isinstance(key, str):
-            check(o.lib, o.lib.mla_layer_tensor_by_name(o.ptr, key.encode(), ctypes.byref(t)))
+            check(o.lib, o.lib.mla_layer_tensor_by_name(o.ptr, c_string(key, "name"),
+                                                        ctypes.byref(t)))
         else:
-            check(o.lib, o.lib.mla_layer_tensor(o.ptr, key, ctypes.byref(t)))
+            check(o.lib, o.lib.mla_layer_tensor(o.ptr, int_arg(key, ctypes.c_int32, "index"),
+                                                ctypes.byref(t)))
         return self._view(o, t)
 
     @property
@@ -405,9 +415,9 @@ def convert(geometry: Geometry, weights: LayerWeights, calib: Optional[Calib] = 
     if rope_strategy is not None:
         p.rope_strategy = to_enum(RopeStrategy, rope_strategy, "rope_strategy")
     if rope_dim is not None:
-        p.rope_dim = rope_dim
+        set_int(p, "rope_dim", rope_dim)
     if uniform_start is not None:
-        p.uniform_start = uniform_start
+        set_int(p, "uniform_start", uniform_start)
     if explicit_freqs is not None:
         check_array(explicit_freqs, np.int32, (geometry.n_kv_heads, p.rope_dim // 2),
                     "explicit_freqs")
@@ -415,7 +425,7 @@ def convert(geometry: Geometry, weights: LayerWeights, calib: Optional[Calib] = 
     if factorization is not None:
         p.factorization = to_enum(Factorization, factorization, "factorization")
     if d_kv is not None:
-        p.d_kv = d_kv
+        set_int(p, "d_kv", d_kv)
     if damping is not None:
         p.damping = damping
     errors: List[BaseException] = []

@@ -177,6 +177,20 @@ fn to_usize(v: i64) -> usize {
     usize::try_from(v.max(0)).unwrap_or(usize::MAX)
 }
 
+/// The product of sizes, or ShapeMismatch when it overflows usize: a wrapped product would let a
+/// short slice pass for a tensor the C side reads in full.
+fn product(what: &str, sizes: &[usize]) -> Result<usize> {
+    sizes
+        .iter()
+        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+        .ok_or_else(|| {
+            Error::binding(
+                Status::ShapeMismatch,
+                format!("{what}: {sizes:?} elements overflow usize"),
+            )
+        })
+}
+
 // ---- version -------------------------------------------------------------------------------------
 
 /// The library's version string ("major.minor.patch").
@@ -333,11 +347,16 @@ impl Geometry {
             ));
         }
         let d = g.d_model as usize;
-        Ok((
-            d,
-            g.n_heads as usize * g.head_dim as usize,
-            g.n_kv_heads as usize * g.head_dim as usize,
-        ))
+        let hq = product(
+            "n_heads·head_dim",
+            &[g.n_heads as usize, g.head_dim as usize],
+        )?;
+        let hk = product(
+            "n_kv_heads·head_dim",
+            &[g.n_kv_heads as usize, g.head_dim as usize],
+        )?;
+        product("n_heads·head_dim × d_model", &[hq, d])?;
+        Ok((d, hq, hk))
     }
 }
 
@@ -792,8 +811,8 @@ impl Layer {
                 TensorData::F32(d) => (DType::F32, d.len(), d.as_ptr() as *const c_void),
                 TensorData::I32(d) => (DType::I32, d.len(), d.as_ptr() as *const c_void),
             };
-            let want: usize = shape.iter().map(|&s| to_usize(s)).product();
-            expect_len(name, len, want, "the product of its shape")?;
+            let dims: Vec<usize> = shape.iter().map(|&s| to_usize(s)).collect();
+            expect_len(name, len, product(name, &dims)?, "the product of its shape")?;
             let mut s = [1i64; sys::MLA_TENSOR_MAX_DIMS];
             s[..shape.len()].copy_from_slice(shape);
             raw.push(sys::mla_tensor {
@@ -1204,10 +1223,28 @@ impl Cache {
     /// Tokens [first, first+n_tokens) of seq at one layer, dequantized to float32.
     pub fn read(&self, layer: i32, seq: i32, first: i64, n_tokens: i64) -> Result<SeqData> {
         let d = self.desc(layer)?;
+        // A range past the sequence is the library's error to report, before n_tokens sizes an
+        // allocation (a huge one aborts the process instead of returning an error).
+        let len = self.seq_length(seq)?;
+        if first < 0 || n_tokens < 0 || first > len || n_tokens > len - first {
+            // SAFETY: NULL outputs are allowed; the library rejects the range before writing.
+            check(unsafe {
+                sys::mla_cache_seq_read(
+                    self.raw.as_ptr(),
+                    layer,
+                    seq,
+                    first,
+                    n_tokens,
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            })?;
+        }
         let n = to_usize(n_tokens);
         let mut s = SeqData {
-            latent: vec![0.0; n * d.latent_dim.max(0) as usize],
-            rope: vec![0.0; n * d.rope_width()],
+            latent: vec![0.0; product("latent", &[n, d.latent_dim.max(0) as usize])?],
+            rope: vec![0.0; product("rope", &[n, d.rope_width()])?],
             pos: vec![0; n],
         };
         let rp = if d.rope_width() == 0 {

@@ -161,6 +161,64 @@ fn slices_are_checked_before_c_sees_them() {
 }
 
 #[test]
+fn sizes_that_overflow_are_errors_not_panics_or_short_reads() {
+    // n_heads·head_dim·d_model = 2^64: wrapped to 0, empty slices would pass for the weights.
+    let g = Geometry::new(1 << 24, 1 << 20, 1 << 20, 1 << 20);
+    let empty = Weights::<f32>::new(&[], &[], &[], &[]);
+    expect_err(
+        Layer::convert(&g, &empty, None, &ConvertParams::new().unwrap()),
+        Status::ShapeMismatch,
+        "overflow",
+    );
+    expect_err(
+        Layer::from_mha(&g, &empty),
+        Status::ShapeMismatch,
+        "overflow",
+    );
+    expect_err(
+        Layer::from_tensors(
+            &small().0,
+            4,
+            2,
+            &[("o_proj.weight", &[1 << 32, 1 << 32], TensorData::F32(&[]))],
+        ),
+        Status::ShapeMismatch,
+        "overflow",
+    );
+    // A read past the sequence is the library's error, before any allocation of that size.
+    let (g, w) = small();
+    let weights = Weights::new(&w.wq, &w.wk, &w.wv, &w.wo);
+    let layer = Layer::convert(
+        &g,
+        &weights,
+        None,
+        &ConvertParams::new().unwrap().rope_dim(4).d_kv(2),
+    )
+    .unwrap();
+    let mut cache = Cache::new(
+        &[layer.cache_desc().unwrap()],
+        &CacheParams::new().unwrap().capacity_tokens(16),
+    )
+    .unwrap();
+    cache.reserve(0, 0, 3).unwrap();
+    for (first, n) in [
+        (0, i64::MAX),
+        (1, 1 << 40),
+        (0, 4),
+        (4, 0),
+        (-1, 1),
+        (0, -1),
+    ] {
+        expect_err(
+            cache.read(0, 0, first, n),
+            Status::InvalidArgument,
+            "sequence 0",
+        );
+    }
+    assert_eq!(cache.read(0, 0, 1, 2).unwrap().pos, vec![1, 2]);
+}
+
+#[test]
 fn cache_and_attention_errors() {
     let (g, w) = small();
     let weights = Weights::new(&w.wq, &w.wk, &w.wv, &w.wo);
