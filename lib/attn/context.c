@@ -50,10 +50,9 @@ int64_t mla__seq_view_count_le(const mla__seq_view *v, int64_t p)
     return v->start[lo] + a;
 }
 
-void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v, int64_t first,
-                    int64_t n, mla__tile *tile)
+/* The span holding token `first`: the last span starting at or before it. */
+static int64_t span_of(const mla__seq_view *v, int64_t first)
 {
-    /* The span holding token `first`: the last span starting at or before it. */
     int64_t lo = 0, hi = v->n_spans - 1;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo + 1) / 2;
@@ -62,8 +61,66 @@ void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v, i
         else
             hi = mid - 1;
     }
+    return lo;
+}
+
+mla__src mla__f32_src(const float *p, int64_t width)
+{
+    mla__src s = {(const unsigned char *)p, (ptrdiff_t)(width * (int64_t)sizeof(float)),
+                  MLA_DTYPE_F32, NULL, 0, 1};
+    return s;
+}
+
+void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v, int64_t first,
+                    int64_t n, mla__tile *f32, mla__rtile *rt)
+{
+    if (fmt->latent_dtype == MLA_DTYPE_I4) {
+        mla__tile_fill(fmt, v, first, n, f32);
+        rt->n = n;
+        rt->n_seg = 1;
+        rt->seg[0].t = 0;
+        rt->seg[0].n = n;
+        rt->seg[0].latent = mla__f32_src(f32->latent, fmt->latent_dim);
+        rt->seg[0].rope = mla__f32_src(f32->rope, fmt->rope_width);
+        for (int64_t t = 0; t < n; t++)
+            rt->pos[t] = f32->pos[t];
+        return;
+    }
+    int64_t ng = fmt->latent_dtype == MLA_DTYPE_I8 ? fmt->latent_dim / fmt->quant_group : 0;
+    int64_t done = 0, ns = 0;
+    for (int64_t si = span_of(v, first); done < n; si++) {
+        const mla_cache_span *s = &v->spans[si];
+        int64_t off = first + done - v->start[si];
+        int64_t take = s->n_tokens - off < n - done ? s->n_tokens - off : n - done;
+        mla__seg *g = &rt->seg[ns++];
+        g->t = done;
+        g->n = take;
+        g->latent.p = (const unsigned char *)s->latent + (size_t)off * s->latent_row_bytes;
+        g->latent.ld = (ptrdiff_t)s->latent_row_bytes;
+        g->latent.t = fmt->latent_dtype;
+        g->latent.sc = s->latent_scale ? s->latent_scale + off * ng : NULL;
+        g->latent.lds = ng;
+        g->latent.group = ng ? fmt->quant_group : 1;
+        g->rope.p = s->rope ? (const unsigned char *)s->rope + (size_t)off * s->rope_row_bytes
+                            : NULL;
+        g->rope.ld = (ptrdiff_t)s->rope_row_bytes;
+        g->rope.t = fmt->rope_dtype;
+        g->rope.sc = NULL;
+        g->rope.lds = 0;
+        g->rope.group = 1;
+        for (int64_t t = 0; t < take; t++)
+            rt->pos[done + t] = s->pos[off + t];
+        done += take;
+    }
+    rt->n = n;
+    rt->n_seg = ns;
+}
+
+void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v, int64_t first,
+                    int64_t n, mla__tile *tile)
+{
     int64_t done = 0;
-    for (int64_t si = lo; done < n; si++) {
+    for (int64_t si = span_of(v, first); done < n; si++) {
         const mla_cache_span *s = &v->spans[si];
         int64_t off = first + done - v->start[si];
         int64_t take = s->n_tokens - off;

@@ -85,6 +85,7 @@ typedef struct dims {
 typedef struct plan {
     int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
     int any_abs, any_mat;
+    int need_f32;        /* some job reads a float32 tile (BLIS products, I4 latents) */
     float *xp, *q, *kr, *lat, *qg, *qt, *qrt, *obar, *ao, *mx, *l, *outp;
     double *rope_work;
     mla__qblock *blocks;
@@ -119,10 +120,16 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch, int n_threads)
     size_t max_m = (size_t)(p->rows_abs > p->rows_mat ? p->rows_abs : p->rows_mat);
     for (int i = 0; i < n_threads; i++) {
         mla__work w;
-        w.tile.latent = take(a, T * (size_t)dm->L, sizeof(float));
-        w.tile.rope = take(a, T * (size_t)dm->W + 1, sizeof(float));
-        w.tile.pos = take(a, T, sizeof(int64_t));
-        w.tile.n = 0;
+        memset(&w, 0, sizeof w);
+        if (p->need_f32) {
+            w.tile.latent = take(a, T * (size_t)dm->L, sizeof(float));
+            w.tile.rope = take(a, T * (size_t)dm->W + 1, sizeof(float));
+            w.tile.pos = take(a, T, sizeof(int64_t));
+        }
+        w.rt.seg = take(a, T, sizeof(mla__seg));
+        w.rt.pos = take(a, T, sizeof(int64_t));
+        size_t ctw = (size_t)(dm->lat_k + dm->W > dm->d_h ? dm->lat_k + dm->W : dm->d_h);
+        w.ct = take(a, ctw * T, sizeof(float));
         w.s = take(a, s_floats, sizeof(float));
         int up = p->any_mat && !dm->mha;
         w.kbuf = up ? take(a, T * (size_t)(dm->n_kv * dm->d_h), sizeof(float)) : NULL;
@@ -481,9 +488,12 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
 
 /* ---- planning -------------------------------------------------------------------------------- */
 
-static int64_t tile_tokens(const dims *dm, int up)
+static int64_t tile_tokens(const dims *dm, int up, int need_f32)
 {
-    int64_t per = (dm->L + dm->W) * 4 + (up ? 8 * dm->n_kv * dm->d_h : 0);
+    /* A float32 tile holds whole rows; an in-place tile only the transposed keys the score
+     * product reads (absorbed: latent and RoPE part; MHA: one KV head's keys). */
+    int64_t per = need_f32 ? (dm->L + dm->W) * 4 + (up ? 8 * dm->n_kv * dm->d_h : 0)
+                           : (dm->mha ? dm->d_h : dm->lat_k + dm->W) * 4;
     int64_t t = TILE_BYTES / (per > 0 ? per : 1);
     t = t / 16 * 16;
     /* Materialized tiles feed BLIS products of tile × (n_kv·d_h) × R: below 64 rows its
@@ -649,7 +659,14 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         p.any_mat |= !ch[c].absorbed;
     }
     int nt = attn->n_threads;
-    p.tile = tile_tokens(&dm, p.any_mat && !dm.mha);
+    /* Float32 tiles: the materialized path's up-projections and the MHA baseline's BLIS
+     * products; I4 latents, which the kernels do not read in place; absorbed blocks of many
+     * query rows (absorbed.c). */
+    p.need_f32 = (p.any_mat && !dm.mha) || fmt.latent_dtype == MLA_DTYPE_I4;
+    for (int64_t c = 0; c < p.n_chunks; c++)
+        p.need_f32 |= (dm.mha && ch[c].m >= MLA_ATTN_SMALL_M) ||
+                      (ch[c].absorbed && mla__absorbed_rows_wide(ch[c].m * dm.n_h));
+    p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32);
     plan_blocks(&dm, &p, ch, nt, 1);
     plan_jobs(&dm, &p, nt, 1);
     arena a = {NULL, 0, 0};

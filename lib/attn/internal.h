@@ -20,6 +20,10 @@
 #include "convert/layer.h"
 #include "core/core.h"
 
+/* Below this many query tokens the MHA baseline uses the kernels (reading the cache in place)
+ * instead of BLIS on a float32 tile. */
+#define MLA_ATTN_SMALL_M 16
+
 /* The crossover measured on the development machine (doc/attention.md). */
 #define MLA_ATTN_DEFAULT_CROSSOVER 224
 
@@ -76,6 +80,27 @@ typedef struct mla__tile {
 MLA_INTERNAL void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v,
                                  int64_t first, int64_t n, mla__tile *tile);
 
+/* A tile read in place: tokens [first, first+n) as runs of rows of one span each (segments). */
+typedef struct mla__seg {
+    int64_t t;                   /* first token of the segment within the tile */
+    int64_t n;
+    mla__src latent, rope;       /* row 0 = the segment's first token */
+} mla__seg;
+
+typedef struct mla__rtile {
+    int64_t n, n_seg;
+    mla__seg *seg;               /* up to tile_tokens entries */
+    int64_t *pos;                /* n */
+} mla__rtile;
+
+/* Rows of `width` float32 values as a source. */
+MLA_INTERNAL mla__src mla__f32_src(const float *p, int64_t width);
+
+/* Map tokens [first, first+n) of v to segments. Storage types the kernels do not read in place
+ * (I4) are dequantized into f32 (a float32 tile, as mla__tile_fill) and read from there. */
+MLA_INTERNAL void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v,
+                                 int64_t first, int64_t n, mla__tile *f32, mla__rtile *rt);
+
 /* ---- the paths --------------------------------------------------------------------------------- */
 
 /* A query block: m consecutive queries of one sequence, rows t0 .. t0+m−1 of the sorted batch. */
@@ -98,7 +123,9 @@ typedef struct mla__job {
 
 /* Per-thread scratch for the job loops. */
 typedef struct mla__work {
-    mla__tile tile;
+    mla__tile tile;              /* float32 tile (materialized path, BLIS, I4) */
+    mla__rtile rt;               /* the tile read in place */
+    float *ct;                   /* transposed keys / latents of an in-place tile */
     float *s;                    /* scores / probabilities */
     float *kbuf, *vbuf;          /* materialized keys and values of a tile (MLA only) */
     int64_t *nvis;               /* per query token of the block */
@@ -117,6 +144,9 @@ typedef struct mla__ctx {
     const mla__qblock *blocks;
 } mla__ctx;
 
+/* 1 when an absorbed block of `rows` query rows (tokens × heads) uses the rows as the vector
+ * dimension (and a float32 tile), 0 when it reads the cache in place along the tokens. */
+MLA_INTERNAL int mla__absorbed_rows_wide(int64_t rows);
 MLA_INTERNAL void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 MLA_INTERNAL void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 

@@ -7,8 +7,7 @@
 
 #include "attn/internal.h"
 
-/* Below this many query rows the products go to the kernels instead of BLIS. */
-#define SMALL_M 16
+#define SMALL_M MLA_ATTN_SMALL_M
 
 static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, float *vb)
 {
@@ -39,9 +38,109 @@ static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, floa
                 vb[t * kw + i] += ly->buv[i];
 }
 
+/*
+ * Attention of n_rows query rows of KV head j over an in-place tile (several query tokens, one
+ * head): query row i at q + i·rsq, its softmax state at index row0 + i·rs of the job's,
+ * visibility nvis[i / rpn].
+ */
+static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64_t n,
+                     int32_t j, int64_t n_rows, const float *q, ptrdiff_t rsq,
+                     const int64_t *nvis, int64_t rpn, int64_t row0, int64_t rs)
+{
+    const mla__attn_kernels *k = c->k;
+    int64_t T = c->tile_tokens;
+    float *o = job->o + row0 * job->ldo;
+    ptrdiff_t ldo = (ptrdiff_t)rs * job->ldo;
+    for (int64_t i = 0; i < w->rt.n_seg; i++) {
+        const mla__seg *g = &w->rt.seg[i];
+        k->gemm_dot_src(n_rows, g->n, c->d_h, q, rsq, &g->rope, 0, (int64_t)j * c->d_h, 0.0f,
+                        w->s + g->t, T);
+    }
+    k->softmax_step(n_rows, n, w->s, T, 1, nvis, rpn, job->mx + row0, job->l + row0, rs, o, ldo,
+                    c->d_h);
+    for (int64_t i = 0; i < w->rt.n_seg; i++) {
+        const mla__seg *g = &w->rt.seg[i];
+        k->gemm_bc_src(n_rows, c->d_h, g->n, w->s + g->t, T, 1, &g->latent, 0,
+                       (int64_t)j * c->d_h, 1.0f, o, ldo);
+    }
+}
+
+/* Tokens per step of the one-query MHA loop: every KV head's part of a step's rows is used
+ * while the rows are in L1, so each cached row streams from memory once, in order. */
+#define MHA_STEP 16
+
+/* One query token: all heads' scores over the tile, one softmax step, all heads' sums. */
+static void mha_one(const mla__ctx *c, const mla__job *job, mla__work *w, int64_t n, int64_t t)
+{
+    const mla__qblock *b = &c->blocks[job->block];
+    const mla__attn_kernels *k = c->k;
+    int64_t T = c->tile_tokens, row0 = t * c->n_h;
+    const float *q = c->qg + (b->t0 + t) * c->n_h * (int64_t)c->d_h;
+    float *o = job->o + row0 * job->ldo;
+    for (int64_t i = 0; i < w->rt.n_seg; i++) {
+        const mla__seg *g = &w->rt.seg[i];
+        for (int64_t u = 0; u < g->n; u += MHA_STEP) {
+            int64_t nu = g->n - u < MHA_STEP ? g->n - u : MHA_STEP;
+            for (int64_t j = 0; j < c->n_kv; j++)
+                k->gemm_dot_src(c->g, nu, c->d_h, q + j * c->g * c->d_h, c->d_h, &g->rope, u,
+                                j * c->d_h, 0.0f, w->s + j * c->g * T + g->t + u, T);
+        }
+    }
+    k->softmax_step(c->n_h, n, w->s, T, 1, w->nvis + t, c->n_h, job->mx + row0, job->l + row0,
+                    1, o, job->ldo, c->d_h);
+    for (int64_t i = 0; i < w->rt.n_seg; i++) {
+        const mla__seg *g = &w->rt.seg[i];
+        for (int64_t u = 0; u < g->n; u += MHA_STEP) {
+            int64_t nu = g->n - u < MHA_STEP ? g->n - u : MHA_STEP;
+            for (int64_t j = 0; j < c->n_kv; j++)
+                k->gemm_bc_src(c->g, c->d_h, nu, w->s + j * c->g * T + g->t + u, T, 1,
+                               &g->latent, u, j * c->d_h, 1.0f, o + j * c->g * job->ldo,
+                               job->ldo);
+        }
+    }
+}
+
+/* The MHA baseline for few query tokens (decode): cached keys and values read in place and
+ * converted in registers (memory-bound: no float32 copy of the tile). */
+static void mha_in_place(const mla__ctx *c, const mla__job *job, mla__work *w)
+{
+    const mla__qblock *b = &c->blocks[job->block];
+    int64_t T = c->tile_tokens, ldq = (int64_t)c->n_h * c->d_h;
+    mla__rtile *rt = &w->rt;
+    for (int64_t first = job->c0; first < job->c1; first += T) {
+        int64_t n = job->c1 - first < T ? job->c1 - first : T;
+        mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
+        int64_t t_from = rt->pos[0] - b->p0;
+        if (t_from < 0)
+            t_from = 0;
+        if (t_from >= b->m)
+            continue;
+        int64_t v = 0;
+        for (int64_t t = t_from; t < b->m; t++) {
+            while (v < n && rt->pos[v] <= b->p0 + t)
+                v++;
+            w->nvis[t] = v;
+        }
+        int64_t rows = b->m - t_from;
+        if (rows == 1) {
+            mha_one(c, job, w, n, t_from);
+            continue;
+        }
+        for (int64_t h = 0; h < c->n_h; h++) {
+            const float *q = c->qg + ((b->t0 + t_from) * c->n_h + h) * (int64_t)c->d_h;
+            mha_rows(c, job, w, n, (int32_t)(h / c->g), rows, q, ldq, w->nvis + t_from, 1,
+                     t_from * c->n_h + h, c->n_h);
+        }
+    }
+}
+
 void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w)
 {
     const mla__qblock *b = &c->blocks[job->block];
+    if (c->layer->kind == MLA_LAYER_MHA && b->m < SMALL_M) {
+        mha_in_place(c, job, w);
+        return;
+    }
     const mla__attn_kernels *k = c->k;
     int mha = c->layer->kind == MLA_LAYER_MHA;
     int64_t kw = (int64_t)c->n_kv * c->d_h;

@@ -1,8 +1,8 @@
 /*
  * AVX-512 dequantization of cache spans, selected at run time (mla_cpu()). Every conversion is
  * exact or one IEEE float multiplication, as in the portable kernel, so the results are equal bit
- * for bit; tests/cache/test_quant.c checks that. Runs of fewer than 16 values take the portable
- * path.
+ * for bit; tests/cache/test_quant.c checks that. Tails of rows (widths not a multiple of 16)
+ * use masked loads and stores; only I4 group tails take the scalar path.
  */
 #include <string.h>
 
@@ -11,14 +11,14 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #  include <immintrin.h>
 #  define HAVE_AVX512_KERNEL 1
-#  define TARGET __attribute__((target("avx512f,avx512bw")))
+#  define TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
 #endif
 
 int mla__cache_have_avx512(void)
 {
 #ifdef HAVE_AVX512_KERNEL
     const mla_cpu_features *f = mla_cpu();
-    return f->avx512f && f->avx512bw;
+    return f->avx512f && f->avx512bw && f->avx512vl;
 #else
     return 0;
 #endif
@@ -35,15 +35,16 @@ TARGET static void float_row(mla_dtype t, const void *src, size_t n, float *y)
         return;
     }
     const uint16_t *h = src;
-    for (; i + 16 <= n; i += 16) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(h + i));
+    /* The tail (SmolLM's RoPE width 24, odd latent widths) with masked loads and stores: the
+     * lanes past n are neither read nor written. */
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        __m256i v = _mm256_maskz_loadu_epi16(m, h + i);
         __m512 f = t == MLA_DTYPE_F16
                        ? _mm512_cvtph_ps(v)
                        : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-        _mm512_storeu_ps(y + i, f);
+        _mm512_mask_storeu_ps(y + i, m, f);
     }
-    if (i < n)
-        mla_to_f32(y + i, h + i, t, n - i);
 }
 
 /* 16 consecutive i8 or i4 values starting at value index i of a row, as float32 times scale. */
@@ -73,6 +74,14 @@ TARGET static void quant_row(const mla_cache_layer_format *f, const unsigned cha
         size_t i = 0;
         for (; i + 16 <= gs; i += 16)
             _mm512_storeu_ps(y + g0 + i, q16(f->latent_dtype, row, g0 + i, vs));
+        if (i < gs && f->latent_dtype == MLA_DTYPE_I8) {
+            /* An I8 group tail: masked load and store. */
+            __mmask16 m = (__mmask16)((1u << (gs - i)) - 1u);
+            __m128i b = _mm_maskz_loadu_epi8(m, row + g0 + i);
+            _mm512_mask_storeu_ps(y + g0 + i, m,
+                                  _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), vs));
+            i = gs;
+        }
         for (; i < gs; i++) {
             size_t k = g0 + i;
             int v;

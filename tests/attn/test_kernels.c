@@ -1,7 +1,9 @@
 /*
  * Each vectorized kernel against the portable one (the oracle), over shapes that hit every
  * block size and tail: products to float32 rounding of the sums, the online-softmax step in both
- * score layouts with rows seeing different numbers of tokens, including none.
+ * score layouts with rows seeing different numbers of tokens, including none; the kernels that
+ * read cached rows in place (every storage type, odd widths and offsets for the vector tails)
+ * against the portable conversion, which is itself checked against exactly representable values.
  */
 #include <math.h>
 #include <string.h>
@@ -116,18 +118,206 @@ static void test_softmax(const mla__attn_kernels *v, const mla__attn_kernels *p,
           v->name, columns ? "column" : "row", worst);
 }
 
+/* A source of `rows` rows of width w in storage type t (row stride padded by a few bytes), whose
+ * values are exactly representable (multiples of 1/64 below 4 in magnitude; I8 values times
+ * per-group scales), so the exact float32 value of each element is known: exact[t·w + k]. */
+typedef struct test_src {
+    mla__src s;
+    unsigned char *mem;
+    float *scales, *exact;
+} test_src;
+
+static void src_make(test_src *ts, mla_dtype t, int64_t rows, int64_t w, int32_t group,
+                     unsigned long long *seed)
+{
+    size_t es = t == MLA_DTYPE_F32 ? 4 : t == MLA_DTYPE_I8 ? 1 : 2;
+    ptrdiff_t ld = (ptrdiff_t)(w * (int64_t)es + 6);
+    int64_t ng = t == MLA_DTYPE_I8 ? (w + group - 1) / group : 0;
+    ts->mem = calloc((size_t)(rows * ld + 8), 1);
+    ts->scales = malloc((size_t)(rows * ng + 1) * sizeof(float));
+    ts->exact = malloc((size_t)(rows * w + 1) * sizeof(float));
+    for (int64_t i = 0; i < rows * ng; i++)
+        ts->scales[i] = (float)(0.01 + fabs(tap_rand(seed)));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < w; k++) {
+            unsigned char *at = ts->mem + r * ld + k * (int64_t)es;
+            float v = (float)floor(tap_rand(seed) * 256.0) / 64.0f;
+            uint16_t h;
+            if (t == MLA_DTYPE_F16) {
+                h = mla_f32_to_f16(v);
+                memcpy(at, &h, 2);
+            } else if (t == MLA_DTYPE_BF16) {
+                h = mla_f32_to_bf16(v);
+                memcpy(at, &h, 2);
+            } else if (t == MLA_DTYPE_I8) {
+                int8_t q = (int8_t)floor(tap_rand(seed) * 127.0);
+                *at = (unsigned char)q;
+                v = (float)q * ts->scales[r * ng + k / group];
+            } else {
+                memcpy(at, &v, 4);
+            }
+            ts->exact[r * w + k] = v;
+        }
+    ts->s.p = ts->mem;
+    ts->s.ld = ld;
+    ts->s.t = t;
+    ts->s.sc = ts->scales;
+    ts->s.lds = ng;
+    ts->s.group = group;
+}
+
+static void src_free(test_src *ts)
+{
+    free(ts->mem);
+    free(ts->scales);
+    free(ts->exact);
+}
+
+static const mla_dtype src_types[] = {MLA_DTYPE_F32, MLA_DTYPE_F16, MLA_DTYPE_BF16, MLA_DTYPE_I8};
+static const char *const src_names[] = {"f32", "f16", "bf16", "i8"};
+
+/* The portable conversion against the exactly known values. */
+static void test_src_get(void)
+{
+    unsigned long long seed = 21;
+    for (int d = 0; d < 4; d++) {
+        test_src ts;
+        int64_t rows = 5, w = 53;
+        src_make(&ts, src_types[d], rows, w, 4, &seed);
+        int64_t bad = 0;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t k = 0; k < w; k++)
+                bad += mla__src_get(&ts.s, r, k) != ts.exact[r * w + k];
+        CHECK(bad == 0, "portable conversion of %s rows exact (%lld wrong)", src_names[d],
+              (long long)bad);
+        src_free(&ts);
+    }
+}
+
+/* load_t (a conversion: bit for bit) and gemm_bc_src (to rounding) against the portable ones. */
+static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels *p)
+{
+    static const int64_t ms[] = {1, 3, 9, 13};
+    static const int64_t ns[] = {1, 5, 16, 24, 33, 48, 53, 70};
+    static const int64_t ks[] = {0, 1, 7, 33};
+    static const int32_t groups[] = {4, 32};
+    unsigned long long seed = 33;
+    for (int d = 0; d < 4; d++)
+        for (int gi = 0; gi < 2; gi++) {
+            int64_t rows = 45, w = 160;
+            test_src ts;
+            src_make(&ts, src_types[d], rows, w, groups[gi], &seed);
+            /* load_t over odd token counts, widths and offsets */
+            int64_t bad = 0;
+            for (int64_t n = 1; n <= 40; n += 13)
+                for (int64_t kw = 1; kw <= 70; kw += 23)
+                    for (int64_t col0 = 0; col0 <= 9; col0 += 9) {
+                        ptrdiff_t ldd = n + 3;
+                        size_t sz = (size_t)(kw * ldd);
+                        float *d0 = malloc(sz * sizeof *d0), *d1 = malloc(sz * sizeof *d1);
+                        for (size_t i = 0; i < sz; i++)
+                            d0[i] = d1[i] = -7.0f;
+                        v->load_t(&ts.s, 2, n, col0, kw, d0, ldd);
+                        p->load_t(&ts.s, 2, n, col0, kw, d1, ldd);
+                        bad += memcmp(d0, d1, sz * sizeof *d0) != 0;
+                        free(d0);
+                        free(d1);
+                    }
+            CHECK(bad == 0, "%s load_t equals portable bit for bit (%s, group %d; %lld cases "
+                  "differ)", v->name, src_names[d], (int)groups[gi], (long long)bad);
+            double worst = 0;
+            for (size_t a = 0; a < 4; a++)
+                for (size_t b = 0; b < 8; b++)
+                    for (size_t c = 0; c < 4; c++)
+                        for (int variant = 0; variant < 2; variant++) {
+                            int64_t m = ms[a], n = ns[b], k = ks[c], col0 = variant ? 7 : 0;
+                            float beta = variant ? 1.0f : 0.0f;
+                            ptrdiff_t rsa = variant ? 1 : k + 3, csa = variant ? m + 2 : 1;
+                            ptrdiff_t ldc = n + 2;
+                            float *A = randv((size_t)((m + 2) * (k + 3) + 8), &seed);
+                            float *C0 = randv((size_t)(m * ldc), &seed);
+                            float *C1 = malloc((size_t)(m * ldc) * sizeof *C1);
+                            memcpy(C1, C0, (size_t)(m * ldc) * sizeof *C1);
+                            v->gemm_bc_src(m, n, k, A, rsa, csa, &ts.s, 3, col0, beta, C0, ldc);
+                            p->gemm_bc_src(m, n, k, A, rsa, csa, &ts.s, 3, col0, beta, C1, ldc);
+                            double e = prod_err(C0, C1, (size_t)(m * ldc), k + 1);
+                            worst = e > worst || e != e ? e : worst;
+                            free(A);
+                            free(C0);
+                            free(C1);
+                        }
+            CHECK(worst < 1e-6, "%s gemm_bc_src equals portable (%s, group %d; max rel err per "
+                  "term %.2e)", v->name, src_names[d], (int)groups[gi], worst);
+            /* gemm_dot_src: A m × k (lda k + 3), B rows t0 .. t0+n−1 of the source. */
+            worst = 0;
+            for (size_t a = 0; a < 4; a++)
+                for (size_t b = 0; b < 8; b++)
+                    for (size_t c = 0; c < 4; c++)
+                        for (int variant = 0; variant < 2; variant++) {
+                            int64_t m = ms[a], n = ns[b] < 40 ? ns[b] : 40, k = ks[c] + 30;
+                            int64_t col0 = variant ? 11 : 0;
+                            float beta = variant ? 1.0f : 0.0f;
+                            ptrdiff_t ldc = n + 2;
+                            float *A = randv((size_t)(m * (k + 3)), &seed);
+                            float *C0 = randv((size_t)(m * ldc), &seed);
+                            float *C1 = malloc((size_t)(m * ldc) * sizeof *C1);
+                            memcpy(C1, C0, (size_t)(m * ldc) * sizeof *C1);
+                            v->gemm_dot_src(m, n, k, A, k + 3, &ts.s, 4, col0, beta, C0, ldc);
+                            p->gemm_dot_src(m, n, k, A, k + 3, &ts.s, 4, col0, beta, C1, ldc);
+                            double e = prod_err(C0, C1, (size_t)(m * ldc), k + 1);
+                            worst = e > worst || e != e ? e : worst;
+                            free(A);
+                            free(C0);
+                            free(C1);
+                        }
+            CHECK(worst < 1e-6, "%s gemm_dot_src equals portable (%s, group %d; max rel err per "
+                  "term %.2e)", v->name, src_names[d], (int)groups[gi], worst);
+            /* gemm_bc_asrc: A rows t0 .. t0+m−1 of the source; k past one converted panel. */
+            static const int64_t ks2[] = {0, 5, 33, 150};
+            worst = 0;
+            for (size_t a = 0; a < 4; a++)
+                for (size_t b = 0; b < 8; b++)
+                    for (size_t c = 0; c < 4; c++)
+                        for (int variant = 0; variant < 2; variant++) {
+                            int64_t m = ms[a] + (variant ? 17 : 0), n = ns[b];
+                            int64_t k = ks2[c] < w - 9 ? ks2[c] : w - 9;
+                            int64_t col0 = variant ? 9 : 0;
+                            float beta = variant ? 1.0f : 0.0f;
+                            ptrdiff_t ldb = n + 5, ldc = n + 2;
+                            float *B = randv((size_t)(k * ldb + 1), &seed);
+                            float *C0 = randv((size_t)(m * ldc), &seed);
+                            float *C1 = malloc((size_t)(m * ldc) * sizeof *C1);
+                            memcpy(C1, C0, (size_t)(m * ldc) * sizeof *C1);
+                            v->gemm_bc_asrc(m, n, k, &ts.s, 1, col0, B, ldb, beta, C0, ldc);
+                            p->gemm_bc_asrc(m, n, k, &ts.s, 1, col0, B, ldb, beta, C1, ldc);
+                            double e = prod_err(C0, C1, (size_t)(m * ldc), k + 1);
+                            worst = e > worst || e != e ? e : worst;
+                            free(B);
+                            free(C0);
+                            free(C1);
+                        }
+            CHECK(worst < 1e-6, "%s gemm_bc_asrc equals portable (%s, group %d; max rel err per "
+                  "term %.2e)", v->name, src_names[d], (int)groups[gi], worst);
+            src_free(&ts);
+        }
+}
+
 int main(void)
 {
     const mla__attn_kernels *p = &mla__attn_kernels_portable;
     const mla__attn_kernels *best = mla__attn_kernels_best();
-    CHECK(best != NULL && best->gemm_bc && best->gemm_dot && best->softmax_step,
+    CHECK(best != NULL && best->gemm_bc && best->gemm_dot && best->softmax_step &&
+              best->load_t && best->gemm_bc_src && best->gemm_dot_src &&
+              best->gemm_bc_asrc,
           "kernel table chosen (%s)", best ? best->name : "none");
+    test_src_get();
 #ifdef MLA_ATTN_HAVE_AVX512
     const mla_cpu_features *f = mla_cpu();
     if (f->avx512f && f->avx512bw && f->avx512vl && f->fma) {
         test_products(&mla__attn_kernels_avx512, p);
         test_softmax(&mla__attn_kernels_avx512, p, 1);
         test_softmax(&mla__attn_kernels_avx512, p, 0);
+        test_src_kernels(&mla__attn_kernels_avx512, p);
     } else {
         printf("ok %d # SKIP this CPU has no AVX-512\n", ++tap_count);
     }

@@ -333,8 +333,329 @@ static TGT void softmax_step(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t 
     }
 }
 
+/* ---- cached rows converted in registers --------------------------------------------------- */
+
+/* Storage types as compile-time constants of the inlined loops. */
+enum { DT_F32, DT_F16, DT_BF16, DT_I8 };
+
+static int dt_of(mla_dtype t)
+{
+    return t == MLA_DTYPE_F16 ? DT_F16 : t == MLA_DTYPE_BF16 ? DT_BF16 : t == MLA_DTYPE_I8 ? DT_I8
+                                                                                          : DT_F32;
+}
+
+/* Scales of columns k .. k+15 of row t (I8): one broadcast when they share a group. */
+INL __m512 scale16(const mla__src *s, int64_t t, int64_t k)
+{
+    const float *sc = s->sc + t * s->lds;
+    int64_t g0 = k / s->group, g1 = (k + 15) / s->group;
+    if (g0 == g1)
+        return _mm512_set1_ps(sc[g0]);
+    float v[16];
+    for (int i = 0; i < 16; i++)
+        v[i] = sc[(k + i) / s->group];
+    return _mm512_loadu_ps(v);
+}
+
+/* Elements (t, k .. k+15) as float32; lanes outside msk are 0 and their memory is not read.
+ * Every conversion is exact (I8: one float multiplication), as in mla__src_get. */
+INL __m512 load16(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask16 msk)
+{
+    const unsigned char *row = s->p + t * s->ld;
+    if (dt == DT_F32)
+        return _mm512_maskz_loadu_ps(msk, row + 4 * k);
+    if (dt == DT_F16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(msk, row + 2 * k));
+    if (dt == DT_BF16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(msk, row + 2 * k)),
+                              16));
+    __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(msk, row + k)));
+    return _mm512_mul_ps(q, scale16(s, t, k));
+}
+
+/* In-register transpose of 16 rows of 16 floats: column c of the rows ends up in r[c]. */
+INL void transpose16(__m512 r[16])
+{
+    __m512 t[16], u[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4i + c], 128-bit lane L: rows 4i .. 4i+3 of column 4L + c */
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+        __m512 v1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        __m512 w0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+        __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_f32x4(v0, v1, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(v0, v1, 0xdd);
+        r[4 + c] = _mm512_shuffle_f32x4(w0, w1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(w0, w1, 0xdd);
+    }
+}
+
+INL void load_t_dt(const int dt, const mla__src *s, int64_t t0, int64_t n, int64_t col0,
+                   int64_t kw, float *dst, ptrdiff_t ldd)
+{
+    for (int64_t t = 0; t < n; t += 16) {
+        int64_t nt = n - t < 16 ? n - t : 16;
+        __mmask16 mt = tail_mask(nt);
+        for (int64_t k = 0; k < kw; k += 16) {
+            int64_t nk = kw - k < 16 ? kw - k : 16;
+            __mmask16 mk = tail_mask(nk);
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                r[i] = i < nt ? load16(dt, s, t0 + t + i, col0 + k, mk) : _mm512_setzero_ps();
+            transpose16(r);
+#pragma GCC unroll 16
+            for (int c = 0; c < 16; c++)
+                if (c < nk)
+                    _mm512_mask_storeu_ps(dst + (k + c) * ldd + t, mt, r[c]);
+        }
+    }
+}
+
+static TGT void load_t(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
+                       float *dst, ptrdiff_t ldd)
+{
+    switch (dt_of(s->t)) {
+    case DT_F16: load_t_dt(DT_F16, s, t0, n, col0, kw, dst, ldd); break;
+    case DT_BF16: load_t_dt(DT_BF16, s, t0, n, col0, kw, dst, ldd); break;
+    case DT_I8: load_t_dt(DT_I8, s, t0, n, col0, kw, dst, ldd); break;
+    default: load_t_dt(DT_F32, s, t0, n, col0, kw, dst, ldd); break;
+    }
+}
+
+/* bc_block with B's rows converted from a source as they are loaded. */
+INL void bcs_block(const int dt, const int mr, const int nv, int64_t rows, int64_t ncols,
+                   int64_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b,
+                   int64_t t0, int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    __m512 acc[12][4];
+    __mmask16 msk[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+        msk[v] = tail_mask(ncols - 16 * v > 0 ? ncols - 16 * v : 0);
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < k; kk++) {
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            bv[v] = load16(dt, b, t0 + kk, col0 + 16 * v, msk[v]);
+        const float *ak = a + kk * csa;
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
+            if (r < rows) {
+                __m512 av = _mm512_set1_ps(ak[r * rsa]);
+#pragma GCC unroll 4
+                for (int v = 0; v < nv; v++)
+                    acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+            }
+        }
+    }
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++) {
+        if (r < rows) {
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                float *cp = c + r * ldc + 16 * v;
+                __m512 x = acc[r][v];
+                if (beta != 0.0f)
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(msk[v], cp));
+                _mm512_mask_storeu_ps(cp, msk[v], x);
+            }
+        }
+    }
+}
+
+INL void bcs_panel(const int dt, const int mr, const int nv, int64_t m, int64_t n, int64_t k,
+                   const float *a, ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
+                   int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    for (int64_t j = 0; j < n; j += 16 * nv) {
+        int64_t i = 0;
+        for (; i + mr <= m; i += mr)
+            bcs_block(dt, mr, nv, mr, n - j, k, a + i * rsa, rsa, csa, b, t0, col0 + j, beta,
+                      c + i * ldc + j, ldc);
+        if (i < m)
+            bcs_block(dt, mr, nv, m - i, n - j, k, a + i * rsa, rsa, csa, b, t0, col0 + j, beta,
+                      c + i * ldc + j, ldc);
+    }
+}
+
+/* Blocks chosen by the width as in gemm_bc; up to 9 rows × 48 columns in one block (SmolLM's
+ * 9 heads over a 48-wide latent convert each row of B once). */
+INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const float *a,
+                        ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
+                        int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    if (n <= 16)
+        bcs_panel(dt, 12, 1, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
+    else if (n <= 32)
+        bcs_panel(dt, 12, 2, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
+    else if (n <= 48)
+        bcs_panel(dt, 9, 3, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
+    else
+        bcs_panel(dt, 6, 4, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
+}
+
+static TGT void gemm_bc_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+                            ptrdiff_t csa, const mla__src *b, int64_t t0, int64_t col0,
+                            float beta, float *c, ptrdiff_t ldc)
+{
+    switch (dt_of(b->t)) {
+    case DT_F16: gemm_bc_src_dt(DT_F16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    case DT_BF16: gemm_bc_src_dt(DT_BF16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    case DT_I8: gemm_bc_src_dt(DT_I8, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    default: gemm_bc_src_dt(DT_F32, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    }
+}
+
+/* The four sums of a, b, c, d (16 lanes each) as one 128-bit vector. */
+INL __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 x = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xee));
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
+    __m256 y = _mm256_add_ps(_mm512_castps512_ps256(x), hi);
+    return _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
+}
+
+/* Up to 4 rows of A × 4 rows of B (tokens), B converted as loaded; the 4 dot products of a row
+ * reduced together. Rows are streamed in order: the keys of a tile are read once, contiguously
+ * (a transposed copy costs more shuffles than these reductions). */
+INL void dots_block(const int dt, int64_t rows, int64_t toks, int64_t k, const float *a,
+                    ptrdiff_t lda, const mla__src *b, int64_t t0, int64_t col0, float beta,
+                    float *c, ptrdiff_t ldc)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+            acc[r][q] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < k; kk += 16) {
+        __mmask16 mk = tail_mask(k - kk);
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+            bv[q] = q < toks ? load16(dt, b, t0 + q, col0 + kk, mk) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            if (r < rows) {
+                __m512 av = _mm512_maskz_loadu_ps(mk, a + r * lda + kk);
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++)
+                    acc[r][q] = _mm512_fmadd_ps(av, bv[q], acc[r][q]);
+            }
+        }
+    }
+    __mmask8 mt = (__mmask8)((1u << toks) - 1u);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        if (r < rows) {
+            __m128 sv = reduce4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+            float *cp = c + r * ldc;
+            if (beta != 0.0f)
+                sv = _mm_add_ps(sv, _mm_maskz_loadu_ps(mt, cp));
+            _mm_mask_storeu_ps(cp, mt, sv);
+        }
+    }
+}
+
+INL void gemm_dot_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const float *a,
+                         ptrdiff_t lda, const mla__src *b, int64_t t0, int64_t col0, float beta,
+                         float *c, ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i += 4) {
+        int64_t rows = m - i < 4 ? m - i : 4;
+        for (int64_t j = 0; j < n; j += 4)
+            dots_block(dt, rows, n - j < 4 ? n - j : 4, k, a + i * lda, lda, b, t0 + j, col0,
+                       beta, c + i * ldc + j, ldc);
+    }
+}
+
+static TGT void gemm_dot_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t lda,
+                             const mla__src *b, int64_t t0, int64_t col0, float beta, float *c,
+                             ptrdiff_t ldc)
+{
+    switch (dt_of(b->t)) {
+    case DT_F16: gemm_dot_src_dt(DT_F16, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    case DT_BF16: gemm_dot_src_dt(DT_BF16, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    case DT_I8: gemm_dot_src_dt(DT_I8, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    default: gemm_dot_src_dt(DT_F32, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    }
+}
+
+/* Panels of whole rows of A converted to float32 in a 32 KiB buffer, then the float32 kernel:
+ * one conversion per value against n multiply-adds (n = 32 query heads for Llama-2-7B). Whole
+ * rows are converted in memory order, so the cached rows stream in at the prefetchers' pace. */
+#define ASRC_BUF 8192
+#define ASRC_M 24
+
+INL void asrc_convert(const int dt, const mla__src *a, int64_t t0, int64_t rows, int64_t col0,
+                      int64_t kc, float *buf)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t kk = 0; kk < kc; kk += 16) {
+            __mmask16 mk = tail_mask(kc - kk);
+            _mm512_mask_storeu_ps(buf + r * kc + kk, mk, load16(dt, a, t0 + r, col0 + kk, mk));
+        }
+}
+
+static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int64_t t0,
+                             int64_t col0, const float *b, ptrdiff_t ldb, float beta, float *c,
+                             ptrdiff_t ldc)
+{
+    int dt = dt_of(a->t);
+    if (dt == DT_F32 && a->ld % (ptrdiff_t)sizeof(float) == 0 &&
+        (uintptr_t)a->p % sizeof(float) == 0) {
+        /* Aligned float32 rows are read where they are. */
+        gemm_bc(m, n, k, (const float *)(const void *)(a->p + t0 * a->ld) + col0,
+                a->ld / (ptrdiff_t)sizeof(float), 1, b, ldb, beta, c, ldc);
+        return;
+    }
+    float buf[ASRC_BUF];
+    int64_t kc_max = k < ASRC_BUF ? (k > 0 ? k : 1) : ASRC_BUF;
+    int64_t pm = ASRC_BUF / kc_max < ASRC_M ? ASRC_BUF / kc_max : ASRC_M;
+    for (int64_t i = 0; i < m; i += pm) {
+        int64_t rows = m - i < pm ? m - i : pm;
+        if (k == 0) {
+            gemm_bc(rows, n, 0, buf, 1, 1, b, ldb, beta, c + i * ldc, ldc);
+            continue;
+        }
+        for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
+            int64_t kc = k - k0 < kc_max ? k - k0 : kc_max;
+            switch (dt) {
+            case DT_F16: asrc_convert(DT_F16, a, t0 + i, rows, col0 + k0, kc, buf); break;
+            case DT_BF16: asrc_convert(DT_BF16, a, t0 + i, rows, col0 + k0, kc, buf); break;
+            case DT_I8: asrc_convert(DT_I8, a, t0 + i, rows, col0 + k0, kc, buf); break;
+            default: asrc_convert(DT_F32, a, t0 + i, rows, col0 + k0, kc, buf); break;
+            }
+            gemm_bc(rows, n, kc, buf, kc, 1, b + k0 * ldb, ldb, k0 == 0 ? beta : 1.0f,
+                    c + i * ldc, ldc);
+        }
+    }
+}
+
 const mla__attn_kernels mla__attn_kernels_avx512 = {
-    "avx512", gemm_bc, gemm_dot, softmax_step,
+    "avx512", gemm_bc, gemm_dot, softmax_step, load_t, gemm_bc_src, gemm_dot_src, gemm_bc_asrc,
 };
 
 #endif /* MLA_ATTN_HAVE_AVX512 */

@@ -18,6 +18,39 @@
 
 #include "core/core.h"
 
+/*
+ * Cached rows read in place (no float32 copy of the tile): element (t, k) of a source is the
+ * value at column k of row t, converted to float32 in registers. F32, F16, BF16 and I8 (value ·
+ * sc[t·lds + k / group]); the other storage types are converted to a float32 tile first.
+ */
+typedef struct mla__src {
+    const unsigned char *p;      /* row 0, column 0 */
+    ptrdiff_t ld;                /* bytes between rows */
+    mla_dtype t;
+    const float *sc;             /* I8: scales of row 0 */
+    ptrdiff_t lds;               /* I8: floats between rows' scales */
+    int32_t group;               /* I8: values per scale */
+} mla__src;
+
+/* dst[k·ldd + t] = element (t0 + t, col0 + k) for t < n, k < kw: rows transposed to float32
+ * columns (the layout gemm_bc vectorizes along the tokens). */
+typedef void (*mla__load_t_fn)(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
+                               int64_t kw, float *dst, ptrdiff_t ldd);
+/* gemm_bc with B read from a source: B(k, j) = element (t0 + k, col0 + j). */
+typedef void (*mla__gemm_bc_src_fn)(int64_t m, int64_t n, int64_t k, const float *a,
+                                    ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
+                                    int64_t col0, float beta, float *c, ptrdiff_t ldc);
+/* gemm_dot with B's rows read from a source: C(i, j) = beta·C + Σ_kk A(i, kk)·element
+ * (t0 + j, col0 + kk); A rows contiguous along k (lda). Scores against cached keys rows. */
+typedef void (*mla__gemm_dot_src_fn)(int64_t m, int64_t n, int64_t k, const float *a,
+                                     ptrdiff_t lda, const mla__src *b, int64_t t0, int64_t col0,
+                                     float beta, float *c, ptrdiff_t ldc);
+/* gemm_bc with A read from a source: C(i, j) = beta·C + Σ_kk element(t0 + i, col0 + kk)·B(kk, j).
+ * Scores of many query rows (the heads, vectorized along B's columns) against cached latents. */
+typedef void (*mla__gemm_bc_asrc_fn)(int64_t m, int64_t n, int64_t k, const mla__src *a,
+                                     int64_t t0, int64_t col0, const float *b, ptrdiff_t ldb,
+                                     float beta, float *c, ptrdiff_t ldc);
+
 typedef void (*mla__gemm_bc_fn)(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
                                 ptrdiff_t csa, const float *b, ptrdiff_t ldb, float beta,
                                 float *c, ptrdiff_t ldc);
@@ -41,7 +74,14 @@ typedef struct mla__attn_kernels {
     mla__gemm_bc_fn gemm_bc;
     mla__gemm_dot_fn gemm_dot;
     mla__softmax_step_fn softmax_step;
+    mla__load_t_fn load_t;
+    mla__gemm_bc_src_fn gemm_bc_src;
+    mla__gemm_dot_src_fn gemm_dot_src;
+    mla__gemm_bc_asrc_fn gemm_bc_asrc;
 } mla__attn_kernels;
+
+/* Element (t, k) of a source (the portable conversion every kernel must reproduce exactly). */
+MLA_INTERNAL float mla__src_get(const mla__src *s, int64_t t, int64_t k);
 
 MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_portable;
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -66,6 +66,81 @@ static void softmax_step(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t s_ro
     }
 }
 
+float mla__src_get(const mla__src *s, int64_t t, int64_t k)
+{
+    const unsigned char *row = s->p + t * s->ld;
+    uint16_t h;
+    float f;
+    switch (s->t) {
+    case MLA_DTYPE_F16:
+        memcpy(&h, row + 2 * k, sizeof h);
+        return mla_f16_to_f32(h);
+    case MLA_DTYPE_BF16:
+        memcpy(&h, row + 2 * k, sizeof h);
+        return mla_bf16_to_f32(h);
+    case MLA_DTYPE_I8:
+        return (float)(int8_t)row[k] * s->sc[t * s->lds + k / s->group];
+    default:
+        memcpy(&f, row + 4 * k, sizeof f);
+        return f;
+    }
+}
+
+static void load_t(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
+                   float *dst, ptrdiff_t ldd)
+{
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t k = 0; k < kw; k++)
+            dst[k * ldd + t] = mla__src_get(s, t0 + t, col0 + k);
+}
+
+static void gemm_bc_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+                        ptrdiff_t csa, const mla__src *b, int64_t t0, int64_t col0, float beta,
+                        float *c, ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i++) {
+        float *ci = c + i * ldc;
+        if (beta == 0.0f)
+            memset(ci, 0, (size_t)n * sizeof *ci);
+        for (int64_t kk = 0; kk < k; kk++) {
+            float aik = a[i * rsa + kk * csa];
+            for (int64_t j = 0; j < n; j++)
+                ci[j] += aik * mla__src_get(b, t0 + kk, col0 + j);
+        }
+    }
+}
+
+static void gemm_dot_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t lda,
+                         const mla__src *b, int64_t t0, int64_t col0, float beta, float *c,
+                         ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int64_t kk = 0; kk < k; kk++)
+                s += a[i * lda + kk] * mla__src_get(b, t0 + j, col0 + kk);
+            c[i * ldc + j] = (beta == 0.0f ? 0.0f : c[i * ldc + j]) + s;
+        }
+}
+
+static void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int64_t t0,
+                         int64_t col0, const float *b, ptrdiff_t ldb, float beta, float *c,
+                         ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i++) {
+        float *ci = c + i * ldc;
+        if (beta == 0.0f)
+            memset(ci, 0, (size_t)n * sizeof *ci);
+        for (int64_t kk = 0; kk < k; kk++) {
+            float aik = mla__src_get(a, t0 + i, col0 + kk);
+            const float *bk = b + kk * ldb;
+            for (int64_t j = 0; j < n; j++)
+                ci[j] += aik * bk[j];
+        }
+    }
+}
+
 const mla__attn_kernels mla__attn_kernels_portable = {
-    "portable", gemm_bc, gemm_dot, softmax_step,
+    "portable", gemm_bc, gemm_dot, softmax_step, load_t, gemm_bc_src, gemm_dot_src,
+    gemm_bc_asrc,
 };
