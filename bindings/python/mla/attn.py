@@ -24,7 +24,8 @@ class Attn(Handle):
 
     One Attn runs one forward at a time (a second thread calling forward() waits for the first);
     give each thread its own to run in parallel. Distinct Attn objects may run forwards on
-    distinct sequences of one Cache concurrently.
+    distinct sequences of one Cache concurrently; a forward waits for other calls on the
+    sequences of its batch, and for the Cache methods that need the whole cache (see mla.Cache).
     """
 
     def __init__(self, *, n_threads: Optional[int] = None,
@@ -81,7 +82,10 @@ class Attn(Handle):
             check_array(out, np.float32, (n, d_model), "out", writable=True)
             if np.shares_memory(out, x):
                 raise ValueError("out: may not alias x")
-        with self._busy:
+        # The forward writes every sequence of its batch: the cache's shared side plus those
+        # sequences' locks (mla.Cache's threading rules).
+        seqs = np.unique(seq).tolist()
+        with self._busy, cache._lock.shared(seqs):
             status = o.lib.mla_attn_forward(o.ptr, lo.ptr, co.ptr, cache_layer,
                                             ptr(x, ctypes.c_float), n, ptr(seq, ctypes.c_int32),
                                             ptr(pos, ctypes.c_int64), ptr(out, ctypes.c_float))

@@ -12,6 +12,7 @@ from . import _ffi
 from ._arrays import c_string, check_array, int_arg, ptr, set_int
 from ._handle import Handle, Owned
 from ._library import library
+from ._locks import CacheLock
 from .convert import Layer, _defaults
 from .errors import check
 from .types import DType, to_enum
@@ -70,9 +71,13 @@ class CacheStats:
 class Cache(Handle):
     """A latent KV cache for a stack of layers.
 
-    Threading (include/mla/cache.h): reads of distinct sequences, and write() to distinct
-    sequences, may run concurrently from several threads; every other method needs the object to
-    itself. Sequence ids are 0 .. n_seq_max−1; position ranges [p0, p1) with −1 meaning open.
+    Sequence ids are 0 .. n_seq_max−1; position ranges [p0, p1) with −1 meaning open.
+
+    Threads: the methods enforce include/mla/cache.h's rules. write(), read(), seq_length(),
+    seq_pos_min() and seq_pos_max() (and Attn.forward, for the sequences in its batch) run
+    concurrently on distinct sequences; on one sequence they run one at a time. Every other
+    method (reserve, seq_rm, seq_cp, seq_fork, seq_keep, seq_shift, clear, stats, save*, load*)
+    waits until no other call on the cache is running, and holds new ones back meanwhile.
     """
 
     def __init__(self, layers: Sequence[Union[Layer, CacheLayerDesc]], *,
@@ -128,6 +133,7 @@ class Cache(Handle):
         self.latent_dtype = DType(p.latent_dtype)
         self.rope_dtype = DType(p.rope_dtype)
         self.n_seq_max = int(p.n_seq_max)
+        self._lock = CacheLock(self.n_seq_max)
 
     def _desc(self, layer: int) -> CacheLayerDesc:
         if not 0 <= layer < len(self.layers):
@@ -138,8 +144,10 @@ class Cache(Handle):
     def reserve(self, seq: int, pos: int, n_tokens: int) -> None:
         """Append n_tokens empty slots at positions pos.. to seq."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_reserve(o.ptr, _int32(seq, "seq"), _int64(pos, "pos"),
-                                             _int64(n_tokens, "n_tokens")))
+        seq, pos, n_tokens = _int32(seq, "seq"), _int64(pos, "pos"), _int64(n_tokens, "n_tokens")
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_reserve(o.ptr, seq, pos, n_tokens)
+        check(o.lib, status)
 
     def write(self, layer: int, seq: int, pos: int, latent: np.ndarray,
               rope: Optional[np.ndarray] = None) -> None:
@@ -158,42 +166,61 @@ class Cache(Handle):
             check_array(rope, np.float32, (n, d.rope_width), "rope")
         elif rope is not None:
             raise ValueError(f"rope: layer {layer} caches no RoPE part; pass None")
-        check(o.lib, o.lib.mla_cache_write(o.ptr, layer, _int32(seq, "seq"), _int64(pos, "pos"),
-                                           n, ptr(latent, ctypes.c_float),
-                                           ptr(rope, ctypes.c_float)))
+        seq, pos = _int32(seq, "seq"), _int64(pos, "pos")
+        with self._lock.shared((seq,)):
+            status = o.lib.mla_cache_write(o.ptr, layer, seq, pos, n, ptr(latent, ctypes.c_float),
+                                           ptr(rope, ctypes.c_float))
+        check(o.lib, status)
 
     # ---- sequences ----------------------------------------------------------------------------
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         """Remove positions [p0, p1) of seq (seq < 0: of every sequence)."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_rm(o.ptr, _int32(seq, "seq"), _int64(p0, "p0"),
-                                            _int64(p1, "p1")))
+        seq, p0, p1 = _int32(seq, "seq"), _int64(p0, "p0"), _int64(p1, "p1")
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_seq_rm(o.ptr, seq, p0, p1)
+        check(o.lib, status)
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         """Replace dst with src's tokens in [p0, p1), sharing blocks (copy on write)."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_cp(o.ptr, _int32(src, "src"), _int32(dst, "dst"),
-                                            _int64(p0, "p0"), _int64(p1, "p1")))
+        src, dst = _int32(src, "src"), _int32(dst, "dst")
+        p0, p1 = _int64(p0, "p0"), _int64(p1, "p1")
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_seq_cp(o.ptr, src, dst, p0, p1)
+        check(o.lib, status)
 
     def seq_fork(self, src: int, dst: int) -> None:
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_fork(o.ptr, _int32(src, "src"), _int32(dst, "dst")))
+        src, dst = _int32(src, "src"), _int32(dst, "dst")
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_seq_fork(o.ptr, src, dst)
+        check(o.lib, status)
 
     def seq_keep(self, seq: int) -> None:
         """Remove every sequence but seq."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_keep(o.ptr, _int32(seq, "seq")))
+        seq = _int32(seq, "seq")
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_seq_keep(o.ptr, seq)
+        check(o.lib, status)
 
     def seq_shift(self, seq: int, p0: int, p1: int, delta: int) -> None:
         """Add delta to positions [p0, p1) of seq, re-rotating the cached RoPE keys."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_seq_shift(o.ptr, _int32(seq, "seq"), _int64(p0, "p0"),
-                                               _int64(p1, "p1"), _int64(delta, "delta")))
+        seq, p0, p1 = _int32(seq, "seq"), _int64(p0, "p0"), _int64(p1, "p1")
+        delta = _int64(delta, "delta")
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_seq_shift(o.ptr, seq, p0, p1, delta)
+        check(o.lib, status)
 
     def _i64(self, fn: str, seq: int) -> int:
         o = self._own()
+        seq = _int32(seq, "seq")
         v = ctypes.c_int64()
-        check(o.lib, getattr(o.lib, fn)(o.ptr, _int32(seq, "seq"), ctypes.byref(v)))
+        with self._lock.shared((seq,)):
+            status = getattr(o.lib, fn)(o.ptr, seq, ctypes.byref(v))
+        check(o.lib, status)
         return v.value
 
     def seq_pos_min(self, seq: int) -> int:
@@ -209,7 +236,9 @@ class Cache(Handle):
 
     def clear(self) -> None:
         o = self._own()
-        check(o.lib, o.lib.mla_cache_clear(o.ptr))
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_clear(o.ptr)
+        check(o.lib, status)
 
     # ---- reading ------------------------------------------------------------------------------
     def read(self, layer: int, seq: int, first: int = 0,
@@ -221,27 +250,35 @@ class Cache(Handle):
         d = self._desc(layer)
         seq = _int32(seq, "seq")
         first = _int64(first, "first")
-        if n_tokens is None:
-            n_tokens = max(0, self.seq_length(seq) - first)
-        n_tokens = _int64(n_tokens, "n_tokens")
-        if n_tokens < 0:
-            raise ValueError(f"n_tokens: {n_tokens} is negative")
-        latent = np.empty((n_tokens, d.latent_dim), np.float32)
-        rope = np.empty((n_tokens, d.rope_width), np.float32)
-        pos = np.empty(n_tokens, np.int64)
-        check(o.lib, o.lib.mla_cache_seq_read(o.ptr, layer, seq, first, n_tokens,
-                                              ptr(latent, ctypes.c_float),
-                                              ptr(rope, ctypes.c_float) if d.rope_width else None,
-                                              ptr(pos, ctypes.c_int64)))
+        if n_tokens is not None:
+            n_tokens = _int64(n_tokens, "n_tokens")
+            if n_tokens < 0:
+                raise ValueError(f"n_tokens: {n_tokens} is negative")
+        # The length and the tokens under one hold: a write in between would change the length.
+        with self._lock.shared((seq,)):
+            if n_tokens is None:
+                length = ctypes.c_int64()
+                check(o.lib, o.lib.mla_cache_seq_length(o.ptr, seq, ctypes.byref(length)))
+                n_tokens = max(0, length.value - first)
+            latent = np.empty((n_tokens, d.latent_dim), np.float32)
+            rope = np.empty((n_tokens, d.rope_width), np.float32)
+            pos = np.empty(n_tokens, np.int64)
+            status = o.lib.mla_cache_seq_read(
+                o.ptr, layer, seq, first, n_tokens, ptr(latent, ctypes.c_float),
+                ptr(rope, ctypes.c_float) if d.rope_width else None, ptr(pos, ctypes.c_int64))
+        check(o.lib, status)
         return latent, rope, pos
 
     # ---- accounting ---------------------------------------------------------------------------
     @property
     def stats(self) -> CacheStats:
+        """The cache's accounting (walks every sequence: waits for other calls to finish)."""
         o = self._own()
         s = _ffi.mla_cache_stats()
-        check(o.lib, o.lib.mla_cache_get_stats(o.ptr, ctypes.byref(s),
-                                               ctypes.sizeof(_ffi.mla_cache_stats)))
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_get_stats(o.ptr, ctypes.byref(s),
+                                               ctypes.sizeof(_ffi.mla_cache_stats))
+        check(o.lib, status)
         return CacheStats(s.bytes_per_token, s.mha_bytes_per_token, s.block_bytes,
                           s.blocks_total, s.blocks_free, s.tokens_used, s.bytes_used,
                           s.capacity_tokens)
@@ -252,31 +289,43 @@ class Cache(Handle):
         o = self._own()
         seq = _int32(seq, "seq")
         size = ctypes.c_size_t()
-        check(o.lib, o.lib.mla_cache_save_size(o.ptr, seq, ctypes.byref(size)))
-        buf = ctypes.create_string_buffer(max(1, size.value))
         written = ctypes.c_size_t()
-        check(o.lib, o.lib.mla_cache_save(o.ptr, seq, buf, size.value, ctypes.byref(written)))
+        # Size and contents under one hold, so that the buffer fits what is saved.
+        with self._lock.exclusive():
+            check(o.lib, o.lib.mla_cache_save_size(o.ptr, seq, ctypes.byref(size)))
+            buf = ctypes.create_string_buffer(max(1, size.value))
+            status = o.lib.mla_cache_save(o.ptr, seq, buf, size.value, ctypes.byref(written))
+        check(o.lib, status)
         return buf.raw[:written.value]
 
     def load(self, data: Any, seq: int = -1) -> None:
         """Load a snapshot from a bytes-like object (read in place, not copied). On failure the
         cache is left as it was."""
         o = self._own()
+        seq = _int32(seq, "seq")
         mv = memoryview(data)
         if not mv.c_contiguous:
             raise ValueError("data: not a contiguous buffer")
         mv = mv.cast("B")
         n = mv.nbytes
         buf = np.frombuffer(mv, np.uint8) if n else np.zeros(1, np.uint8)
-        check(o.lib, o.lib.mla_cache_load(o.ptr, _int32(seq, "seq"), buf.ctypes.data, n))
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_load(o.ptr, seq, buf.ctypes.data, n)
+        check(o.lib, status)
 
     def save_file(self, path: "Union[str, os.PathLike[str]]", seq: int = -1) -> None:
         """Write a snapshot to path (through a temporary file renamed when complete)."""
         o = self._own()
-        check(o.lib, o.lib.mla_cache_save_file(o.ptr, _int32(seq, "seq"),
-                                               c_string(os.fsencode(path), "path")))
+        seq = _int32(seq, "seq")
+        c_path = c_string(os.fsencode(path), "path")
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_save_file(o.ptr, seq, c_path)
+        check(o.lib, status)
 
     def load_file(self, path: "Union[str, os.PathLike[str]]", seq: int = -1) -> None:
         o = self._own()
-        check(o.lib, o.lib.mla_cache_load_file(o.ptr, _int32(seq, "seq"),
-                                               c_string(os.fsencode(path), "path")))
+        seq = _int32(seq, "seq")
+        c_path = c_string(os.fsencode(path), "path")
+        with self._lock.exclusive():
+            status = o.lib.mla_cache_load_file(o.ptr, seq, c_path)
+        check(o.lib, status)

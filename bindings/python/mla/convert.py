@@ -1,9 +1,11 @@
 """Conversion: calibration statistics, MHA/GQA → MLA conversion, the MLA layer handle."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import math
+import threading
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -126,7 +128,8 @@ class Calib(Handle):
     """Calibration accumulator of one layer (mla_calib): 2-norm statistics and XᵀX.
 
     Copies the layer's q/k projections at creation; feed() the layer's normalized inputs.
-    Not thread-safe on one object.
+    mla_calib is one thread at a time: a lock serializes the methods (and convert() reading it),
+    so threads may share one Calib; their feeds run one after the other.
     """
 
     def __init__(self, geometry: Geometry, weights: LayerWeights, *,
@@ -144,18 +147,25 @@ class Calib(Handle):
                                         ctypes.byref(out)))
         super().__init__(Owned(lib, out, "mla_calib_destroy"))
         self.geometry = geometry
+        # Reentrant only for convert()'s progress callback, which runs on the converting thread
+        # while it holds the lock: a Calib call from there would otherwise hang for good.
+        self._busy = threading.RLock()
 
     def feed(self, x: np.ndarray) -> None:
         """Accumulate x: (n_tokens, d_model) float32, the layer input after its input norm."""
         o = self._own()
         check_array(x, np.float32, (None, self.geometry.d_model), "x")
-        check(o.lib, o.lib.mla_calib_feed(o.ptr, ptr(x, ctypes.c_float), x.shape[0]))
+        with self._busy:
+            status = o.lib.mla_calib_feed(o.ptr, ptr(x, ctypes.c_float), x.shape[0])
+        check(o.lib, status)
 
     @property
     def token_count(self) -> int:
         o = self._own()
         n = ctypes.c_int64()
-        check(o.lib, o.lib.mla_calib_token_count(o.ptr, ctypes.byref(n)))
+        with self._busy:
+            status = o.lib.mla_calib_token_count(o.ptr, ctypes.byref(n))
+        check(o.lib, status)
         return n.value
 
     def qk_stats(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,8 +177,10 @@ class Calib(Handle):
         q = np.empty((g.n_heads, half), np.float32)
         k = np.empty((g.n_kv_heads, half), np.float32)
         s = np.empty((g.n_kv_heads, half), np.float32)
-        check(o.lib, o.lib.mla_calib_qk_stats(o.ptr, ptr(q, ctypes.c_float),
-                                              ptr(k, ctypes.c_float), ptr(s, ctypes.c_float)))
+        with self._busy:
+            status = o.lib.mla_calib_qk_stats(o.ptr, ptr(q, ctypes.c_float),
+                                              ptr(k, ctypes.c_float), ptr(s, ctypes.c_float))
+        check(o.lib, status)
         return q, k, s
 
     def covariance(self) -> np.ndarray:
@@ -176,7 +188,9 @@ class Calib(Handle):
         o = self._own()
         d = self.geometry.d_model
         c = np.empty((d, d), np.float64)
-        check(o.lib, o.lib.mla_calib_covariance(o.ptr, ptr(c, ctypes.c_double)))
+        with self._busy:
+            status = o.lib.mla_calib_covariance(o.ptr, ptr(c, ctypes.c_double))
+        check(o.lib, status)
         return c
 
 
@@ -439,8 +453,10 @@ def convert(geometry: Geometry, weights: LayerWeights, calib: Optional[Calib] = 
             raise ValueError("calib was created with another loaded libmla")
         c_calib = keep.ptr
     out = ctypes.POINTER(_ffi.mla_layer)()
-    status = lib.mla_layer_convert(ctypes.byref(g), ctypes.byref(w), c_calib, ctypes.byref(p),
-                                   ctypes.byref(out))
+    # The conversion reads the calib: no other thread may feed() it meanwhile.
+    with calib._busy if calib is not None else contextlib.nullcontext():
+        status = lib.mla_layer_convert(ctypes.byref(g), ctypes.byref(w), c_calib,
+                                       ctypes.byref(p), ctypes.byref(out))
     del keep
     if errors:
         raise errors[0]
