@@ -3,10 +3,10 @@
  * context lengths, for SmolLM-135M and Llama-2-7B attention shapes; and the absorbed/materialized
  * crossover for prefill chunks. Prints the machine's measured roofs beside every figure.
  *
- *   bench_decode [--quick] [--threads N] [--crossover] [--shape NAME] [--ctx N]
+ *   bench_decode [--quick] [--threads N] [--crossover] [--shape NAME] [--ctx N] [--mha]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
- * length (for profiling one case).
+ * length (for profiling one case), --mha only the MHA baseline.
  *
  * Weights and cached values are random: time does not depend on them. The cache is filled with
  * mla_cache_write directly (a real prefill of 32K tokens through an MHA layer would take hours of
@@ -36,6 +36,7 @@ static const shape shapes[] = {
 
 static const char *only_shape; /* --shape */
 static int64_t only_ctx;        /* --ctx */
+static int only_mha;            /* --mha */
 
 static unsigned long long rng = 88172645463325252ULL;
 
@@ -260,7 +261,7 @@ static void bench_decode(int quick, int threads, double sgemm, double bw)
         }
         mla_layer_destroy(mha);
         for (size_t ki = 0; ki < sizeof dkvs / sizeof dkvs[0]; ki++) {
-            if (quick && dkvs[ki] != 16)
+            if ((quick && dkvs[ki] != 16) || only_mha)
                 continue;
             mla_layer *l = mla_layer_random(s, dkvs[ki]);
             int64_t R = (int64_t)dkvs[ki] * s->n_kv;
@@ -339,9 +340,11 @@ int main(int argc, char **argv)
             only_shape = argv[++i];
         else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc)
             only_ctx = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--mha") == 0)
+            only_mha = 1;
         else {
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--shape NAME] "
-                    "[--ctx N]\n", argv[0]);
+                    "[--ctx N] [--mha]\n", argv[0]);
             return 2;
         }
     }

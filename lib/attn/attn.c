@@ -1,4 +1,5 @@
 /* The attention handle: parameters, threads, scratch memory. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <mla/attn.h>
@@ -49,6 +50,8 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
     a->p.struct_size = sizeof p;
     a->n_threads = p.n_threads == 0 ? mla_cpu_count() : p.n_threads;
     a->k = mla__attn_kernels_best();
+    const char *sb = getenv("MLA_ATTN_STREAM_BYTES");
+    a->stream_bytes = sb && *sb ? strtoll(sb, NULL, 10) : MLA_ATTN_STREAM_BYTES;
     *out = a;
     return MLA_OK;
 }

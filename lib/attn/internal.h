@@ -24,6 +24,11 @@
  * instead of BLIS on a float32 tile. */
 #define MLA_ATTN_SMALL_M 16
 
+/* One-token MHA decode jobs reading more than this many bytes of cached rows stream them
+ * with software prefetching (materialized.c); MLA_ATTN_STREAM_BYTES in the environment
+ * overrides it (tests run the streaming loop on small caches with 0). */
+#define MLA_ATTN_STREAM_BYTES ((int64_t)8 << 20)
+
 /* The crossover measured on the development machine (doc/attention.md). */
 #define MLA_ATTN_DEFAULT_CROSSOVER 224
 
@@ -31,6 +36,7 @@ struct mla_attn {
     mla_attn_params p;
     int n_threads;               /* resolved from p.n_threads */
     const mla__attn_kernels *k;
+    int64_t stream_bytes;        /* MLA_ATTN_STREAM_BYTES or its environment override */
     void *scratch;               /* grow-only arena, reused by every forward */
     size_t scratch_size;
 };
@@ -138,6 +144,7 @@ typedef struct mla__ctx {
     const mla__attn_kernels *k;
     int32_t n_h, n_kv, g, d_h, r, nope, lat_k, lat_v, off_v; /* lat_k: R of the key part */
     int64_t tile_tokens;
+    int64_t stream_bytes;        /* see MLA_ATTN_STREAM_BYTES */
     const float *qg;             /* materialized / MHA queries */
     const float *qt, *qrt;       /* absorbed queries, transposed, ld = ldq */
     int64_t ldq;

@@ -65,37 +65,67 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
     }
 }
 
-/* Tokens per step of the one-query MHA loop: every KV head's part of a step's rows is used
- * while the rows are in L1, so each cached row streams from memory once, in order. */
+/*
+ * Tokens per step of the one-query MHA loop: every KV head's part of a step's rows is used
+ * while they are in L1, so each cached row streams from memory once, in order.
+ *
+ * Out of DRAM the loop is latency-bound: the kernels' loads wait behind their FMAs in the
+ * out-of-order window and the hardware prefetchers stop at 4 KiB pages. There ("streaming", a
+ * job reading more than MLA_ATTN_STREAM_BYTES of rows, more than stays in this machine's caches
+ * between two decodes) steps are 4 rows, one block of the dot kernel, and the rows
+ * MHA_PF_STEPS steps ahead are prefetched, 1/n_kv of them before each KV head's kernel call so
+ * that the requests are spread out rather than issued in one burst. Cache-resident contexts
+ * keep 16-row steps without prefetching, which measured 7–20% faster there (doc/attention.md).
+ */
 #define MHA_STEP 16
+#define MHA_STREAM_STEP 4
+#define MHA_PF_STEPS 2
+
+static void prefetch_rows(const mla__src *s, int64_t u, int64_t nu, int64_t part, int64_t parts)
+{
+    /* Addresses past the segment (or the pool) are only hints: integer arithmetic, never a
+     * pointer formed outside its object. */
+    int64_t bytes = nu * (int64_t)s->ld;
+    uintptr_t p = (uintptr_t)s->p + (uintptr_t)((u + MHA_PF_STEPS * nu) * (int64_t)s->ld);
+    for (int64_t o = bytes * part / parts; o < bytes * (part + 1) / parts; o += 64)
+        __builtin_prefetch((const void *)(p + (uintptr_t)o), 0, 0);
+}
 
 /* One query token: all heads' scores over the tile, one softmax step, all heads' sums. */
-static void mha_one(const mla__ctx *c, const mla__job *job, mla__work *w, int64_t n, int64_t t)
+static void mha_one(const mla__ctx *c, const mla__job *job, mla__work *w, int64_t n, int64_t t,
+                    int stream)
 {
     const mla__qblock *b = &c->blocks[job->block];
     const mla__attn_kernels *k = c->k;
     int64_t T = c->tile_tokens, row0 = t * c->n_h;
+    int64_t step = stream ? MHA_STREAM_STEP : MHA_STEP;
     const float *q = c->qg + (b->t0 + t) * c->n_h * (int64_t)c->d_h;
     float *o = job->o + row0 * job->ldo;
     for (int64_t i = 0; i < w->rt.n_seg; i++) {
         const mla__seg *g = &w->rt.seg[i];
-        for (int64_t u = 0; u < g->n; u += MHA_STEP) {
-            int64_t nu = g->n - u < MHA_STEP ? g->n - u : MHA_STEP;
-            for (int64_t j = 0; j < c->n_kv; j++)
+        for (int64_t u = 0; u < g->n; u += step) {
+            int64_t nu = g->n - u < step ? g->n - u : step;
+            for (int64_t j = 0; j < c->n_kv; j++) {
+                if (stream)
+                    prefetch_rows(&g->rope, u, nu, j, c->n_kv);
                 k->gemm_dot_src(c->g, nu, c->d_h, q + j * c->g * c->d_h, c->d_h, &g->rope, u,
                                 j * c->d_h, 0.0f, w->s + j * c->g * T + g->t + u, T);
+            }
         }
     }
     k->softmax_step(c->n_h, n, w->s, T, 1, w->nvis + t, c->n_h, job->mx + row0, job->l + row0,
                     1, o, job->ldo, c->d_h);
     for (int64_t i = 0; i < w->rt.n_seg; i++) {
         const mla__seg *g = &w->rt.seg[i];
-        for (int64_t u = 0; u < g->n; u += MHA_STEP) {
-            int64_t nu = g->n - u < MHA_STEP ? g->n - u : MHA_STEP;
-            for (int64_t j = 0; j < c->n_kv; j++)
+        for (int64_t u = 0; u < g->n; u += step) {
+            int64_t nu = g->n - u < step ? g->n - u : step;
+            for (int64_t j = 0; j < c->n_kv; j++) {
+                if (stream)
+                    prefetch_rows(&g->latent, u, nu, j, c->n_kv);
                 k->gemm_bc_src(c->g, c->d_h, nu, w->s + j * c->g * T + g->t + u, T, 1,
                                &g->latent, u, j * c->d_h, 1.0f, o + j * c->g * job->ldo,
                                job->ldo);
+            }
         }
     }
 }
@@ -123,7 +153,8 @@ static void mha_in_place(const mla__ctx *c, const mla__job *job, mla__work *w)
         }
         int64_t rows = b->m - t_from;
         if (rows == 1) {
-            mha_one(c, job, w, n, t_from);
+            int64_t row_bytes = (int64_t)rt->seg[0].latent.ld + (int64_t)rt->seg[0].rope.ld;
+            mha_one(c, job, w, n, t_from, (job->c1 - job->c0) * row_bytes > c->stream_bytes);
             continue;
         }
         for (int64_t h = 0; h < c->n_h; h++) {
