@@ -48,9 +48,15 @@ MLA_API void mla_attn_destroy(mla_attn *attn);
  * already reserved in the cache, or directly after its last). Tokens of different sequences may
  * be mixed. Each token attends causally to its sequence's cached tokens and the batch's earlier
  * tokens of its sequence.
+ * Positions already present in the sequence are (over)written in this layer: the cache does not
+ * record which layers wrote a slot, so it cannot tell a slot reserved by an earlier layer of the
+ * batch from one this layer already wrote. The sequence's earlier positions must have been
+ * written in this layer (an unwritten reserved slot reads as zeros).
  * out: n_tokens × d_model float32 (the o_proj output), may not alias x.
- * Errors: INVALID_ARGUMENT (unknown sequence, position gap or repeat, layer/cache mismatch),
- * NUMERICAL (NaN/Inf input), CAPACITY (cache full), OUT_OF_MEMORY; on error nothing is appended.
+ * Errors: INVALID_ARGUMENT (unknown sequence, position gap, position repeated within the batch,
+ * layer/cache mismatch), NUMERICAL (NaN/Inf input), CAPACITY (cache full), OUT_OF_MEMORY. On
+ * error no position is added to any sequence (a shared block may have been copied, and reserved
+ * slots of this layer overwritten).
  * Not thread-safe on one mla_attn; distinct mla_attn handles may run on distinct sequences of
  * one cache concurrently.
  */

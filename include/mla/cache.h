@@ -9,7 +9,9 @@
  *
  * Threading: calls on distinct handles are safe. On one handle, reads of distinct sequences may run
  * concurrently, and writes (mla_cache_write) to distinct sequences may run concurrently with each
- * other and with reads of other sequences; every other call needs exclusive access.
+ * other and with reads of other sequences; so may mla_cache_seq_rm of one sequence's own tail
+ * (p1 < 0), which mla_attn_forward uses to undo its appends. Every other call needs exclusive
+ * access.
  */
 #ifndef MLA_CACHE_H
 #define MLA_CACHE_H

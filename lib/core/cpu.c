@@ -1,6 +1,8 @@
 /* CPU feature detection, once, for run-time kernel selection: features are detected, never
  * assumed, and an instruction set counts only if the OS saves its registers (xgetbv). */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "core.h"
@@ -58,6 +60,12 @@ const mla_cpu_features *mla_cpu(void)
 
 int mla_cpu_count(void)
 {
+#ifdef CPU_COUNT
+    /* The CPUs this process may run on (taskset, cgroups), not every CPU online. */
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+#endif
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : (int)n;
 }

@@ -1,4 +1,6 @@
 /* The struct_size convention and the half-precision conversions of lib/core. */
+#define _GNU_SOURCE /* sched_setaffinity, CPU_COUNT */
+#include <sched.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -92,5 +94,21 @@ int main(void)
     CHECK(!cpu->avx512_bf16 || cpu->avx512f, "avx512_bf16 implies avx512f");
     CHECK(!cpu->avx512f || cpu->avx2, "avx512f implies avx2 on every CPU seen");
     CHECK(mla_cpu_count() >= 1, "at least one CPU (%d)", mla_cpu_count());
+#ifdef CPU_COUNT
+    /* Restricted to one CPU (as taskset would), "all cores" means one. */
+    cpu_set_t saved, one;
+    if (sched_getaffinity(0, sizeof saved, &saved) == 0) {
+        CPU_ZERO(&one);
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &saved)) {
+                CPU_SET(c, &one);
+                break;
+            }
+        int set_ok = sched_setaffinity(0, sizeof one, &one) == 0;
+        int n_one = mla_cpu_count();
+        CHECK(set_ok && n_one == 1, "with affinity to one CPU, mla_cpu_count() is 1 (%d)", n_one);
+        sched_setaffinity(0, sizeof saved, &saved);
+    }
+#endif
     return tap_done();
 }
