@@ -4,16 +4,20 @@
  * crossover for prefill chunks. Prints the machine's measured roofs beside every figure.
  *
  *   bench_decode [--quick] [--threads N] [--crossover] [--shape NAME] [--ctx N] [--mha]
+ *                [--dkv N] [--dtype f16|bf16|f32] [--reps N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
- * length (for profiling one case), --mha only the MHA baseline.
+ * length (for profiling one case), --mha only the MHA baseline, --dkv one MLA d_kv; --dtype the
+ * cache's storage type for latent and RoPE part, MHA and MLA alike (default f16; with bf16 the
+ * absorbed path multiplies in bf16, doc/attention.md); --reps the decodes per figure (default 9;
+ * many, for `perf record` of one case).
  *
  * Weights and cached values are random: time does not depend on them. The cache is filled with
  * mla_cache_write directly (a real prefill of 32K tokens through an MHA layer would take hours of
  * the benchmark's time), then one token at a time is decoded at position ctx and removed again.
  * "attn" columns subtract the fixed cost (projections, measured at context 16) so that the
  * context-dependent work is compared to the roofs: its flops 2·n_h·(2R + r) per cached token for
- * MLA and 4·n_h·d_h for MHA, its bytes those of the cached tokens (float16 cache).
+ * MLA and 4·n_h·d_h for MHA, its bytes those of the cached tokens (as stored).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +41,9 @@ static const shape shapes[] = {
 static const char *only_shape; /* --shape */
 static int64_t only_ctx;        /* --ctx */
 static int only_mha;            /* --mha */
+static int only_dkv;            /* --dkv */
+static int reps_opt;            /* --reps */
+static mla_dtype cache_dtype = MLA_DTYPE_F16; /* --dtype */
 
 static unsigned long long rng = 88172645463325252ULL;
 
@@ -151,8 +158,8 @@ static mla_cache *filled_cache(mla_layer *l, int64_t ctx, int64_t extra)
     mla_cache_default_params(&p, sizeof p);
     p.n_layers = 1;
     p.layers = &desc;
-    p.latent_dtype = MLA_DTYPE_F16;
-    p.rope_dtype = MLA_DTYPE_F16;
+    p.latent_dtype = cache_dtype;
+    p.rope_dtype = cache_dtype;
     p.capacity_tokens = ctx + extra + 64;
     p.n_seq_max = 2;
     mla_cache *c = NULL;
@@ -184,19 +191,18 @@ static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64
     for (int64_t i = 0; i < m; i++)
         pos[i] = ctx + i;
     double t[64];
-    if (reps > 63)
-        reps = 63;
+    int kept = reps < 64 ? reps : 64; /* more runs only for profiling: the first 64 count */
     for (int r = 0; r <= reps; r++) {
         double t0 = roofs_now();
         if (mla_attn_forward(a, l, c, 0, x, m, seq, pos, out) != MLA_OK)
             die("mla_attn_forward");
         double dt = roofs_now() - t0;
-        if (r > 0)
+        if (r > 0 && r <= kept)
             t[r - 1] = dt; /* the first run warms up scratch memory and threads */
         if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
             die("mla_cache_seq_rm");
     }
-    for (int i = 1; i < reps; i++)
+    for (int i = 1; i < kept; i++)
         for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
             double s = t[j];
             t[j] = t[j - 1];
@@ -206,7 +212,7 @@ static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64
     free(out);
     free(seq);
     free(pos);
-    return use_min ? t[0] : t[reps / 2];
+    return use_min ? t[0] : t[kept / 2];
 }
 
 static mla_attn *attn_new(int threads, mla_attn_path path)
@@ -235,9 +241,10 @@ static void bench_decode(int quick, int threads, double sgemm, double bw)
 {
     static const int64_t ctxs[] = {1024, 4096, 16384, 32768};
     static const int dkvs[] = {8, 16, 32};
-    int n_ctx = quick ? 2 : 4, reps = quick ? 3 : 9;
-    printf("\n## decode, one token, %d thread(s); attn = time minus the fixed cost at context 16\n",
-           threads);
+    int n_ctx = quick ? 2 : 4, reps = reps_opt > 0 ? reps_opt : quick ? 3 : 9;
+    double eb = cache_dtype == MLA_DTYPE_F32 ? 4.0 : 2.0; /* bytes per cached value */
+    printf("\n## decode, one token, %d thread(s), %s cache; attn = time minus the fixed cost at "
+           "context 16\n", threads, mla_dtype_name(cache_dtype));
     printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %6s\n", "shape", "layer", "ctx", "ms",
            "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "vsMHA");
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
@@ -254,14 +261,14 @@ static void bench_decode(int quick, int threads, double sgemm, double bw)
             mha_t[ci] = decode(mha, s->d, ctx, threads, reps);
             double at = mha_t[ci] - mha_fixed;
             double fl = 4.0 * s->n_h * s->d_h * (double)ctx;
-            double by = 2.0 * s->n_kv * s->d_h * 2.0 * (double)ctx;
+            double by = 2.0 * s->n_kv * s->d_h * eb * (double)ctx;
             printf("%-12s %-9s %6lld %9.3f %9.1f %8.1f %8.1f %6.0f%% %6.0f%% %6s\n", s->name,
                    "MHA", (long long)ctx, mha_t[ci] * 1e3, 1.0 / mha_t[ci], fl / at * 1e-9,
                    by / at * 1e-9, 100 * fl / at * 1e-9 / sgemm, 100 * by / at * 1e-9 / bw, "");
         }
         mla_layer_destroy(mha);
         for (size_t ki = 0; ki < sizeof dkvs / sizeof dkvs[0]; ki++) {
-            if ((quick && dkvs[ki] != 16) || only_mha)
+            if ((quick && dkvs[ki] != 16) || only_mha || (only_dkv && dkvs[ki] != only_dkv))
                 continue;
             mla_layer *l = mla_layer_random(s, dkvs[ki]);
             int64_t R = (int64_t)dkvs[ki] * s->n_kv;
@@ -275,7 +282,7 @@ static void bench_decode(int quick, int threads, double sgemm, double bw)
                 double t = decode(l, s->d, ctx, threads, reps);
                 double at = t - fixed;
                 double fl = 2.0 * s->n_h * (2.0 * R + s->r) * (double)ctx;
-                double by = (double)(R + (int64_t)s->n_kv * s->r) * 2.0 * (double)ctx;
+                double by = (double)(R + (int64_t)s->n_kv * s->r) * eb * (double)ctx;
                 printf("%-12s %-9s %6lld %9.3f %9.1f %8.1f %8.1f %6.0f%% %6.0f%% %5.2fx\n",
                        s->name, lname, (long long)ctx, t * 1e3, 1.0 / t, fl / at * 1e-9,
                        by / at * 1e-9, 100 * fl / at * 1e-9 / sgemm, 100 * by / at * 1e-9 / bw,
@@ -326,6 +333,20 @@ static void bench_crossover(int quick, int threads)
     }
 }
 
+/* --dtype: 1 when s names a cache storage type (then set). */
+static int dtype_arg(const char *s)
+{
+    if (strcmp(s, "f16") == 0)
+        cache_dtype = MLA_DTYPE_F16;
+    else if (strcmp(s, "bf16") == 0)
+        cache_dtype = MLA_DTYPE_BF16;
+    else if (strcmp(s, "f32") == 0)
+        cache_dtype = MLA_DTYPE_F32;
+    else
+        return 0;
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     int quick = 0, threads = 2, crossover = 0;
@@ -342,9 +363,15 @@ int main(int argc, char **argv)
             only_ctx = atoll(argv[++i]);
         else if (strcmp(argv[i], "--mha") == 0)
             only_mha = 1;
+        else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+            reps_opt = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--dkv") == 0 && i + 1 < argc)
+            only_dkv = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc && dtype_arg(argv[i + 1]))
+            i++;
         else {
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--shape NAME] "
-                    "[--ctx N] [--mha]\n", argv[0]);
+                    "[--ctx N] [--mha] [--dkv N] [--dtype f16|bf16|f32] [--reps N]\n", argv[0]);
             return 2;
         }
     }

@@ -8,7 +8,8 @@
  * buffer (tokens along the rows), so the score product is vectorized along the tokens and every
  * lane is busy, and the weighted sum Σ p·c, vectorized along the latent, converts the stored rows
  * in registers. Many query rows (Llama-2-7B: 32 heads): the rows are the vector dimension of
- * both products, over a float32 tile (job_rows_wide).
+ * both products, over a float32 tile (job_rows_wide). Over a BF16 cache both products are
+ * taken in bf16 instead (job_bf16).
  */
 #include <string.h>
 
@@ -84,11 +85,164 @@ static void job_rows_wide(const mla__ctx *c, const mla__job *job, mla__work *w)
     }
 }
 
+/* ---- BF16 caches ----------------------------------------------------------------------------- */
+
+int mla__absorbed_bf16(const mla_cache_layer_format *fmt, int32_t lat_k, int32_t lat_v, int32_t r)
+{
+    return fmt->latent_dtype == MLA_DTYPE_BF16 &&
+           (fmt->rope_width == 0 || fmt->rope_dtype == MLA_DTYPE_BF16) && lat_k % 2 == 0 &&
+           lat_v % 2 == 0 && r % 2 == 0;
+}
+
+/* The words (pairs of bf16 values) of a BF16 source, as float32-sized elements: load_t then
+ * transposes pairs without looking at them (moves only, bit for bit). */
+static mla__src pair_words(const mla__src *s)
+{
+    mla__src w = *s;
+    w.t = MLA_DTYPE_F32;
+    return w;
+}
+
+/* The stored rows of a BF16 source as bf16 values (rows 2-byte aligned, ld a multiple of 2). */
+static const uint16_t *bf16_rows(const mla__src *s, int64_t col0)
+{
+    return (const uint16_t *)(const void *)(s->p + 2 * col0);
+}
+
+/*
+ * Query rows rounded to bf16. rows_major: q[i·width + k] (row i's values contiguous, the A
+ * operand of the few-rows products); otherwise in pairs along k with the rows contiguous:
+ * q[(k / 2)·2·rows + 2i + k % 2] (the B operand of the many-rows products).
+ */
+static void pack_queries(const float *src, int64_t ldq, int64_t rows, int64_t width,
+                         int rows_major, uint16_t *q)
+{
+    for (int64_t kk = 0; kk < width; kk++)
+        for (int64_t i = 0; i < rows; i++) {
+            uint16_t v = mla_f32_to_bf16(src[kk * ldq + i]);
+            if (rows_major)
+                q[i * width + kk] = v;
+            else
+                q[(kk / 2) * 2 * rows + 2 * i + kk % 2] = v;
+        }
+}
+
+/*
+ * The absorbed path over a BF16 cache: the same loop as the float32 ones, with both products
+ * in bf16 (gemm_bf16: vdpbf16ps, twice the float32 FMA rate). The cached values are used as
+ * stored; the queries are rounded to bf16 once per job and the probabilities once per tile
+ * (P·C_v pairs consecutive tokens: the tile's value latents are interleaved in token pairs by
+ * pack_pairs, P is rounded into rows × tile). Accumulation stays float32, as does the softmax.
+ * Few rows: scores vectorized along the tokens against the tile's pairs transposed (load_t on
+ * 32-bit words); many rows: along the query rows, the cache rows read in place.
+ */
+static void job_bf16(const mla__ctx *c, const mla__job *job, mla__work *w)
+{
+    const mla__qblock *b = &c->blocks[job->block];
+    const mla__attn_kernels *k = c->k;
+    int64_t rows = b->m * c->n_h, col0 = b->t0 * c->n_h, T = c->tile_tokens;
+    int64_t W = c->fmt->rope_width, kp = c->lat_k / 2, rp = c->r / 2;
+    int wide = mla__absorbed_rows_wide(rows);
+    uint16_t *qa = w->qb, *qra = w->qb + rows * c->lat_k;
+    if (c->nope > 0)
+        pack_queries(c->qt + col0, c->ldq, rows, c->lat_k, !wide, qa);
+    if (c->r > 0)
+        pack_queries(c->qrt + col0, c->ldq, rows, c->r, !wide, qra);
+    /* Few rows: (kp + W/2) × T pairs, the latents' then the RoPE keys', transposed. */
+    uint16_t *ct = (uint16_t *)(void *)w->ct, *ctr = ct + kp * 2 * T;
+    float *s = w->s;
+    mla__rtile *rt = &w->rt;
+    for (int64_t first = job->c0; first < job->c1; first += T) {
+        int64_t n = job->c1 - first < T ? job->c1 - first : T;
+        mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
+        visible_counts(rt->pos, n, b->p0, b->m, w->nvis);
+        for (int64_t i = 0; i < rt->n_seg; i++) {
+            const mla__seg *g = &rt->seg[i];
+            if (wide) {
+                /* S (tile × rows): A = the cache rows in place, B = the query pairs. */
+                float *sg = s + g->t * rows;
+                if (c->nope > 0)
+                    k->gemm_bf16(g->n, rows, kp, bf16_rows(&g->latent, 0), g->latent.ld / 2, 2,
+                                 qa, 2 * rows, 0.0f, sg, rows);
+                const uint16_t *rope = c->r > 0 ? bf16_rows(&g->rope, 0) : NULL;
+                ptrdiff_t ldr = g->rope.ld / 2;
+                if (c->r > 0)
+                    for (int64_t t = 0; t < b->m; t++)
+                        for (int32_t j = 0; j < c->n_kv; j++) {
+                            int64_t col = t * c->n_h + (int64_t)j * c->g;
+                            k->gemm_bf16(g->n, c->g, rp, rope + (int64_t)j * c->r, ldr, 2,
+                                         qra + 2 * col, 2 * rows, c->nope > 0 ? 1.0f : 0.0f,
+                                         sg + col, rows);
+                        }
+            } else {
+                mla__src lw = pair_words(&g->latent), rw = pair_words(&g->rope);
+                if (c->nope > 0)
+                    k->load_t(&lw, 0, g->n, 0, kp, (float *)(void *)(ct + 2 * g->t), T);
+                if (c->r > 0)
+                    k->load_t(&rw, 0, g->n, 0, W / 2, (float *)(void *)(ctr + 2 * g->t), T);
+            }
+        }
+        if (!wide) {
+            if (c->nope > 0)
+                k->gemm_bf16(rows, n, kp, qa, c->lat_k, 2, ct, 2 * T, 0.0f, s, T);
+            if (c->r > 0)
+                for (int64_t t = 0; t < b->m; t++)
+                    for (int32_t j = 0; j < c->n_kv; j++) {
+                        int64_t row = t * c->n_h + (int64_t)j * c->g;
+                        k->gemm_bf16(c->g, n, rp, qra + row * c->r, c->r, 2,
+                                     ctr + (int64_t)j * rp * 2 * T, 2 * T,
+                                     c->nope > 0 ? 1.0f : 0.0f, s + row * T, T);
+                    }
+        }
+        ptrdiff_t s_row = wide ? 1 : T, s_col = wide ? rows : 1;
+        k->softmax_step(rows, n, s, s_row, s_col, w->nvis, c->n_h, job->mx, job->l, 1, job->o,
+                        job->ldo, c->lat_v);
+        /* Ō += P · C_v over token pairs; an odd tile's last pair is padded with zeros. */
+        int64_t np = (n + 1) / 2;
+        /* A of the product: pair (row i, token pair q) at pa + i·rsa + q·csa. */
+        const uint16_t *pa = w->pb;
+        ptrdiff_t rsa = T, csa = 2;
+        if (!wide) {
+            for (int64_t i = 0; i < rows; i++) {
+                k->to_bf16(s + i * T, n, w->pb + i * T);
+                if (n % 2)
+                    w->pb[i * T + n] = 0;
+            }
+        } else {
+            /* S is tile × rows: rounded in place order, then consecutive tokens interleaved
+             * (pairs (q, i) at 2·rows·q + 2i), as the cached values are. */
+            uint16_t *pr = w->pb, *pp = w->pb + rows * T;
+            k->to_bf16(s, n * rows, pr);
+            mla__src ps = {(const unsigned char *)pr, rows * 2, MLA_DTYPE_BF16, NULL, 0, 1};
+            k->pack_pairs(&ps, n, 0, rows, pp, 2 * rows, 0);
+            if (n % 2)
+                for (int64_t i = 0; i < rows; i++)
+                    pp[(n / 2) * 2 * rows + 2 * i + 1] = 0;
+            pa = pp;
+            rsa = 2;
+            csa = 2 * rows;
+        }
+        for (int64_t i = 0; i < rt->n_seg; i++) {
+            const mla__seg *g = &rt->seg[i];
+            k->pack_pairs(&g->latent, g->n, c->off_v, c->lat_v, w->cv, 2 * c->lat_v, g->t);
+        }
+        if (n % 2)
+            for (int64_t j = 0; j < c->lat_v; j++)
+                w->cv[(n / 2) * 2 * c->lat_v + 2 * j + 1] = 0;
+        k->gemm_bf16(rows, c->lat_v, np, pa, rsa, csa, w->cv, 2 * c->lat_v, 1.0f, job->o,
+                     job->ldo);
+    }
+}
+
 void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
 {
     const mla__qblock *b = &c->blocks[job->block];
     const mla__attn_kernels *k = c->k;
     int64_t rows = b->m * c->n_h;
+    if (c->bf16) {
+        job_bf16(c, job, w);
+        return;
+    }
     if (mla__absorbed_rows_wide(rows)) {
         job_rows_wide(c, job, w);
         return;

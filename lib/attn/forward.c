@@ -23,6 +23,9 @@
 /* Work below this many flops runs on the calling thread: waking a team costs more than it saves,
  * and far more when the cores are shared with other processes. */
 #define PARALLEL_MIN_FLOPS 4e6
+/* Up to this many tokens the absorbed path's per-head products (W_uk into the queries, W_uv out)
+ * use the attention kernels instead of BLIS (decode: BLIS packs the weights on every call). */
+#define SMALL_PRODUCT_TOKENS 4
 
 static int threads_for(int nt, double flops)
 {
@@ -86,6 +89,7 @@ typedef struct plan {
     int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
     int any_abs, any_mat;
     int need_f32;        /* some job reads a float32 tile (BLIS products, I4 latents) */
+    int bf16;            /* absorbed products in bf16 (BF16 cache, mla__absorbed_bf16) */
     float *xp, *q, *kr, *lat, *qg, *qt, *qrt, *obar, *ao, *mx, *l, *outp;
     double *rope_work;
     mla__qblock *blocks;
@@ -135,6 +139,13 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch, int n_threads)
         w.kbuf = up ? take(a, T * (size_t)(dm->n_kv * dm->d_h), sizeof(float)) : NULL;
         w.vbuf = up ? take(a, T * (size_t)(dm->n_kv * dm->d_h), sizeof(float)) : NULL;
         w.nvis = take(a, max_m, sizeof(int64_t));
+        if (p->bf16) {
+            size_t ra = (size_t)p->rows_abs;
+            w.qb = take(a, ra * (size_t)(dm->lat_k + dm->r) + 2, sizeof(uint16_t));
+            /* P rounded (rows × tile), then for many rows its token pairs (absorbed.c) */
+            w.pb = take(a, ra * (2 * T + 2) + 2, sizeof(uint16_t));
+            w.cv = take(a, (T + 2) * (size_t)dm->lat_v + 2, sizeof(uint16_t));
+        }
         if (p->works)
             p->works[i] = w;
     }
@@ -354,7 +365,8 @@ static void rollback(mla_cache *cache, const plan *p, const chunk *ch)
 }
 
 /* The queries in the layouts the paths read (see internal.h), scaled by 1/√d_h. */
-static void prepare_queries(const struct mla_layer *ly, const dims *dm, const plan *p, int nt)
+static void prepare_queries(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
+                            const mla__attn_kernels *k)
 {
     int64_t n = p->n, qw = dm->n_h * dm->d_h;
     float scale = (float)(1.0 / sqrt((double)dm->d_h));
@@ -379,6 +391,21 @@ static void prepare_queries(const struct mla_layer *ly, const dims *dm, const pl
     if (dm->nope == 0)
         return;
     /* q̃_h = W_uk^{(j)ᵀ} q_nope_h for every token at once, written transposed. */
+    if (n <= SMALL_PRODUCT_TOKENS) {
+        /* Decode: per head a product of a few rows, where BLIS's per-call packing of W_uk
+         * costs more than the product; the kernels write rows into obar (scratch until
+         * plan_jobs zeroes it, see the caller; lat_v = lat_k), scattered transposed. */
+        float *row = p->obar;
+        for (int64_t h = 0; h < dm->n_h; h++) {
+            int64_t j = h / dm->g;
+            k->gemm_bc(n, dm->lat_k, dm->nope, p->q + dm->n_h * dm->r + h * dm->nope, qw, 1,
+                       ly->wuk + j * dm->nope * dm->lat_k, dm->lat_k, 0.0f, row, dm->lat_k);
+            for (int64_t t = 0; t < n; t++)
+                for (int64_t i = 0; i < dm->lat_k; i++)
+                    p->qt[i * ldq + t * dm->n_h + h] = row[t * dm->lat_k + i] * scale;
+        }
+        return;
+    }
     nt = threads_for(nt, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k);
     for (int64_t h = 0; h < dm->n_h; h++) {
         int64_t j = h / dm->g;
@@ -457,7 +484,8 @@ static void finish_rows(const struct mla_layer *ly, const dims *dm, const plan *
 }
 
 /* o_h = W_uv^{(j)} ō_h + b_v^{(j)} for the runs of consecutive absorbed tokens. */
-static void absorbed_output(const struct mla_layer *ly, const dims *dm, const plan *p, int nt)
+static void absorbed_output(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
+                            const mla__attn_kernels *k)
 {
     int64_t hd = dm->n_h * dm->d_h;
     for (int64_t bi = 0; bi < p->n_blocks;) {
@@ -475,9 +503,13 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
         for (int64_t h = 0; h < dm->n_h; h++) {
             int64_t j = h / dm->g;
             float *o = p->ao + t0 * hd + h * dm->d_h;
-            mla__sgemm(ntu, t1 - t0, dm->d_h, dm->lat_v, p->obar + (t0 * dm->n_h + h) * dm->lat_v,
-                       dm->n_h * dm->lat_v, 1, ly->wuv + j * dm->d_h * dm->lat_v, 1, dm->lat_v,
-                       0.0f, o, hd, 1);
+            const float *ob = p->obar + (t0 * dm->n_h + h) * dm->lat_v;
+            if (t1 - t0 <= SMALL_PRODUCT_TOKENS) /* as in prepare_queries */
+                k->gemm_dot(t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v,
+                            ly->wuv + j * dm->d_h * dm->lat_v, dm->lat_v, 0.0f, o, hd);
+            else
+                mla__sgemm(ntu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v, 1,
+                           ly->wuv + j * dm->d_h * dm->lat_v, 1, dm->lat_v, 0.0f, o, hd, 1);
             if (ly->buv)
                 for (int64_t t = 0; t < t1 - t0; t++)
                     for (int64_t i = 0; i < dm->d_h; i++)
@@ -666,6 +698,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     for (int64_t c = 0; c < p.n_chunks; c++)
         p.need_f32 |= (dm.mha && ch[c].m >= MLA_ATTN_SMALL_M) ||
                       (ch[c].absorbed && mla__absorbed_rows_wide(ch[c].m * dm.n_h));
+    p.bf16 = p.any_abs && mla__absorbed_bf16(&fmt, (int32_t)dm.lat_k, (int32_t)dm.lat_v,
+                                             (int32_t)dm.r);
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32);
     plan_blocks(&dm, &p, ch, nt, 1);
     plan_jobs(&dm, &p, nt, 1);
@@ -705,21 +739,22 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
             goto done;
         }
     }
+    /* Before plan_jobs, which zeroes the jobs' output states: decode uses obar as scratch. */
+    prepare_queries(layer, &dm, &p, nt, attn->k);
     plan_blocks(&dm, &p, ch, nt, 0);
     plan_jobs(&dm, &p, nt, 0);
-    prepare_queries(layer, &dm, &p, nt);
     mla__ctx ctx = {
         .layer = layer, .fmt = &fmt, .k = attn->k,
         .n_h = (int32_t)dm.n_h, .n_kv = (int32_t)dm.n_kv, .g = (int32_t)dm.g,
         .d_h = (int32_t)dm.d_h, .r = (int32_t)dm.r, .nope = (int32_t)dm.nope,
         .lat_k = (int32_t)dm.lat_k, .lat_v = (int32_t)dm.lat_v, .off_v = (int32_t)dm.off_v,
         .tile_tokens = p.tile, .stream_bytes = attn->stream_bytes, .qg = p.qg, .qt = p.qt,
-        .qrt = p.qrt, .ldq = n_tokens * dm.n_h, .blocks = p.blocks,
+        .qrt = p.qrt, .ldq = n_tokens * dm.n_h, .blocks = p.blocks, .bf16 = p.bf16,
     };
     run_jobs(attn, &ctx, &p, nt);
     finish_rows(layer, &dm, &p);
     if (p.any_abs)
-        absorbed_output(layer, &dm, &p, nt);
+        absorbed_output(layer, &dm, &p, nt, attn->k);
     int64_t hd = dm.n_h * dm.d_h;
     mla__sgemm(threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd), n_tokens,
                dm.d, hd, p.ao, hd, 1, layer->wo, 1, hd, 0.0f, p.outp, dm.d, 1);

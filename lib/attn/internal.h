@@ -134,6 +134,9 @@ typedef struct mla__work {
     float *ct;                   /* transposed keys / latents of an in-place tile */
     float *s;                    /* scores / probabilities */
     float *kbuf, *vbuf;          /* materialized keys and values of a tile (MLA only) */
+    uint16_t *qb;                /* BF16 path: the block's queries rounded to bf16, in pairs */
+    uint16_t *pb;                /* BF16 path: probabilities rounded to bf16, rows × tile */
+    uint16_t *cv;                /* BF16 path: the tile's value latents, token pairs interleaved */
     int64_t *nvis;               /* per query token of the block */
 } mla__work;
 
@@ -149,11 +152,18 @@ typedef struct mla__ctx {
     const float *qt, *qrt;       /* absorbed queries, transposed, ld = ldq */
     int64_t ldq;
     const mla__qblock *blocks;
+    int bf16;                    /* absorbed products in bf16 (mla__absorbed_bf16) */
 } mla__ctx;
 
 /* 1 when an absorbed block of `rows` query rows (tokens × heads) uses the rows as the vector
  * dimension (and a float32 tile), 0 when it reads the cache in place along the tokens. */
 MLA_INTERNAL int mla__absorbed_rows_wide(int64_t rows);
+/* 1 when the absorbed path multiplies in bf16 (vdpbf16ps where the CPU has it): the cache's
+ * latent and RoPE keys are both stored as BF16 (the user chose bf16 precision) and the widths
+ * split into whole pairs. Queries and probabilities are then rounded to bf16 (doc/attention.md,
+ * "BF16 caches"); F32/F16/I8/I4 caches keep the float32 products. */
+MLA_INTERNAL int mla__absorbed_bf16(const mla_cache_layer_format *fmt, int32_t lat_k,
+                                    int32_t lat_v, int32_t r);
 MLA_INTERNAL void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 MLA_INTERNAL void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 

@@ -302,6 +302,139 @@ static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels
         }
 }
 
+/* Random bf16 values in (−1, 1). */
+static uint16_t *randbf(size_t n, unsigned long long *seed)
+{
+    uint16_t *p = malloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = mla_f32_to_bf16((float)tap_rand(seed));
+    return p;
+}
+
+/*
+ * gemm_bf16 against the float64 sum of the same bf16 products (exact in float32): each element
+ * within the float32 rounding of its 2·kp + 1 additions, |err| ≤ (2kp + 1)·2⁻²⁴·(Σ|a·b| + |C|)
+ * (twice that as margin). Pairs at odd offsets (strides odd), A's pairs along its rows or along
+ * its columns, every block shape and tail.
+ */
+static void test_gemm_bf16(const mla__attn_kernels *v)
+{
+    static const int64_t ms[] = {1, 3, 9, 12, 13, 32};
+    static const int64_t ns[] = {1, 5, 16, 17, 31, 33, 48, 70};
+    static const int64_t kps[] = {0, 1, 7, 16, 33};
+    unsigned long long seed = 11;
+    double worst = 0;
+    for (size_t a = 0; a < 6; a++)
+        for (size_t b = 0; b < 8; b++)
+            for (size_t c = 0; c < 5; c++)
+                for (int beta1 = 0; beta1 < 2; beta1++) {
+                    int64_t m = ms[a], n = ns[b], kp = kps[c];
+                    ptrdiff_t ldb = 2 * n + 5, ldc = n + 2;
+                    ptrdiff_t rs = beta1 ? 2 * kp + 3 : 2, cs = beta1 ? 2 : 2 * m + 3;
+                    uint16_t *A = randbf((size_t)(m * rs + kp * cs + 2), &seed);
+                    uint16_t *B = randbf((size_t)(kp * ldb + 1), &seed);
+                    float *C = randv((size_t)(m * ldc), &seed);
+                    float *C0 = malloc((size_t)(m * ldc) * sizeof *C0);
+                    memcpy(C0, C, (size_t)(m * ldc) * sizeof *C0);
+                    float beta = beta1 ? 1.0f : 0.0f;
+                    v->gemm_bf16(m, n, kp, A, rs, cs, B, ldb, beta, C0, ldc);
+                    for (int64_t i = 0; i < m; i++)
+                        for (int64_t j = 0; j < n; j++) {
+                            double ref = beta1 ? C[i * ldc + j] : 0.0, mag = fabs(ref);
+                            for (int64_t q = 0; q < 2 * kp; q++) {
+                                double x = (double)mla_bf16_to_f32(A[i * rs + (q / 2) * cs +
+                                                                     q % 2]) *
+                                           mla_bf16_to_f32(B[(q / 2) * ldb + 2 * j + q % 2]);
+                                ref += x;
+                                mag += fabs(x);
+                            }
+                            double bound = 2.0 * (double)(2 * kp + 1) * ldexp(mag, -24);
+                            double e = fabs(C0[i * ldc + j] - ref) / (bound > 0 ? bound : 1e-30);
+                            worst = e > worst || e != e ? e : worst;
+                        }
+                    free(A);
+                    free(B);
+                    free(C);
+                    free(C0);
+                }
+    CHECK(worst <= 1.0, "%s gemm_bf16 equals the float64 sum of its bf16 products to float32 "
+          "rounding (worst error / bound %.2f)", v->name, worst);
+}
+
+/* pack_pairs against its definition: segments starting at even and odd tokens, odd widths
+ * and column offsets (vector tails), bit for bit. */
+static void test_pack_pairs(const mla__attn_kernels *v)
+{
+    static const int64_t ts[] = {0, 1, 6, 7};
+    static const int64_t ns[] = {1, 2, 5, 16, 33};
+    static const int64_t ws[] = {1, 15, 16, 17, 40};
+    unsigned long long seed = 13;
+    int bad = 0;
+    for (size_t a = 0; a < 4; a++)
+        for (size_t b = 0; b < 5; b++)
+            for (size_t c = 0; c < 5; c++) {
+                int64_t t = ts[a], n = ns[b], w = ws[c], col0 = 3, ld = w + col0 + 2;
+                int64_t np = (t + n + 1) / 2;
+                ptrdiff_t ldd = 2 * w + 4;
+                uint16_t *rows = randbf((size_t)(n * ld), &seed);
+                uint16_t *d = malloc((size_t)(np * ldd) * sizeof *d);
+                for (int64_t i = 0; i < np * ldd; i++)
+                    d[i] = 0xdead;
+                mla__src s = {(const unsigned char *)rows, ld * 2, MLA_DTYPE_BF16, NULL, 0, 1};
+                v->pack_pairs(&s, n, col0, w, d, ldd, t);
+                for (int64_t u = 0; u < np * 2; u++)
+                    for (int64_t k = 0; k < ldd; k++) {
+                        uint16_t got = d[(u / 2) * ldd + k];
+                        int64_t i = u - t;
+                        int ours = k < 2 * w && k % 2 == u % 2 && i >= 0 && i < n;
+                        uint16_t want = ours ? rows[i * ld + col0 + k / 2] : 0xdead;
+                        if (k % 2 != u % 2)
+                            continue;
+                        bad += got != want;
+                    }
+                free(rows);
+                free(d);
+            }
+    CHECK(bad == 0, "%s pack_pairs interleaves token pairs bit for bit, writing nothing else "
+          "(%d wrong)", v->name, bad);
+}
+
+/* to_bf16 against the definition (nearest, ties to even), on values with every low half
+ * pattern including exact ties, odd lengths; subnormals may be flushed to zero (kernels.h). */
+static void test_to_bf16(const mla__attn_kernels *v)
+{
+    unsigned long long seed = 17;
+    int bad = 0;
+    for (int64_t n = 0; n < 70; n += 7) {
+        float *x = malloc((size_t)(n + 1) * sizeof *x);
+        uint16_t *d = malloc((size_t)(n + 2) * sizeof *d);
+        for (int64_t i = 0; i < n; i++) {
+            float f = (float)(tap_rand(&seed) * ldexp(1.0, (int)(i % 40) - 20));
+            uint32_t b;
+            memcpy(&b, &f, sizeof b);
+            if (i % 3 == 0)
+                b = (b & 0xffff0000u) | 0x8000u; /* a tie */
+            if (i == 5)
+                b = 0x00000123u; /* subnormal */
+            memcpy(&x[i], &b, sizeof b);
+        }
+        d[n] = 0xbeef;
+        v->to_bf16(x, n, d);
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t b;
+            memcpy(&b, &x[i], sizeof b);
+            uint16_t want = (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+            int sub = (b & 0x7f800000u) == 0;
+            bad += d[i] != want && !(sub && (d[i] & 0x7fffu) == 0);
+        }
+        bad += d[n] != 0xbeef;
+        free(x);
+        free(d);
+    }
+    CHECK(bad == 0, "%s to_bf16 rounds to nearest even, writes n values (%d wrong)", v->name,
+          bad);
+}
+
 int main(void)
 {
     const mla__attn_kernels *p = &mla__attn_kernels_portable;
@@ -311,6 +444,16 @@ int main(void)
               best->gemm_bc_asrc,
           "kernel table chosen (%s)", best ? best->name : "none");
     test_src_get();
+    test_gemm_bf16(p);
+    test_pack_pairs(p);
+    test_to_bf16(p);
+    test_to_bf16(best);
+    CHECK(best->gemm_bf16 && best->pack_pairs && best->to_bf16, "BF16 kernels chosen (%s)",
+          best->name);
+    test_gemm_bf16(best);
+    test_pack_pairs(best);
+    if (!mla_cpu()->avx512_bf16)
+        printf("ok %d # SKIP this CPU has no AVX512_BF16 (vdpbf16ps)\n", ++tap_count);
 #ifdef MLA_ATTN_HAVE_AVX512
     const mla_cpu_features *f = mla_cpu();
     if (f->avx512f && f->avx512bw && f->avx512vl && f->fma) {

@@ -1,7 +1,12 @@
 /*
  * Quantized caches. The attention must equal the MLA formula applied to exactly what the cache
  * holds: the reference takes the latents and RoPE keys read back (dequantized) with
- * mla_cache_seq_read, so the tolerance stays 1e-4 whatever the format. Against a float32 cache
+ * mla_cache_seq_read, so the tolerance stays 1e-4 whatever the format — except for a BF16
+ * latent and RoPE cache, where the absorbed path multiplies in bf16 (queries and probabilities
+ * rounded to bf16): there the reference is ref_mla_forward_bf16 (util.h: the absorbed formula
+ * with the queries rounded as the library rounds them) and each output element must stay within
+ * its bound for the probabilities' rounding plus the float32 slack of 1e-4·max|ref|; the plain
+ * formula's difference is reported. Against a float32 cache
  * the difference must stay within what the format's precision allows. Prefill, decode and both
  * paths read the same stored values.
  */
@@ -66,9 +71,47 @@ int main(void)
             free(lat);
             free(rope);
         }
+        int bf = fmts[fi].lat == MLA_DTYPE_BF16 && fmts[fi].rope == MLA_DTYPE_BF16;
+        double *bound[2] = {NULL, NULL}, *refq[2] = {NULL, NULL};
+        for (int i = 0; i < 2 && bf && c; i++) {
+            float *lat = malloc((size_t)s[i].n * L * sizeof *lat);
+            float *rope = malloc((size_t)s[i].n * W * sizeof *rope);
+            mla_cache_seq_read(c, 0, s[i].id, 0, s[i].n, lat, rope, NULL);
+            bound[i] = malloc((size_t)s[i].n * d * sizeof *bound[i]);
+            refq[i] = malloc((size_t)s[i].n * d * sizeof *refq[i]);
+            ref_mla_forward_bf16(&m, s[i].x, s[i].pos, s[i].n, lat, rope, refq[i], bound[i]);
+            free(lat);
+            free(rope);
+        }
         double e = seqs_diff(s, 2, d);
-        CHECK(e < 1e-4, "%s latent, %s rope: equals the formula on the cached values (rel %.2e)",
-              name, rn, e);
+        if (!bf) {
+            CHECK(e < 1e-4, "%s latent, %s rope: equals the formula on the cached values "
+                  "(rel %.2e)", name, rn, e);
+        } else {
+            /* Worst |out − refq| / (bound + slack); also the bound's size relative to max|ref|,
+             * to show it is not vacuous. */
+            double worst = 0, bmax = 0, eq = 0;
+            for (int i = 0; i < 2 && bound[i]; i++) {
+                double x = rel_diff_d(s[i].out, refq[i], (size_t)s[i].n * d);
+                eq = x > eq || x != x ? x : eq;
+            }
+            for (int i = 0; i < 2 && bound[i]; i++) {
+                double rmax = 0;
+                for (size_t q = 0; q < (size_t)s[i].n * d; q++)
+                    rmax = fmax(rmax, fabs(s[i].ref[q]));
+                for (size_t q = 0; q < (size_t)s[i].n * d; q++) {
+                    double x = fabs(s[i].out[q] - refq[i][q]) / (bound[i][q] + 1e-4 * rmax);
+                    worst = x > worst || x != x ? x : worst;
+                    bmax = fmax(bmax, bound[i][q] / rmax);
+                }
+            }
+            CHECK(bound[0] && bound[1] && worst <= 1.0,
+                  "%s latent, %s rope (bf16 products): the formula with bf16 queries on the "
+                  "cached values, within the bound for bf16 probabilities (error/bound %.2f, "
+                  "bound up to %.1e of max|ref|; rel %.2e from it, %.2e from the unrounded "
+                  "formula)", name, rn, worst, bmax, eq, e);
+
+        }
         double ef = 0;
         for (int i = 0; i < 2; i++) {
             double x = tap_rel_diff(s[i].out, f32[i].out, (size_t)s[i].n * d);
@@ -78,14 +121,34 @@ int main(void)
               "(rel %.2e)", name, rn, fmts[fi].tol_f32, ef);
         /* Materialized prefill of everything over the same format: same stored values. */
         st = run_one(l, fmts[fi].lat, fmts[fi].rope, MLA_ATTN_PATH_MATERIALIZED, t, NULL);
-        double em = 0;
+        double em = 0, wm = 0;
         for (int i = 0; i < 2; i++) {
             double x = tap_rel_diff(t[i].out, s[i].out, (size_t)s[i].n * d);
             em = x > em ? x : em;
+            if (!bound[i])
+                continue;
+            double rmax = 0;
+            for (size_t q = 0; q < (size_t)s[i].n * d; q++)
+                rmax = fmax(rmax, fabs(s[i].ref[q]));
+            /* Materialized (float32 products) is the unrounded formula (1e-4 above). */
+            for (size_t q = 0; q < (size_t)s[i].n * d; q++) {
+                double y = fabs(t[i].out[q] - s[i].ref[q]) / (1e-4 * rmax);
+                wm = y > wm || y != y ? y : wm;
+            }
         }
-        CHECK(st == MLA_OK && em < 1e-4,
-              "%s latent, %s rope: materialized prefill equals absorbed decode (rel %.2e)", name,
-              rn, em);
+        if (!bf)
+            CHECK(st == MLA_OK && em < 1e-4,
+                  "%s latent, %s rope: materialized prefill equals absorbed decode (rel %.2e)",
+                  name, rn, em);
+        else
+            CHECK(st == MLA_OK && wm <= 1.0,
+                  "%s latent, %s rope: materialized prefill keeps float32 products: the "
+                  "unrounded formula (error / 1e-4·max|ref| %.2f; absorbed differs by rel %.2e)",
+                  name, rn, wm, em);
+        for (int i = 0; i < 2; i++) {
+            free(bound[i]);
+            free(refq[i]);
+        }
         mla_cache_destroy(c);
         for (int i = 0; i < 2; i++) {
             seq_free(&s[i]);

@@ -328,6 +328,103 @@ static inline void ref_mla_forward(const ref_mla *m, const float *x, const int64
     free(o);
 }
 
+/* x rounded to float32, then to bf16 (8 significant bits, nearest, ties to even): finite x. */
+static inline double bf16_round(double x)
+{
+    float f = (float)x;
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+/*
+ * The absorbed path over a BF16 cache, modelled in float64 (joint factorization): the formula
+ * in its absorbed form, scores Σ_k q̃_k c_sk + Σ_i q_rope,i k_rope,si with the scaled queries
+ * q̃ = W_ukᵀ q_nope / √d_h and q_rope / √d_h rounded to bf16 as the library rounds them (its
+ * constant term q_nope·b_k cancels in the softmax), ō = Σ_s p_s c_s, out = W_o (W_uv ō + b_v).
+ * What the library does beyond this model is to round each probability to bf16 (unit roundoff
+ * u = 2⁻⁸, normalized by the unrounded sum) and to sum in float32: the first moves ō_k by at
+ * most u·Σ_s p_s |c_sk|, so |out_ti − ref_ti| ≤ bound_ti = u·Σ_{h,e} |W_o[i, h·d_h + e]|
+ * Σ_k |W_uv[j·d_h + e, k]| Σ_s p_s |c_sk| (j the head's KV group) plus float32 rounding, which
+ * the caller allows as slack. out, bound: n × d.
+ */
+static inline void ref_mla_forward_bf16(const ref_mla *m, const float *x, const int64_t *pos,
+                                        int n, const float *lat, const float *rope, double *out,
+                                        double *bound)
+{
+    int d = m->d, n_h = m->n_h, n_kv = m->n_kv, d_h = m->d_h, r = m->r, nope = m->nope;
+    int R = m->R, g = n_h / n_kv, half = r / 2, kd = r + R;
+    const double u = ldexp(1.0, -8), sc = 1.0 / sqrt((double)d_h);
+    double *theta = malloc((size_t)(n_kv * half + 1) * sizeof *theta);
+    for (int j = 0; j < n_kv; j++)
+        for (int i = 0; i < half; i++)
+            theta[j * half + i] = pow(m->rope_theta, -2.0 * m->dims[j * r + i] / d_h);
+    double *q = malloc((size_t)n_h * d_h * sizeof *q), *qa = malloc((size_t)kd * sizeof *qa);
+    double *k = malloc((size_t)n * kd * sizeof *k), *v = malloc((size_t)n * R * sizeof *v);
+    double *va = malloc((size_t)n * R * sizeof *va);
+    double *ob = malloc((size_t)R * sizeof *ob), *oa = malloc((size_t)R * sizeof *oa);
+    double *o = malloc((size_t)n_h * d_h * sizeof *o), *oe = malloc((size_t)n_h * d_h * sizeof *oe);
+    for (int s = 0; s < n * R; s++) {
+        v[s] = lat[s];
+        va[s] = fabs(lat[s]);
+    }
+    for (int t = 0; t < n; t++) {
+        matvec(m->wq, m->bq, x + (size_t)t * d, n_h * d_h, d, q);
+        for (int h = 0; h < n_h; h++) {
+            int j = h / g;
+            rotate(q + (size_t)h * r, half, theta + j * half, (double)pos[t]);
+            for (int i = 0; i < r; i++)
+                qa[i] = bf16_round(q[h * r + i] * sc);
+            for (int kk = 0; kk < R; kk++) {
+                double acc = 0;
+                for (int i = 0; i < nope; i++)
+                    acc += (double)m->wuk[(size_t)(j * nope + i) * R + kk] *
+                           q[n_h * r + h * nope + i];
+                qa[r + kk] = bf16_round(acc * sc);
+            }
+            for (int s = 0; s < n; s++) {
+                for (int i = 0; i < r; i++)
+                    k[(size_t)s * kd + i] = rope[((size_t)s * n_kv + j) * r + i];
+                for (int kk = 0; kk < R; kk++)
+                    k[(size_t)s * kd + r + kk] = lat[(size_t)s * R + kk];
+            }
+            attend(qa, k, v, pos, n, pos[t], kd, R, 1, ob);
+            attend(qa, k, va, pos, n, pos[t], kd, R, 1, oa);
+            for (int e = 0; e < d_h; e++) {
+                const float *w = m->wuv + (size_t)(j * d_h + e) * R;
+                double acc = m->buv ? m->buv[j * d_h + e] : 0.0, ae = 0;
+                for (int kk = 0; kk < R; kk++) {
+                    acc += (double)w[kk] * ob[kk];
+                    ae += fabs((double)w[kk]) * oa[kk];
+                }
+                o[h * d_h + e] = acc;
+                oe[h * d_h + e] = u * ae;
+            }
+        }
+        for (int i = 0; i < d; i++) {
+            double acc = 0, be = 0;
+            for (int cc = 0; cc < n_h * d_h; cc++) {
+                acc += (double)m->wo[(size_t)i * n_h * d_h + cc] * o[cc];
+                be += fabs((double)m->wo[(size_t)i * n_h * d_h + cc]) * oe[cc];
+            }
+            out[(size_t)t * d + i] = acc;
+            bound[(size_t)t * d + i] = be;
+        }
+    }
+    free(theta);
+    free(q);
+    free(qa);
+    free(k);
+    free(v);
+    free(va);
+    free(ob);
+    free(oa);
+    free(o);
+    free(oe);
+}
+
 /* Convert a source layer (HIGH RoPE strategy). NULL on failure. */
 static inline mla_layer *convert(const src_layer *s, int r, int d_kv, mla_factorization f)
 {

@@ -656,6 +656,8 @@ static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a,
 
 const mla__attn_kernels mla__attn_kernels_avx512 = {
     "avx512", gemm_bc, gemm_dot, softmax_step, load_t, gemm_bc_src, gemm_dot_src, gemm_bc_asrc,
+    /* The BF16 kernels without AVX512_BF16; kernels.c swaps in avx512_bf16.c's when it can. */
+    NULL, NULL, NULL,
 };
 
 #endif /* MLA_ATTN_HAVE_AVX512 */

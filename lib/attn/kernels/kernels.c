@@ -6,6 +6,9 @@
 #include "attn/kernels/kernels.h"
 
 static const mla__attn_kernels *best;
+#ifdef MLA_ATTN_HAVE_AVX512
+static mla__attn_kernels avx512; /* mla__attn_kernels_avx512 with its BF16 kernels filled in */
+#endif
 static pthread_once_t best_once = PTHREAD_ONCE_INIT;
 
 static void choose(void)
@@ -16,8 +19,19 @@ static void choose(void)
         return;
 #ifdef MLA_ATTN_HAVE_AVX512
     const mla_cpu_features *f = mla_cpu();
-    if (f->avx512f && f->avx512bw && f->avx512vl && f->fma)
-        best = &mla__attn_kernels_avx512;
+    if (f->avx512f && f->avx512bw && f->avx512vl && f->fma) {
+        avx512 = mla__attn_kernels_avx512;
+        avx512.gemm_bf16 = mla__attn_kernels_portable.gemm_bf16;
+        avx512.pack_pairs = mla__attn_kernels_portable.pack_pairs;
+        avx512.to_bf16 = mla__attn_kernels_portable.to_bf16;
+        if (f->avx512_bf16) {
+            avx512.name = "avx512+bf16";
+            avx512.gemm_bf16 = mla__gemm_bf16_avx512;
+            avx512.pack_pairs = mla__pack_pairs_avx512;
+            avx512.to_bf16 = mla__to_bf16_avx512;
+        }
+        best = &avx512;
+    }
 #endif
 }
 

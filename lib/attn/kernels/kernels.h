@@ -69,6 +69,27 @@ typedef void (*mla__softmax_step_fn)(int64_t n_rows, int64_t t_len, float *s, pt
                                      float *mx, float *l, ptrdiff_t ms, float *o, ptrdiff_t ldo,
                                      int64_t dv);
 
+/*
+ * BF16 products (the absorbed path over a BF16 cache, absorbed.c): both operands are bf16 values
+ * taken in pairs along k, as vdpbf16ps multiplies them: A's pair (i, p) is a[i·rsa + p·csa]
+ * and the value after it, B's pair (p, j) is b[p·ldb + 2j] and the one after it. C(i, j) =
+ * beta·C + Σ_{p < kp} both products of the pairs; every bf16 product is exact in float32, the
+ * sums are float32 (their order is the kernel's; strides count uint16 values).
+ */
+typedef void (*mla__gemm_bf16_fn)(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
+                                  ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b, ptrdiff_t ldb,
+                                  float beta, float *c, ptrdiff_t ldc);
+/* Rows of a BF16 source interleaved in pairs of tokens (B of the weighted sum Σ p·c): row i
+ * (token u = t + i of the tile) goes to dst[(u / 2)·ldd + 2k + u % 2] for columns col0 + k,
+ * k < w, bit for bit. */
+typedef void (*mla__pack_pairs_fn)(const mla__src *s, int64_t n, int64_t col0, int64_t w,
+                                   uint16_t *dst, ptrdiff_t ldd, int64_t t);
+
+/* dst[i] = x[i] rounded to bf16 (nearest, ties to even) for finite x, i < n. The vectorized
+ * variant (vcvtneps2bf16) treats float32 subnormals as zero: they differ from the portable
+ * result only below 2⁻¹²⁶ (probabilities that small add nothing to a float32 sum of ones). */
+typedef void (*mla__to_bf16_fn)(const float *x, int64_t n, uint16_t *dst);
+
 typedef struct mla__attn_kernels {
     const char *name;
     mla__gemm_bc_fn gemm_bc;
@@ -78,6 +99,9 @@ typedef struct mla__attn_kernels {
     mla__gemm_bc_src_fn gemm_bc_src;
     mla__gemm_dot_src_fn gemm_dot_src;
     mla__gemm_bc_asrc_fn gemm_bc_asrc;
+    mla__gemm_bf16_fn gemm_bf16;
+    mla__pack_pairs_fn pack_pairs;
+    mla__to_bf16_fn to_bf16;
 } mla__attn_kernels;
 
 /* Element (t, k) of a source (the portable conversion every kernel must reproduce exactly). */
@@ -87,6 +111,13 @@ MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_portable;
 #if defined(__x86_64__) && defined(__GNUC__)
 #  define MLA_ATTN_HAVE_AVX512 1
 MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_avx512;
+/* avx512_bf16.c: the BF16 kernels with vdpbf16ps (CPUs with AVX512_BF16 only). */
+MLA_INTERNAL void mla__gemm_bf16_avx512(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
+                                        ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
+                                        ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc);
+MLA_INTERNAL void mla__to_bf16_avx512(const float *x, int64_t n, uint16_t *dst);
+MLA_INTERNAL void mla__pack_pairs_avx512(const mla__src *s, int64_t n, int64_t col0, int64_t w,
+                                         uint16_t *dst, ptrdiff_t ldd, int64_t t);
 #endif
 
 /* The best kernels this CPU runs (chosen once). MLA_ATTN_KERNELS=portable in the environment

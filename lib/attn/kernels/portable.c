@@ -140,7 +140,46 @@ static void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int
     }
 }
 
+static float bf(const uint16_t *p)
+{
+    return mla_bf16_to_f32(*p);
+}
+
+static void gemm_bf16(int64_t m, int64_t n, int64_t kp, const uint16_t *a, ptrdiff_t rsa,
+                      ptrdiff_t csa, const uint16_t *b, ptrdiff_t ldb, float beta, float *c,
+                      ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            /* The odd element first, then the even one, as vdpbf16ps is specified. */
+            for (int64_t p = 0; p < kp; p++) {
+                const uint16_t *ap = a + i * rsa + p * csa, *bp = b + p * ldb + 2 * j;
+                s += bf(ap + 1) * bf(bp + 1);
+                s += bf(ap) * bf(bp);
+            }
+            c[i * ldc + j] = (beta == 0.0f ? 0.0f : c[i * ldc + j]) + s;
+        }
+}
+
+static void pack_pairs(const mla__src *s, int64_t n, int64_t col0, int64_t w, uint16_t *dst,
+                       ptrdiff_t ldd, int64_t t)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const unsigned char *row = s->p + i * s->ld + 2 * col0;
+        uint16_t *d = dst + ((t + i) / 2) * ldd + (t + i) % 2;
+        for (int64_t k = 0; k < w; k++)
+            memcpy(d + 2 * k, row + 2 * k, sizeof *d);
+    }
+}
+
+static void to_bf16(const float *x, int64_t n, uint16_t *dst)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = mla_f32_to_bf16(x[i]);
+}
+
 const mla__attn_kernels mla__attn_kernels_portable = {
     "portable", gemm_bc, gemm_dot, softmax_step, load_t, gemm_bc_src, gemm_dot_src,
-    gemm_bc_asrc,
+    gemm_bc_asrc, gemm_bf16, pack_pairs, to_bf16,
 };
