@@ -54,9 +54,9 @@ MLA_API void mla_attn_destroy(mla_attn *attn);
  * written in this layer (an unwritten reserved slot reads as zeros).
  * out: n_tokens × d_model float32 (the o_proj output), may not alias x.
  * Errors: INVALID_ARGUMENT (unknown sequence, position gap, position repeated within the batch,
- * layer/cache mismatch), NUMERICAL (NaN/Inf input), CAPACITY (cache full), OUT_OF_MEMORY. On
- * error no position is added to any sequence (a shared block may have been copied, and reserved
- * slots of this layer overwritten).
+ * layer/cache mismatch), NUMERICAL (NaN/Inf input, or overflow inside the layer), CAPACITY (cache
+ * full), OUT_OF_MEMORY. On error no position is added to any sequence (a shared block may have
+ * been copied, and reserved slots of this layer overwritten) and out is not written.
  * Not thread-safe on one mla_attn; distinct mla_attn handles may run on distinct sequences of
  * one cache concurrently.
  */

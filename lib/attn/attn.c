@@ -1,4 +1,5 @@
 /* The attention handle: parameters, threads, scratch memory. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +9,21 @@
 
 /* Upper bound on worker threads, against typos such as −1 cast to a huge count. */
 #define MAX_THREADS 4096
+
+/* MLA_ATTN_STREAM_BYTES from the environment (a test hook): a whole non-negative decimal
+ * integer, anything else (sign, spaces, trailing characters, out of range) keeps the default. */
+static int64_t stream_bytes_env(void)
+{
+    const char *sb = getenv("MLA_ATTN_STREAM_BYTES");
+    if (!sb || *sb < '0' || *sb > '9')
+        return MLA_ATTN_STREAM_BYTES;
+    char *end;
+    errno = 0;
+    long long v = strtoll(sb, &end, 10);
+    if (errno || *end != '\0' || v < 0)
+        return MLA_ATTN_STREAM_BYTES;
+    return (int64_t)v;
+}
 
 MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_size)
 {
@@ -50,8 +66,7 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
     a->p.struct_size = sizeof p;
     a->n_threads = p.n_threads == 0 ? mla_cpu_count() : p.n_threads;
     a->k = mla__attn_kernels_best();
-    const char *sb = getenv("MLA_ATTN_STREAM_BYTES");
-    a->stream_bytes = sb && *sb ? strtoll(sb, NULL, 10) : MLA_ATTN_STREAM_BYTES;
+    a->stream_bytes = stream_bytes_env();
     *out = a;
     return MLA_OK;
 }

@@ -54,6 +54,7 @@ typedef struct chunk {
     int64_t t0, m, p0;
     int64_t app0;        /* first appended position (positions ≥ app0 are new), or p0 + m */
     int64_t max_spans;
+    int64_t len0;        /* tokens of the sequence before this call */
     mla__seq_view view;
     int absorbed;
 } chunk;
@@ -78,6 +79,26 @@ static void *take(arena *a, size_t count, size_t size)
     return a->base ? a->base + o : NULL;
 }
 
+/* Size arithmetic for take: an overflow marks the arena (the plan cannot be addressed). */
+static size_t mul(arena *a, size_t x, size_t y)
+{
+    size_t r;
+    if (!mla_mul_size(x, y, &r)) {
+        a->overflow = 1;
+        return 0;
+    }
+    return r;
+}
+
+static size_t add(arena *a, size_t x, size_t y)
+{
+    if (x > SIZE_MAX - y) {
+        a->overflow = 1;
+        return 0;
+    }
+    return x + y;
+}
+
 /* Dimensions of the layer as the forward needs them. */
 typedef struct dims {
     int64_t d, n_h, n_kv, g, d_h, r, nope, L, W, lat_k, lat_v, off_v;
@@ -87,6 +108,7 @@ typedef struct dims {
 /* Everything one forward allocates, carved from the arena. */
 typedef struct plan {
     int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
+    int64_t n_works;     /* per-thread work areas: the most threads run_jobs may use */
     int any_abs, any_mat;
     int need_f32;        /* some job reads a float32 tile (BLIS products, I4 latents) */
     int bf16;            /* absorbed products in bf16 (BF16 cache, mla__absorbed_bf16) */
@@ -99,59 +121,61 @@ typedef struct plan {
     size_t extra_floats;
 } plan;
 
-static void carve(arena *a, plan *p, const dims *dm, chunk *ch, int n_threads)
+static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
 {
-    size_t n = (size_t)p->n, nh = (size_t)dm->n_h, hd = (size_t)(dm->n_h * dm->d_h);
-    p->xp = take(a, n * (size_t)dm->d, sizeof(float));
-    p->q = take(a, n * hd, sizeof(float));
-    p->kr = take(a, n * (size_t)dm->W + 1, sizeof(float));
-    p->lat = take(a, n * (size_t)dm->L, sizeof(float));
-    p->qg = p->any_mat ? take(a, n * hd, sizeof(float)) : NULL;
-    p->qt = p->any_abs ? take(a, n * nh * (size_t)dm->lat_k + 1, sizeof(float)) : NULL;
-    p->qrt = p->any_abs ? take(a, n * nh * (size_t)dm->r + 1, sizeof(float)) : NULL;
-    p->obar = p->any_abs ? take(a, n * nh * (size_t)dm->lat_v, sizeof(float)) : NULL;
-    p->ao = take(a, n * hd, sizeof(float));
-    p->mx = take(a, n * nh, sizeof(float));
-    p->l = take(a, n * nh, sizeof(float));
-    p->outp = take(a, n * (size_t)dm->d, sizeof(float));
-    p->rope_work = take(a, 2 * (size_t)(dm->n_kv * dm->r) + 2, sizeof(double));
+    size_t n = (size_t)p->n, nh = (size_t)dm->n_h, hd = mul(a, (size_t)dm->n_h, (size_t)dm->d_h);
+    size_t nnh = mul(a, n, nh);
+    p->xp = take(a, mul(a, n, (size_t)dm->d), sizeof(float));
+    p->q = take(a, mul(a, n, hd), sizeof(float));
+    p->kr = take(a, add(a, mul(a, n, (size_t)dm->W), 1), sizeof(float));
+    p->lat = take(a, mul(a, n, (size_t)dm->L), sizeof(float));
+    p->qg = p->any_mat ? take(a, mul(a, n, hd), sizeof(float)) : NULL;
+    p->qt = p->any_abs ? take(a, add(a, mul(a, nnh, (size_t)dm->lat_k), 1), sizeof(float)) : NULL;
+    p->qrt = p->any_abs ? take(a, add(a, mul(a, nnh, (size_t)dm->r), 1), sizeof(float)) : NULL;
+    p->obar = p->any_abs ? take(a, mul(a, nnh, (size_t)dm->lat_v), sizeof(float)) : NULL;
+    p->ao = take(a, mul(a, n, hd), sizeof(float));
+    p->mx = take(a, nnh, sizeof(float));
+    p->l = take(a, nnh, sizeof(float));
+    p->outp = take(a, mul(a, n, (size_t)dm->d), sizeof(float));
+    p->rope_work = take(a, add(a, mul(a, 2, (size_t)(dm->n_kv * dm->r)), 2), sizeof(double));
     p->blocks = take(a, (size_t)p->n_blocks, sizeof(mla__qblock));
     p->jobs = take(a, (size_t)p->n_jobs, sizeof(mla__job));
-    p->extra = take(a, p->extra_floats + 1, sizeof(float));
-    p->works = take(a, (size_t)n_threads, sizeof(mla__work));
+    p->extra = take(a, add(a, p->extra_floats, 1), sizeof(float));
+    p->works = take(a, (size_t)p->n_works, sizeof(mla__work));
     size_t T = (size_t)p->tile;
-    size_t s_floats = T * (size_t)(p->rows_abs > p->rows_mat ? p->rows_abs : p->rows_mat);
     size_t max_m = (size_t)(p->rows_abs > p->rows_mat ? p->rows_abs : p->rows_mat);
-    for (int i = 0; i < n_threads; i++) {
+    size_t s_floats = mul(a, T, max_m);
+    size_t kvw = mul(a, T, (size_t)(dm->n_kv * dm->d_h));
+    for (int64_t i = 0; i < p->n_works; i++) {
         mla__work w;
         memset(&w, 0, sizeof w);
         if (p->need_f32) {
-            w.tile.latent = take(a, T * (size_t)dm->L, sizeof(float));
-            w.tile.rope = take(a, T * (size_t)dm->W + 1, sizeof(float));
+            w.tile.latent = take(a, mul(a, T, (size_t)dm->L), sizeof(float));
+            w.tile.rope = take(a, add(a, mul(a, T, (size_t)dm->W), 1), sizeof(float));
             w.tile.pos = take(a, T, sizeof(int64_t));
         }
         w.rt.seg = take(a, T, sizeof(mla__seg));
         w.rt.pos = take(a, T, sizeof(int64_t));
         size_t ctw = (size_t)(dm->lat_k + dm->W > dm->d_h ? dm->lat_k + dm->W : dm->d_h);
-        w.ct = take(a, ctw * T, sizeof(float));
+        w.ct = take(a, mul(a, ctw, T), sizeof(float));
         w.s = take(a, s_floats, sizeof(float));
         int up = p->any_mat && !dm->mha;
-        w.kbuf = up ? take(a, T * (size_t)(dm->n_kv * dm->d_h), sizeof(float)) : NULL;
-        w.vbuf = up ? take(a, T * (size_t)(dm->n_kv * dm->d_h), sizeof(float)) : NULL;
+        w.kbuf = up ? take(a, kvw, sizeof(float)) : NULL;
+        w.vbuf = up ? take(a, kvw, sizeof(float)) : NULL;
         w.nvis = take(a, max_m, sizeof(int64_t));
         if (p->bf16) {
             size_t ra = (size_t)p->rows_abs;
-            w.qb = take(a, ra * (size_t)(dm->lat_k + dm->r) + 2, sizeof(uint16_t));
+            w.qb = take(a, add(a, mul(a, ra, (size_t)(dm->lat_k + dm->r)), 2), sizeof(uint16_t));
             /* P rounded (rows × tile), then for many rows its token pairs (absorbed.c) */
-            w.pb = take(a, ra * (2 * T + 2) + 2, sizeof(uint16_t));
-            w.cv = take(a, (T + 2) * (size_t)dm->lat_v + 2, sizeof(uint16_t));
+            w.pb = take(a, add(a, mul(a, ra, add(a, mul(a, 2, T), 2)), 2), sizeof(uint16_t));
+            w.cv = take(a, add(a, mul(a, T + 2, (size_t)dm->lat_v), 2), sizeof(uint16_t));
         }
         if (p->works)
             p->works[i] = w;
     }
     for (int64_t c = 0; c < p->n_chunks; c++) {
         ch[c].view.spans = take(a, (size_t)ch[c].max_spans, sizeof(mla_cache_span));
-        ch[c].view.start = take(a, (size_t)ch[c].max_spans + 1, sizeof(int64_t));
+        ch[c].view.start = take(a, add(a, (size_t)ch[c].max_spans, 1), sizeof(int64_t));
     }
 }
 
@@ -159,10 +183,13 @@ static mla_status scratch_reserve(mla_attn *attn, size_t bytes)
 {
     if (bytes <= attn->scratch_size)
         return MLA_OK;
+    /* The old contents are not needed: free first, so the peak is the new size. */
+    mla_free(attn->scratch);
+    attn->scratch = NULL;
+    attn->scratch_size = 0;
     void *p = mla_alloc(bytes);
     if (!p)
         return mla_fail(MLA_ERR_OUT_OF_MEMORY, "attention: %zu bytes of scratch memory", bytes);
-    mla_free(attn->scratch);
     attn->scratch = p;
     attn->scratch_size = bytes;
     return MLA_OK;
@@ -201,6 +228,40 @@ static mla_status layer_dims(const struct mla_layer *ly, const mla_cache_layer_f
                         (int)cache_layer, (int)fmt->latent_dim, (int)fmt->rope_width,
                         (long long)dm->L, (long long)dm->W, (long long)dm->n_kv,
                         (long long)dm->r);
+    return MLA_OK;
+}
+
+/* The cache layer's RoPE description must be the layer's (as mla_layer_cache_desc gives it):
+ * mla_cache_seq_shift re-rotates the cached keys with the cache's, so another split of the same
+ * width, other frequencies or another position scale would corrupt the keys later, silently. */
+static mla_status check_rope(const mla_cache *cache, int32_t cache_layer,
+                             const struct mla_layer *ly, const dims *dm)
+{
+    mla_cache_layer_rope cr;
+    mla_status st = mla__cache_layer_rope(cache, cache_layer, &cr);
+    if (st != MLA_OK)
+        return st;
+    int32_t heads = dm->r > 0 ? (int32_t)dm->n_kv : 0;
+    double ps = ly->rope_position_scale == 0 ? 1.0 : ly->rope_position_scale;
+    if (cr.heads != heads || cr.dim != dm->r)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attention: cache layer %d has rope_heads %d and rope_dim %d, the layer "
+                        "%d and %lld (describe the cache layer with mla_layer_cache_desc)",
+                        (int)cache_layer, (int)cr.heads, (int)cr.dim, (int)heads,
+                        (long long)dm->r);
+    if (cr.position_scale != ps)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attention: cache layer %d has rope_position_scale %g, the layer %g "
+                        "(describe the cache layer with mla_layer_cache_desc)",
+                        (int)cache_layer, cr.position_scale, ps);
+    int64_t nf = (int64_t)heads * dm->r / 2;
+    for (int64_t i = 0; i < nf && cr.freqs && ly->rope_freqs; i++)
+        if (cr.freqs[i] != ly->rope_freqs[i])
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "attention: cache layer %d has rope_freqs[%lld] = %g, the layer %g "
+                            "(describe the cache layer with mla_layer_cache_desc)",
+                            (int)cache_layer, (long long)i, (double)cr.freqs[i],
+                            (double)ly->rope_freqs[i]);
     return MLA_OK;
 }
 
@@ -427,6 +488,11 @@ static void run_jobs(mla_attn *attn, const mla__ctx *ctx, const plan *p, int nt)
                  width;
     }
     nt = threads_for(nt, flops);
+    /* One work area per thread was carved (plan_bounds). */
+    if (nt > p->n_works)
+        nt = (int)p->n_works;
+    if (nt > nj)
+        nt = (int)nj;
     if (nt <= 1 || nj <= 1) {
         for (int64_t i = 0; i < nj; i++) {
             const mla__job *job = &p->jobs[i];
@@ -534,90 +600,130 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32)
     return t < lo ? lo : t > 256 ? 256 : t;
 }
 
-/* Blocks and jobs: blocks of up to ABSORBED_ROWS rows or MATERIALIZED_TOKENS tokens; when there
- * are fewer blocks than threads, each block's context is split across threads (split-K). */
-static void plan_blocks(const dims *dm, plan *p, chunk *ch, int nt, int count_only)
+/* Query tokens per block of a chunk: ABSORBED_ROWS rows or MATERIALIZED_TOKENS tokens. */
+static int64_t block_tokens(const dims *dm, int absorbed)
 {
     int64_t qb_abs = ABSORBED_ROWS / dm->n_h > 0 ? ABSORBED_ROWS / dm->n_h : 1;
+    return absorbed ? qb_abs : MATERIALIZED_TOKENS;
+}
+
+/* Split-K parts per block: when there are fewer blocks than threads, each block's context is
+ * split across threads. */
+static int64_t block_parts(const plan *p, int nt)
+{
+    return nt > 1 && p->n_blocks < nt ? (nt + p->n_blocks - 1) / p->n_blocks : 1;
+}
+
+/* Parts of a block with n_ctx context tokens: at most one per tile. */
+static int64_t parts_for(const plan *p, int64_t parts, int64_t n_ctx)
+{
+    int64_t tiles = (n_ctx + p->tile - 1) / p->tile;
+    return tiles < parts ? (tiles > 0 ? tiles : 1) : parts;
+}
+
+/*
+ * Bounds for the carve, before the cache writes: the blocks, the longest block's query rows, and
+ * per block a bound of its context (the sequence's tokens before the call plus the block's end
+ * within the chunk), hence its parts, the split-K state and the flops that decide whether
+ * run_jobs uses more than one thread (threads_for is monotonic, and run_jobs never uses more
+ * than n_works).
+ */
+static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena *a)
+{
+    int64_t nb = 0, m_abs = 0, m_mat = 0;
+    for (int64_t c = 0; c < p->n_chunks; c++) {
+        int64_t qb = block_tokens(dm, ch[c].absorbed);
+        int64_t m = ch[c].m < qb ? ch[c].m : qb;
+        nb += (ch[c].m + qb - 1) / qb;
+        if (ch[c].absorbed)
+            m_abs = m > m_abs ? m : m_abs;
+        else
+            m_mat = m > m_mat ? m : m_mat;
+    }
+    p->n_blocks = nb;
+    p->rows_abs = m_abs * dm->n_h;
+    /* The one-query MHA loop keeps all heads' scores (materialized.c). */
+    p->rows_mat = m_mat > 0 ? (m_mat > dm->n_h ? m_mat : dm->n_h) : 0;
+    int64_t parts = block_parts(p, nt), nj = 0;
+    size_t extra = 0;
+    double flops = 0;
+    for (int64_t c = 0; c < p->n_chunks; c++) {
+        int64_t qb = block_tokens(dm, ch[c].absorbed);
+        int64_t dv = ch[c].absorbed ? dm->lat_v : dm->d_h;
+        double width = ch[c].absorbed ? 2.0 * dm->lat_k + dm->r : 2.0 * dm->d_h;
+        for (int64_t s = 0; s < ch[c].m; s += qb) {
+            int64_t bm = ch[c].m - s < qb ? ch[c].m - s : qb;
+            int64_t ctx = ch[c].len0 + s + bm, rows = bm * dm->n_h;
+            int64_t np = parts_for(p, parts, ctx);
+            nj += np;
+            extra = add(a, extra, mul(a, (size_t)(np - 1), mul(a, (size_t)rows, (size_t)(2 + dv))));
+            flops += 2.0 * (double)rows * (double)ctx * width;
+        }
+    }
+    p->n_jobs = nj;
+    p->extra_floats = extra;
+    p->n_works = threads_for(nt, flops) <= 1 ? 1 : nj < nt ? nj : nt;
+}
+
+static void plan_blocks(const dims *dm, plan *p, chunk *ch)
+{
     int64_t nb = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
-        int64_t qb = ch[c].absorbed ? qb_abs : MATERIALIZED_TOKENS;
+        int64_t qb = block_tokens(dm, ch[c].absorbed);
         for (int64_t s = 0; s < ch[c].m; s += qb) {
-            if (!count_only) {
-                mla__qblock *b = &p->blocks[nb];
-                b->t0 = ch[c].t0 + s;
-                b->m = ch[c].m - s < qb ? ch[c].m - s : qb;
-                b->p0 = ch[c].p0 + s;
-                b->view = &ch[c].view;
-                b->absorbed = ch[c].absorbed;
-                b->n_ctx = mla__seq_view_count_le(&ch[c].view, b->p0 + b->m - 1);
-            }
+            mla__qblock *b = &p->blocks[nb];
+            b->t0 = ch[c].t0 + s;
+            b->m = ch[c].m - s < qb ? ch[c].m - s : qb;
+            b->p0 = ch[c].p0 + s;
+            b->view = &ch[c].view;
+            b->absorbed = ch[c].absorbed;
+            b->n_ctx = mla__seq_view_count_le(&ch[c].view, b->p0 + b->m - 1);
             nb++;
         }
     }
     p->n_blocks = nb;
-    if (count_only) {
-        p->rows_abs = p->any_abs ? qb_abs * dm->n_h : 0;
-        p->rows_mat = p->any_mat ? MATERIALIZED_TOKENS : 0;
-    }
 }
 
 /* Parts per block (split-K) and the state each part accumulates into. */
-static void plan_jobs(const dims *dm, plan *p, int nt, int count_only)
+static void plan_jobs(const dims *dm, plan *p, int nt)
 {
-    int64_t parts = nt > 1 && p->n_blocks < nt ? (nt + p->n_blocks - 1) / p->n_blocks : 1;
+    int64_t parts = block_parts(p, nt);
     int64_t nj = 0;
     size_t extra = 0;
     for (int64_t bi = 0; bi < p->n_blocks; bi++) {
-        int64_t rows = 0, dv = 0, n_ctx = 0;
-        const mla__qblock *b = count_only ? NULL : &p->blocks[bi];
-        if (b) {
-            rows = b->m * dm->n_h;
-            dv = b->absorbed ? dm->lat_v : dm->d_h;
-            n_ctx = b->n_ctx;
-        }
-        /* Before the writes the context is unknown: plan for the maximum number of parts. */
-        int64_t np = parts;
-        if (b) {
-            int64_t tiles = (n_ctx + p->tile - 1) / p->tile;
-            np = tiles < parts ? (tiles > 0 ? tiles : 1) : parts;
-        }
+        const mla__qblock *b = &p->blocks[bi];
+        int64_t rows = b->m * dm->n_h;
+        int64_t dv = b->absorbed ? dm->lat_v : dm->d_h;
+        int64_t n_ctx = b->n_ctx;
+        int64_t np = parts_for(p, parts, n_ctx);
         for (int64_t k = 0; k < np; k++) {
-            if (b) {
-                mla__job *j = &p->jobs[nj];
-                int64_t per = (n_ctx + np - 1) / np;
-                per = (per + p->tile - 1) / p->tile * p->tile;
-                j->block = bi;
-                j->c0 = k * per < n_ctx ? k * per : n_ctx;
-                j->c1 = (k + 1) * per < n_ctx ? (k + 1) * per : n_ctx;
-                if (k == 0) {
-                    j->mx = p->mx + b->t0 * dm->n_h;
-                    j->l = p->l + b->t0 * dm->n_h;
-                    j->o = (b->absorbed ? p->obar : p->ao) + b->t0 * dm->n_h * dv;
-                    j->ldo = dv;
-                } else {
-                    j->mx = p->extra + extra;
-                    j->l = j->mx + rows;
-                    j->o = j->l + rows;
-                    j->ldo = dv;
-                    extra += (size_t)rows * (size_t)(2 + dv);
-                }
-                for (int64_t r = 0; r < rows; r++) {
-                    j->mx[r] = -INFINITY;
-                    j->l[r] = 0.0f;
-                }
-                memset(j->o, 0, (size_t)rows * (size_t)dv * sizeof(float));
+            mla__job *j = &p->jobs[nj];
+            int64_t per = (n_ctx + np - 1) / np;
+            per = (per + p->tile - 1) / p->tile * p->tile;
+            j->block = bi;
+            j->c0 = k * per < n_ctx ? k * per : n_ctx;
+            j->c1 = (k + 1) * per < n_ctx ? (k + 1) * per : n_ctx;
+            if (k == 0) {
+                j->mx = p->mx + b->t0 * dm->n_h;
+                j->l = p->l + b->t0 * dm->n_h;
+                j->o = (b->absorbed ? p->obar : p->ao) + b->t0 * dm->n_h * dv;
+                j->ldo = dv;
+            } else {
+                j->mx = p->extra + extra;
+                j->l = j->mx + rows;
+                j->o = j->l + rows;
+                j->ldo = dv;
+                extra += (size_t)rows * (size_t)(2 + dv);
             }
+            for (int64_t r = 0; r < rows; r++) {
+                j->mx[r] = -INFINITY;
+                j->l[r] = 0.0f;
+            }
+            memset(j->o, 0, (size_t)rows * (size_t)dv * sizeof(float));
             nj++;
         }
     }
     p->n_jobs = nj;
-    if (count_only) {
-        /* Upper bound of the extra state: every block split into `parts`. */
-        int64_t dvmax = dm->lat_v > dm->d_h ? dm->lat_v : dm->d_h;
-        p->extra_floats = (size_t)(parts - 1) * (size_t)p->n * (size_t)dm->n_h *
-                          (size_t)(2 + dvmax);
-    }
 }
 
 MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_cache *cache,
@@ -639,6 +745,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         return mla_fail_context(st, "mla_attn_forward: cache_layer %d: ", (int)cache_layer);
     dims dm;
     st = layer_dims(layer, &fmt, cache_layer, &dm);
+    if (st == MLA_OK)
+        st = check_rope(cache, cache_layer, layer, &dm);
     if (st != MLA_OK || n_tokens == 0)
         return st;
     size_t xbytes, obytes;
@@ -646,7 +754,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_forward: n_tokens %lld is too large",
                         (long long)n_tokens);
     obytes = xbytes;
-    if ((const char *)out < (const char *)x + xbytes && (const char *)x < (const char *)out + obytes)
+    /* As integers: comparing pointers into distinct objects is undefined. */
+    uintptr_t xa = (uintptr_t)x, oa = (uintptr_t)out;
+    if (oa - xa < xbytes || xa - oa < obytes)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_forward: out overlaps x");
     st = check_finite(x, n_tokens, dm.d);
     if (st != MLA_OK)
@@ -681,6 +791,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
                                   (int)ch[c].seq);
             goto done;
         }
+        st = mla_cache_seq_length(cache, ch[c].seq, &ch[c].len0);
+        if (st != MLA_OK)
+            goto done;
         /* Appending m tokens adds at most m spans (at least one token each); a copy-on-write
          * of a shared block does not add spans. */
         ch[c].max_spans = n_spans + ch[c].m + 1;
@@ -701,10 +814,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     p.bf16 = p.any_abs && mla__absorbed_bf16(&fmt, (int32_t)dm.lat_k, (int32_t)dm.lat_v,
                                              (int32_t)dm.r);
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32);
-    plan_blocks(&dm, &p, ch, nt, 1);
-    plan_jobs(&dm, &p, nt, 1);
     arena a = {NULL, 0, 0};
-    carve(&a, &p, &dm, ch, nt);
+    plan_bounds(&dm, &p, ch, nt, &a);
+    carve(&a, &p, &dm, ch);
     if (a.overflow) {
         st = mla_fail(MLA_ERR_INVALID_ARGUMENT,
                       "mla_attn_forward: %lld tokens need more memory than can be addressed",
@@ -716,7 +828,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         goto done;
     a.base = (char *)(((uintptr_t)attn->scratch + 63) & ~(uintptr_t)63);
     a.off = 0;
-    carve(&a, &p, &dm, ch, nt);
+    carve(&a, &p, &dm, ch);
     for (int64_t c = 0; c < p.n_chunks; c++) {
         st = place_chunk(cache, cache_layer, &ch[c]);
         if (st != MLA_OK)
@@ -741,8 +853,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     }
     /* Before plan_jobs, which zeroes the jobs' output states: decode uses obar as scratch. */
     prepare_queries(layer, &dm, &p, nt, attn->k);
-    plan_blocks(&dm, &p, ch, nt, 0);
-    plan_jobs(&dm, &p, nt, 0);
+    plan_blocks(&dm, &p, ch);
+    plan_jobs(&dm, &p, nt);
     mla__ctx ctx = {
         .layer = layer, .fmt = &fmt, .k = attn->k,
         .n_h = (int32_t)dm.n_h, .n_kv = (int32_t)dm.n_kv, .g = (int32_t)dm.g,
@@ -758,6 +870,31 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     int64_t hd = dm.n_h * dm.d_h;
     mla__sgemm(threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd), n_tokens,
                dm.d, hd, p.ao, hd, 1, layer->wo, 1, hd, 0.0f, p.outp, dm.d, 1);
+    /* Finite input can still overflow float32 inside the layer (scores of |x| ~ 1e20 give
+     * exp(inf − inf) = NaN): fail rather than return non-finite output. out is written only
+     * on success. */
+    int64_t bad = -1, bad_col = 0;
+    for (int64_t i = 0; i < n_tokens; i++)
+        for (int64_t j = 0; j < dm.d; j++)
+            if (!isfinite(p.outp[i * dm.d + j])) {
+                if (bad < 0 || tk[i].idx < bad) {
+                    bad = tk[i].idx;
+                    bad_col = j;
+                }
+                break;
+            }
+    if (bad >= 0) {
+        rollback(cache, &p, ch);
+        int64_t i = 0;
+        while (tk[i].idx != bad)
+            i++;
+        st = mla_fail(MLA_ERR_NUMERICAL,
+                      "attention: cache layer %d: the output of token %lld, column %lld is %g "
+                      "(overflow inside the layer: the input is finite but too large)",
+                      (int)cache_layer, (long long)bad, (long long)bad_col,
+                      (double)p.outp[i * dm.d + bad_col]);
+        goto done;
+    }
     for (int64_t i = 0; i < n_tokens; i++)
         memcpy(out + tk[i].idx * dm.d, p.outp + i * dm.d, (size_t)dm.d * sizeof(float));
 done:

@@ -41,3 +41,16 @@ mla_status mla__cache_seq_span(const mla_cache *c, int32_t layer, int32_t seq, i
     span->rope_row_bytes = L->rope_row_bytes;
     return MLA_OK;
 }
+
+mla_status mla__cache_layer_rope(const mla_cache *c, int32_t layer, mla_cache_layer_rope *rope)
+{
+    if (!c || !rope || layer < 0 || layer >= c->n_layers)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache rope description: layer %d of %d",
+                        (int)layer, c ? (int)c->n_layers : 0);
+    const mla_cache_layer *L = &c->layers[layer];
+    rope->heads = L->rope_heads;
+    rope->dim = L->rope_dim;
+    rope->position_scale = L->pos_scale;
+    rope->freqs = L->rope_dim > 0 ? L->freqs : NULL;
+    return MLA_OK;
+}

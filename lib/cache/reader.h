@@ -38,6 +38,21 @@ typedef struct mla_cache_span {
 MLA_INTERNAL mla_status mla__cache_layer_format(const mla_cache *cache, int32_t layer,
                                                 mla_cache_layer_format *fmt);
 
+/* The RoPE description layer `layer` was created with, as mla_cache_seq_shift rotates its keys:
+ * heads × dim rotated values per token, positions multiplied by position_scale (a 0 given at
+ * creation is stored as 1), freqs: heads × dim/2 angular frequencies owned by the cache (NULL when
+ * dim is 0). */
+typedef struct mla_cache_layer_rope {
+    int32_t heads;
+    int32_t dim;
+    double position_scale;
+    const float *freqs;
+} mla_cache_layer_rope;
+
+/* The RoPE description of layer `layer`. Errors: INVALID_ARGUMENT. */
+MLA_INTERNAL mla_status mla__cache_layer_rope(const mla_cache *cache, int32_t layer,
+                                              mla_cache_layer_rope *rope);
+
 /* Number of spans of seq (0 for an empty sequence). Errors: INVALID_ARGUMENT (unknown seq). */
 MLA_INTERNAL mla_status mla__cache_seq_span_count(const mla_cache *cache, int32_t seq,
                                                   int64_t *n_spans);

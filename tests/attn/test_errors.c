@@ -2,8 +2,9 @@
  * Bad input gives a status, a message, and leaves everything as it was: nothing appended to the
  * cache (length and last position unchanged) and out untouched. Cases: unknown sequence, position
  * gap, repeated position, negative position, NaN/Inf input, a full cache (also when only the
- * second sequence of the batch overflows it), a layer that does not match the cache layer,
- * NULL arguments, bad parameters.
+ * second sequence of the batch overflows it), a layer that does not match the cache layer
+ * (widths, or the RoPE description mla_cache_seq_shift rotates with), finite input that
+ * overflows inside the layer, NULL arguments, overlapping out and x, bad parameters.
  */
 #include "run.h"
 
@@ -123,6 +124,115 @@ int main(void)
     layer = save;
     mla_layer_destroy(other);
     src_free(&src2);
+
+    /* Same widths, another RoPE description than mla_layer_cache_desc gives: rejected, naming
+     * the cache layer and the field. A position scale of 0 in the description means 1. */
+    {
+        mla_cache *save_cache = cache;
+        mla_cache_layer_desc good;
+        mla_layer_cache_desc(layer, &good, sizeof good);
+        float fr[16];
+        int nf = good.rope_heads * good.rope_dim / 2;
+        for (int i = 0; i < nf; i++)
+            fr[i] = good.rope_freqs[i];
+        for (int v = 0; v < 5; v++) {
+            mla_cache_layer_desc d = good;
+            const char *what = "", *field = "";
+            if (v == 0) {
+                d.rope_heads = 1;
+                d.rope_dim = good.rope_heads * good.rope_dim;
+                d.rope_freqs = fr;
+                what = "rope split 1 head × 8 instead of 2 × 4";
+                field = "rope_heads";
+            } else if (v == 1) {
+                fr[nf - 1] *= 1.5f;
+                d.rope_freqs = fr;
+                what = "one other rope frequency";
+                field = "rope_freqs";
+            } else if (v == 2) {
+                d.rope_position_scale = 0.25;
+                what = "rope_position_scale 0.25";
+                field = "rope_position_scale";
+            } else if (v == 3) {
+                d.rope_position_scale = 0;
+                what = "rope_position_scale 0 (means 1)";
+            } else {
+                what = "the layer's own description";
+            }
+            mla_cache_params cp;
+            mla_cache_default_params(&cp, sizeof cp);
+            cp.n_layers = 1;
+            cp.layers = &d;
+            cp.capacity_tokens = 64;
+            cp.block_tokens = 16;
+            cache = NULL;
+            CHECK(mla_cache_create(&cp, &cache) == MLA_OK, "%s: cache created", what);
+            int32_t sq[2] = {0, 0};
+            int64_t ps[2] = {0, 1};
+            if (v < 3) {
+                expect_fail(what, MLA_ERR_INVALID_ARGUMENT, x, 2, sq, ps);
+                CHECK(strstr(mla_last_error(), "cache layer 0") &&
+                          strstr(mla_last_error(), field),
+                      "%s: the message names the cache layer and %s (%s)", what, field,
+                      mla_last_error());
+            } else {
+                CHECK(mla_attn_forward(attn, layer, cache, 0, x, 2, sq, ps, out) == MLA_OK,
+                      "%s: accepted (%s)", what, mla_last_error());
+            }
+            mla_cache_destroy(cache);
+        }
+        cache = save_cache;
+    }
+
+    /* Finite input large enough that the scores overflow float32 (F32 cache, so the latents
+     * still fit): NUMERICAL naming a token by the caller's index (the huge tokens are the
+     * caller's 0..3 of sequence 2, sorted after sequence 0's two), a column and "overflow",
+     * nothing appended, out untouched. */
+    {
+        mla_cache *save_cache = cache;
+        cache = make_cache(&layer, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 64, 16);
+        unsigned long long seed_h = 11;
+        float *xh = rand_floats(6 * D, &seed_h, 1.0);
+        for (int i = 0; i < 4 * D; i++)
+            xh[i] *= 1e20f;
+        int32_t sq[6] = {2, 2, 2, 2, 0, 0};
+        int64_t ps[6] = {0, 1, 2, 3, 0, 1};
+        expect_fail("finite input overflowing inside the layer", MLA_ERR_NUMERICAL, xh, 6, sq, ps);
+        const char *msg = mla_last_error(), *tp = strstr(msg, "token ");
+        long tok_i = tp ? strtol(tp + 6, NULL, 10) : -1;
+        CHECK(tok_i >= 0 && tok_i <= 3 && strstr(msg, "column") &&
+                  strstr(msg, "overflow inside the layer"),
+              "overflow: the message names one of the caller's huge tokens 0..3, the column and "
+              "the overflow (%s)", msg);
+        /* The cache is as before: the same sequences at normal scale run. */
+        for (int i = 0; i < 4 * D; i++)
+            xh[i] *= 1e-20f;
+        CHECK(mla_attn_forward(attn, layer, cache, 0, xh, 6, sq, ps, out) == MLA_OK,
+              "overflow: afterwards the batch at normal scale runs (%s)", mla_last_error());
+        free(xh);
+        mla_cache_destroy(cache);
+        cache = save_cache;
+    }
+
+    /* out and x in one array: overlapping by one float is rejected, adjacent is not. */
+    {
+        float *buf = malloc(3 * D * sizeof *buf);
+        memcpy(buf, x, 2 * D * sizeof *buf);
+        int32_t sq[1] = {2};
+        int64_t ps[1] = {0};
+        mla_status st = mla_attn_forward(attn, layer, cache, 0, buf + D, 1, sq, ps, buf + 1);
+        CHECK(st == MLA_ERR_INVALID_ARGUMENT, "out starting inside x: %s", mla_last_error());
+        st = mla_attn_forward(attn, layer, cache, 0, buf + D, 1, sq, ps, buf + 2 * D - 1);
+        CHECK(st == MLA_ERR_INVALID_ARGUMENT, "out starting at x's last float: %s",
+              mla_last_error());
+        st = mla_attn_forward(attn, layer, cache, 0, buf + D, 1, sq, ps, buf + 2 * D);
+        CHECK(st == MLA_OK, "out directly after x: %s", mla_last_error());
+        mla_cache_seq_rm(cache, 2, 0, -1);
+        st = mla_attn_forward(attn, layer, cache, 0, buf + D, 1, sq, ps, buf);
+        CHECK(st == MLA_OK, "out directly before x: %s", mla_last_error());
+        mla_cache_seq_rm(cache, 2, 0, -1);
+        free(buf);
+    }
 
     CHECK(mla_attn_forward(NULL, layer, cache, 0, x, 1, s1, p9, out) == MLA_ERR_INVALID_ARGUMENT,
           "NULL attn");

@@ -1,0 +1,120 @@
+/*
+ * The handle's internals (links the static library): the scratch a forward reserves depends on
+ * the work, not on n_threads alone (small work carves one per-thread area), a parallel run of
+ * enough work gives the serial result, and MLA_ATTN_STREAM_BYTES is read only when it is a whole
+ * non-negative integer.
+ */
+#include <stdlib.h>
+
+#include "attn/internal.h"
+#include "run.h"
+
+#define D 32
+
+/* One forward of n tokens of sequence `seq` from position pos0 on a fresh handle; the scratch
+ * size it reserved, out filled. */
+static size_t run_at(mla_layer *layer, mla_cache *c, int n_threads, int32_t seq, int64_t pos0,
+                     const float *x, int n, float *out, mla_status *st)
+{
+    mla_attn *a = make_attn(n_threads, MLA_ATTN_PATH_AUTO);
+    if (!a) {
+        *st = MLA_ERR_OUT_OF_MEMORY;
+        return 0;
+    }
+    int32_t *sq = malloc((size_t)n * sizeof *sq);
+    int64_t *ps = malloc((size_t)n * sizeof *ps);
+    for (int i = 0; i < n; i++) {
+        sq[i] = seq;
+        ps[i] = pos0 + i;
+    }
+    *st = mla_attn_forward(a, layer, c, 0, x, n, sq, ps, out);
+    size_t bytes = a->scratch_size;
+    free(sq);
+    free(ps);
+    mla_attn_destroy(a);
+    return bytes;
+}
+
+static size_t run_once(mla_layer *layer, mla_cache *c, int n_threads, int32_t seq,
+                       const float *x, int n, float *out, mla_status *st)
+{
+    return run_at(layer, c, n_threads, seq, 0, x, n, out, st);
+}
+
+static void stream_env(const char *value, int64_t want)
+{
+    setenv("MLA_ATTN_STREAM_BYTES", value, 1);
+    mla_attn *a = make_attn(1, MLA_ATTN_PATH_AUTO);
+    CHECK(a && a->stream_bytes == want, "MLA_ATTN_STREAM_BYTES=\"%s\": %lld (want %lld)", value,
+          a ? (long long)a->stream_bytes : -1LL, (long long)want);
+    mla_attn_destroy(a);
+}
+
+int main(void)
+{
+    src_layer src;
+    src_init(&src, D, 4, 2, 8, 0, 7);
+    mla_layer *layer = convert(&src, 4, 4, MLA_FACTOR_JOINT);
+    CHECK(layer != NULL, "conversion");
+    if (!layer)
+        return tap_done();
+    unsigned long long seed = 5;
+    float *x = rand_floats(256 * D, &seed, 1.0);
+    float *o1 = malloc(256 * D * sizeof *o1), *o2 = malloc(256 * D * sizeof *o2);
+    mla_cache *c = make_cache(&layer, 1, MLA_DTYPE_F16, MLA_DTYPE_F16, 1024, 16);
+    CHECK(c != NULL, "cache");
+
+    /* A one-token decode is below the parallel threshold: 1024 threads reserve what 1 does. */
+    mla_status st1, st2;
+    size_t s1 = run_once(layer, c, 1, 0, x, 1, o1, &st1);
+    size_t s2 = run_once(layer, c, 1024, 1, x, 1, o2, &st2);
+    CHECK(st1 == MLA_OK && st2 == MLA_OK, "one-token decodes (%s)", mla_last_error());
+    CHECK(s2 == s1, "one-token decode: scratch with 1024 threads %zu bytes, with 1 thread %zu",
+          s2, s1);
+    CHECK(memcmp(o1, o2, D * sizeof *o1) == 0, "one-token decode: same output");
+    /* The per-thread areas follow the chunk: a decode reserves less than a 128-token chunk. */
+    size_t s3 = run_once(layer, c, 1, 2, x, 128, o2, &st1);
+    CHECK(st1 == MLA_OK && s1 < s3, "scratch of a decode %zu < of a 128-token chunk %zu", s1, s3);
+
+    /* Enough work to run in parallel: a 200-token chunk (absorbed, two blocks, each split over
+     * its context of ~700 tokens) after 600 cached tokens. 4 threads give the serial result and
+     * carve more work areas. */
+    mla_cache *c2 = make_cache(&layer, 1, MLA_DTYPE_F16, MLA_DTYPE_F16, 2048, 16);
+    float *xl = rand_floats(800 * D, &seed, 1.0), *ol = malloc(600 * D * sizeof *ol);
+    run_once(layer, c2, 1, 0, xl, 600, ol, &st1);
+    run_once(layer, c2, 1, 1, xl, 600, ol, &st2);
+    CHECK(st1 == MLA_OK && st2 == MLA_OK, "600-token prefills (%s)", mla_last_error());
+    s1 = run_at(layer, c2, 1, 0, 600, xl + 600 * D, 200, o1, &st1);
+    s2 = run_at(layer, c2, 4, 1, 600, xl + 600 * D, 200, o2, &st2);
+    double worst = 0;
+    for (int i = 0; i < 200 * D; i++) {
+        double e = fabs((double)o1[i] - o2[i]) / (fabs((double)o1[i]) + 1e-3);
+        worst = e > worst ? e : worst;
+    }
+    CHECK(st1 == MLA_OK && st2 == MLA_OK && worst < 1e-4,
+          "200-token chunk after 600, 4 threads vs 1: max relative difference %.3g (%s)", worst,
+          mla_last_error());
+    CHECK(s2 > s1, "200-token chunk: 4 threads reserve more (%zu bytes) than 1 (%zu)", s2, s1);
+    free(xl);
+    free(ol);
+    mla_cache_destroy(c2);
+
+    stream_env("0", 0);
+    stream_env("123", 123);
+    stream_env("abc", MLA_ATTN_STREAM_BYTES);
+    stream_env("12abc", MLA_ATTN_STREAM_BYTES);
+    stream_env("-5", MLA_ATTN_STREAM_BYTES);
+    stream_env("+7", MLA_ATTN_STREAM_BYTES);
+    stream_env(" 7", MLA_ATTN_STREAM_BYTES);
+    stream_env("", MLA_ATTN_STREAM_BYTES);
+    stream_env("99999999999999999999", MLA_ATTN_STREAM_BYTES);
+    unsetenv("MLA_ATTN_STREAM_BYTES");
+
+    free(x);
+    free(o1);
+    free(o2);
+    mla_cache_destroy(c);
+    mla_layer_destroy(layer);
+    src_free(&src);
+    return tap_done();
+}
