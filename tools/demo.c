@@ -163,7 +163,7 @@ int tool_demo(int argc, char **argv)
     char snap[] = "/tmp/mla-demo-XXXXXX";
     int snap_made = 0;
 
-    printf("libmla %s: %s\n\n", mla_version_string(), mla_build_info());
+    printf("%s\n\n", mla_build_info());
     printf("layer: SmolLM-135M attention shape, d_model %d, %d query heads, %d KV heads, "
            "head_dim %d; random weights\n", sh.d, sh.n_h, sh.n_kv, sh.d_h);
 
