@@ -81,7 +81,12 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
 #define MHA_STREAM_STEP 4
 #define MHA_PF_STEPS 2
 
-static void prefetch_rows(const mla__src *s, int64_t u, int64_t nu, int64_t part, int64_t parts)
+/* Always inlined: as a function of its own, whose only effects are prefetches, GCC's IPA
+ * pure-const pass finds it "const" and deletes every call (the objects built before this had
+ * no prefetch instruction at all). */
+static inline __attribute__((always_inline)) void prefetch_rows(const mla__src *s, int64_t u,
+                                                                int64_t nu, int64_t part,
+                                                                int64_t parts)
 {
     /* Addresses past the segment (or the pool) are only hints: integer arithmetic, never a
      * pointer formed outside its object. */

@@ -197,8 +197,8 @@ static void test_src_get(void)
 /* load_t (a conversion: bit for bit) and gemm_bc_src (to rounding) against the portable ones. */
 static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels *p)
 {
-    static const int64_t ms[] = {1, 3, 9, 13};
-    static const int64_t ns[] = {1, 5, 16, 24, 33, 48, 53, 70};
+    static const int64_t ms[] = {1, 3, 9, 13, 21};
+    static const int64_t ns[] = {1, 5, 16, 20, 24, 33, 48, 53, 70};
     static const int64_t ks[] = {0, 1, 7, 33};
     static const int32_t groups[] = {4, 32};
     unsigned long long seed = 33;

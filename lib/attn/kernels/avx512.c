@@ -498,15 +498,86 @@ INL void bcs_panel(const int dt, const int mr, const int nv, int64_t m, int64_t 
     }
 }
 
+/* Elements (t, k .. k+7) as float32 (F32, F16, BF16), lanes outside msk 0 and not read. */
+INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask8 msk)
+{
+    const unsigned char *row = s->p + t * s->ld;
+    if (dt == DT_F16)
+        return _mm256_maskz_cvtph_ps(0xff, _mm_maskz_loadu_epi16(msk, row + 2 * k));
+    if (dt == DT_BF16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(msk, row + 2 * k)), 16));
+    return _mm256_maskz_loadu_ps(msk, row + 4 * k);
+}
+
+/*
+ * bcs_block for 17 to 24 columns (SmolLM-135M d_kv 8: a 24-wide value latent): one 512-bit and
+ * one 256-bit accumulator a row. A masked 512-bit FMA costs a whole one; Zen 4 and most AVX-512
+ * parts issue 256-bit ones twice as often, so a row costs 1.5 vectors instead of 2.
+ */
+INL void bcs_block24(const int dt, const int mr, int64_t rows, int64_t ncols, int64_t k,
+                     const float *a, ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
+                     int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    __m512 acc[12];
+    __m256 acc8[12];
+    __mmask8 m8 = (__mmask8)((1u << (ncols - 16)) - 1u);
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++) {
+        acc[r] = _mm512_setzero_ps();
+        acc8[r] = _mm256_setzero_ps();
+    }
+    for (int64_t kk = 0; kk < k; kk++) {
+        __m512 bv = load16(dt, b, t0 + kk, col0, 0xffff);
+        __m256 bv8 = load8(dt, b, t0 + kk, col0 + 16, m8);
+        const float *ak = a + kk * csa;
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
+            if (r < rows) {
+                __m512 av = _mm512_set1_ps(ak[r * rsa]);
+                acc[r] = _mm512_fmadd_ps(av, bv, acc[r]);
+                acc8[r] = _mm256_fmadd_ps(_mm512_castps512_ps256(av), bv8, acc8[r]);
+            }
+        }
+    }
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++) {
+        if (r < rows) {
+            float *cp = c + r * ldc;
+            __m512 x = acc[r];
+            __m256 y = acc8[r];
+            if (beta != 0.0f) {
+                x = _mm512_add_ps(x, _mm512_loadu_ps(cp));
+                y = _mm256_add_ps(y, _mm256_maskz_loadu_ps(m8, cp + 16));
+            }
+            _mm512_storeu_ps(cp, x);
+            _mm256_mask_storeu_ps(cp + 16, m8, y);
+        }
+    }
+}
+
 /* Blocks chosen by the width as in gemm_bc; up to 9 rows × 48 columns in one block (SmolLM's
  * 9 heads over a 48-wide latent convert each row of B once). */
 INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const float *a,
                         ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
                         int64_t col0, float beta, float *c, ptrdiff_t ldc)
 {
-    if (n <= 16)
+    if (n <= 16) {
         bcs_panel(dt, 12, 1, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
-    else if (n <= 32)
+    } else if (n <= 24 && dt != DT_I8) {
+        /* Whole blocks of 12 rows, then the rest; 9 rows (SmolLM's heads) as a constant so
+         * the row tests fold away. */
+        int64_t i = 0;
+        for (; i + 12 <= m; i += 12)
+            bcs_block24(dt, 12, 12, n, k, a + i * rsa, rsa, csa, b, t0, col0, beta,
+                        c + i * ldc, ldc);
+        if (m - i == 9)
+            bcs_block24(dt, 9, 9, n, k, a + i * rsa, rsa, csa, b, t0, col0, beta, c + i * ldc,
+                        ldc);
+        else if (i < m)
+            bcs_block24(dt, 12, m - i, n, k, a + i * rsa, rsa, csa, b, t0, col0, beta,
+                        c + i * ldc, ldc);
+    } else if (n <= 32)
         bcs_panel(dt, 12, 2, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
     else if (n <= 48)
         bcs_panel(dt, 9, 3, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
