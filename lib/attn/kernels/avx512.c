@@ -10,13 +10,10 @@
 #include <math.h>
 #include <string.h>
 
+#include "attn/kernels/avx512_block.h"
+
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define INL static inline __attribute__((always_inline)) TGT
-
-static inline __mmask16 tail_mask(int64_t left)
-{
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-}
 
 /*
  * One mr × (16·nv) block of C. mr and nv are compile-time constants at every call site, so the
@@ -28,14 +25,7 @@ INL void bc_block(const int mr, const int nv, int64_t rows, int64_t ncols, int64
 {
     __m512 acc[12][4];
     __mmask16 msk[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < nv; v++)
-        msk[v] = tail_mask(ncols - 16 * v > 0 ? ncols - 16 * v : 0);
-#pragma GCC unroll 12
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = _mm512_setzero_ps();
+    block_begin(mr, nv, ncols, msk, acc);
     for (int64_t kk = 0; kk < k; kk++) {
         __m512 bv[4];
         const float *bk = b + kk * ldb;
@@ -53,19 +43,7 @@ INL void bc_block(const int mr, const int nv, int64_t rows, int64_t ncols, int64
             }
         }
     }
-#pragma GCC unroll 12
-    for (int r = 0; r < mr; r++) {
-        if (r < rows) {
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) {
-                float *cp = c + r * ldc + 16 * v;
-                __m512 x = acc[r][v];
-                if (beta != 0.0f)
-                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(msk[v], cp));
-                _mm512_mask_storeu_ps(cp, msk[v], x);
-            }
-        }
-    }
+    block_store(mr, nv, rows, acc, msk, beta, c, ldc);
 }
 
 INL void bc_panel(const int mr, const int nv, int64_t m, int64_t n, int64_t k, const float *a,
@@ -444,14 +422,7 @@ INL void bcs_block(const int dt, const int mr, const int nv, int64_t rows, int64
 {
     __m512 acc[12][4];
     __mmask16 msk[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < nv; v++)
-        msk[v] = tail_mask(ncols - 16 * v > 0 ? ncols - 16 * v : 0);
-#pragma GCC unroll 12
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = _mm512_setzero_ps();
+    block_begin(mr, nv, ncols, msk, acc);
     for (int64_t kk = 0; kk < k; kk++) {
         __m512 bv[4];
 #pragma GCC unroll 4
@@ -468,19 +439,7 @@ INL void bcs_block(const int dt, const int mr, const int nv, int64_t rows, int64
             }
         }
     }
-#pragma GCC unroll 12
-    for (int r = 0; r < mr; r++) {
-        if (r < rows) {
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) {
-                float *cp = c + r * ldc + 16 * v;
-                __m512 x = acc[r][v];
-                if (beta != 0.0f)
-                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(msk[v], cp));
-                _mm512_mask_storeu_ps(cp, msk[v], x);
-            }
-        }
-    }
+    block_store(mr, nv, rows, acc, msk, beta, c, ldc);
 }
 
 INL void bcs_panel(const int dt, const int mr, const int nv, int64_t m, int64_t n, int64_t k,

@@ -10,13 +10,10 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "attn/kernels/avx512_block.h"
+
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define INL static inline __attribute__((always_inline)) TGT
-
-static inline __mmask16 tail_mask(int64_t left)
-{
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-}
 
 /* The pair A(i, p) broadcast to every lane (a 32-bit load: no alignment assumed). */
 INL __m512i pair_bcast(const uint16_t *p)
@@ -33,14 +30,7 @@ INL void bf_block(const int mr, const int nv, int64_t rows, int64_t ncols, int64
 {
     __m512 acc[12][4];
     __mmask16 msk[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < nv; v++)
-        msk[v] = tail_mask(ncols - 16 * v > 0 ? ncols - 16 * v : 0);
-#pragma GCC unroll 12
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = _mm512_setzero_ps();
+    block_begin(mr, nv, ncols, msk, acc);
     for (int64_t p = 0; p < kp; p++) {
         __m512i bv[4];
         const uint16_t *bp = b + p * ldb;
@@ -57,19 +47,7 @@ INL void bf_block(const int mr, const int nv, int64_t rows, int64_t ncols, int64
             }
         }
     }
-#pragma GCC unroll 12
-    for (int r = 0; r < mr; r++) {
-        if (r < rows) {
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) {
-                float *cp = c + r * ldc + 16 * v;
-                __m512 x = acc[r][v];
-                if (beta != 0.0f)
-                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(msk[v], cp));
-                _mm512_mask_storeu_ps(cp, msk[v], x);
-            }
-        }
-    }
+    block_store(mr, nv, rows, acc, msk, beta, c, ldc);
 }
 
 /* Rows in blocks of equal size (9 rows: 5 + 4, not 8 + 1: every block reloads B). */
