@@ -128,6 +128,19 @@ static mla_status make_cache(const mla_layer *layer, mla_dtype latent_dtype, int
     return mla_cache_create(&cp, out);
 }
 
+/* Run a sequence through `layer` in a cache of its own, made for the run and destroyed after. */
+static mla_status run_in_new_cache(mla_attn *attn, const mla_layer *layer, mla_dtype latent_dtype,
+                                   const float *x, int n, int prefill, int d, float *out)
+{
+    mla_cache *cache = NULL;
+    double prefill_s, decode_s;
+    mla_status s = make_cache(layer, latent_dtype, n, &cache);
+    if (s == MLA_OK)
+        s = run_sequence(attn, layer, cache, x, n, prefill, d, out, &prefill_s, &decode_s);
+    mla_cache_destroy(cache);
+    return s;
+}
+
 int tool_demo(int argc, char **argv)
 {
     const shape sh = {576, 9, 3, 64}; /* SmolLM-135M attention */
@@ -252,19 +265,15 @@ int tool_demo(int argc, char **argv)
         mla_convert_params jp = cp;
         jp.factorization = MLA_FACTOR_JOINT;
         mla_layer *joint = NULL;
-        mla_cache *jc = NULL;
         float *out_joint = calloc((size_t)n_tokens * sh.d, sizeof(float));
-        double a, b;
         mla_status s = out_joint ? mla_layer_convert(&g, &w, calib, &jp, &joint)
                                  : MLA_ERR_OUT_OF_MEMORY;
         if (s == MLA_OK)
-            s = make_cache(joint, MLA_DTYPE_F16, n_tokens, &jc);
-        if (s == MLA_OK)
-            s = run_sequence(attn, joint, jc, x, n_tokens, prefill, sh.d, out_joint, &a, &b);
+            s = run_in_new_cache(attn, joint, MLA_DTYPE_F16, x, n_tokens, prefill, sh.d,
+                                 out_joint);
         if (s == MLA_OK)
             printf("  the same with weight-only joint SVD (the paper's): relative error %.4f\n",
                    rel_diff(out_joint, out_mha, (size_t)n_tokens * sh.d));
-        mla_cache_destroy(jc);
         mla_layer_destroy(joint);
         free(out_joint);
         TRY(s);
@@ -279,29 +288,19 @@ int tool_demo(int argc, char **argv)
         fp.rope_dim = sh.d_h;
         fp.d_kv = sh.d_h;
         mla_layer *full = NULL;
-        mla_cache *fc = NULL;
         float *out_full = calloc((size_t)n_tokens * sh.d, sizeof(float));
-        double a, b;
-        mla_status s = out_full ? mla_layer_convert(&g, &w, NULL, &fp, &full) : MLA_ERR_OUT_OF_MEMORY;
+        /* the MHA run above used an f16 cache; both run on f32 here to see the identity */
+        float *ref = calloc((size_t)n_tokens * sh.d, sizeof(float));
+        mla_status s = out_full && ref ? mla_layer_convert(&g, &w, NULL, &fp, &full)
+                                       : MLA_ERR_OUT_OF_MEMORY;
         if (s == MLA_OK)
-            s = make_cache(full, MLA_DTYPE_F32, n_tokens, &fc);
+            s = run_in_new_cache(attn, full, MLA_DTYPE_F32, x, n_tokens, prefill, sh.d, out_full);
         if (s == MLA_OK)
-            s = run_sequence(attn, full, fc, x, n_tokens, prefill, sh.d, out_full, &a, &b);
-        if (s == MLA_OK) {
-            /* the MHA run above used an f16 cache; compare against f32 to see the identity */
-            mla_cache *m32 = NULL;
-            float *ref = calloc((size_t)n_tokens * sh.d, sizeof(float));
-            s = ref ? make_cache(mha, MLA_DTYPE_F32, n_tokens, &m32) : MLA_ERR_OUT_OF_MEMORY;
-            if (s == MLA_OK)
-                s = run_sequence(attn, mha, m32, x, n_tokens, prefill, sh.d, ref, &a, &b);
-            if (s == MLA_OK)
-                printf("  full-rank conversion (r = %d, d_kv = %d) vs MHA, f32 caches: relative "
-                       "error %.2e\n", sh.d_h, sh.d_h,
-                       rel_diff(out_full, ref, (size_t)n_tokens * sh.d));
-            mla_cache_destroy(m32);
-            free(ref);
-        }
-        mla_cache_destroy(fc);
+            s = run_in_new_cache(attn, mha, MLA_DTYPE_F32, x, n_tokens, prefill, sh.d, ref);
+        if (s == MLA_OK)
+            printf("  full-rank conversion (r = %d, d_kv = %d) vs MHA, f32 caches: relative "
+                   "error %.2e\n", sh.d_h, sh.d_h, rel_diff(out_full, ref, (size_t)n_tokens * sh.d));
+        free(ref);
         mla_layer_destroy(full);
         free(out_full);
         TRY(s);
