@@ -44,19 +44,20 @@ MLA_API void mla_attn_destroy(mla_attn *attn);
  * Run layer `layer` (cache layer index cache_layer) for n_tokens tokens.
  * x: n_tokens × d_model float32, the layer input after its input norm (borrowed for the call).
  * seq, pos: n_tokens entries, each token's sequence id and position. Within one sequence the
- * batch's tokens are consecutive positions continuing that sequence in this layer (positions
- * already reserved in the cache, or directly after its last). Tokens of different sequences may
- * be mixed. Each token attends causally to its sequence's cached tokens and the batch's earlier
- * tokens of its sequence.
- * Positions already present in the sequence are (over)written in this layer: the cache does not
- * record which layers wrote a slot, so it cannot tell a slot reserved by an earlier layer of the
- * batch from one this layer already wrote. The sequence's earlier positions must have been
- * written in this layer (an unwritten reserved slot reads as zeros).
+ * batch's tokens are consecutive positions continuing exactly what this cache layer has written
+ * of that sequence: first the slots after the last one it wrote (reserved with
+ * mla_cache_reserve, or appended by an earlier layer of the same batch), then new positions
+ * directly after the sequence's last. A position this layer already wrote is refused (a repeat:
+ * remove it with mla_cache_seq_rm to compute it again), and so is a start that would leave
+ * slots before it unwritten in this layer (a gap). Tokens of different sequences may be mixed.
+ * Each token attends causally to its sequence's cached tokens and the batch's earlier tokens of
+ * its sequence.
  * out: n_tokens × d_model float32 (the o_proj output), may not alias x.
- * Errors: INVALID_ARGUMENT (unknown sequence, position gap, position repeated within the batch,
- * layer/cache mismatch), NUMERICAL (NaN/Inf input, or overflow inside the layer), CAPACITY (cache
- * full), OUT_OF_MEMORY. On error no position is added to any sequence (a shared block may have
- * been copied, and reserved slots of this layer overwritten) and out is not written.
+ * Errors: INVALID_ARGUMENT (unknown sequence, position gap or repeat, in the batch or against
+ * the cache, layer/cache mismatch), NUMERICAL (NaN/Inf input, or overflow inside the layer),
+ * CAPACITY (cache full), OUT_OF_MEMORY. On error no position is added to any sequence and the
+ * layer's written slots are as before (a shared block may have been copied, and the unwritten
+ * slots after them hold this call's values), and out is not written.
  * Not thread-safe on one mla_attn; distinct mla_attn handles may run on distinct sequences of
  * one cache concurrently.
  */

@@ -91,6 +91,8 @@ MLA_API mla_status mla_cache_reserve(mla_cache *cache, int32_t seq, int64_t pos,
  * last, which are reserved first (so the first layer of a batch appends).
  * latent: n_tokens × latent_dim float32; rope: n_tokens × rope_heads·rope_dim float32, already
  * rotated at their positions (NULL if rope_dim is 0). Both copied (converted/quantized).
+ * Written slots may be written again here; the cache counts per layer the sequence's leading
+ * tokens written (doc/cache.md, "Written prefix"), from where mla_attn_forward continues.
  * Errors: INVALID_ARGUMENT, CAPACITY, NUMERICAL (NaN/Inf). Nothing changes on failure.
  */
 MLA_API mla_status mla_cache_write(mla_cache *cache, int32_t layer, int32_t seq, int64_t pos,

@@ -55,6 +55,7 @@ typedef struct chunk {
     int64_t app0;        /* first appended position (positions ≥ app0 are new), or p0 + m */
     int64_t max_spans;
     int64_t len0;        /* tokens of the sequence before this call */
+    int64_t written0;    /* of them, those the cache layer had written (place_chunk) */
     mla__seq_view view;
     int absorbed;
 } chunk;
@@ -265,12 +266,16 @@ static mla_status check_rope(const mla_cache *cache, int32_t cache_layer,
     return MLA_OK;
 }
 
-/* Where a sequence's batch positions land: already present slots (overwritten in this layer)
- * followed by new ones appended directly after its last position. */
+/* Where a sequence's batch positions land: already present slots (reserved, or appended by an
+ * earlier layer of the batch) followed by new ones appended directly after its last position.
+ * The chunk must continue exactly where this layer stopped writing the sequence: starting
+ * earlier would overwrite positions (a repeat), later would leave slots unwritten (a gap). */
 static mla_status place_chunk(const mla_cache *cache, int32_t layer, chunk *c)
 {
-    int64_t pmax;
+    int64_t pmax, i0;
     mla_status st = mla_cache_seq_pos_max(cache, c->seq, &pmax);
+    if (st == MLA_OK)
+        st = mla__cache_seq_written(cache, layer, c->seq, &c->written0);
     if (st != MLA_OK)
         return mla_fail_context(MLA_ERR_INVALID_ARGUMENT, "attention: sequence %d: ",
                                 (int)c->seq);
@@ -282,6 +287,7 @@ static mla_status place_chunk(const mla_cache *cache, int32_t layer, chunk *c)
                             "it at %lld (a gap)",
                             (int)c->seq, (long long)pmax, (long long)c->p0);
         c->app0 = c->p0;
+        i0 = c->len0;
     } else {
         /* Positions p0 .. min(p_last, pmax) must all be slots of the sequence. */
         int64_t e = p_last < pmax ? p_last : pmax;
@@ -289,7 +295,8 @@ static mla_status place_chunk(const mla_cache *cache, int32_t layer, chunk *c)
         st = mla__seq_view_load(cache, layer, c->seq, c->max_spans, &v);
         if (st != MLA_OK)
             return st;
-        int64_t have = mla__seq_view_count_le(&v, e) - mla__seq_view_count_le(&v, c->p0 - 1);
+        i0 = mla__seq_view_count_le(&v, c->p0 - 1);
+        int64_t have = mla__seq_view_count_le(&v, e) - i0;
         if (have != e - c->p0 + 1)
             return mla_fail(MLA_ERR_INVALID_ARGUMENT,
                             "attention: sequence %d: positions %lld..%lld of the batch are not "
@@ -299,6 +306,19 @@ static mla_status place_chunk(const mla_cache *cache, int32_t layer, chunk *c)
                             (long long)(e - c->p0 + 1), (long long)pmax);
         c->app0 = pmax + 1 > p_last ? c->p0 + c->m : pmax + 1;
     }
+    if (i0 < c->written0)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attention: sequence %d: cache layer %d already holds position %lld "
+                        "(it has written the sequence's first %lld tokens): a repeated "
+                        "position; remove positions with mla_cache_seq_rm to compute them again",
+                        (int)c->seq, (int)layer, (long long)c->p0, (long long)c->written0);
+    if (i0 > c->written0)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attention: sequence %d: cache layer %d has written only the sequence's "
+                        "first %lld tokens, the batch starts at its token %lld (position %lld): "
+                        "the slots between were never written in this layer (a gap)",
+                        (int)c->seq, (int)layer, (long long)c->written0, (long long)i0,
+                        (long long)c->p0);
     return MLA_OK;
 }
 
@@ -389,6 +409,17 @@ static void project(const struct mla_layer *ly, const dims *dm, const plan *p, i
                      (int32_t)dm->n_kv, ps, p->rope_work);
 }
 
+/* Undo the writes to the first n chunks: remove the positions they appended, and count the
+ * slots they overwrote (reserved, or appended by an earlier layer) as unwritten again. */
+static void rollback(mla_cache *cache, int32_t layer, int64_t n, const chunk *ch)
+{
+    for (int64_t u = 0; u < n; u++) {
+        if (ch[u].app0 < ch[u].p0 + ch[u].m)
+            mla_cache_seq_rm(cache, ch[u].seq, ch[u].app0, -1);
+        mla__cache_seq_written_lower(cache, layer, ch[u].seq, ch[u].written0);
+    }
+}
+
 /* Append each chunk's latents and RoPE keys; on failure undo what this call appended. */
 static mla_status write_cache(mla_cache *cache, int32_t layer, const dims *dm, const plan *p,
                               const chunk *ch)
@@ -412,17 +443,8 @@ static mla_status write_cache(mla_cache *cache, int32_t layer, const dims *dm, c
         return MLA_OK;
     mla_fail_context(st, "attention: writing sequence %d, positions %lld..%lld: ",
                      (int)ch[c].seq, (long long)ch[c].p0, (long long)(ch[c].p0 + ch[c].m - 1));
-    for (int64_t u = 0; u < c; u++)
-        if (ch[u].app0 < ch[u].p0 + ch[u].m)
-            mla_cache_seq_rm(cache, ch[u].seq, ch[u].app0, -1);
+    rollback(cache, layer, c + 1, ch);
     return st;
-}
-
-static void rollback(mla_cache *cache, const plan *p, const chunk *ch)
-{
-    for (int64_t u = 0; u < p->n_chunks; u++)
-        if (ch[u].app0 < ch[u].p0 + ch[u].m)
-            mla_cache_seq_rm(cache, ch[u].seq, ch[u].app0, -1);
 }
 
 /* The queries in the layouts the paths read (see internal.h), scaled by 1/√d_h. */
@@ -847,7 +869,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     for (int64_t c = 0; c < p.n_chunks; c++) {
         st = mla__seq_view_load(cache, cache_layer, ch[c].seq, ch[c].max_spans, &ch[c].view);
         if (st != MLA_OK) {
-            rollback(cache, &p, ch);
+            rollback(cache, cache_layer, p.n_chunks, ch);
             goto done;
         }
     }
@@ -884,7 +906,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
                 break;
             }
     if (bad >= 0) {
-        rollback(cache, &p, ch);
+        rollback(cache, cache_layer, p.n_chunks, ch);
         int64_t i = 0;
         while (tk[i].idx != bad)
             i++;

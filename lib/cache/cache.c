@@ -259,6 +259,7 @@ MLA_API void mla_cache_destroy(mla_cache *c)
         pthread_mutex_destroy(&c->lock);
     mla_free(c->layers);
     mla_free(c->seqs);
+    mla_free(c->written);
     mla_free(c->pool);
     mla_free(c->rc);
     mla_free(c->free_stack);
@@ -272,9 +273,12 @@ static mla_status alloc_all(mla_cache *c, const mla_cache_params *p)
 {
     c->layers = mla_calloc((size_t)c->n_layers, sizeof *c->layers);
     c->seqs = mla_calloc((size_t)c->n_seq_max, sizeof *c->seqs);
-    if (!c->layers || !c->seqs)
+    c->written = mla_calloc((size_t)c->n_seq_max * (size_t)c->n_layers, sizeof *c->written);
+    if (!c->layers || !c->seqs || !c->written)
         return mla_fail(MLA_ERR_OUT_OF_MEMORY, "cache: %d layers, %d sequences",
                         (int)c->n_layers, (int)c->n_seq_max);
+    for (int32_t q = 0; q < c->n_seq_max; q++)
+        c->seqs[q].written = c->written + (size_t)q * (size_t)c->n_layers;
     for (int32_t l = 0; l < c->n_layers; l++) {
         const mla_cache_layer_desc *d = &p->layers[l];
         if (d->rope_dim == 0)

@@ -40,6 +40,13 @@ int mla__cache_check(const mla_cache *c)
                      "counts %lld", (int)q, (long long)tokens, (long long)s->n_tokens);
             bad = 1;
         }
+        for (int32_t l = 0; l < c->n_layers && !bad; l++)
+            if (s->written[l] < 0 || s->written[l] > s->n_tokens) {
+                mla_fail(MLA_ERR_INTERNAL, "cache check: sequence %d, layer %d: %lld tokens "
+                         "written of %lld", (int)q, (int)l, (long long)s->written[l],
+                         (long long)s->n_tokens);
+                bad = 1;
+            }
     }
     int32_t n_zero = 0;
     for (int32_t b = 0; b < c->n_blocks && !bad; b++) {

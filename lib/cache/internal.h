@@ -49,6 +49,10 @@ typedef struct mla_cache_seq {
     int64_t n_e;
     int64_t cap_e;
     int64_t n_tokens;
+    /* n_layers counts, owned by the cache (mla_cache.written): tokens [0, written[l]) of the
+     * sequence, in position order, hold data written in layer l. Reserved slots are not
+     * written; the forward continues each layer exactly where it stopped. */
+    int64_t *written;
 } mla_cache_seq;
 
 struct mla_cache {
@@ -74,6 +78,7 @@ struct mla_cache {
     int32_t n_free;
 
     mla_cache_seq *seqs;
+    int64_t *written;          /* n_seq_max × n_layers, the sequences' written counts */
 
     /* Scratch of calls that need exclusive access (shift). */
     float *rope_buf;
@@ -124,7 +129,9 @@ MLA_INTERNAL int64_t mla__cache_seq_find(const mla_cache_seq *s, int64_t idx, in
 MLA_INTERNAL int64_t mla__cache_seq_lower(const mla_cache *c, const mla_cache_seq *s, int64_t pos);
 /* Room for at least n entries; OUT_OF_MEMORY leaves s unchanged. */
 MLA_INTERNAL mla_status mla__cache_seq_grow(mla_cache_seq *s, int64_t n);
-/* Drop every entry of s (unreferencing its blocks). */
+/* Set every layer's written count of s to n. */
+MLA_INTERNAL void mla__cache_seq_written_all(const mla_cache *c, mla_cache_seq *s, int64_t n);
+/* Drop every entry of s (unreferencing its blocks); the caller sets its written counts. */
 MLA_INTERNAL void mla__cache_seq_drop(mla_cache *c, mla_cache_seq *s);
 /* Make entry i of s the only user of its block: if it is shared, copy it into the next spare
  * block (spare[*next], then ++*next). */

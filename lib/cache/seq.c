@@ -81,6 +81,12 @@ mla_status mla__cache_seq_grow(mla_cache_seq *s, int64_t n)
     return MLA_OK;
 }
 
+void mla__cache_seq_written_all(const mla_cache *c, mla_cache_seq *s, int64_t n)
+{
+    for (int32_t l = 0; l < c->n_layers; l++)
+        s->written[l] = n;
+}
+
 void mla__cache_seq_drop(mla_cache *c, mla_cache_seq *s)
 {
     for (int64_t i = 0; i < s->n_e; i++)
@@ -279,6 +285,10 @@ static void rm_tokens(mla_cache *c, mla_cache_seq *s, int64_t a, int64_t b)
     }
     s->n_e = w;
     s->n_tokens -= b - a;
+    /* the written prefix of each layer loses the removed tokens it covered */
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if (s->written[l] > a)
+            s->written[l] = s->written[l] >= b ? s->written[l] - (b - a) : a;
 }
 
 MLA_API mla_status mla_cache_seq_rm(mla_cache *c, int32_t seq, int64_t p0, int64_t p1)
@@ -338,8 +348,14 @@ MLA_API mla_status mla_cache_seq_cp(mla_cache *c, int32_t src, int32_t dst, int6
         mla__cache_block_ref(c, e.block);
     }
     n.n_tokens = b - a;
+    /* dst has written what src had of [a, b) (read before anything changes: src may be dst) */
     mla__cache_seq_drop(c, d);
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        int64_t w = s->written[l] < b ? s->written[l] : b;
+        d->written[l] = w > a ? w - a : 0;
+    }
     mla_free(d->e);
+    n.written = d->written;
     *d = n;
     return MLA_OK;
 }
@@ -355,8 +371,10 @@ MLA_API mla_status mla_cache_seq_keep(mla_cache *c, int32_t seq)
     if (st != MLA_OK)
         return st;
     for (int32_t q = 0; q < c->n_seq_max; q++)
-        if (q != seq)
+        if (q != seq) {
             mla__cache_seq_drop(c, &c->seqs[q]);
+            mla__cache_seq_written_all(c, &c->seqs[q], 0);
+        }
     return MLA_OK;
 }
 
@@ -367,6 +385,7 @@ MLA_API mla_status mla_cache_clear(mla_cache *c)
     for (int32_t q = 0; q < c->n_seq_max; q++) {
         c->seqs[q].n_e = 0;
         c->seqs[q].n_tokens = 0;
+        mla__cache_seq_written_all(c, &c->seqs[q], 0);
     }
     mla__cache_blocks_reset(c);
     return MLA_OK;

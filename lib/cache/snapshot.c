@@ -759,8 +759,11 @@ static void commit(mla_cache *c, int32_t seq, stage *st, int32_t *blocks)
             n->e[j].block = st->b[n->e[j].block].block;
         mla_cache_seq *d = &c->seqs[st->kind == KIND_CACHE ? st->q[i].id : seq];
         mla_free(d->e);
+        n->written = d->written;
         *d = *n;
         n->e = NULL;
+        /* a snapshot holds every layer's data of its tokens */
+        mla__cache_seq_written_all(c, d, d->n_tokens);
     }
 }
 

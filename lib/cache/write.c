@@ -112,6 +112,8 @@ MLA_API mla_status mla_cache_write(mla_cache *c, int32_t layer, int32_t seq, int
     if (st != MLA_OK)
         return mla_fail_context(st, "mla_cache_write: layer %d: ", (int)layer);
     store(c, layer, s, a, n_tokens, latent, rope);
+    if (a <= s->written[layer] && a + n_tokens > s->written[layer])
+        s->written[layer] = a + n_tokens;
     return MLA_OK;
 }
 

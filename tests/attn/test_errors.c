@@ -1,7 +1,8 @@
 /*
  * Bad input gives a status, a message, and leaves everything as it was: nothing appended to the
  * cache (length and last position unchanged) and out untouched. Cases: unknown sequence, position
- * gap, repeated position, negative position, NaN/Inf input, a full cache (also when only the
+ * gap, repeated position (in the batch, or one the cache layer already wrote; a layer starting
+ * after slots it never wrote), negative position, NaN/Inf input, a full cache (also when only the
  * second sequence of the batch overflows it), a layer that does not match the cache layer
  * (widths, or the RoPE description mla_cache_seq_shift rotates with), finite input that
  * overflows inside the layer, NULL arguments, overlapping out and x, bad parameters.
@@ -81,6 +82,24 @@ int main(void)
     expect_fail("repeated position", MLA_ERR_INVALID_ARGUMENT, x, 2, s1, p3);
     int64_t p4[1] = {-1};
     expect_fail("negative position", MLA_ERR_INVALID_ARGUMENT, x, 1, s1, p4);
+    /* A position the layer already wrote: refused, and the cached values stay as they were. */
+    {
+        float before[10 * 16], after[10 * 16];
+        mla_cache_layer_desc dsc;
+        mla_layer_cache_desc(layer, &dsc, sizeof dsc);
+        CHECK(dsc.latent_dim <= 16, "latent fits the test buffer");
+        mla_cache_seq_read(cache, 0, 0, 0, 10, before, NULL, NULL);
+        int64_t pr[2] = {9, 10};
+        expect_fail("repeat of a cached position", MLA_ERR_INVALID_ARGUMENT, x, 1, s1, pr);
+        CHECK(strstr(mla_last_error(), "repeat") && strstr(mla_last_error(), "position 9"),
+              "repeat: the message says so and names the position (%s)", mla_last_error());
+        expect_fail("repeat straddling the last position", MLA_ERR_INVALID_ARGUMENT, x, 2, s1, pr);
+        int64_t p0r[1] = {0};
+        expect_fail("repeat of the first position", MLA_ERR_INVALID_ARGUMENT, x, 1, s1, p0r);
+        mla_cache_seq_read(cache, 0, 0, 0, 10, after, NULL, NULL);
+        CHECK(memcmp(before, after, sizeof(float) * 10 * (size_t)dsc.latent_dim) == 0,
+              "repeats: the cached latents are unchanged");
+    }
     int32_t s5[2] = {1, 99};
     int64_t p5[2] = {0, 0};
     expect_fail("unknown sequence", MLA_ERR_INVALID_ARGUMENT, x, 2, s5, p5);
@@ -248,6 +267,85 @@ int main(void)
           "out aliasing x");
     CHECK(mla_attn_forward(attn, layer, cache, 0, x, 0, s1, p9, out) == MLA_OK,
           "an empty batch is a no-op");
+
+    /* Two cache layers: each continues exactly where it stopped writing a sequence. */
+    {
+        mla_layer *two[2] = {layer, layer};
+        mla_cache *c2 = make_cache(two, 2, MLA_DTYPE_F32, MLA_DTYPE_F32, 64, 16);
+        CHECK(c2 != NULL, "two-layer cache");
+        int32_t sq[16] = {0};
+        int64_t ps[16];
+        for (int i = 0; i < 16; i++)
+            ps[i] = i;
+        float o0[8 * D], o1[8 * D];
+        mla_status st = mla_attn_forward(attn, layer, c2, 0, x, 8, sq, ps, o0);
+        CHECK(st == MLA_OK, "layer 0 prefills positions 0..7 (%s)", mla_last_error());
+        st = mla_attn_forward(attn, layer, c2, 1, x + 4 * D, 2, sq, ps + 4, out);
+        CHECK(st == MLA_ERR_INVALID_ARGUMENT && strstr(mla_last_error(), "gap") &&
+                  strstr(mla_last_error(), "cache layer 1"),
+              "layer 1 starting at position 4 before writing 0..3: a gap (%s)", mla_last_error());
+        st = mla_attn_forward(attn, layer, c2, 1, x, 8, sq, ps, o1);
+        CHECK(st == MLA_OK, "layer 1 then writes 0..7 into the slots layer 0 appended (%s)",
+              mla_last_error());
+        st = mla_attn_forward(attn, layer, c2, 1, x + 7 * D, 1, sq, ps + 7, out);
+        CHECK(st == MLA_ERR_INVALID_ARGUMENT && strstr(mla_last_error(), "repeat"),
+              "layer 1 again at position 7: a repeat (%s)", mla_last_error());
+        /* Reserved slots: written in order from the first. */
+        CHECK(mla_cache_reserve(c2, 0, 8, 3) == MLA_OK, "reserve positions 8..10");
+        st = mla_attn_forward(attn, layer, c2, 0, x + 9 * D, 1, sq, ps + 9, out);
+        CHECK(st == MLA_ERR_INVALID_ARGUMENT && strstr(mla_last_error(), "gap"),
+              "reserved position 9 before 8: a gap (%s)", mla_last_error());
+        st = mla_attn_forward(attn, layer, c2, 0, x + 8 * D, 3, sq, ps + 8, out);
+        CHECK(st == MLA_OK, "reserved positions 8..10 in order (%s)", mla_last_error());
+        /* Removing positions makes them computable again, with the same result. */
+        CHECK(mla_cache_seq_rm(c2, 0, 6, -1) == MLA_OK, "remove positions 6..");
+        float r0[2 * D], r1[2 * D];
+        st = mla_attn_forward(attn, layer, c2, 0, x + 6 * D, 2, sq, ps + 6, r0);
+        if (st == MLA_OK)
+            st = mla_attn_forward(attn, layer, c2, 1, x + 6 * D, 2, sq, ps + 6, r1);
+        CHECK(st == MLA_OK, "both layers compute positions 6, 7 again (%s)", mla_last_error());
+        double e0 = 0, e1 = 0, m = 0;
+        for (int i = 0; i < 2 * D; i++) {
+            e0 = fmax(e0, fabs((double)r0[i] - o0[6 * D + i]));
+            e1 = fmax(e1, fabs((double)r1[i] - o1[6 * D + i]));
+            m = fmax(m, fabs((double)o0[6 * D + i]));
+        }
+        CHECK(e0 <= 1e-5 * m && e1 <= 1e-5 * m,
+              "recomputed outputs equal the first ones (max diff %.2e, %.2e of %.2e)", e0, e1, m);
+        /* A batch failing in layer 1 at its second sequence leaves its first sequence's slots
+         * unwritten in layer 1 again: the retry alone is not a repeat. */
+        st = mla_attn_forward(attn, layer, c2, 0, x + 8 * D, 1, sq, ps + 8, out);
+        CHECK(st == MLA_OK, "layer 0 decodes position 8 (%s)", mla_last_error());
+        int32_t sb[57];
+        int64_t pb[57];
+        sb[0] = 0;
+        pb[0] = 8;
+        for (int i = 1; i < 57; i++) {
+            sb[i] = 2;
+            pb[i] = i - 1;
+        }
+        float *ob = malloc(57 * D * sizeof *ob);
+        float *xb = rand_floats(57 * D, &seed, 1.0);
+        st = mla_attn_forward(attn, layer, c2, 1, xb, 57, sb, pb, ob);
+        CHECK(st == MLA_ERR_CAPACITY, "layer 1: sequence 2's 56 tokens do not fit (%s)",
+              mla_last_error());
+        int64_t len2 = -1;
+        mla_cache_seq_length(c2, 2, &len2);
+        CHECK(len2 == 0, "nothing appended to sequence 2");
+        st = mla_attn_forward(attn, layer, c2, 1, xb, 1, sb, pb, ob);
+        CHECK(st == MLA_OK, "layer 1 then writes sequence 0's position 8 (%s)", mla_last_error());
+        free(ob);
+        free(xb);
+        /* A fork carries what each layer wrote: it continues in both layers. */
+        CHECK(mla_cache_seq_fork(c2, 0, 3) == MLA_OK, "fork sequence 0 into 3");
+        int32_t s3[1] = {3};
+        st = mla_attn_forward(attn, layer, c2, 0, x, 1, s3, ps + 9, out);
+        if (st == MLA_OK)
+            st = mla_attn_forward(attn, layer, c2, 1, x, 1, s3, ps + 9, out);
+        CHECK(st == MLA_OK, "the fork continues at position 9 in both layers (%s)",
+              mla_last_error());
+        mla_cache_destroy(c2);
+    }
 
     /* After all that, the sequence continues normally. */
     CHECK(mla_attn_forward(attn, layer, cache, 0, x, 1, s1, p9, out) == MLA_OK,

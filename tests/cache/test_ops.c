@@ -1,7 +1,8 @@
 /*
  * Property: thousands of random cache operations (write, reserve, rm, cp, keep, shift, clear,
  * save/load) agree with a plain reference model kept here (arrays of tokens per sequence), in
- * contents (mla_cache_seq_read and the span reader), positions and accounting, after every
+ * contents (mla_cache_seq_read and the span reader), positions, accounting and each layer's
+ * written prefix (tokens flagged when a write starts at or inside it), after every
  * operation, including the ones that fail (CAPACITY, INVALID_ARGUMENT, NUMERICAL must change
  * nothing). Small blocks (4 tokens) and a small pool make block boundaries, copy-on-write and
  * capacity exhaustion frequent.
@@ -35,6 +36,7 @@ typedef struct tok {
     int64_t pos;
     float lat[NL][MAXW];
     float rope[NL][MAXW];
+    unsigned char wr[NL]; /* in the layer's written prefix */
 } tok;
 
 typedef struct mseq {
@@ -77,6 +79,21 @@ static void range(const mseq *s, int64_t p0, int64_t p1, int *a, int *b)
     *b = p1 < 0 ? s->n : lower(s, p1);
     if (*b < *a)
         *b = *a;
+}
+
+/* Leading tokens of s flagged as written in layer l. */
+static int run(const mseq *s, int l)
+{
+    int i = 0;
+    while (i < s->n && s->t[i].wr[l])
+        i++;
+    return i;
+}
+
+static void all_written(mseq *s)
+{
+    for (int t = 0; t < s->n; t++)
+        memset(s->t[t].wr, 1, sizeof s->t[t].wr);
 }
 
 static void fill(float *x, int n)
@@ -143,6 +160,12 @@ static int agrees(const mla_cache *c, const model *m)
             return 0;
         }
         for (int l = 0; l < NL; l++) {
+            int64_t w = -1;
+            if (mla__cache_seq_written(c, l, q, &w) != MLA_OK || w != run(s, l)) {
+                snprintf(why, sizeof why, "seq %d layer %d: %lld tokens written, model %d", q, l,
+                         (long long)w, run(s, l));
+                return 0;
+            }
             if (mla_cache_seq_read(c, l, q, 0, s->n, lat, rope, pos) != MLA_OK) {
                 snprintf(why, sizeof why, "seq_read: %s", mla_last_error());
                 return 0;
@@ -294,10 +317,13 @@ static mla_status do_op(mla_cache *c, model *m, int op, int *expect)
         if (r == MLA_ERR_CAPACITY && st.blocks_free >= (n + BT - 1) / BT + 2 + k)
             *expect = 1;
         if (r == MLA_OK && op == OP_WRITE && valid) {
+            int extends = i <= run(s, l);
             append(s, pos + k, n - k);
             for (int t = 0; t < n; t++) {
                 memcpy(s->t[i + t].lat[l], &lat[t * LD[l]], sizeof(float) * LD[l]);
                 memcpy(s->t[i + t].rope[l], &rope[t * rw(l)], sizeof(float) * rw(l));
+                if (extends)
+                    s->t[i + t].wr[l] = 1;
             }
         }
         return r;
@@ -405,6 +431,10 @@ static mla_status do_op(mla_cache *c, model *m, int op, int *expect)
             *m = snap_model;
         else if (r == MLA_OK)
             *s = snap_model.s[snap_seq];
+        /* a snapshot's tokens count as written in every layer */
+        for (int qq = 0; r == MLA_OK && qq < NSEQ; qq++)
+            if (snap_seq < 0 || qq == q)
+                all_written(&m->s[qq]);
         return r;
     }
     case OP_CLEAR:
