@@ -4,10 +4,12 @@
  * score layouts with rows seeing different numbers of tokens, including none; the kernels that
  * read cached rows in place (every storage type, odd widths and offsets for the vector tails)
  * against the portable conversion, which is itself checked against exactly representable values.
+ * Also the one-row case of mla__sgemm (BLIS gemv, rows split across threads) against float64.
  */
 #include <math.h>
 #include <string.h>
 
+#include "attn/internal.h"
 #include "attn/kernels/kernels.h"
 #include "../tap.h"
 
@@ -435,6 +437,54 @@ static void test_to_bf16(const mla__attn_kernels *v)
           bad);
 }
 
+/* c = a·B + beta·c for one row a, against float64: both layouts of B, thread counts that split
+ * the rows unevenly (and more threads than row ranges), beta 0 over NaN (overwritten) and 0.5. */
+static void test_sgemm_one_row(void)
+{
+    static const int64_t ns[] = {1, 17, 600, 1000};
+    static const int threads[] = {1, 2, 3, 8};
+    unsigned long long seed = 21;
+    double worst = 0;
+    int nan_seen = 0;
+    for (size_t a = 0; a < 4; a++)
+        for (size_t t = 0; t < 4; t++)
+            for (int layout = 0; layout < 2; layout++)
+                for (int variant = 0; variant < 2; variant++) {
+                    int64_t n = ns[a], k = 300;
+                    /* B(kk, j): weights as rows of length k (layout 0, the projections'
+                     * layout) or as k rows of n + 3 */
+                    ptrdiff_t rsb = layout ? n + 3 : 1, csb = layout ? 1 : k;
+                    float *A = randv((size_t)(2 * k), &seed);
+                    float *B = randv((size_t)(k * (n + 3)), &seed);
+                    float *C = randv((size_t)(3 * n), &seed);
+                    float beta = variant ? 0.5f : 0.0f;
+                    double *ref = malloc((size_t)n * sizeof *ref);
+                    for (int64_t j = 0; j < n; j++) {
+                        double acc = beta != 0 ? (double)beta * C[3 * j] : 0;
+                        for (int64_t kk = 0; kk < k; kk++)
+                            acc += (double)A[2 * kk] * B[kk * rsb + j * csb];
+                        ref[j] = acc;
+                        if (!variant)
+                            C[3 * j] = NAN;
+                    }
+                    mla__sgemm(threads[t], 1, n, k, A, 0, 2, B, rsb, csb, beta, C, 0, 3);
+                    double m = 0, e = 0;
+                    for (int64_t j = 0; j < n; j++) {
+                        m = fmax(m, fabs(ref[j]));
+                        e = fmax(e, fabs(C[3 * j] - ref[j]));
+                        nan_seen |= C[3 * j] != C[3 * j];
+                    }
+                    e /= (m > 0 ? m : 1) * (double)k;
+                    worst = e > worst ? e : worst;
+                    free(A);
+                    free(B);
+                    free(C);
+                    free(ref);
+                }
+    CHECK(!nan_seen && worst < 1e-6,
+          "mla__sgemm one row (gemv): max error %.2e of k·max|ref| (float32 sums)", worst);
+}
+
 int main(void)
 {
     const mla__attn_kernels *p = &mla__attn_kernels_portable;
@@ -444,6 +494,7 @@ int main(void)
               best->gemm_bc_asrc,
           "kernel table chosen (%s)", best ? best->name : "none");
     test_src_get();
+    test_sgemm_one_row();
     test_gemm_bf16(p);
     test_pack_pairs(p);
     test_to_bf16(p);
