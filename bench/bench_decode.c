@@ -4,10 +4,11 @@
  * crossover for prefill chunks. Prints the machine's measured roofs beside every figure.
  *
  *   bench_decode [--quick] [--threads N] [--crossover] [--shape NAME] [--ctx N] [--mha]
- *                [--dkv N] [--dtype f16|bf16|f32] [--reps N] [--rounds N]
+ *                [--mla] [--dkv N] [--dtype f16|bf16|f32] [--reps N] [--rounds N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
- * length (for profiling one case), --mha only the MHA baseline, --dkv one MLA d_kv; --dtype the
+ * length (for profiling one case), --mha only the MHA baseline, --mla only the MLA layers, --dkv
+ * one MLA d_kv; --dtype the
  * cache's storage type for latent and RoPE part, MHA and MLA alike (default f16; with bf16 the
  * absorbed path multiplies in bf16, doc/attention.md); --reps the decodes per figure (default 9;
  * many, for `perf record` of one case); --rounds the passes over the whole table, each figure
@@ -43,6 +44,7 @@ static const shape shapes[] = {
 static const char *only_shape; /* --shape */
 static int64_t only_ctx;        /* --ctx */
 static int only_mha;            /* --mha */
+static int only_mla;            /* --mla */
 static int only_dkv;            /* --dkv */
 static int reps_opt;            /* --reps */
 static mla_dtype cache_dtype = MLA_DTYPE_F16; /* --dtype */
@@ -253,7 +255,7 @@ static double dec_t[N_SHAPES][N_LAYERS][N_CTX + 1];
 static int want_layer(int quick, size_t li)
 {
     if (li == 0)
-        return 1;
+        return !only_mla;
     int dkv = dkvs[li - 1];
     return !((quick && dkv != 16) || only_mha || (only_dkv && dkv != only_dkv));
 }
@@ -391,6 +393,8 @@ int main(int argc, char **argv)
             only_ctx = atoll(argv[++i]);
         else if (strcmp(argv[i], "--mha") == 0)
             only_mha = 1;
+        else if (strcmp(argv[i], "--mla") == 0)
+            only_mla = 1;
         else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
             reps_opt = atoi(argv[++i]);
         else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
@@ -401,8 +405,8 @@ int main(int argc, char **argv)
             i++;
         else {
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--shape NAME] "
-                    "[--ctx N] [--mha] [--dkv N] [--dtype f16|bf16|f32] [--reps N] [--rounds N]\n",
-                    argv[0]);
+                    "[--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32] [--reps N] "
+                    "[--rounds N]\n", argv[0]);
             return 2;
         }
     }
