@@ -3,7 +3,8 @@
  * (partial RoPE + joint SVD), a latent cache is created for the layer, a prompt is prefilled in
  * one call, then tokens are decoded one at a time. The MHA layer runs beside it on its own cache,
  * and the example prints how far the converted layer's outputs are from the original's and how
- * much smaller its cache is.
+ * much smaller its cache is. Last, it rewinds: a position the layer already holds is refused,
+ * so the last tokens (a rejected draft, say) are removed and decoded again.
  */
 #include <math.h>
 #include <stdio.h>
@@ -116,6 +117,30 @@ int main(void)
                 MLA_OK)
             return fail("decode", st);
     }
+
+    /* Rewind: decoding a position again is refused (the cache layer already holds it); remove
+     * the last REWIND positions, then decode them again, with the same result. */
+    enum { REWIND = 4 };
+    int64_t last = PROMPT + DECODE - 1;
+    st = mla_attn_forward(attn, mla, cache, 0, x + last * D, 1, seq, &last, y + last * D);
+    if (st == MLA_OK)
+        return fail("decoding a position twice was accepted", MLA_ERR_INTERNAL);
+    printf("decoding position %lld again is refused: %s\n", (long long)last, mla_last_error());
+    if ((st = mla_cache_seq_rm(cache, 0, PROMPT + DECODE - REWIND, -1)) != MLA_OK)
+        return fail("mla_cache_seq_rm", st);
+    double redo = 0;
+    for (int t = PROMPT + DECODE - REWIND; t < PROMPT + DECODE; t++) {
+        int64_t p = t;
+        float again[D];
+        if ((st = mla_attn_forward(attn, mla, cache, 0, x + t * D, 1, seq, &p, again)) != MLA_OK)
+            return fail("decode after rewind", st);
+        for (int i = 0; i < D; i++)
+            redo = fmax(redo, fabs((double)again[i] - y[t * D + i]));
+    }
+    printf("removed the last %d positions and decoded them again: max difference %.1e\n",
+           REWIND, redo);
+    if (redo > 1e-5)
+        return fail("decoding again after the rewind changed the output", MLA_ERR_INTERNAL);
 
     double num = 0, den = 0;
     for (int i = 0; i < (PROMPT + DECODE) * D; i++) {

@@ -348,7 +348,7 @@ MLA_API mla_status mla_cache_seq_cp(mla_cache *c, int32_t src, int32_t dst, int6
         mla__cache_block_ref(c, e.block);
     }
     n.n_tokens = b - a;
-    /* dst has written what src had of [a, b) (read before anything changes: src may be dst) */
+    /* dst has written what src had of [a, b) (drop leaves the counts alone: src may be dst) */
     mla__cache_seq_drop(c, d);
     for (int32_t l = 0; l < c->n_layers; l++) {
         int64_t w = s->written[l] < b ? s->written[l] : b;

@@ -129,3 +129,26 @@ def test_seq_shift_rerotates_cached_keys(data):
         # Decoding on after the shift is the forward of the shortened sequence.
         y = attn.forward(layer, cache, 0, x[8:9], 0, 5)
     assert_close(y, ref.mla_forward(t, G, x[3:9], np.arange(6))[-1:], 1e-4, "decode after shift")
+
+
+def test_repeated_position_refused_and_rewind_recomputes(data):
+    """A position the cache layer already holds is refused (nothing changes); after seq_rm the
+    same positions compute again to the numpy forward."""
+    w, _, x, _, _ = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_dim=4, d_kv=4)
+    t = layer_tensors(layer)
+    pos = np.arange(len(x))
+    want = ref.mla_forward(t, G, x, pos)
+    with mla.Cache([layer], latent_dtype="f32", rope_dtype="f32", capacity_tokens=64,
+                   block_tokens=8) as cache, mla.Attn() as attn:
+        first = attn.forward(layer, cache, 0, x, 0, 0)
+        latent0 = cache.read(0, 0)[0].copy()
+        with pytest.raises(mla.MlaError) as e:
+            attn.forward(layer, cache, 0, x[5:7], 0, 5)
+        assert e.value.status == mla.Status.INVALID_ARGUMENT and "repeat" in str(e.value)
+        assert cache.seq_length(0) == len(x)
+        np.testing.assert_array_equal(cache.read(0, 0)[0], latent0)
+        cache.seq_rm(0, 10)
+        again = attn.forward(layer, cache, 0, x[10:], 0, 10)
+        assert_close(again, first[10:], 1e-6, "recomputed after seq_rm")
+        assert_close(again, want[10:], 1e-4, "recomputed vs numpy")

@@ -268,6 +268,26 @@ fn cache_and_attention_errors() {
         "",
     );
     assert_eq!(cache.seq_length(0).unwrap(), 2, "nothing appended on error");
+    // Position 2, once written in cache layer 0, is a repeat: refused; after removing it, it
+    // computes again to the same output.
+    let first = attn
+        .forward_seq(&layer, &mut cache, 0, &x[32..], 0, 2)
+        .unwrap();
+    expect_err(
+        attn.forward_seq(&layer, &mut cache, 0, &x[32..], 0, 2),
+        Status::InvalidArgument,
+        "repeat",
+    );
+    assert_eq!(
+        cache.seq_length(0).unwrap(),
+        3,
+        "nothing appended on a repeat"
+    );
+    cache.seq_rm(0, 2, -1).unwrap();
+    let again = attn
+        .forward_seq(&layer, &mut cache, 0, &x[32..], 0, 2)
+        .unwrap();
+    assert_eq!(again, first, "recomputed after seq_rm");
     expect_err(cache.load(-1, b"not a snapshot"), Status::BadFormat, "");
     expect_err(
         cache.load_file(-1, std::path::Path::new("/nonexistent/x.snap")),
