@@ -275,7 +275,7 @@ static mla_status place_chunk(const mla_cache *cache, int32_t layer, chunk *c)
     int64_t pmax, i0;
     mla_status st = mla_cache_seq_pos_max(cache, c->seq, &pmax);
     if (st == MLA_OK)
-        st = mla__cache_seq_written(cache, layer, c->seq, &c->written0);
+        st = mla_cache_seq_written(cache, layer, c->seq, &c->written0);
     if (st != MLA_OK)
         return mla_fail_context(MLA_ERR_INVALID_ARGUMENT, "attention: sequence %d: ",
                                 (int)c->seq);

@@ -55,18 +55,6 @@ mla_status mla__cache_layer_rope(const mla_cache *c, int32_t layer, mla_cache_la
     return MLA_OK;
 }
 
-mla_status mla__cache_seq_written(const mla_cache *c, int32_t layer, int32_t seq, int64_t *n)
-{
-    mla_status st = mla__cache_check_seq(c, seq, "cache written count");
-    if (st != MLA_OK)
-        return st;
-    if (layer < 0 || layer >= c->n_layers || !n)
-        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache written count: layer %d of %d",
-                        (int)layer, (int)c->n_layers);
-    *n = c->seqs[seq].written[layer];
-    return MLA_OK;
-}
-
 void mla__cache_seq_written_lower(mla_cache *c, int32_t layer, int32_t seq, int64_t n)
 {
     int64_t *w = &c->seqs[seq].written[layer];

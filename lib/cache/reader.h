@@ -61,14 +61,8 @@ MLA_INTERNAL mla_status mla__cache_seq_span_count(const mla_cache *cache, int32_
 MLA_INTERNAL mla_status mla__cache_seq_span(const mla_cache *cache, int32_t layer, int32_t seq,
                                             int64_t index, mla_cache_span *span);
 
-/* Tokens of seq, counted from its first in position order, whose data layer `layer` has
- * written: mla_cache_write extends the count when it writes at or before its end; reserved slots
- * are not written; rm, cp and fork carry it with the tokens; a loaded snapshot counts every
- * token as written. Errors: INVALID_ARGUMENT (unknown seq or layer). */
-MLA_INTERNAL mla_status mla__cache_seq_written(const mla_cache *cache, int32_t layer, int32_t seq,
-                                               int64_t *n);
-/* Lower that count back to n (a forward undoing its writes to slots it did not append). The
- * sequence's writer only; layer and seq valid. */
+/* Lower the written count of mla_cache_seq_written back to n (a forward undoing its writes to
+ * slots it did not append). The sequence's writer only; layer and seq valid. */
 MLA_INTERNAL void mla__cache_seq_written_lower(mla_cache *cache, int32_t layer, int32_t seq,
                                                int64_t n);
 

@@ -414,6 +414,22 @@ MLA_API mla_status mla_cache_seq_pos_max(const mla_cache *c, int32_t seq, int64_
     return MLA_OK;
 }
 
+MLA_API mla_status mla_cache_seq_written(const mla_cache *c, int32_t layer, int32_t seq,
+                                         int64_t *n_tokens)
+{
+    mla_status st = mla__cache_check_seq(c, seq, "mla_cache_seq_written");
+    if (st != MLA_OK)
+        return st;
+    if (layer < 0 || layer >= c->n_layers)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "mla_cache_seq_written: layer %d out of range (%d)", (int)layer,
+                        (int)c->n_layers);
+    if (!n_tokens)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_cache_seq_written: n_tokens is NULL");
+    *n_tokens = c->seqs[seq].written[layer];
+    return MLA_OK;
+}
+
 MLA_API mla_status mla_cache_seq_length(const mla_cache *c, int32_t seq, int64_t *n_tokens)
 {
     mla_status st = mla__cache_check_seq(c, seq, "mla_cache_seq_length");

@@ -190,6 +190,25 @@ static void write_rules(void)
           "a run that crosses the gap is refused");
     CHECK(mla_cache_reserve(c, 0, 16, 1) == MLA_ERR_INVALID_ARGUMENT,
           "reserve not after the last position refused");
+    /* Written prefixes: layer 0 skipped slot 10 (reserved, never written), layer 1 wrote
+     * 10..14; writing 10 in layer 0 extends its prefix by that write only. */
+    int64_t w0 = -1, w1 = -1;
+    mla_cache_seq_written(c, 0, 0, &w0);
+    mla_cache_seq_written(c, 1, 0, &w1);
+    CHECK(w0 == 0 && w1 == 5, "written prefixes: layer 0 %lld (slot 10 unwritten), layer 1 %lld",
+          (long long)w0, (long long)w1);
+    mla_status sw = mla_cache_write(c, 0, 0, 10, 1, lat, rope);
+    if (sw == MLA_OK)
+        sw = mla_cache_seq_written(c, 0, 0, &w0);
+    CHECK(sw == MLA_OK && w0 == 1,
+          "writing slot 10 in layer 0: prefix %lld (the write's end, not past it)",
+          (long long)w0);
+    int64_t wv = 77;
+    CHECK(mla_cache_seq_written(c, 2, 0, &wv) == MLA_ERR_INVALID_ARGUMENT &&
+              mla_cache_seq_written(c, 0, 8, &wv) == MLA_ERR_INVALID_ARGUMENT &&
+              mla_cache_seq_written(c, 0, 0, NULL) == MLA_ERR_INVALID_ARGUMENT &&
+              mla_cache_seq_written(NULL, 0, 0, &wv) == MLA_ERR_INVALID_ARGUMENT && wv == 77,
+          "seq_written: unknown layer or sequence, NULL refused, output untouched");
     CHECK(mla_cache_write(c, 0, 0, 0, 1, NULL, rope) == MLA_ERR_INVALID_ARGUMENT &&
           mla_cache_write(c, 0, 0, 17, 1, lat, NULL) == MLA_ERR_INVALID_ARGUMENT &&
           mla_cache_write(c, 2, 0, 17, 1, lat, rope) == MLA_ERR_INVALID_ARGUMENT &&

@@ -161,7 +161,7 @@ static int agrees(const mla_cache *c, const model *m)
         }
         for (int l = 0; l < NL; l++) {
             int64_t w = -1;
-            if (mla__cache_seq_written(c, l, q, &w) != MLA_OK || w != run(s, l)) {
+            if (mla_cache_seq_written(c, l, q, &w) != MLA_OK || w != run(s, l)) {
                 snprintf(why, sizeof why, "seq %d layer %d: %lld tokens written, model %d", q, l,
                          (long long)w, run(s, l));
                 return 0;

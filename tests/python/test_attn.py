@@ -146,9 +146,10 @@ def test_repeated_position_refused_and_rewind_recomputes(data):
         with pytest.raises(mla.MlaError) as e:
             attn.forward(layer, cache, 0, x[5:7], 0, 5)
         assert e.value.status == mla.Status.INVALID_ARGUMENT and "repeat" in str(e.value)
-        assert cache.seq_length(0) == len(x)
+        assert cache.seq_length(0) == cache.seq_written(0, 0) == len(x)
         np.testing.assert_array_equal(cache.read(0, 0)[0], latent0)
         cache.seq_rm(0, 10)
+        assert cache.seq_written(0, 0) == 10
         again = attn.forward(layer, cache, 0, x[10:], 0, 10)
         assert_close(again, first[10:], 1e-6, "recomputed after seq_rm")
         assert_close(again, want[10:], 1e-4, "recomputed vs numpy")

@@ -294,6 +294,7 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "mla_cache_seq_pos_min": (mla_status, [_P(mla_cache), c_int32, _i64p]),
     "mla_cache_seq_pos_max": (mla_status, [_P(mla_cache), c_int32, _i64p]),
     "mla_cache_seq_length": (mla_status, [_P(mla_cache), c_int32, _i64p]),
+    "mla_cache_seq_written": (mla_status, [_P(mla_cache), c_int32, c_int32, _i64p]),
     "mla_cache_clear": (mla_status, [_P(mla_cache)]),
     "mla_cache_seq_read": (mla_status, [_P(mla_cache), c_int32, c_int32, c_int64, c_int64,
                                         _f32p, _f32p, _i64p]),

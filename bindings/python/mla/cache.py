@@ -234,6 +234,17 @@ class Cache(Handle):
     def seq_length(self, seq: int) -> int:
         return self._i64("mla_cache_seq_length", seq)
 
+    def seq_written(self, layer: int, seq: int) -> int:
+        """Tokens of seq, from its first, that cache layer `layer` has written: where that
+        layer's next forward for seq starts (reserved slots are unwritten)."""
+        o = self._own()
+        layer, seq = _int32(layer, "layer"), _int32(seq, "seq")
+        v = ctypes.c_int64()
+        with self._lock.shared((seq,)):
+            status = o.lib.mla_cache_seq_written(o.ptr, layer, seq, ctypes.byref(v))
+        check(o.lib, status)
+        return v.value
+
     def clear(self) -> None:
         o = self._own()
         with self._lock.exclusive():

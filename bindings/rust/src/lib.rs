@@ -1215,6 +1215,14 @@ impl Cache {
     pub fn seq_length(&self, seq: i32) -> Result<i64> {
         self.query(sys::mla_cache_seq_length, seq)
     }
+    /// Tokens of seq, from its first, that cache layer `layer` has written: where that layer's
+    /// next forward for seq starts (reserved slots are unwritten).
+    pub fn seq_written(&self, layer: i32, seq: i32) -> Result<i64> {
+        let mut v = 0;
+        // SAFETY: valid handle and out-pointer.
+        check(unsafe { sys::mla_cache_seq_written(self.raw.as_ptr(), layer, seq, &mut v) })?;
+        Ok(v)
+    }
     pub fn clear(&mut self) -> Result<()> {
         // SAFETY: valid handle.
         check(unsafe { sys::mla_cache_clear(self.raw.as_ptr()) })

@@ -368,6 +368,12 @@ extern "C" {
         seq: i32,
         n_tokens: *mut i64,
     ) -> mla_status;
+    pub fn mla_cache_seq_written(
+        cache: *const mla_cache,
+        layer: i32,
+        seq: i32,
+        n_tokens: *mut i64,
+    ) -> mla_status;
     pub fn mla_cache_clear(cache: *mut mla_cache) -> mla_status;
     pub fn mla_cache_seq_read(
         cache: *const mla_cache,

@@ -283,7 +283,10 @@ fn cache_and_attention_errors() {
         3,
         "nothing appended on a repeat"
     );
+    assert_eq!(cache.seq_written(0, 0).unwrap(), 3);
+    expect_err(cache.seq_written(1, 0), Status::InvalidArgument, "layer 1");
     cache.seq_rm(0, 2, -1).unwrap();
+    assert_eq!(cache.seq_written(0, 0).unwrap(), 2);
     let again = attn
         .forward_seq(&layer, &mut cache, 0, &x[32..], 0, 2)
         .unwrap();
