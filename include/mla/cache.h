@@ -136,7 +136,7 @@ MLA_API mla_status mla_cache_seq_length(const mla_cache *cache, int32_t seq, int
 /* Tokens of seq, counted from its first in position order, whose data layer `layer` has written
  * (mla_cache_write, mla_attn_forward): that layer's next mla_attn_forward for seq starts at the
  * token after them. Reserved slots are unwritten; rm, cp and fork carry the count with the
- * tokens; a loaded snapshot counts all its tokens (doc/cache.md, "Written prefix").
+ * tokens, snapshots save it (doc/cache.md, "Written prefix").
  * Errors: INVALID_ARGUMENT (unknown seq or layer, NULL n_tokens). */
 MLA_API mla_status mla_cache_seq_written(const mla_cache *cache, int32_t layer, int32_t seq,
                                          int64_t *n_tokens);

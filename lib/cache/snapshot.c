@@ -16,7 +16,9 @@
 #include "cache/internal.h"
 #include "cache/snapshot.h"
 
-#define VERSION 1
+/* Version 2 adds each sequence's written prefix per layer; version 1 snapshots still load
+ * (their tokens count as written in every layer). */
+#define VERSION 2
 #define KIND_CACHE 1
 #define KIND_SEQ 2
 #define FRAME 16 /* tag, length, CRC of a section */
@@ -112,7 +114,7 @@ static mla_status plan_make(const mla_cache *c, int32_t seq, plan *p)
             continue;
         const mla_cache_seq *s = &c->seqs[q];
         p->n_seqs++;
-        p->seqs += 8 + 12 * (size_t)s->n_e;
+        p->seqs += 8 + 12 * (size_t)s->n_e + 8 * (size_t)c->n_layers;
         for (int64_t i = 0; i < s->n_e; i++) {
             const mla_cache_entry *e = &s->e[i];
             int32_t k = p->map[e->block];
@@ -277,6 +279,8 @@ static void write_seqs(const mla_cache *c, const plan *p, out *o)
             out_u32(o, (uint32_t)s->e[i].off);
             out_u32(o, (uint32_t)s->e[i].n);
         }
+        for (int32_t l = 0; l < c->n_layers; l++)
+            out_u64(o, (uint64_t)s->written[l]);
     }
     section_end(o);
 }
@@ -434,9 +438,11 @@ typedef struct sseq {
 
 typedef struct stage {
     int32_t kind;
+    uint32_t version;
     uint32_t nb, n_seqs;
     sblock *b;
     sseq *q;
+    int64_t *written;          /* n_seqs × n_layers written prefixes */
 } stage;
 
 static void stage_free(stage *st)
@@ -445,6 +451,7 @@ static void stage_free(stage *st)
         mla_free(st->q[i].s.e);
     mla_free(st->q);
     mla_free(st->b);
+    mla_free(st->written);
 }
 
 static mla_status parse_geom(const mla_cache *c, in *g, stage *st)
@@ -639,6 +646,23 @@ static mla_status parse_seq_list(const mla_cache *c, in *r, stage *st, uint32_t 
         mla_status s = parse_entries(c, r, st, q);
         if (s != MLA_OK)
             return s;
+        int64_t *w = st->written + (size_t)i * (size_t)c->n_layers;
+        if (st->version < 2) {
+            for (int32_t l = 0; l < c->n_layers; l++)
+                w[l] = q->s.n_tokens;
+            continue;
+        }
+        if (!in_has(r, 8 * (size_t)c->n_layers))
+            return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: sequence %d: written counts "
+                            "truncated", (int)q->id);
+        for (int32_t l = 0; l < c->n_layers; l++) {
+            uint64_t v = in_u64(r);
+            if (v > (uint64_t)q->s.n_tokens)
+                return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: sequence %d, layer %d: "
+                                "%llu tokens written of %lld", (int)q->id, (int)l,
+                                (unsigned long long)v, (long long)q->s.n_tokens);
+            w[l] = (int64_t)v;
+        }
     }
     return MLA_OK;
 }
@@ -655,7 +679,8 @@ static mla_status parse_seqs(const mla_cache *c, in *r, stage *st)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache snapshot: %u sequences, the cache "
                         "holds %d", (unsigned)n, (int)c->n_seq_max);
     st->q = mla_calloc((size_t)n + 1, sizeof *st->q);
-    if (!st->q)
+    st->written = mla_calloc(((size_t)n + 1) * (size_t)c->n_layers, sizeof *st->written);
+    if (!st->q || !st->written)
         return mla_fail(MLA_ERR_OUT_OF_MEMORY, "cache snapshot: %u sequences", (unsigned)n);
     /* ids seen, one bit per id of the cache (a pairwise check would be quadratic in n) */
     unsigned char *seen = mla_calloc((size_t)c->n_seq_max / 8 + 1, 1);
@@ -687,9 +712,10 @@ static mla_status parse(const mla_cache *c, const unsigned char *buf, size_t siz
                         "(magic %02x %02x %02x %02x)", buf[0], buf[1], buf[2], buf[3]);
     r.at = 4;
     uint32_t version = in_u32(&r);
-    if (version != VERSION)
+    if (version < 1 || version > VERSION)
         return mla_fail(MLA_ERR_BAD_FORMAT, "cache snapshot: format version %u, this library "
-                        "reads version %d", (unsigned)version, VERSION);
+                        "reads versions 1 to %d", (unsigned)version, VERSION);
+    st->version = version;
     mla_status e;
     if ((e = section(&r, TAG_GEOM, &g)) != MLA_OK || (e = parse_geom(c, &g, st)) != MLA_OK)
         return e;
@@ -762,8 +788,8 @@ static void commit(mla_cache *c, int32_t seq, stage *st, int32_t *blocks)
         n->written = d->written;
         *d = *n;
         n->e = NULL;
-        /* a snapshot holds every layer's data of its tokens */
-        mla__cache_seq_written_all(c, d, d->n_tokens);
+        memcpy(d->written, st->written + (size_t)i * (size_t)c->n_layers,
+               (size_t)c->n_layers * sizeof *d->written);
     }
 }
 

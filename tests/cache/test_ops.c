@@ -90,12 +90,6 @@ static int run(const mseq *s, int l)
     return i;
 }
 
-static void all_written(mseq *s)
-{
-    for (int t = 0; t < s->n; t++)
-        memset(s->t[t].wr, 1, sizeof s->t[t].wr);
-}
-
 static void fill(float *x, int n)
 {
     for (int i = 0; i < n; i++)
@@ -431,11 +425,7 @@ static mla_status do_op(mla_cache *c, model *m, int op, int *expect)
             *m = snap_model;
         else if (r == MLA_OK)
             *s = snap_model.s[snap_seq];
-        /* a snapshot's tokens count as written in every layer */
-        for (int qq = 0; r == MLA_OK && qq < NSEQ; qq++)
-            if (snap_seq < 0 || qq == q)
-                all_written(&m->s[qq]);
-        return r;
+        return r; /* the snapshot carried each layer's written prefix (format version 2) */
     }
     case OP_CLEAR:
         *expect = 1;

@@ -9,6 +9,8 @@
  * - files: saved through a temporary name (none left behind), loaded back; I/O errors name the
  *   path and the system's reason.
  * - CRC-32 is the standard one (check value of "123456789", and a bitwise version on random data).
+ * - format versions: a version 1 snapshot (no written counts) loads with every token written;
+ *   version 2's written counts round-trip, one beyond the tokens is refused, and so is version 3.
  */
 #include <dirent.h>
 #include <float.h>
@@ -231,12 +233,12 @@ static void section_end(bytes *b)
     put_u32(b, crc_bitwise(b->p + b->section, b->n - b->section));
 }
 
-/* Header and GEOM of a whole-cache snapshot: one layer of latent_dim 4 in `lt` (group 4), no
- * RoPE part, blocks of one token. */
-static void hand_head(bytes *b, mla_dtype lt)
+/* Header (format `version`) and GEOM of a whole-cache snapshot: one layer of latent_dim 4 in
+ * `lt` (group 4), no RoPE part, blocks of one token. */
+static void hand_head(bytes *b, uint32_t version, mla_dtype lt)
 {
     put_raw(b, "MLAC", 4);
-    put_u32(b, 1);
+    put_u32(b, version);
     section_begin(b, "GEOM");
     const uint32_t g[9] = {1, 1, (uint32_t)lt, MLA_DTYPE_F32, 4, 1, 4, 0, 0};
     for (int i = 0; i < 9; i++)
@@ -266,12 +268,14 @@ static mla_cache *hand_cache(mla_dtype lt, int n_seq_max)
 }
 
 /* One block holding one token at position 7 with the given codes (4 bytes of i8, or 2 of i4)
- * and scale, and n_seqs sequences listed in ids: the one with id `owner` holds the token. */
-static bytes hand_snapshot(mla_dtype lt, const unsigned char *codes, float scale,
-                           const uint32_t *ids, uint32_t n_seqs, uint32_t owner)
+ * and scale, and n_seqs sequences listed in ids: the one with id `owner` holds the token. From
+ * version 2 each sequence has its written count: `written` for the owner, 0 for the others. */
+static bytes hand_snapshot_v(uint32_t version, mla_dtype lt, const unsigned char *codes,
+                             float scale, const uint32_t *ids, uint32_t n_seqs, uint32_t owner,
+                             uint64_t written)
 {
     bytes b = {0};
-    hand_head(&b, lt);
+    hand_head(&b, version, lt);
     section_begin(&b, "BLKS");
     put_u32(&b, 1);
     put_u32(&b, 0);
@@ -290,9 +294,54 @@ static bytes hand_snapshot(mla_dtype lt, const unsigned char *codes, float scale
             put_u32(&b, 0);
             put_u32(&b, 1);
         }
+        if (version >= 2)
+            put_u64(&b, ids[i] == owner ? written : 0);
     }
     section_end(&b);
     return b;
+}
+
+static bytes hand_snapshot(mla_dtype lt, const unsigned char *codes, float scale,
+                           const uint32_t *ids, uint32_t n_seqs, uint32_t owner)
+{
+    return hand_snapshot_v(2, lt, codes, scale, ids, n_seqs, owner, 1);
+}
+
+/* Format versions: version 1 (no written counts) counts every token as written; version 2
+ * carries them, and one beyond the sequence's tokens is refused; version 3 is unknown. */
+static void hand_versions(void)
+{
+    const unsigned char i8[4] = {1, 2, 3, 4};
+    const uint32_t one[1] = {2};
+    mla_cache *c = hand_cache(MLA_DTYPE_I8, 4);
+    bytes b = hand_snapshot_v(1, MLA_DTYPE_I8, i8, 0.5f, one, 1, 2, 0);
+    int64_t w = -1;
+    mla_status st = mla_cache_load(c, 0, b.p, b.n);
+    mla_cache_seq_written(c, 0, 2, &w);
+    CHECK(st == MLA_OK && w == 1, "version 1: loads, its token counts as written (%lld; %s)",
+          (long long)w, st == MLA_OK ? "ok" : mla_last_error());
+    free(b.p);
+    b = hand_snapshot_v(2, MLA_DTYPE_I8, i8, 0.5f, one, 1, 2, 0);
+    st = mla_cache_load(c, 0, b.p, b.n);
+    w = -1;
+    mla_cache_seq_written(c, 0, 2, &w);
+    CHECK(st == MLA_OK && w == 0, "version 2: the written count 0 is restored (%lld; %s)",
+          (long long)w, st == MLA_OK ? "ok" : mla_last_error());
+    free(b.p);
+    print before = fingerprint(c);
+    b = hand_snapshot_v(2, MLA_DTYPE_I8, i8, 0.5f, one, 1, 2, 2);
+    st = mla_cache_load(c, 0, b.p, b.n);
+    CHECK(st == MLA_ERR_BAD_FORMAT && strstr(mla_last_error(), "written") && same(c, &before),
+          "version 2: 2 tokens written of 1 is refused, nothing changed (%s)", mla_last_error());
+    free(b.p);
+    b = hand_snapshot_v(3, MLA_DTYPE_I8, i8, 0.5f, one, 1, 2, 1);
+    st = mla_cache_load(c, 0, b.p, b.n);
+    CHECK(st == MLA_ERR_BAD_FORMAT && strstr(mla_last_error(), "version 3") && same(c, &before),
+          "version 3 is refused, nothing changed (%s)", mla_last_error());
+    free(b.p);
+    free(before.bytes);
+    mla_cache_destroy(c);
+    mla_clear_error();
 }
 
 /* The format as documented, read by the library; and the loader's checks of what a hand-made
@@ -380,6 +429,28 @@ int main(void)
           "CRC-32 equals the bitwise definition, also computed in two pieces");
 
     hand_made();
+    hand_versions();
+
+    /* A sequence whose layers stopped at different tokens (a snapshot between the layers of one
+     * batch): the counts come back as they were. */
+    {
+        mla_cache *a = make(BASE), *b = make(BASE);
+        float lat[64] = {0}, rope[16] = {0};
+        mla_cache_write(a, 0, 0, 0, 6, lat, rope);
+        mla_cache_write(a, 1, 0, 0, 3, lat, rope);
+        size_t n = 0;
+        unsigned char *snap = save(a, 0, &n);
+        int64_t w0 = -1, w1 = -1;
+        mla_status st = mla_cache_load(b, 1, snap, n);
+        mla_cache_seq_written(b, 0, 1, &w0);
+        mla_cache_seq_written(b, 1, 1, &w1);
+        CHECK(st == MLA_OK && w0 == 6 && w1 == 3,
+              "written prefixes 6 and 3 saved and loaded into another sequence: %lld, %lld (%s)",
+              (long long)w0, (long long)w1, st == MLA_OK ? "ok" : mla_last_error());
+        free(snap);
+        mla_cache_destroy(a);
+        mla_cache_destroy(b);
+    }
 
     /* a small cache with sharing: seq 1 forks seq 0 and continues; seq 2 separate */
     mla_cache *a = make(BASE);
