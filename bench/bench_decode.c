@@ -12,8 +12,9 @@
  * cache's storage type for latent and RoPE part, MHA and MLA alike (default f16; with bf16 the
  * absorbed path multiplies in bf16, doc/attention.md); --reps the decodes per figure (default 9;
  * many, for `perf record` of one case); --rounds the passes over the whole table, each figure
- * and roof the best of them (the machine is shared: its speed drifts by tens of percent between
- * passes, and other processes only ever add time).
+ * from the pass in which it was fastest (the machine is shared: its speed drifts by tens of
+ * percent between passes, and other processes only ever add time), with the fixed cost and the
+ * roofs measured next to it in that pass.
  *
  * Weights and cached values are random: time does not depend on them. The cache is filled with
  * mla_cache_write directly (a real prefill of 32K tokens through an MHA layer would take hours of
@@ -248,9 +249,17 @@ static const int64_t ctxs[N_CTX] = {1024, 4096, 16384, 32768};
 static const int dkvs[] = {8, 16, 32};
 #define N_LAYERS (1 + sizeof dkvs / sizeof dkvs[0])
 
-/* Seconds per decode, the minimum over rounds: [shape][layer][context], the last index the
- * fixed cost at context 16. 0: not measured. */
-static double dec_t[N_SHAPES][N_LAYERS][N_CTX + 1];
+/* One decode figure, from the round whose decode was fastest: the time, and what the machine did
+ * around it in that round (the machine is shared, its speed drifts between passes: a time is
+ * compared with the fixed cost and the roofs measured next to it, never with another round's). */
+typedef struct cell {
+    double t;     /* seconds per decode at the context; 0: not measured */
+    double fixed; /* the same layer at context 16, measured just before it */
+    double gf;    /* sgemm GFLOP/s, measured before the layer */
+    double gb;    /* read GB/s, measured just before this decode */
+} cell;
+static cell dec[N_SHAPES][N_LAYERS][N_CTX];
+static double gf_lo, gf_hi, gb_lo, gb_hi; /* the roofs' range over the whole run */
 
 static int want_layer(int quick, size_t li)
 {
@@ -260,16 +269,17 @@ static int want_layer(int quick, size_t li)
     return !((quick && dkv != 16) || only_mha || (only_dkv && dkv != only_dkv));
 }
 
-static void keep_min(double *slot, double t)
+static void note_roof(double v, double *lo, double *hi)
 {
-    if (*slot == 0 || t < *slot)
-        *slot = t;
+    *lo = *lo == 0 || v < *lo ? v : *lo;
+    *hi = v > *hi ? v : *hi;
 }
 
-/* One round of every decode figure (each the minimum of `reps` decodes), folded into dec_t. */
+/* One round of every decode figure (each the minimum of `reps` decodes), folded into dec. */
 static void decode_round(int quick, int threads)
 {
     int n_ctx = quick ? 2 : N_CTX, reps = reps_opt > 0 ? reps_opt : quick ? 3 : 9;
+    size_t bw_bytes = (size_t)(quick ? 64 : 256) << 20; /* far beyond the 32 MiB L3 */
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *s = &shapes[si];
         if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
@@ -278,30 +288,41 @@ static void decode_round(int quick, int threads)
             if (!want_layer(quick, li))
                 continue;
             mla_layer *l = li == 0 ? mha_layer(s) : mla_layer_random(s, dkvs[li - 1]);
-            keep_min(&dec_t[si][li][N_CTX], decode(l, s->d, 16, threads, reps));
-            for (int ci = 0; ci < n_ctx; ci++)
-                if (!only_ctx || ctxs[ci] == only_ctx)
-                    keep_min(&dec_t[si][li][ci], decode(l, s->d, ctxs[ci], threads, reps));
+            double gf = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
+            note_roof(gf, &gf_lo, &gf_hi);
+            for (int ci = 0; ci < n_ctx; ci++) {
+                if (only_ctx && ctxs[ci] != only_ctx)
+                    continue;
+                double gb = roofs_read_gbps(threads, bw_bytes);
+                double fixed = decode(l, s->d, 16, threads, reps);
+                double t = decode(l, s->d, ctxs[ci], threads, reps);
+                note_roof(gb, &gb_lo, &gb_hi);
+                cell *c = &dec[si][li][ci];
+                if (c->t == 0 || t < c->t)
+                    *c = (cell){t, fixed, gf, gb};
+            }
             mla_layer_destroy(l);
         }
     }
 }
 
-static void decode_table(int threads, double sgemm, double bw, int rounds)
+static void decode_table(int threads, int rounds)
 {
     double eb = cache_dtype == MLA_DTYPE_F32 ? 4.0 : 2.0; /* bytes per cached value */
-    printf("\n## decode, one token, %d thread(s), %s cache, minimum of %d round(s); attn = time "
-           "minus the fixed cost at context 16\n", threads, mla_dtype_name(cache_dtype), rounds);
-    printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %6s\n", "shape", "layer", "ctx", "ms",
-           "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "vsMHA");
+    printf("\n## decode, one token, %d thread(s), %s cache, fastest of %d round(s); attn = time "
+           "minus the fixed cost at context 16 measured just before it; %% of the roofs "
+           "measured next to it (sgemm %.1f-%.1f GFLOP/s, read %.1f-%.1f GB/s in this run)\n", threads,
+           mla_dtype_name(cache_dtype), rounds, gf_lo, gf_hi, gb_lo, gb_hi);
+    printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %6s %7s %6s\n", "shape", "layer", "ctx", "ms",
+           "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "vsMHA", "sgemmGF", "readGB");
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *s = &shapes[si];
         for (size_t li = 0; li < N_LAYERS; li++)
             for (int ci = 0; ci < N_CTX; ci++) {
-                double t = dec_t[si][li][ci], fixed = dec_t[si][li][N_CTX];
-                if (t == 0)
+                const cell *c = &dec[si][li][ci];
+                if (c->t == 0)
                     continue;
-                double ctx = (double)ctxs[ci], at = t - fixed, fl, by;
+                double ctx = (double)ctxs[ci], at = c->t - c->fixed, fl, by;
                 char lname[16];
                 if (li == 0) {
                     snprintf(lname, sizeof lname, "MHA");
@@ -314,12 +335,12 @@ static void decode_table(int threads, double sgemm, double bw, int rounds)
                     by = (double)(R + (int64_t)s->n_kv * s->r) * eb * ctx;
                 }
                 char vs[16] = "";
-                if (li > 0 && dec_t[si][0][ci] > 0)
-                    snprintf(vs, sizeof vs, "%5.2fx", dec_t[si][0][ci] / t);
-                printf("%-12s %-9s %6lld %9.3f %9.1f %8.1f %8.1f %6.0f%% %6.0f%% %6s\n",
-                       s->name, lname, (long long)ctxs[ci], t * 1e3, 1.0 / t, fl / at * 1e-9,
-                       by / at * 1e-9, 100 * fl / at * 1e-9 / sgemm, 100 * by / at * 1e-9 / bw,
-                       vs);
+                if (li > 0 && dec[si][0][ci].t > 0)
+                    snprintf(vs, sizeof vs, "%5.2fx", dec[si][0][ci].t / c->t);
+                printf("%-12s %-9s %6lld %9.3f %9.1f %8.1f %8.1f %6.0f%% %6.0f%% %6s %7.1f %6.1f\n",
+                       s->name, lname, (long long)ctxs[ci], c->t * 1e3, 1.0 / c->t,
+                       fl / at * 1e-9, by / at * 1e-9, 100 * fl / at * 1e-9 / c->gf,
+                       100 * by / at * 1e-9 / c->gb, vs, c->gf, c->gb);
             }
     }
 }
@@ -411,25 +432,18 @@ int main(int argc, char **argv)
         }
     }
     printf("libmla %s\n%s\n", mla_version_string(), mla_build_info());
-    /* Roofs: the best of the rounds (measured before each), as the figures are. */
-    double sgemm = 0, bw = 0;
-    for (int r = 0; r < (crossover ? 1 : rounds); r++) {
-        double g = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
-        double b = roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30));
-        sgemm = g > sgemm ? g : sgemm;
-        bw = b > bw ? b : bw;
-        if (crossover)
-            break;
+    if (crossover) {
+        printf("roofs (%d thread(s)): sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s\n", threads,
+               roofs_sgemm_gflops(threads, quick ? 1024 : 2048),
+               roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30)));
+        bench_crossover(quick, threads);
+        return 0;
+    }
+    for (int r = 0; r < rounds; r++) {
         if (rounds > 1)
-            fprintf(stderr, "round %d of %d (roofs %.1f GFLOP/s, %.1f GB/s)\n", r + 1, rounds,
-                    g, b);
+            fprintf(stderr, "round %d of %d\n", r + 1, rounds);
         decode_round(quick, threads);
     }
-    printf("roofs (%d thread(s)): sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s\n", threads,
-           sgemm, bw);
-    if (crossover)
-        bench_crossover(quick, threads);
-    else
-        decode_table(threads, sgemm, bw, rounds);
+    decode_table(threads, rounds);
     return 0;
 }
