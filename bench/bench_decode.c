@@ -8,13 +8,12 @@
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
  * length (for profiling one case), --mha only the MHA baseline, --mla only the MLA layers, --dkv
- * one MLA d_kv; --dtype the
- * cache's storage type for latent and RoPE part, MHA and MLA alike (default f16; with bf16 the
- * absorbed path multiplies in bf16, doc/attention.md); --reps the decodes per figure (default 9;
- * many, for `perf record` of one case); --rounds the passes over the whole table, each figure
- * from the pass in which it was fastest (the machine is shared: its speed drifts by tens of
- * percent between passes, and other processes only ever add time), with the fixed cost and the
- * roofs measured next to it in that pass.
+ * one MLA d_kv; --dtype the cache's storage type for latent and RoPE part, MHA and MLA alike
+ * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); --reps the
+ * decodes per figure (default 9; many, for `perf record` of one case); --rounds the passes over
+ * the whole table, each figure from the pass in which it was fastest (the machine is shared: its
+ * speed drifts by tens of percent between passes, and other processes only ever add time), with
+ * the fixed cost and the roofs measured next to it in that pass.
  *
  * Weights and cached values are random: time does not depend on them. The cache is filled with
  * mla_cache_write directly (a real prefill of 32K tokens through an MHA layer would take hours of
