@@ -214,12 +214,14 @@ class Cache(Handle):
             status = o.lib.mla_cache_seq_shift(o.ptr, seq, p0, p1, delta)
         check(o.lib, status)
 
-    def _i64(self, fn: str, seq: int) -> int:
+    def _i64(self, fn: str, seq: int, layer: Optional[int] = None) -> int:
+        """A per-sequence count: fn(cache, [layer,] seq, &v)."""
         o = self._own()
         seq = _int32(seq, "seq")
+        lead = () if layer is None else (_int32(layer, "layer"),)
         v = ctypes.c_int64()
         with self._lock.shared((seq,)):
-            status = getattr(o.lib, fn)(o.ptr, seq, ctypes.byref(v))
+            status = getattr(o.lib, fn)(o.ptr, *lead, seq, ctypes.byref(v))
         check(o.lib, status)
         return v.value
 
@@ -237,13 +239,7 @@ class Cache(Handle):
     def seq_written(self, layer: int, seq: int) -> int:
         """Tokens of seq, from its first, that cache layer `layer` has written: where that
         layer's next forward for seq starts (reserved slots are unwritten)."""
-        o = self._own()
-        layer, seq = _int32(layer, "layer"), _int32(seq, "seq")
-        v = ctypes.c_int64()
-        with self._lock.shared((seq,)):
-            status = o.lib.mla_cache_seq_written(o.ptr, layer, seq, ctypes.byref(v))
-        check(o.lib, status)
-        return v.value
+        return self._i64("mla_cache_seq_written", seq, layer)
 
     def clear(self) -> None:
         o = self._own()
