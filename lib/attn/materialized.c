@@ -66,33 +66,40 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
 }
 
 /*
- * Tokens per step of the one-query MHA loop: every KV head's part of a step's rows is used
- * while they are in L1, so each cached row streams from memory once, in order.
+ * How the one-query MHA loop walks a tile: in steps of rows, every KV head's part of a step used
+ * while the rows are in L1, so each cached row streams from memory once, in order. The kernels
+ * take all KV heads of a step in one call (Llama-2-7B: 32 heads of 256 bytes a row).
  *
  * Out of DRAM the loop is latency-bound: the kernels' loads wait behind their FMAs in the
- * out-of-order window and the hardware prefetchers stop at 4 KiB pages. There ("streaming", a
- * job reading more than MLA_ATTN_STREAM_BYTES of rows, more than stays in this machine's caches
- * between two decodes) steps are 4 rows, one block of the dot kernel, and the rows
- * MHA_PF_STEPS steps ahead are prefetched, 1/n_kv of them before each KV head's kernel call so
- * that the requests are spread out rather than issued in one burst. Cache-resident contexts
- * keep 16-row steps without prefetching, which measured 7–20% faster there (doc/attention.md).
+ * out-of-order window, and the hardware prefetchers stop at 4 KiB pages. What helps depends on
+ * the row size, for a job reading more than MLA_ATTN_STREAM_BYTES of rows (more than stays in
+ * this machine's caches between two decodes):
+ * - rows of a page or more (Llama-2-7B: 8 KiB): steps of 8 rows, no software prefetch. Each
+ *   row of the step is its own page, so the hardware prefetchers follow 8 streams at once;
+ *   prefetch instructions only queued behind them (Llama-2-7B 32K, 6 alternating runs: median
+ *   28.9 ms, against 34.2 with 4-row steps and prefetching, 30.5 with 16-row steps);
+ * - smaller rows (SmolLM-135M: 384 bytes, one stream): steps of 4 rows and the rows
+ *   MHA_PF_STEPS steps ahead prefetched (without: 1.6 times slower at 32K).
+ * Cache-resident jobs keep 16-row steps without prefetching, which measured 7–20% faster
+ * there (doc/attention.md).
  */
 #define MHA_STEP 16
 #define MHA_STREAM_STEP 4
+#define MHA_PAGE_ROW_STEP 8
+#define MHA_PAGE_ROW_BYTES 4096
 #define MHA_PF_STEPS 2
 
 /* Always inlined: as a function of its own, whose only effects are prefetches, GCC's IPA
  * pure-const pass finds it "const" and deletes every call (the objects built before this had
  * no prefetch instruction at all). */
 static inline __attribute__((always_inline)) void prefetch_rows(const mla__src *s, int64_t u,
-                                                                int64_t nu, int64_t part,
-                                                                int64_t parts)
+                                                                int64_t nu)
 {
     /* Addresses past the segment (or the pool) are only hints: integer arithmetic, never a
      * pointer formed outside its object. */
     int64_t bytes = nu * (int64_t)s->ld;
     uintptr_t p = (uintptr_t)s->p + (uintptr_t)((u + MHA_PF_STEPS * nu) * (int64_t)s->ld);
-    for (int64_t o = bytes * part / parts; o < bytes * (part + 1) / parts; o += 64)
+    for (int64_t o = 0; o < bytes; o += 64)
         __builtin_prefetch((const void *)(p + (uintptr_t)o), 0, 0);
 }
 
@@ -103,19 +110,18 @@ static void mha_one(const mla__ctx *c, const mla__job *job, mla__work *w, int64_
     const mla__qblock *b = &c->blocks[job->block];
     const mla__attn_kernels *k = c->k;
     int64_t T = c->tile_tokens, row0 = t * c->n_h;
-    int64_t step = stream ? MHA_STREAM_STEP : MHA_STEP;
+    /* The keys' row stride (the values' is the same). */
+    int pf = stream && w->rt.seg[0].rope.ld < MHA_PAGE_ROW_BYTES;
+    int64_t step = !stream ? MHA_STEP : pf ? MHA_STREAM_STEP : MHA_PAGE_ROW_STEP;
     const float *q = c->qg + (b->t0 + t) * c->n_h * (int64_t)c->d_h;
     float *o = job->o + row0 * job->ldo;
     for (int64_t i = 0; i < w->rt.n_seg; i++) {
         const mla__seg *g = &w->rt.seg[i];
         for (int64_t u = 0; u < g->n; u += step) {
             int64_t nu = g->n - u < step ? g->n - u : step;
-            for (int64_t j = 0; j < c->n_kv; j++) {
-                if (stream)
-                    prefetch_rows(&g->rope, u, nu, j, c->n_kv);
-                k->gemm_dot_src(c->g, nu, c->d_h, q + j * c->g * c->d_h, c->d_h, &g->rope, u,
-                                j * c->d_h, 0.0f, w->s + j * c->g * T + g->t + u, T);
-            }
+            if (pf)
+                prefetch_rows(&g->rope, u, nu);
+            k->mha_scores(c->n_kv, c->g, c->d_h, nu, q, &g->rope, u, w->s + g->t + u, T);
         }
     }
     k->softmax_step(c->n_h, n, w->s, T, 1, w->nvis + t, c->n_h, job->mx + row0, job->l + row0,
@@ -124,13 +130,10 @@ static void mha_one(const mla__ctx *c, const mla__job *job, mla__work *w, int64_
         const mla__seg *g = &w->rt.seg[i];
         for (int64_t u = 0; u < g->n; u += step) {
             int64_t nu = g->n - u < step ? g->n - u : step;
-            for (int64_t j = 0; j < c->n_kv; j++) {
-                if (stream)
-                    prefetch_rows(&g->latent, u, nu, j, c->n_kv);
-                k->gemm_bc_src(c->g, c->d_h, nu, w->s + j * c->g * T + g->t + u, T, 1,
-                               &g->latent, u, j * c->d_h, 1.0f, o + j * c->g * job->ldo,
-                               job->ldo);
-            }
+            if (pf)
+                prefetch_rows(&g->latent, u, nu);
+            k->mha_values(c->n_kv, c->g, c->d_h, nu, w->s + g->t + u, T, &g->latent, u, o,
+                          job->ldo);
         }
     }
 }

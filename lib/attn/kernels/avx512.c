@@ -340,10 +340,14 @@ INL __m512 scale16(const mla__src *s, int64_t t, int64_t k)
 INL __m512 load16(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask16 msk)
 {
     const unsigned char *row = s->p + t * s->ld;
+    /* A mask known to be full (after inlining) takes plain loads, which the conversion can take
+     * as its memory operand: one instruction fewer a vector. */
+    int full = __builtin_constant_p(msk) && msk == 0xffff;
     if (dt == DT_F32)
-        return _mm512_maskz_loadu_ps(msk, row + 4 * k);
+        return full ? _mm512_loadu_ps(row + 4 * k) : _mm512_maskz_loadu_ps(msk, row + 4 * k);
     if (dt == DT_F16)
-        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(msk, row + 2 * k));
+        return _mm512_cvtph_ps(full ? _mm256_loadu_si256((const void *)(row + 2 * k))
+                                    : _mm256_maskz_loadu_epi16(msk, row + 2 * k));
     if (dt == DT_BF16)
         return _mm512_castsi512_ps(
             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(msk, row + 2 * k)),
@@ -567,6 +571,26 @@ INL __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d)
     return _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
 }
 
+/* One 16-wide step of dots_block: columns kk .. kk+15 (lanes outside mk neither read nor added). */
+INL void dots_step(const int dt, int64_t rows, int64_t toks, const float *a, ptrdiff_t lda,
+                   const mla__src *b, int64_t t0, int64_t col0, int64_t kk, __mmask16 mk,
+                   __m512 acc[4][4])
+{
+    __m512 bv[4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++)
+        bv[q] = q < toks ? load16(dt, b, t0 + q, col0 + kk, mk) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        if (r < rows) {
+            __m512 av = _mm512_maskz_loadu_ps(mk, a + r * lda + kk);
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++)
+                acc[r][q] = _mm512_fmadd_ps(av, bv[q], acc[r][q]);
+        }
+    }
+}
+
 /* Up to 4 rows of A × 4 rows of B (tokens), B converted as loaded; the 4 dot products of a row
  * reduced together. Rows are streamed in order: the keys of a tile are read once, contiguously
  * (a transposed copy costs more shuffles than these reductions). */
@@ -580,22 +604,13 @@ INL void dots_block(const int dt, int64_t rows, int64_t toks, int64_t k, const f
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++)
             acc[r][q] = _mm512_setzero_ps();
-    for (int64_t kk = 0; kk < k; kk += 16) {
-        __mmask16 mk = tail_mask(k - kk);
-        __m512 bv[4];
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++)
-            bv[q] = q < toks ? load16(dt, b, t0 + q, col0 + kk, mk) : _mm512_setzero_ps();
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) {
-            if (r < rows) {
-                __m512 av = _mm512_maskz_loadu_ps(mk, a + r * lda + kk);
-#pragma GCC unroll 4
-                for (int q = 0; q < 4; q++)
-                    acc[r][q] = _mm512_fmadd_ps(av, bv[q], acc[r][q]);
-            }
-        }
-    }
+    /* Whole vectors with unmasked loads, then the masked tail: masked loads cost extra uops,
+     * and on a memory-bound stream every uop in flight counts. */
+    int64_t kk = 0;
+    for (; kk + 16 <= k; kk += 16)
+        dots_step(dt, rows, toks, a, lda, b, t0, col0, kk, 0xffff, acc);
+    if (kk < k)
+        dots_step(dt, rows, toks, a, lda, b, t0, col0, kk, tail_mask(k - kk), acc);
     __mmask8 mt = (__mmask8)((1u << toks) - 1u);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) {
@@ -630,6 +645,109 @@ static TGT void gemm_dot_src(int64_t m, int64_t n, int64_t k, const float *a, pt
     case DT_BF16: gemm_dot_src_dt(DT_BF16, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
     case DT_I8: gemm_dot_src_dt(DT_I8, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
     default: gemm_dot_src_dt(DT_F32, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    }
+}
+
+/* The one-query MHA step over every KV head: the blocks of gemm_dot_src and gemm_bc_src inlined,
+ * with one query row a head (MHA proper, g = 1) as a constant. */
+INL void mha_scores_dt(const int dt, int64_t n_kv, int64_t g, int64_t d, int64_t n,
+                       const float *q, const mla__src *k, int64_t t0, float *s, ptrdiff_t lds)
+{
+    for (int64_t j = 0; j < n_kv; j++)
+        for (int64_t i = 0; i < g; i += 4) {
+            int64_t h = j * g + i, rows = g - i < 4 ? g - i : 4;
+            for (int64_t u = 0; u < n; u += 4) {
+                int64_t toks = n - u < 4 ? n - u : 4;
+                if (g == 1)
+                    dots_block(dt, 1, toks, d, q + h * d, d, k, t0 + u, j * d, 0.0f,
+                               s + h * lds + u, lds);
+                else
+                    dots_block(dt, rows, toks, d, q + h * d, d, k, t0 + u, j * d, 0.0f,
+                               s + h * lds + u, lds);
+            }
+        }
+}
+
+static TGT void mha_scores(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *q,
+                           const mla__src *k, int64_t t0, float *s, ptrdiff_t lds)
+{
+    switch (dt_of(k->t)) {
+    case DT_F16: mha_scores_dt(DT_F16, n_kv, g, d, n, q, k, t0, s, lds); break;
+    case DT_BF16: mha_scores_dt(DT_BF16, n_kv, g, d, n, q, k, t0, s, lds); break;
+    case DT_I8: mha_scores_dt(DT_I8, n_kv, g, d, n, q, k, t0, s, lds); break;
+    default: mha_scores_dt(DT_F32, n_kv, g, d, n, q, k, t0, s, lds); break;
+    }
+}
+
+/* Up to 4 tokens into one output row of d values: o stays in memory (read and written once a
+ * vector) and the four weights in registers, the fewest instructions per cached value. */
+INL void values_row4(const int dt, int64_t toks, int64_t d, const float *p, const mla__src *v,
+                     int64_t t0, int64_t col0, float *o)
+{
+    __m512 w[4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++)
+        w[q] = _mm512_set1_ps(q < toks ? p[q] : 0.0f);
+    int64_t c = 0;
+    for (; c + 16 <= d; c += 16) {
+        __m512 x = _mm512_loadu_ps(o + c);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+            if (q < toks)
+                x = _mm512_fmadd_ps(w[q], load16(dt, v, t0 + q, col0 + c, 0xffff), x);
+        _mm512_storeu_ps(o + c, x);
+    }
+    if (c < d) {
+        __mmask16 mc = tail_mask(d - c);
+        __m512 x = _mm512_maskz_loadu_ps(mc, o + c);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+            if (q < toks)
+                x = _mm512_fmadd_ps(w[q], load16(dt, v, t0 + q, col0 + c, mc), x);
+        _mm512_mask_storeu_ps(o + c, mc, x);
+    }
+}
+
+INL void mha_values_dt(const int dt, int64_t n_kv, int64_t g, int64_t d, int64_t n,
+                       const float *p, ptrdiff_t lds, const mla__src *v, int64_t t0, float *o,
+                       ptrdiff_t ldo)
+{
+    if (g == 1) {
+        for (int64_t u = 0; u < n; u += 4) {
+            int64_t toks = n - u < 4 ? n - u : 4;
+            for (int64_t j = 0; j < n_kv; j++) {
+                if (toks == 4)
+                    values_row4(dt, 4, d, p + j * lds + u, v, t0 + u, j * d, o + j * ldo);
+                else
+                    values_row4(dt, toks, d, p + j * lds + u, v, t0 + u, j * d, o + j * ldo);
+            }
+        }
+        return;
+    }
+    for (int64_t j = 0; j < n_kv; j++)
+        for (int64_t i = 0; i < g; i += 4) {
+            int64_t h = j * g + i, rows = g - i < 4 ? g - i : 4;
+            for (int64_t c = 0; c < d; c += 64) {
+                /* A constant width for whole blocks: unmasked loads (see load16). */
+                if (d - c >= 64)
+                    bcs_block(dt, 4, 4, rows, 64, n, p + h * lds, lds, 1, v, t0, j * d + c,
+                              1.0f, o + h * ldo + c, ldo);
+                else
+                    bcs_block(dt, 4, 4, rows, d - c, n, p + h * lds, lds, 1, v, t0, j * d + c,
+                              1.0f, o + h * ldo + c, ldo);
+            }
+        }
+}
+
+static TGT void mha_values(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *p,
+                           ptrdiff_t lds, const mla__src *v, int64_t t0, float *o,
+                           ptrdiff_t ldo)
+{
+    switch (dt_of(v->t)) {
+    case DT_F16: mha_values_dt(DT_F16, n_kv, g, d, n, p, lds, v, t0, o, ldo); break;
+    case DT_BF16: mha_values_dt(DT_BF16, n_kv, g, d, n, p, lds, v, t0, o, ldo); break;
+    case DT_I8: mha_values_dt(DT_I8, n_kv, g, d, n, p, lds, v, t0, o, ldo); break;
+    default: mha_values_dt(DT_F32, n_kv, g, d, n, p, lds, v, t0, o, ldo); break;
     }
 }
 
@@ -686,6 +804,7 @@ static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a,
 
 const mla__attn_kernels mla__attn_kernels_avx512 = {
     "avx512", gemm_bc, gemm_dot, softmax_step, load_t, gemm_bc_src, gemm_dot_src, gemm_bc_asrc,
+    mha_scores, mha_values,
     /* The BF16 kernels without AVX512_BF16; kernels.c swaps in avx512_bf16.c's when it can. */
     NULL, NULL, NULL,
 };

@@ -140,6 +140,20 @@ static void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int
     }
 }
 
+static void mha_scores(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *q,
+                       const mla__src *k, int64_t t0, float *s, ptrdiff_t lds)
+{
+    for (int64_t j = 0; j < n_kv; j++)
+        gemm_dot_src(g, n, d, q + j * g * d, d, k, t0, j * d, 0.0f, s + j * g * lds, lds);
+}
+
+static void mha_values(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *p,
+                       ptrdiff_t lds, const mla__src *v, int64_t t0, float *o, ptrdiff_t ldo)
+{
+    for (int64_t j = 0; j < n_kv; j++)
+        gemm_bc_src(g, d, n, p + j * g * lds, lds, 1, v, t0, j * d, 1.0f, o + j * g * ldo, ldo);
+}
+
 static float bf(const uint16_t *p)
 {
     return mla_bf16_to_f32(*p);
@@ -181,5 +195,5 @@ static void to_bf16(const float *x, int64_t n, uint16_t *dst)
 
 const mla__attn_kernels mla__attn_kernels_portable = {
     "portable", gemm_bc, gemm_dot, softmax_step, load_t, gemm_bc_src, gemm_dot_src,
-    gemm_bc_asrc, gemm_bf16, pack_pairs, to_bf16,
+    gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16,
 };
