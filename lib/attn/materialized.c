@@ -67,8 +67,10 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
 
 /*
  * How the one-query MHA loop walks a tile: in steps of rows, every KV head's part of a step used
- * while the rows are in L1, so each cached row streams from memory once, in order. The kernels
- * take all KV heads of a step in one call (Llama-2-7B: 32 heads of 256 bytes a row).
+ * while the rows are in L1, so each cached row streams from memory once, in order. With one
+ * query row a KV head (MHA proper) the kernels take every head of a step in one call
+ * (mha_scores, mha_values: Llama-2-7B has 32 heads of 256 bytes a row); with several (GQA) the
+ * products of a head's rows are worth a call each (gemm_dot_src, gemm_bc_src).
  *
  * Out of DRAM the loop is latency-bound: the kernels' loads wait behind their FMAs in the
  * out-of-order window, and the hardware prefetchers stop at 4 KiB pages. What helps depends on
@@ -78,8 +80,11 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
  *   row of the step is its own page, so the hardware prefetchers follow 8 streams at once;
  *   prefetch instructions only queued behind them (Llama-2-7B 32K, 6 alternating runs: median
  *   28.9 ms, against 34.2 with 4-row steps and prefetching, 30.5 with 16-row steps);
- * - smaller rows (SmolLM-135M: 384 bytes, one stream): steps of 4 rows and the rows
- *   MHA_PF_STEPS steps ahead prefetched (without: 1.6 times slower at 32K).
+ * - smaller rows (SmolLM-135M: 384 bytes, one stream): steps of 4 rows, each KV head's call
+ *   preceded by its share of the rows MHA_PF_STEPS steps ahead, prefetched so that the
+ *   requests are spread out rather than issued in one burst (SmolLM-135M 32K, 8 alternating
+ *   runs: median 1.99 ms, 2.30 with every head in one call after one burst; 1.6 times slower
+ *   without prefetching).
  * Cache-resident jobs keep 16-row steps without prefetching, which measured 7–20% faster
  * there (doc/attention.md).
  */
@@ -91,15 +96,16 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
 
 /* Always inlined: as a function of its own, whose only effects are prefetches, GCC's IPA
  * pure-const pass finds it "const" and deletes every call (the objects built before this had
- * no prefetch instruction at all). */
+ * no prefetch instruction at all). Share `part` of `parts` of the step MHA_PF_STEPS ahead. */
 static inline __attribute__((always_inline)) void prefetch_rows(const mla__src *s, int64_t u,
-                                                                int64_t nu)
+                                                                int64_t nu, int64_t part,
+                                                                int64_t parts)
 {
     /* Addresses past the segment (or the pool) are only hints: integer arithmetic, never a
      * pointer formed outside its object. */
     int64_t bytes = nu * (int64_t)s->ld;
     uintptr_t p = (uintptr_t)s->p + (uintptr_t)((u + MHA_PF_STEPS * nu) * (int64_t)s->ld);
-    for (int64_t o = 0; o < bytes; o += 64)
+    for (int64_t o = bytes * part / parts; o < bytes * (part + 1) / parts; o += 64)
         __builtin_prefetch((const void *)(p + (uintptr_t)o), 0, 0);
 }
 
@@ -109,31 +115,45 @@ static void mha_one(const mla__ctx *c, const mla__job *job, mla__work *w, int64_
 {
     const mla__qblock *b = &c->blocks[job->block];
     const mla__attn_kernels *k = c->k;
-    int64_t T = c->tile_tokens, row0 = t * c->n_h;
+    int64_t T = c->tile_tokens, row0 = t * c->n_h, G = c->g, d = c->d_h;
     /* The keys' row stride (the values' is the same). */
     int pf = stream && w->rt.seg[0].rope.ld < MHA_PAGE_ROW_BYTES;
     int64_t step = !stream ? MHA_STEP : pf ? MHA_STREAM_STEP : MHA_PAGE_ROW_STEP;
-    const float *q = c->qg + (b->t0 + t) * c->n_h * (int64_t)c->d_h;
+    int fused = G == 1 && !pf;
+    const float *q = c->qg + (b->t0 + t) * c->n_h * d;
     float *o = job->o + row0 * job->ldo;
     for (int64_t i = 0; i < w->rt.n_seg; i++) {
         const mla__seg *g = &w->rt.seg[i];
         for (int64_t u = 0; u < g->n; u += step) {
             int64_t nu = g->n - u < step ? g->n - u : step;
-            if (pf)
-                prefetch_rows(&g->rope, u, nu);
-            k->mha_scores(c->n_kv, c->g, c->d_h, nu, q, &g->rope, u, w->s + g->t + u, T);
+            if (fused) {
+                k->mha_scores(c->n_kv, d, nu, q, &g->rope, u, w->s + g->t + u, T);
+                continue;
+            }
+            for (int64_t j = 0; j < c->n_kv; j++) {
+                if (pf)
+                    prefetch_rows(&g->rope, u, nu, j, c->n_kv);
+                k->gemm_dot_src(G, nu, d, q + j * G * d, d, &g->rope, u, j * d, 0.0f,
+                                w->s + j * G * T + g->t + u, T);
+            }
         }
     }
     k->softmax_step(c->n_h, n, w->s, T, 1, w->nvis + t, c->n_h, job->mx + row0, job->l + row0,
-                    1, o, job->ldo, c->d_h);
+                    1, o, job->ldo, d);
     for (int64_t i = 0; i < w->rt.n_seg; i++) {
         const mla__seg *g = &w->rt.seg[i];
         for (int64_t u = 0; u < g->n; u += step) {
             int64_t nu = g->n - u < step ? g->n - u : step;
-            if (pf)
-                prefetch_rows(&g->latent, u, nu);
-            k->mha_values(c->n_kv, c->g, c->d_h, nu, w->s + g->t + u, T, &g->latent, u, o,
-                          job->ldo);
+            if (fused) {
+                k->mha_values(c->n_kv, d, nu, w->s + g->t + u, T, &g->latent, u, o, job->ldo);
+                continue;
+            }
+            for (int64_t j = 0; j < c->n_kv; j++) {
+                if (pf)
+                    prefetch_rows(&g->latent, u, nu, j, c->n_kv);
+                k->gemm_bc_src(G, d, nu, w->s + j * G * T + g->t + u, T, 1, &g->latent, u,
+                               j * d, 1.0f, o + j * G * job->ldo, job->ldo);
+            }
         }
     }
 }

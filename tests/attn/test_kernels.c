@@ -274,30 +274,28 @@ static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels
                         }
             CHECK(worst < 1e-6, "%s gemm_dot_src equals portable (%s, group %d; max rel err per "
                   "term %.2e)", v->name, src_names[d], (int)groups[gi], worst);
-            /* mha_scores and mha_values: all KV heads of a step (n_kv · d ≤ the source's
-             * 160 columns), one and several query rows a head, odd widths for the tails. */
-            static const int64_t hg[][3] = {{1, 1, 128}, {4, 1, 40}, {2, 1, 33}, {3, 3, 16},
-                                            {2, 5, 40}, {1, 4, 7}, {5, 2, 24}};
+            /* mha_scores and mha_values: every KV head of a step (n_kv · d ≤ the source's
+             * 160 columns), odd widths and step lengths for the tails. */
+            static const int64_t hd[][2] = {{1, 128}, {4, 40}, {2, 33}, {3, 16}, {5, 7}, {9, 17}};
             static const int64_t steps[] = {1, 3, 4, 5, 8, 13};
             double worst_s = 0, worst_v = 0;
-            for (size_t a = 0; a < sizeof hg / sizeof hg[0]; a++)
+            for (size_t a = 0; a < sizeof hd / sizeof hd[0]; a++)
                 for (size_t b = 0; b < sizeof steps / sizeof steps[0]; b++) {
-                    int64_t n_kv = hg[a][0], g = hg[a][1], dh = hg[a][2], n = steps[b];
-                    int64_t nh = n_kv * g;
+                    int64_t nh = hd[a][0], dh = hd[a][1], n = steps[b];
                     ptrdiff_t lds = n + 3, ldo = dh + 5;
                     float *q = randv((size_t)(nh * dh), &seed);
                     float *s0 = randv((size_t)(nh * lds), &seed);
                     float *s1 = malloc((size_t)(nh * lds) * sizeof *s1);
                     memcpy(s1, s0, (size_t)(nh * lds) * sizeof *s1);
-                    v->mha_scores(n_kv, g, dh, n, q, &ts.s, 2, s0, lds);
-                    p->mha_scores(n_kv, g, dh, n, q, &ts.s, 2, s1, lds);
+                    v->mha_scores(nh, dh, n, q, &ts.s, 2, s0, lds);
+                    p->mha_scores(nh, dh, n, q, &ts.s, 2, s1, lds);
                     double e = prod_err(s0, s1, (size_t)(nh * lds), dh + 1);
                     worst_s = e > worst_s || e != e ? e : worst_s;
                     float *o0 = randv((size_t)(nh * ldo), &seed);
                     float *o1 = malloc((size_t)(nh * ldo) * sizeof *o1);
                     memcpy(o1, o0, (size_t)(nh * ldo) * sizeof *o1);
-                    v->mha_values(n_kv, g, dh, n, s0, lds, &ts.s, 5, o0, ldo);
-                    p->mha_values(n_kv, g, dh, n, s0, lds, &ts.s, 5, o1, ldo);
+                    v->mha_values(nh, dh, n, s0, lds, &ts.s, 5, o0, ldo);
+                    p->mha_values(nh, dh, n, s0, lds, &ts.s, 5, o1, ldo);
                     e = prod_err(o0, o1, (size_t)(nh * ldo), n + 1);
                     worst_v = e > worst_v || e != e ? e : worst_v;
                     free(q);

@@ -700,34 +700,25 @@ static TGT void gemm_dot_src(int64_t m, int64_t n, int64_t k, const float *a, pt
     }
 }
 
-/* The one-query MHA step over every KV head: the blocks of gemm_dot_src and gemm_bc_src inlined,
- * with one query row a head (MHA proper, g = 1) as a constant. */
-INL void mha_scores_dt(const int dt, int64_t n_kv, int64_t g, int64_t d, int64_t n,
-                       const float *q, const mla__src *k, int64_t t0, float *s, ptrdiff_t lds)
+/* The one-query MHA step over every KV head, one query row a head: the blocks of gemm_dot_src
+ * inlined with one row as a constant. */
+INL void mha_scores_dt(const int dt, int64_t n_kv, int64_t d, int64_t n, const float *q,
+                       const mla__src *k, int64_t t0, float *s, ptrdiff_t lds)
 {
     for (int64_t j = 0; j < n_kv; j++)
-        for (int64_t i = 0; i < g; i += 4) {
-            int64_t h = j * g + i, rows = g - i < 4 ? g - i : 4;
-            for (int64_t u = 0; u < n; u += 4) {
-                int64_t toks = n - u < 4 ? n - u : 4;
-                if (g == 1)
-                    dots_block(dt, 1, toks, d, q + h * d, d, k, t0 + u, j * d, 0.0f,
-                               s + h * lds + u, lds);
-                else
-                    dots_block(dt, rows, toks, d, q + h * d, d, k, t0 + u, j * d, 0.0f,
-                               s + h * lds + u, lds);
-            }
-        }
+        for (int64_t u = 0; u < n; u += 4)
+            dots_block(dt, 1, n - u < 4 ? n - u : 4, d, q + j * d, d, k, t0 + u, j * d, 0.0f,
+                       s + j * lds + u, lds);
 }
 
-static TGT void mha_scores(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *q,
-                           const mla__src *k, int64_t t0, float *s, ptrdiff_t lds)
+static TGT void mha_scores(int64_t n_kv, int64_t d, int64_t n, const float *q, const mla__src *k,
+                           int64_t t0, float *s, ptrdiff_t lds)
 {
     switch (dt_of(k->t)) {
-    case DT_F16: mha_scores_dt(DT_F16, n_kv, g, d, n, q, k, t0, s, lds); break;
-    case DT_BF16: mha_scores_dt(DT_BF16, n_kv, g, d, n, q, k, t0, s, lds); break;
-    case DT_I8: mha_scores_dt(DT_I8, n_kv, g, d, n, q, k, t0, s, lds); break;
-    default: mha_scores_dt(DT_F32, n_kv, g, d, n, q, k, t0, s, lds); break;
+    case DT_F16: mha_scores_dt(DT_F16, n_kv, d, n, q, k, t0, s, lds); break;
+    case DT_BF16: mha_scores_dt(DT_BF16, n_kv, d, n, q, k, t0, s, lds); break;
+    case DT_I8: mha_scores_dt(DT_I8, n_kv, d, n, q, k, t0, s, lds); break;
+    default: mha_scores_dt(DT_F32, n_kv, d, n, q, k, t0, s, lds); break;
     }
 }
 
@@ -760,46 +751,28 @@ INL void values_row4(const int dt, int64_t toks, int64_t d, const float *p, cons
     }
 }
 
-INL void mha_values_dt(const int dt, int64_t n_kv, int64_t g, int64_t d, int64_t n,
-                       const float *p, ptrdiff_t lds, const mla__src *v, int64_t t0, float *o,
-                       ptrdiff_t ldo)
+INL void mha_values_dt(const int dt, int64_t n_kv, int64_t d, int64_t n, const float *p,
+                       ptrdiff_t lds, const mla__src *v, int64_t t0, float *o, ptrdiff_t ldo)
 {
-    if (g == 1) {
-        for (int64_t u = 0; u < n; u += 4) {
-            int64_t toks = n - u < 4 ? n - u : 4;
-            for (int64_t j = 0; j < n_kv; j++) {
-                if (toks == 4)
-                    values_row4(dt, 4, d, p + j * lds + u, v, t0 + u, j * d, o + j * ldo);
-                else
-                    values_row4(dt, toks, d, p + j * lds + u, v, t0 + u, j * d, o + j * ldo);
-            }
+    for (int64_t u = 0; u < n; u += 4) {
+        int64_t toks = n - u < 4 ? n - u : 4;
+        for (int64_t j = 0; j < n_kv; j++) {
+            if (toks == 4)
+                values_row4(dt, 4, d, p + j * lds + u, v, t0 + u, j * d, o + j * ldo);
+            else
+                values_row4(dt, toks, d, p + j * lds + u, v, t0 + u, j * d, o + j * ldo);
         }
-        return;
     }
-    for (int64_t j = 0; j < n_kv; j++)
-        for (int64_t i = 0; i < g; i += 4) {
-            int64_t h = j * g + i, rows = g - i < 4 ? g - i : 4;
-            for (int64_t c = 0; c < d; c += 64) {
-                /* A constant width for whole blocks: unmasked loads (see load16). */
-                if (d - c >= 64)
-                    bcs_block(dt, 4, 4, rows, 64, n, p + h * lds, lds, 1, v, t0, j * d + c,
-                              1.0f, o + h * ldo + c, ldo);
-                else
-                    bcs_block(dt, 4, 4, rows, d - c, n, p + h * lds, lds, 1, v, t0, j * d + c,
-                              1.0f, o + h * ldo + c, ldo);
-            }
-        }
 }
 
-static TGT void mha_values(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *p,
-                           ptrdiff_t lds, const mla__src *v, int64_t t0, float *o,
-                           ptrdiff_t ldo)
+static TGT void mha_values(int64_t n_kv, int64_t d, int64_t n, const float *p, ptrdiff_t lds,
+                           const mla__src *v, int64_t t0, float *o, ptrdiff_t ldo)
 {
     switch (dt_of(v->t)) {
-    case DT_F16: mha_values_dt(DT_F16, n_kv, g, d, n, p, lds, v, t0, o, ldo); break;
-    case DT_BF16: mha_values_dt(DT_BF16, n_kv, g, d, n, p, lds, v, t0, o, ldo); break;
-    case DT_I8: mha_values_dt(DT_I8, n_kv, g, d, n, p, lds, v, t0, o, ldo); break;
-    default: mha_values_dt(DT_F32, n_kv, g, d, n, p, lds, v, t0, o, ldo); break;
+    case DT_F16: mha_values_dt(DT_F16, n_kv, d, n, p, lds, v, t0, o, ldo); break;
+    case DT_BF16: mha_values_dt(DT_BF16, n_kv, d, n, p, lds, v, t0, o, ldo); break;
+    case DT_I8: mha_values_dt(DT_I8, n_kv, d, n, p, lds, v, t0, o, ldo); break;
+    default: mha_values_dt(DT_F32, n_kv, d, n, p, lds, v, t0, o, ldo); break;
     }
 }
 

@@ -52,16 +52,17 @@ typedef void (*mla__gemm_bc_asrc_fn)(int64_t m, int64_t n, int64_t k, const mla_
                                      float beta, float *c, ptrdiff_t ldc);
 
 /*
- * One decode query of the MHA baseline against a step of n cached rows, every KV head in one call
- * (the per-head products are too short to be worth a call each: Llama-2-7B has 32 heads of 256
- * bytes a row). KV head j owns columns j·d .. j·d + d − 1 of the rows and query rows h = j·g + i,
- * i < g; query row h is q[h·d ..], its scores s[h·lds + u], u < n, its output row o[h·ldo ..].
- * mha_scores: s[h·lds + u] = Σ_k q[h·d + k]·element(t0 + u, j·d + k).
- * mha_values: o[h·ldo + k] += Σ_u p[h·lds + u]·element(t0 + u, j·d + k).
+ * One decode query of the MHA baseline with one query row a KV head (MHA proper: n_h = n_kv)
+ * against a step of n cached rows, every head in one call (the per-head products are too short
+ * to be worth a call each: Llama-2-7B has 32 heads of 256 bytes a row). Head j owns columns
+ * j·d .. j·d + d − 1 of the rows, its query q[j·d ..], scores s[j·lds + u], u < n, and output
+ * row o[j·ldo ..].
+ * mha_scores: s[j·lds + u] = Σ_k q[j·d + k]·element(t0 + u, j·d + k).
+ * mha_values: o[j·ldo + k] += Σ_u p[j·lds + u]·element(t0 + u, j·d + k).
  */
-typedef void (*mla__mha_scores_fn)(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *q,
+typedef void (*mla__mha_scores_fn)(int64_t n_kv, int64_t d, int64_t n, const float *q,
                                    const mla__src *k, int64_t t0, float *s, ptrdiff_t lds);
-typedef void (*mla__mha_values_fn)(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *p,
+typedef void (*mla__mha_values_fn)(int64_t n_kv, int64_t d, int64_t n, const float *p,
                                    ptrdiff_t lds, const mla__src *v, int64_t t0, float *o,
                                    ptrdiff_t ldo);
 

@@ -140,18 +140,18 @@ static void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int
     }
 }
 
-static void mha_scores(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *q,
-                       const mla__src *k, int64_t t0, float *s, ptrdiff_t lds)
+static void mha_scores(int64_t n_kv, int64_t d, int64_t n, const float *q, const mla__src *k,
+                       int64_t t0, float *s, ptrdiff_t lds)
 {
     for (int64_t j = 0; j < n_kv; j++)
-        gemm_dot_src(g, n, d, q + j * g * d, d, k, t0, j * d, 0.0f, s + j * g * lds, lds);
+        gemm_dot_src(1, n, d, q + j * d, d, k, t0, j * d, 0.0f, s + j * lds, lds);
 }
 
-static void mha_values(int64_t n_kv, int64_t g, int64_t d, int64_t n, const float *p,
-                       ptrdiff_t lds, const mla__src *v, int64_t t0, float *o, ptrdiff_t ldo)
+static void mha_values(int64_t n_kv, int64_t d, int64_t n, const float *p, ptrdiff_t lds,
+                       const mla__src *v, int64_t t0, float *o, ptrdiff_t ldo)
 {
     for (int64_t j = 0; j < n_kv; j++)
-        gemm_bc_src(g, d, n, p + j * g * lds, lds, 1, v, t0, j * d, 1.0f, o + j * g * ldo, ldo);
+        gemm_bc_src(1, d, n, p + j * lds, lds, 1, v, t0, j * d, 1.0f, o + j * ldo, ldo);
 }
 
 static float bf(const uint16_t *p)
