@@ -18,9 +18,10 @@
  * Weights and cached values are random: time does not depend on them. The cache is filled with
  * mla_cache_write directly (a real prefill of 32K tokens through an MHA layer would take hours of
  * the benchmark's time), then one token at a time is decoded at position ctx and removed again.
- * "attn" columns subtract the fixed cost (projections, measured at context 16) so that the
- * context-dependent work is compared to the roofs: its flops 2·n_h·(2R + r) per cached token for
- * MLA and 4·n_h·d_h for MHA, its bytes those of the cached tokens (as stored). "atRoofs" is
+ * "attn" columns subtract the fixed cost (projections, measured at context 16 in alternation
+ * with the decodes at the context, the fastest of each) so that the context-dependent work is
+ * compared to the roofs: its flops 2·n_h·(2R + r) per cached token for MLA and 4·n_h·d_h for
+ * MHA, its bytes those of the cached tokens (as stored). "atRoofs" is
  * what "vsMHA" would be if both layers' attention ran at the roofs measured next to the MLA
  * figure (each at the slower of its flops and its bytes; bf16 products at twice the sgemm rate),
  * each with its own measured fixed cost: how far the machine lets MLA beat the baseline.
@@ -186,9 +187,7 @@ static mla_cache *filled_cache(mla_layer *l, int64_t ctx, int64_t extra)
 }
 
 /* Seconds of forwarding m tokens at positions ctx .. ctx+m−1 of a ctx-token sequence: the
- * minimum over reps runs when use_min (other processes on the shared cores only ever add time;
- * the decode table), else the median. */
-static int use_min = 1;
+ * median over reps runs (the crossover table compares two paths run one after the other). */
 
 static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t ctx, int64_t m,
                            int reps)
@@ -220,7 +219,7 @@ static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64
     free(out);
     free(seq);
     free(pos);
-    return use_min ? t[0] : t[kept / 2];
+    return t[kept / 2];
 }
 
 static mla_attn *attn_new(int threads, mla_attn_path path)
@@ -235,14 +234,46 @@ static mla_attn *attn_new(int threads, mla_attn_path path)
     return a;
 }
 
-static double decode(mla_layer *l, int d, int64_t ctx, int threads, int reps)
+/* One decode of a token at position ctx (then removed again), in seconds. */
+static double decode_once(mla_attn *a, mla_layer *l, mla_cache *c, const float *x, float *out,
+                          int64_t ctx)
 {
-    mla_cache *c = filled_cache(l, ctx, 1);
+    int32_t seq = 0;
+    int64_t pos = ctx;
+    double t0 = roofs_now();
+    if (mla_attn_forward(a, l, c, 0, x, 1, &seq, &pos, out) != MLA_OK)
+        die("mla_attn_forward");
+    double dt = roofs_now() - t0;
+    if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
+        die("mla_cache_seq_rm");
+    return dt;
+}
+
+/*
+ * The fastest of reps decodes at context 16 (the fixed cost: projections) and at ctx, taken in
+ * alternation, so that the two figures subtracted from each other come from the same seconds of
+ * a machine whose speed drifts (measured one after the other, a 2× drift between them made
+ * "attn" negative or several times the roof).
+ */
+static void decode_pair(mla_layer *l, int d, int64_t ctx, int threads, int reps, double *fixed,
+                        double *t)
+{
+    mla_cache *c16 = filled_cache(l, 16, 1), *c = filled_cache(l, ctx, 1);
     mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
-    double t = time_forward(a, l, c, d, ctx, 1, reps);
+    float *x = rand_buf((size_t)d, 1.0f), *out = malloc((size_t)d * sizeof *out);
+    *fixed = *t = INFINITY;
+    for (int r = 0; r <= reps; r++) {
+        double f = decode_once(a, l, c16, x, out, 16), v = decode_once(a, l, c, x, out, ctx);
+        if (r == 0)
+            continue; /* the first pair warms up scratch memory and threads */
+        *fixed = fmin(*fixed, f);
+        *t = fmin(*t, v);
+    }
+    free(x);
+    free(out);
     mla_attn_destroy(a);
     mla_cache_destroy(c);
-    return t;
+    mla_cache_destroy(c16);
 }
 
 /* Layers of the decode table per shape: the MHA baseline, then MLA at each d_kv. */
@@ -257,7 +288,7 @@ static const int dkvs[] = {8, 16, 32};
  * compared with the fixed cost and the roofs measured next to it, never with another round's). */
 typedef struct cell {
     double t;     /* seconds per decode at the context; 0: not measured */
-    double fixed; /* the same layer at context 16, measured just before it */
+    double fixed; /* the same layer at context 16, measured in alternation with t */
     double gf;    /* sgemm GFLOP/s, measured before the layer */
     double gb;    /* read GB/s, measured just before this decode */
 } cell;
@@ -297,8 +328,8 @@ static void decode_round(int quick, int threads)
                 if (only_ctx && ctxs[ci] != only_ctx)
                     continue;
                 double gb = roofs_read_gbps(threads, bw_bytes);
-                double fixed = decode(l, s->d, 16, threads, reps);
-                double t = decode(l, s->d, ctxs[ci], threads, reps);
+                double fixed, t;
+                decode_pair(l, s->d, ctxs[ci], threads, reps, &fixed, &t);
                 note_roof(gb, &gb_lo, &gb_hi);
                 cell *c = &dec[si][li][ci];
                 if (c->t == 0 || t < c->t)
@@ -313,7 +344,7 @@ static void decode_table(int threads, int rounds)
 {
     double eb = cache_dtype == MLA_DTYPE_F32 ? 4.0 : 2.0; /* bytes per cached value */
     printf("\n## decode, one token, %d thread(s), %s cache, fastest of %d round(s); attn = time "
-           "minus the fixed cost at context 16 measured just before it; %% of the roofs "
+           "minus the fixed cost at context 16 measured in alternation with it; %% of the roofs "
            "measured next to it (sgemm %.1f-%.1f GFLOP/s, read %.1f-%.1f GB/s in this run)\n", threads,
            mla_dtype_name(cache_dtype), rounds, gf_lo, gf_hi, gb_lo, gb_hi);
     printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %6s %7s %7s %6s\n", "shape", "layer", "ctx",
@@ -367,7 +398,6 @@ static void bench_crossover(int quick, int threads)
     static const int64_t ms[] = {16, 32, 64, 96, 128, 160, 192, 256, 384, 512};
     int64_t ctx = quick ? 1024 : 4096;
     int reps = quick ? 1 : 3;
-    use_min = 0;
     printf("\n## prefill chunk after %lld cached tokens, %d thread(s): absorbed vs materialized\n",
            (long long)ctx, threads);
     printf("%-12s %5s %5s %12s %12s %8s\n", "shape", "d_kv", "m", "absorbed ms", "materal. ms",
