@@ -24,9 +24,10 @@
  * instead of BLIS on a float32 tile. */
 #define MLA_ATTN_SMALL_M 16
 
-/* One-token MHA decode jobs reading more than this many bytes of cached rows stream them
- * with software prefetching (materialized.c); MLA_ATTN_STREAM_BYTES in the environment
- * overrides it (tests run the streaming loop on small caches with 0). */
+/* One-token MHA decode jobs reading more than this many bytes of cached rows take the loop
+ * for rows out of DRAM (materialized.c: 8-row steps for rows of a page or more, prefetching
+ * 4-row steps for smaller ones); MLA_ATTN_STREAM_BYTES in the environment overrides it (tests
+ * run that loop on small caches with 0). */
 #define MLA_ATTN_STREAM_BYTES ((int64_t)8 << 20)
 
 /* The crossover measured on the development machine (doc/attention.md). */
