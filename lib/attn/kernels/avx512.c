@@ -356,18 +356,6 @@ INL __m512 load16(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask
     return _mm512_mul_ps(q, scale16(s, t, k));
 }
 
-/* Elements (t, k .. k+7) as float32 (F32, F16, BF16), lanes outside msk 0 and not read. */
-INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask8 msk)
-{
-    const unsigned char *row = s->p + t * s->ld;
-    if (dt == DT_F16)
-        return _mm256_maskz_cvtph_ps(0xff, _mm_maskz_loadu_epi16(msk, row + 2 * k));
-    if (dt == DT_BF16)
-        return _mm256_castsi256_ps(
-            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(msk, row + 2 * k)), 16));
-    return _mm256_maskz_loadu_ps(msk, row + 4 * k);
-}
-
 /* In-register transpose of 16 rows of 16 floats: column c of the rows ends up in r[c]. */
 INL void transpose16(__m512 r[16])
 {
@@ -398,51 +386,6 @@ INL void transpose16(__m512 r[16])
     }
 }
 
-/*
- * Rows t .. t+15 (those below nt; the rest zeros), columns k .. k+nk−1 with nk ≤ 8, transposed
- * into dst (F32, F16, BF16): half the shuffles of a 16 × 16 block. Row pairs (i, i+4) and
- * (8+i, 12+i) share a register, one per 256-bit half, so that the 8 × 8 transposes of the two
- * halves leave every column's four groups of four rows in two registers in order.
- */
-INL void load_t_half(const int dt, const mla__src *s, int64_t t, int64_t nt, int64_t k,
-                     int64_t nk, float *dst, ptrdiff_t ldd)
-{
-    __mmask8 mk = (__mmask8)((1u << nk) - 1u);
-    __mmask16 mt = tail_mask(nt);
-    static const int lo[8] = {0, 1, 2, 3, 8, 9, 10, 11};
-    __m512 z[8], t1[8], u[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        int a = lo[i], b = lo[i] + 4;
-        __m256 ra = a < nt ? load8(dt, s, t + a, k, mk) : _mm256_setzero_ps();
-        __m256 rb = b < nt ? load8(dt, s, t + b, k, mk) : _mm256_setzero_ps();
-        z[i] = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(ra)),
-                                                    _mm256_castps_pd(rb), 1));
-    }
-    /* 4 × 4 transposes within each 128-bit lane, rows 4 apart: u[c] (c < 4), lane L holds
-     * column 4·(L % 2) + c of the 4 rows of that lane's quarter. */
-#pragma GCC unroll 4
-    for (int i = 0; i < 8; i += 2) {
-        t1[i] = _mm512_unpacklo_ps(z[i], z[i + 1]);
-        t1[i + 1] = _mm512_unpackhi_ps(z[i], z[i + 1]);
-    }
-#pragma GCC unroll 2
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm512_shuffle_ps(t1[i], t1[i + 2], 0x44);
-        u[i + 1] = _mm512_shuffle_ps(t1[i], t1[i + 2], 0xee);
-        u[i + 2] = _mm512_shuffle_ps(t1[i + 1], t1[i + 3], 0x44);
-        u[i + 3] = _mm512_shuffle_ps(t1[i + 1], t1[i + 3], 0xee);
-    }
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; c++) {
-        if (c < nk) {
-            __m512 col = c < 4 ? _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88)
-                               : _mm512_shuffle_f32x4(u[c - 4], u[c], 0xdd);
-            _mm512_mask_storeu_ps(dst + c * ldd, mt, col);
-        }
-    }
-}
-
 INL void load_t_dt(const int dt, const mla__src *s, int64_t t0, int64_t n, int64_t col0,
                    int64_t kw, float *dst, ptrdiff_t ldd)
 {
@@ -451,13 +394,6 @@ INL void load_t_dt(const int dt, const mla__src *s, int64_t t0, int64_t n, int64
         __mmask16 mt = tail_mask(nt);
         for (int64_t k = 0; k < kw; k += 16) {
             int64_t nk = kw - k < 16 ? kw - k : 16;
-            if (nk <= 8 && dt != DT_I8) {
-                if (nt == 16 && nk == 8)
-                    load_t_half(dt, s, t0 + t, 16, col0 + k, 8, dst + k * ldd + t, ldd);
-                else
-                    load_t_half(dt, s, t0 + t, nt, col0 + k, nk, dst + k * ldd + t, ldd);
-                continue;
-            }
             __mmask16 mk = tail_mask(nk);
             __m512 r[16];
 #pragma GCC unroll 16
@@ -523,6 +459,18 @@ INL void bcs_panel(const int dt, const int mr, const int nv, int64_t m, int64_t 
             bcs_block(dt, mr, nv, m - i, n - j, k, a + i * rsa, rsa, csa, b, t0, col0 + j, beta,
                       c + i * ldc + j, ldc);
     }
+}
+
+/* Elements (t, k .. k+7) as float32 (F32, F16, BF16), lanes outside msk 0 and not read. */
+INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask8 msk)
+{
+    const unsigned char *row = s->p + t * s->ld;
+    if (dt == DT_F16)
+        return _mm256_maskz_cvtph_ps(0xff, _mm_maskz_loadu_epi16(msk, row + 2 * k));
+    if (dt == DT_BF16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(msk, row + 2 * k)), 16));
+    return _mm256_maskz_loadu_ps(msk, row + 4 * k);
 }
 
 /*
