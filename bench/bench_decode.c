@@ -186,9 +186,22 @@ static mla_cache *filled_cache(mla_layer *l, int64_t ctx, int64_t extra)
     return c;
 }
 
+/* Seconds of one forward of m tokens at positions pos (from ctx on) of a ctx-token sequence,
+ * removed again afterwards. */
+static double forward_once(mla_attn *a, mla_layer *l, mla_cache *c, const float *x, int64_t m,
+                           const int32_t *seq, const int64_t *pos, float *out, int64_t ctx)
+{
+    double t0 = roofs_now();
+    if (mla_attn_forward(a, l, c, 0, x, m, seq, pos, out) != MLA_OK)
+        die("mla_attn_forward");
+    double dt = roofs_now() - t0;
+    if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
+        die("mla_cache_seq_rm");
+    return dt;
+}
+
 /* Seconds of forwarding m tokens at positions ctx .. ctx+m−1 of a ctx-token sequence: the
  * median over reps runs (the crossover table compares two paths run one after the other). */
-
 static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t ctx, int64_t m,
                            int reps)
 {
@@ -200,14 +213,9 @@ static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64
     double t[64];
     int kept = reps < 64 ? reps : 64; /* more runs only for profiling: the first 64 count */
     for (int r = 0; r <= reps; r++) {
-        double t0 = roofs_now();
-        if (mla_attn_forward(a, l, c, 0, x, m, seq, pos, out) != MLA_OK)
-            die("mla_attn_forward");
-        double dt = roofs_now() - t0;
+        double dt = forward_once(a, l, c, x, m, seq, pos, out, ctx);
         if (r > 0 && r <= kept)
             t[r - 1] = dt; /* the first run warms up scratch memory and threads */
-        if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
-            die("mla_cache_seq_rm");
     }
     for (int i = 1; i < kept; i++)
         for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
@@ -234,21 +242,6 @@ static mla_attn *attn_new(int threads, mla_attn_path path)
     return a;
 }
 
-/* One decode of a token at position ctx (then removed again), in seconds. */
-static double decode_once(mla_attn *a, mla_layer *l, mla_cache *c, const float *x, float *out,
-                          int64_t ctx)
-{
-    int32_t seq = 0;
-    int64_t pos = ctx;
-    double t0 = roofs_now();
-    if (mla_attn_forward(a, l, c, 0, x, 1, &seq, &pos, out) != MLA_OK)
-        die("mla_attn_forward");
-    double dt = roofs_now() - t0;
-    if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
-        die("mla_cache_seq_rm");
-    return dt;
-}
-
 /*
  * The fastest of reps decodes at context 16 (the fixed cost: projections) and at ctx, taken in
  * alternation, so that the two figures subtracted from each other come from the same seconds of
@@ -262,8 +255,11 @@ static void decode_pair(mla_layer *l, int d, int64_t ctx, int threads, int reps,
     mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
     float *x = rand_buf((size_t)d, 1.0f), *out = malloc((size_t)d * sizeof *out);
     *fixed = *t = INFINITY;
+    int32_t seq = 0;
+    int64_t p16 = 16, pctx = ctx;
     for (int r = 0; r <= reps; r++) {
-        double f = decode_once(a, l, c16, x, out, 16), v = decode_once(a, l, c, x, out, ctx);
+        double f = forward_once(a, l, c16, x, 1, &seq, &p16, out, 16);
+        double v = forward_once(a, l, c, x, 1, &seq, &pctx, out, ctx);
         if (r == 0)
             continue; /* the first pair warms up scratch memory and threads */
         *fixed = fmin(*fixed, f);
@@ -357,12 +353,13 @@ static void decode_table(int threads, int rounds)
                 const cell *c = &dec[si][li][ci];
                 if (c->t == 0)
                     continue;
-                double ctx = (double)ctxs[ci], at = c->t - c->fixed, fl, by;
+                double ctx = (double)ctxs[ci], at = c->t - c->fixed;
+                /* The MHA baseline's flops and bytes, also the reference of atRoofs. */
+                double mfl = 4.0 * s->n_h * s->d_h * ctx, mby = 2.0 * s->n_kv * s->d_h * eb * ctx;
+                double fl = mfl, by = mby;
                 char lname[16];
                 if (li == 0) {
                     snprintf(lname, sizeof lname, "MHA");
-                    fl = 4.0 * s->n_h * s->d_h * ctx;
-                    by = 2.0 * s->n_kv * s->d_h * eb * ctx;
                 } else {
                     int64_t R = (int64_t)dkvs[li - 1] * s->n_kv;
                     snprintf(lname, sizeof lname, "MLA d%d", dkvs[li - 1]);
@@ -376,8 +373,6 @@ static void decode_table(int threads, int rounds)
                     /* vsMHA if both layers' attention ran at this cell's roofs (sgemm for the
                      * flops, twice it for bf16 products, DRAM read for the bytes), each with
                      * its own measured fixed cost: what the machine allows. */
-                    double mfl = 4.0 * s->n_h * s->d_h * ctx;
-                    double mby = 2.0 * s->n_kv * s->d_h * eb * ctx;
                     double rate = c->gf * 1e9 * (cache_dtype == MLA_DTYPE_BF16 ? 2.0 : 1.0);
                     double t_mha = mc->fixed + fmax(mfl / (c->gf * 1e9), mby / (c->gb * 1e9));
                     double t_mla = c->fixed + fmax(fl / rate, by / (c->gb * 1e9));
