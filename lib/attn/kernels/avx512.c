@@ -349,9 +349,10 @@ INL __m512 load16(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask
         return _mm512_cvtph_ps(full ? _mm256_loadu_si256((const void *)(row + 2 * k))
                                     : _mm256_maskz_loadu_epi16(msk, row + 2 * k));
     if (dt == DT_BF16)
-        return _mm512_castsi512_ps(
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(msk, row + 2 * k)),
-                              16));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(full ? _mm256_loadu_si256((const void *)(row + 2 * k))
+                                       : _mm256_maskz_loadu_epi16(msk, row + 2 * k)),
+            16));
     __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(msk, row + k)));
     return _mm512_mul_ps(q, scale16(s, t, k));
 }
