@@ -21,10 +21,13 @@
  * "attn" columns subtract the fixed cost (projections, measured at context 16 in alternation
  * with the decodes at the context, the fastest of each) so that the context-dependent work is
  * compared to the roofs: its flops 2·n_h·(2R + r) per cached token for MLA and 4·n_h·d_h for
- * MHA, its bytes those of the cached tokens (as stored). "atRoofs" is
- * what "vsMHA" would be if both layers' attention ran at the roofs measured next to the MLA
- * figure (each at the slower of its flops and its bytes; bf16 products at twice the sgemm rate),
- * each with its own measured fixed cost: how far the machine lets MLA beat the baseline.
+ * MHA, its bytes those of the cached tokens (as stored). The read roof of a figure is a sum over
+ * a buffer as large as those cached bytes (at most 256 MiB, far beyond the L3): a cache that
+ * fits in L2/L3 is compared with what L2/L3 deliver, not with DRAM. "atRoofs" is what "vsMHA"
+ * would be if both layers' attention ran at the roofs measured next to the MLA figure (each at
+ * the slower of its flops and its bytes, the bytes at the read roof of its own cache's size;
+ * bf16 products at twice the sgemm rate), each with its own measured fixed cost: how far the
+ * machine lets MLA beat the baseline.
  */
 #include <math.h>
 #include <stdio.h>
@@ -286,10 +289,38 @@ typedef struct cell {
     double t;     /* seconds per decode at the context; 0: not measured */
     double fixed; /* the same layer at context 16, measured in alternation with t */
     double gf;    /* sgemm GFLOP/s, measured before the layer */
-    double gb;    /* read GB/s, measured just before this decode */
+    double gb;    /* read GB/s over this layer's cached bytes, measured just before the decode */
+    double gb_mha; /* the same over the MHA baseline's cached bytes (for atRoofs) */
 } cell;
 static cell dec[N_SHAPES][N_LAYERS][N_CTX];
 static double gf_lo, gf_hi, gb_lo, gb_hi; /* the roofs' range over the whole run */
+
+/* Bytes per cached value of the run's cache type. */
+static double elem_bytes(void)
+{
+    return cache_dtype == MLA_DTYPE_F32 ? 4.0 : 2.0;
+}
+
+/* The context-dependent work of layer li (0: MHA) at context ctx: flops and cached bytes. */
+static void layer_cost(const shape *s, size_t li, double ctx, double *flops, double *bytes)
+{
+    double eb = elem_bytes();
+    if (li == 0) {
+        *flops = 4.0 * s->n_h * s->d_h * ctx;
+        *bytes = 2.0 * s->n_kv * s->d_h * eb * ctx;
+        return;
+    }
+    int64_t R = (int64_t)dkvs[li - 1] * s->n_kv;
+    *flops = 2.0 * s->n_h * (2.0 * R + s->r) * ctx;
+    *bytes = (double)(R + (int64_t)s->n_kv * s->r) * eb * ctx;
+}
+
+/* The read roof over a buffer of `bytes` (cached bytes of one layer), at most `cap`. */
+static double read_roof(int threads, double bytes, size_t cap)
+{
+    size_t b = bytes < (double)cap ? (size_t)bytes : cap;
+    return roofs_read_gbps(threads, b < 4096 ? 4096 : b);
+}
 
 static int want_layer(int quick, size_t li)
 {
@@ -309,7 +340,7 @@ static void note_roof(double v, double *lo, double *hi)
 static void decode_round(int quick, int threads)
 {
     int n_ctx = quick ? 2 : N_CTX, reps = reps_opt > 0 ? reps_opt : quick ? 3 : 9;
-    size_t bw_bytes = (size_t)(quick ? 64 : 256) << 20; /* far beyond the 32 MiB L3 */
+    size_t bw_cap = (size_t)(quick ? 64 : 256) << 20; /* far beyond the 32 MiB L3 */
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *s = &shapes[si];
         if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
@@ -323,13 +354,17 @@ static void decode_round(int quick, int threads)
             for (int ci = 0; ci < n_ctx; ci++) {
                 if (only_ctx && ctxs[ci] != only_ctx)
                     continue;
-                double gb = roofs_read_gbps(threads, bw_bytes);
+                double fl, by, mfl, mby;
+                layer_cost(s, li, (double)ctxs[ci], &fl, &by);
+                layer_cost(s, 0, (double)ctxs[ci], &mfl, &mby);
+                double gb = read_roof(threads, by, bw_cap);
+                double gb_mha = li == 0 ? gb : read_roof(threads, mby, bw_cap);
                 double fixed, t;
                 decode_pair(l, s->d, ctxs[ci], threads, reps, &fixed, &t);
                 note_roof(gb, &gb_lo, &gb_hi);
                 cell *c = &dec[si][li][ci];
                 if (c->t == 0 || t < c->t)
-                    *c = (cell){t, fixed, gf, gb};
+                    *c = (cell){t, fixed, gf, gb, gb_mha};
             }
             mla_layer_destroy(l);
         }
@@ -338,10 +373,10 @@ static void decode_round(int quick, int threads)
 
 static void decode_table(int threads, int rounds)
 {
-    double eb = cache_dtype == MLA_DTYPE_F32 ? 4.0 : 2.0; /* bytes per cached value */
     printf("\n## decode, one token, %d thread(s), %s cache, fastest of %d round(s); attn = time "
            "minus the fixed cost at context 16 measured in alternation with it; %% of the roofs "
-           "measured next to it (sgemm %.1f-%.1f GFLOP/s, read %.1f-%.1f GB/s in this run)\n", threads,
+           "measured next to it (sgemm %.1f-%.1f GFLOP/s; read, over as many bytes as the "
+           "layer caches, at most 256 MiB: %.1f-%.1f GB/s in this run)\n", threads,
            mla_dtype_name(cache_dtype), rounds, gf_lo, gf_hi, gb_lo, gb_hi);
     printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %6s %7s %7s %6s\n", "shape", "layer", "ctx",
            "ms", "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "vsMHA", "atRoofs", "sgemmGF",
@@ -355,26 +390,24 @@ static void decode_table(int threads, int rounds)
                     continue;
                 double ctx = (double)ctxs[ci], at = c->t - c->fixed;
                 /* The MHA baseline's flops and bytes, also the reference of atRoofs. */
-                double mfl = 4.0 * s->n_h * s->d_h * ctx, mby = 2.0 * s->n_kv * s->d_h * eb * ctx;
-                double fl = mfl, by = mby;
+                double fl, by, mfl, mby;
+                layer_cost(s, li, ctx, &fl, &by);
+                layer_cost(s, 0, ctx, &mfl, &mby);
                 char lname[16];
-                if (li == 0) {
+                if (li == 0)
                     snprintf(lname, sizeof lname, "MHA");
-                } else {
-                    int64_t R = (int64_t)dkvs[li - 1] * s->n_kv;
+                else
                     snprintf(lname, sizeof lname, "MLA d%d", dkvs[li - 1]);
-                    fl = 2.0 * s->n_h * (2.0 * R + s->r) * ctx;
-                    by = (double)(R + (int64_t)s->n_kv * s->r) * eb * ctx;
-                }
                 char vs[16] = "", bound[16] = "";
                 const cell *mc = &dec[si][0][ci];
                 if (li > 0 && mc->t > 0) {
                     snprintf(vs, sizeof vs, "%5.2fx", mc->t / c->t);
                     /* vsMHA if both layers' attention ran at this cell's roofs (sgemm for the
-                     * flops, twice it for bf16 products, DRAM read for the bytes), each with
-                     * its own measured fixed cost: what the machine allows. */
+                     * flops, twice it for bf16 products, the read roof over each layer's own
+                     * cached bytes), each with its own measured fixed cost: what the machine
+                     * allows. */
                     double rate = c->gf * 1e9 * (cache_dtype == MLA_DTYPE_BF16 ? 2.0 : 1.0);
-                    double t_mha = mc->fixed + fmax(mfl / (c->gf * 1e9), mby / (c->gb * 1e9));
+                    double t_mha = mc->fixed + fmax(mfl / (c->gf * 1e9), mby / (c->gb_mha * 1e9));
                     double t_mla = c->fixed + fmax(fl / rate, by / (c->gb * 1e9));
                     snprintf(bound, sizeof bound, "%5.2fx", t_mha / t_mla);
                 }

@@ -10,7 +10,8 @@ double roofs_now(void);
 /* BLIS sgemm rate on n_threads threads for n × n × n products, GFLOP/s (best of 3). */
 double roofs_sgemm_gflops(int n_threads, int n);
 
-/* Read bandwidth: the sum of a `bytes`-byte float array on n_threads threads, GB/s (best of 5). */
+/* Read bandwidth: the sum of a `bytes`-byte float array on n_threads threads, GB/s (the best of 5
+ * timings of one pass, or of as many passes as read 64 MiB for smaller arrays). */
 double roofs_read_gbps(int n_threads, size_t bytes);
 
 #endif /* MLA_BENCH_ROOFS_H */
