@@ -389,7 +389,7 @@ static void decode_table(int threads, int rounds)
                 if (c->t == 0)
                     continue;
                 double ctx = (double)ctxs[ci], at = c->t - c->fixed;
-                /* The MHA baseline's flops and bytes, also the reference of atRoofs. */
+                /* This layer's flops and bytes, and the MHA baseline's (atRoofs' reference). */
                 double fl, by, mfl, mby;
                 layer_cost(s, li, ctx, &fl, &by);
                 layer_cost(s, 0, ctx, &mfl, &mby);

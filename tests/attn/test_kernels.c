@@ -275,8 +275,8 @@ static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels
             CHECK(worst < 1e-6, "%s gemm_dot_src equals portable (%s, group %d; max rel err per "
                   "term %.2e)", v->name, src_names[d], (int)groups[gi], worst);
             /* mha_scores and mha_values: every KV head of a step (n_kv · d ≤ the source's
-             * 160 columns); head dimensions of 16·nv (the query or output in registers) and
-             * others, odd step lengths for the tails. */
+             * 160 columns); head dimensions that are multiples of 16 and others, odd step
+             * lengths for the tails. */
             static const int64_t hd[][2] = {{1, 128}, {2, 64}, {1, 96}, {3, 48}, {4, 40},
                                             {2, 33}, {3, 16}, {5, 7}, {9, 17}};
             static const int64_t steps[] = {1, 3, 4, 5, 8, 13, 17};
