@@ -72,8 +72,8 @@ double roofs_read_gbps(int n_threads, size_t bytes)
         {
             /* 16 independent vector sums (GCC/Clang vector extension, the baseline ISA's
              * 128-bit adds): bound by the loads, not by the adds' latency. Two chains, as the
-             * compiler made of eight float sums before, topped out near 80 GB/s on 2 cores,
-             * below what L2/L3 deliver and near DRAM's fastest phases. */
+             * compiler made of eight float sums before, cap 2 cores near 80 GB/s by their
+             * latency (estimated: 32 bytes a core every 3 cycles), below what L2/L3 deliver. */
             v4f acc[16] = {{0}};
             const v4f *xv = (const v4f *)(const void *)x;
             size_t nb = n / 64, nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
