@@ -203,15 +203,6 @@ static mla_status rel_errors(const double *orig, const float *up, const float *d
     return MLA_OK;
 }
 
-static void energy(const double *sigma, size_t k, size_t rank, double *kept, double *total)
-{
-    for (size_t i = 0; i < k; i++) {
-        *total += sigma[i] * sigma[i];
-        if (i < rank)
-            *kept += sigma[i] * sigma[i];
-    }
-}
-
 /* Factorize [W_k_nope; W_v] (joint, activation-aware) or each alone (split) into the layer. */
 static mla_status factorize(struct mla_layer *l, const mla_convert_params *p, const double *knope,
                             const double *v, const double *xtx)
@@ -221,34 +212,27 @@ static mla_status factorize(struct mla_layer *l, const mla_convert_params *p, co
     const size_t kr = n_kv * (size_t)(g->head_dim - l->rope_dim), vr = mla__kv_rows(g);
     const size_t R = (size_t)l->d_kv * n_kv;
     mla_status st = MLA_OK;
-    double *chol = NULL, *sigma = NULL, *m = NULL, lambda = 0;
+    double *chol = NULL, *m = NULL, lambda = 0;
     float *up = NULL;
     double kept = 0, total = 0;
 
     if (p->factorization == MLA_FACTOR_SPLIT) {
-        size_t big = (kr > vr ? kr : vr), k = big < d ? big : d;
-        sigma = mla_alloc(k * sizeof(double));
-        if (!sigma)
-            return mla_fail(MLA_ERR_OUT_OF_MEMORY, "singular values");
-        st = mla__lowrank(knope, kr, d, R, NULL, l->wuk, l->wdkv, sigma);
-        if (st == MLA_OK) {
-            energy(sigma, kr < d ? kr : d, R, &kept, &total);
-            st = mla__lowrank(v, vr, d, R, NULL, l->wuv, l->wdkv + R * d, sigma);
-        }
+        double kept_v = 0, total_v = 0;
+        st = mla__lowrank(knope, kr, d, R, NULL, l->wuk, l->wdkv, &kept, &total);
         if (st == MLA_OK)
-            energy(sigma, vr < d ? vr : d, R, &kept, &total);
-        mla_free(sigma);
+            st = mla__lowrank(v, vr, d, R, NULL, l->wuv, l->wdkv + R * d, &kept_v, &total_v);
+        kept += kept_v;
+        total += total_v;
         if (st != MLA_OK)
             return mla_fail_context(st, "split factorization: ");
         l->report.kept_energy = total > 0 ? kept / total : 1.0;
         return MLA_OK;
     }
 
-    const size_t rows = kr + vr, k = rows < d ? rows : d;
+    const size_t rows = kr + vr;
     m = mla_alloc(rows * d * sizeof(double));
     up = mla_alloc(rows * R * sizeof(float));
-    sigma = mla_alloc(k * sizeof(double));
-    if (!m || !up || !sigma) {
+    if (!m || !up) {
         st = mla_fail(MLA_ERR_OUT_OF_MEMORY, "joint matrix (%zu × %zu)", rows, d);
         goto done;
     }
@@ -264,10 +248,9 @@ static mla_status factorize(struct mla_layer *l, const mla_convert_params *p, co
         if (st != MLA_OK)
             goto done;
     }
-    st = mla__lowrank(m, rows, d, R, chol, up, l->wdkv, sigma);
+    st = mla__lowrank(m, rows, d, R, chol, up, l->wdkv, &kept, &total);
     if (st != MLA_OK)
         goto done;
-    energy(sigma, k, R, &kept, &total);
     l->report.kept_energy = total > 0 ? kept / total : 1.0;
     /* W_up splits by rows into W_uk (the K_nope rows) and W_uv. */
     memcpy(l->wuk, up, kr * R * sizeof(float));
@@ -275,7 +258,6 @@ static mla_status factorize(struct mla_layer *l, const mla_convert_params *p, co
 done:
     mla_free(m);
     mla_free(up);
-    mla_free(sigma);
     mla_free(chol);
     if (st != MLA_OK)
         return mla_fail_context(st, "%s factorization: ",

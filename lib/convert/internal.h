@@ -78,11 +78,12 @@ MLA_INTERNAL mla_status mla__calib_score(const mla_calib *calib, double *score);
  * Best rank-R factorization of M (m × d, row-major, double): M ≈ up · down with up m × R and
  * down R × d (float32, row-major). With chol (d × d lower Cholesky factor of XᵀX + λI,
  * column-major), the error is measured as ‖(M − up·down)·L‖_F (activation-aware).
- * sigma: min(m, d) singular values (of M, or of M·L), descending.
- * Errors: NUMERICAL (SVD did not converge), OUT_OF_MEMORY.
+ * kept, total: Σ of the top R σ² and Σ of all σ² (of M, or of M·L). 1 ≤ rank ≤ min(m, d).
+ * Errors: NUMERICAL (the eigensolver did not converge), OUT_OF_MEMORY.
  */
 MLA_INTERNAL mla_status mla__lowrank(const double *m_rowmajor, size_t m, size_t d, size_t rank,
-                                     const double *chol, float *up, float *down, double *sigma);
+                                     const double *chol, float *up, float *down, double *kept,
+                                     double *total);
 
 /* Lower Cholesky factor (column-major, d × d) of C + λI, λ = damping·mean(diag C) raised tenfold
  * until the factorization succeeds. c: d × d with its upper (row-major) triangle valid.

@@ -36,11 +36,21 @@ static double tail(const double *s, int k, int R, double *all)
     return t;
 }
 
-static void run(const char *what, int d, int n_h, int n_kv, int d_h, int r, int d_kv,
-                mla_factorization f)
+/* decades > 0: every source row's column c scaled by 10^(−decades·c/(d−1)), so the singular
+ * values spread over about that many decades (the factorization squares them in its Gram
+ * matrix: this checks that truncation stays optimal where σ² spans 2·decades). */
+static void run_cond(const char *what, int d, int n_h, int n_kv, int d_h, int r, int d_kv,
+                     mla_factorization f, double decades)
 {
     src_layer s;
     src_init(&s, d, n_h, n_kv, d_h, 1, 777 + (unsigned)r * 13 + (unsigned)d_kv);
+    for (int c = 0; c < d && decades > 0; c++) {
+        float sc = (float)pow(10.0, -decades * c / (d - 1));
+        for (int i = 0; i < n_kv * d_h; i++) {
+            s.wk[(size_t)i * d + c] *= sc;
+            s.wv[(size_t)i * d + c] *= sc;
+        }
+    }
     mla_convert_params p;
     mla_convert_default_params(&p, sizeof p);
     p.rope_dim = r;
@@ -122,6 +132,12 @@ static void run(const char *what, int d, int n_h, int n_kv, int d_h, int r, int 
     src_free(&s);
 }
 
+static void run(const char *what, int d, int n_h, int n_kv, int d_h, int r, int d_kv,
+                mla_factorization f)
+{
+    run_cond(what, d, n_h, n_kv, d_h, r, d_kv, f, 0);
+}
+
 int main(void)
 {
     run("joint GQA 3:1 r=8 d_kv=10", 80, 6, 2, 32, 8, 10, MLA_FACTOR_JOINT);
@@ -129,5 +145,7 @@ int main(void)
     run("joint r=d_h (K_nope empty) d_kv=5", 64, 4, 2, 16, 16, 5, MLA_FACTOR_JOINT);
     run("joint r=0 d_kv=7", 96, 4, 2, 32, 0, 7, MLA_FACTOR_JOINT);
     run("split GQA 2:1 r=8 d_kv=6", 72, 4, 2, 32, 8, 6, MLA_FACTOR_SPLIT);
+    run_cond("joint, σ over 6 decades, d_kv=20", 96, 4, 2, 32, 8, 20, MLA_FACTOR_JOINT, 6);
+    run_cond("split, σ over 3 decades, d_kv=12", 96, 4, 2, 32, 8, 12, MLA_FACTOR_SPLIT, 3);
     return tap_done();
 }
