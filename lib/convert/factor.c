@@ -4,7 +4,7 @@
  *
  * Only the top R right singular vectors V_R of M' (M or M·L) are needed: W_down = V_Rᵀ (L⁻¹) and
  * W_up = U_R Σ_R = M' V_R. So instead of a full SVD (dgesdd computes all min(m, d) of both sides:
- * 78 s for a Llama-2-7B layer on one core) the factorization takes the top R eigenvectors of the
+ * 82 s for a Llama-2-7B layer on one core) the factorization takes the top R eigenvectors of the
  * Gram matrix G = M'ᵀ M' (d × d; dsyrk, then dsyevr for the requested ones only). Squaring
  * costs accuracy only in directions whose σ² is near ε·σ₁², and W_up is formed from M' itself, so
  * the product's error stays of order ε·σ₁ (doc/convert.md); the kept energy is Σ top eigenvalues
