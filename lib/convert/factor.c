@@ -25,7 +25,8 @@
 #include "convert/internal.h"
 
 /* The top `rank` eigenvectors of the symmetric g (d × d, lower triangle, column-major; destroyed)
- * into z (d × rank, column-major, by descending eigenvalue), their eigenvalues into w: by MRRR
+ * into z (d × rank, column-major, by descending eigenvalue), their eigenvalues into w (d entries,
+ * the first rank used): by MRRR
  * (dsyevr, only the ones asked for), or with `robust` by QR iteration over all (dsyev).
  * Returns LAPACK's info, or LAPACK_WORK_MEMORY_ERROR. */
 static lapack_int top_eigen(int robust, double *g, size_t d, size_t rank, double *w, double *z)
@@ -75,7 +76,7 @@ mla_status mla__lowrank(const double *mat, size_t m, size_t d, size_t rank, cons
     double *a = mla_alloc(m * d * sizeof(double));     /* M'ᵀ, d × m */
     double *g = mla_alloc(d * d * sizeof(double));     /* M'ᵀ M' */
     double *z = mla_alloc(d * rank * sizeof(double));  /* V_R */
-    double *w = mla_alloc(rank * sizeof(double));
+    double *w = mla_alloc(d * sizeof(double));          /* dsyevr's W has d entries */
     double *ud = mla_alloc(m * rank * sizeof(double)); /* M' V_R, R × m column-major */
     mla_status st = MLA_OK;
     if (!a || !g || !z || !w || !ud) {
