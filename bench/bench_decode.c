@@ -413,7 +413,7 @@ static void decode_table(int threads, int rounds)
                     snprintf(lname, sizeof lname, "MHA");
                 else
                     snprintf(lname, sizeof lname, "MLA d%d", dkvs[li - 1]);
-                char vs[16] = "", bound[16] = "";
+                char vs[16] = "", at_roofs[16] = "";
                 const cell *mc = &dec[si][0][ci];
                 if (li > 0 && mc->t > 0) {
                     snprintf(vs, sizeof vs, "%5.2fx", mc->t / c->t);
@@ -421,7 +421,7 @@ static void decode_table(int threads, int rounds)
                      * own measured fixed cost: what the machine allows. */
                     double t_mha = mc->fixed + roof_time(s, 0, ctx, c->gf, c->gb_mha, NULL);
                     double t_mla = c->fixed + roof_time(s, li, ctx, c->gf, c->gb, NULL);
-                    snprintf(bound, sizeof bound, "%5.2fx", t_mha / t_mla);
+                    snprintf(at_roofs, sizeof at_roofs, "%5.2fx", t_mha / t_mla);
                 }
                 /* Which roof binds this layer, and the fraction of it reached: the issue's goals
                  * are 50% where the flops bind, 80% where the bytes do. */
@@ -431,7 +431,7 @@ static void decode_table(int threads, int rounds)
                        "%7s %7.1f %6.1f\n",
                        s->name, lname, (long long)ctxs[ci], c->t * 1e3, 1.0 / c->t,
                        fl / at * 1e-9, by / at * 1e-9, 100 * fl / at * 1e-9 / c->gf,
-                       100 * by / at * 1e-9 / c->gb, fb ? "flops" : "bytes", roof_pct, vs, bound,
+                       100 * by / at * 1e-9 / c->gb, fb ? "flops" : "bytes", roof_pct, vs, at_roofs,
                        c->gf, c->gb);
             }
     }
