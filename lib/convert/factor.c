@@ -26,9 +26,8 @@
 
 /* The top `rank` eigenvectors of the symmetric g (d × d, lower triangle, column-major; destroyed)
  * into z (d × rank, column-major, by descending eigenvalue), their eigenvalues into w (d entries,
- * the first rank used): by MRRR
- * (dsyevr, only the ones asked for), or with `robust` by QR iteration over all (dsyev).
- * Returns LAPACK's info, or LAPACK_WORK_MEMORY_ERROR. */
+ * the first rank used): by MRRR (dsyevr, only the ones asked for), or with `robust` by QR
+ * iteration over all (dsyev). Returns LAPACK's info, or LAPACK_WORK_MEMORY_ERROR. */
 static lapack_int top_eigen(int robust, double *g, size_t d, size_t rank, double *w, double *z)
 {
     lapack_int info;
@@ -101,7 +100,7 @@ mla_status mla__lowrank(const double *mat, size_t m, size_t d, size_t rank, cons
         lapack_int info = top_eigen(attempt, g, d, rank, w, z);
         if (info == 0)
             break;
-        if (info < 0 || info == LAPACK_WORK_MEMORY_ERROR) {
+        if (info < 0) { /* LAPACK_WORK_MEMORY_ERROR is negative too */
             st = info == LAPACK_WORK_MEMORY_ERROR
                      ? mla_fail(MLA_ERR_OUT_OF_MEMORY, "eigensolver workspace (%zu × %zu)", d, d)
                      : mla_fail(MLA_ERR_INTERNAL, "LAPACK eigensolver argument %d rejected",
