@@ -10,18 +10,18 @@
 /* Upper bound on worker threads, against typos such as −1 cast to a huge count. */
 #define MAX_THREADS 4096
 
-/* MLA_ATTN_STREAM_BYTES from the environment (a test hook): a whole non-negative decimal
- * integer, anything else (sign, spaces, trailing characters, out of range) keeps the default. */
-static int64_t stream_bytes_env(void)
+/* A test hook from the environment: a whole non-negative decimal integer up to max; anything
+ * else (unset, sign, spaces, trailing characters, out of range) keeps the default. */
+static int64_t env_count(const char *name, int64_t def, int64_t max)
 {
-    const char *sb = getenv("MLA_ATTN_STREAM_BYTES");
+    const char *sb = getenv(name);
     if (!sb || *sb < '0' || *sb > '9')
-        return MLA_ATTN_STREAM_BYTES;
+        return def;
     char *end;
     errno = 0;
     long long v = strtoll(sb, &end, 10);
-    if (errno || *end != '\0' || v < 0)
-        return MLA_ATTN_STREAM_BYTES;
+    if (errno || *end != '\0' || v < 0 || v > max)
+        return def;
     return (int64_t)v;
 }
 
@@ -66,7 +66,8 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
     a->p.struct_size = sizeof p;
     a->n_threads = p.n_threads == 0 ? mla_cpu_count() : p.n_threads;
     a->k = mla__attn_kernels_best();
-    a->stream_bytes = stream_bytes_env();
+    a->stream_bytes = env_count("MLA_ATTN_STREAM_BYTES", MLA_ATTN_STREAM_BYTES, INT64_MAX);
+    a->stream_prefetch = (int)env_count("MLA_ATTN_STREAM_PREFETCH", mla_cpu()->amd, 1);
     *out = a;
     return MLA_OK;
 }

@@ -882,7 +882,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         .n_h = (int32_t)dm.n_h, .n_kv = (int32_t)dm.n_kv, .g = (int32_t)dm.g,
         .d_h = (int32_t)dm.d_h, .r = (int32_t)dm.r, .nope = (int32_t)dm.nope,
         .lat_k = (int32_t)dm.lat_k, .lat_v = (int32_t)dm.lat_v, .off_v = (int32_t)dm.off_v,
-        .tile_tokens = p.tile, .stream_bytes = attn->stream_bytes, .qg = p.qg, .qt = p.qt,
+        .tile_tokens = p.tile, .stream_bytes = attn->stream_bytes,
+        .stream_prefetch = attn->stream_prefetch, .qg = p.qg, .qt = p.qt,
         .qrt = p.qrt, .ldq = n_tokens * dm.n_h, .blocks = p.blocks, .bf16 = p.bf16,
     };
     run_jobs(attn, &ctx, &p, nt);

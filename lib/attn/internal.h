@@ -25,9 +25,10 @@
 #define MLA_ATTN_SMALL_M 16
 
 /* One-token MHA decode jobs reading more than this many bytes of cached rows take the loop
- * for rows out of DRAM (materialized.c: 8-row steps for rows of a page or more, prefetching
- * 4-row steps for smaller ones); MLA_ATTN_STREAM_BYTES in the environment overrides it (tests
- * run that loop on small caches with 0). */
+ * for rows out of DRAM (materialized.c: 8-row steps for rows of a page or more; for smaller
+ * ones, on AMD CPUs, prefetching 4-row steps); MLA_ATTN_STREAM_BYTES in the environment
+ * overrides it (tests run that loop on small caches with 0), MLA_ATTN_STREAM_PREFETCH=0 or 1
+ * whether small rows are prefetched (tests run both). */
 #define MLA_ATTN_STREAM_BYTES ((int64_t)8 << 20)
 
 /* The crossover measured on the development machine (doc/attention.md). */
@@ -38,6 +39,7 @@ struct mla_attn {
     int n_threads;               /* resolved from p.n_threads */
     const mla__attn_kernels *k;
     int64_t stream_bytes;        /* MLA_ATTN_STREAM_BYTES or its environment override */
+    int stream_prefetch;         /* see MLA_ATTN_STREAM_BYTES */
     void *scratch;               /* grow-only arena, reused by every forward */
     size_t scratch_size;
 };
@@ -149,6 +151,7 @@ typedef struct mla__ctx {
     int32_t n_h, n_kv, g, d_h, r, nope, lat_k, lat_v, off_v; /* lat_k: R of the key part */
     int64_t tile_tokens;
     int64_t stream_bytes;        /* see MLA_ATTN_STREAM_BYTES */
+    int stream_prefetch;         /* mla_attn's */
     const float *qg;             /* materialized / MHA queries */
     const float *qt, *qrt;       /* absorbed queries, transposed, ld = ldq */
     int64_t ldq;

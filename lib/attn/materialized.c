@@ -80,11 +80,13 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
  *   row of the step is its own page, so the hardware prefetchers follow 8 streams at once;
  *   prefetch instructions only queued behind them (Llama-2-7B 32K, 6 alternating runs: median
  *   28.9 ms, against 34.2 with 4-row steps and prefetching, 30.5 with 16-row steps);
- * - smaller rows (SmolLM-135M: 384 bytes, one stream): steps of 4 rows, each KV head's call
- *   preceded by its share of the rows MHA_PF_STEPS steps ahead, prefetched so that the
- *   requests are spread out rather than issued in one burst (SmolLM-135M 32K, 8 alternating
- *   runs: median 1.99 ms, 2.30 with every head in one call after one burst; 1.6 times slower
- *   without prefetching).
+ * - smaller rows (SmolLM-135M: 384 bytes, one stream), on AMD CPUs (c->stream_prefetch):
+ *   steps of 4 rows, each KV head's call preceded by its share of the rows MHA_PF_STEPS steps
+ *   ahead, prefetched so that the requests are spread out rather than issued in one burst (AMD
+ *   EPYC, SmolLM-135M 32K, 8 alternating runs: median 1.99 ms, 2.30 with every head in one call
+ *   after one burst; 1.6 times slower without prefetching). On an Intel Xeon the same loop was
+ *   2.1–2.4 times slower than the 16-row one at 32K and 15–30% slower from DRAM (192 and
+ *   768 MiB), so elsewhere small rows keep the 16-row loop.
  * Cache-resident jobs keep 16-row steps without prefetching, which measured 7–20% faster
  * there (doc/attention.md).
  */
@@ -117,8 +119,9 @@ static void mha_one(const mla__ctx *c, const mla__job *job, mla__work *w, int64_
     const mla__attn_kernels *k = c->k;
     int64_t T = c->tile_tokens, row0 = t * c->n_h, G = c->g, d = c->d_h;
     /* The keys' row stride (the values' is the same). */
-    int pf = stream && w->rt.seg[0].rope.ld < MHA_PAGE_ROW_BYTES;
-    int64_t step = !stream ? MHA_STEP : pf ? MHA_STREAM_STEP : MHA_PAGE_ROW_STEP;
+    int page_rows = w->rt.seg[0].rope.ld >= MHA_PAGE_ROW_BYTES;
+    int pf = stream && !page_rows && c->stream_prefetch;
+    int64_t step = stream && page_rows ? MHA_PAGE_ROW_STEP : pf ? MHA_STREAM_STEP : MHA_STEP;
     int fused = G == 1 && !pf;
     const float *q = c->qg + (b->t0 + t) * c->n_h * d;
     float *o = job->o + row0 * job->ldo;

@@ -58,6 +58,7 @@ typedef struct mla_cpu_features {
     int avx512vl;
     int avx512_bf16;
     int avx512_vnni;
+    int amd;             /* vendor AuthenticAMD: a tuning choice (materialized.c), not an ISA */
 } mla_cpu_features;
 
 MLA_INTERNAL const mla_cpu_features *mla_cpu(void);

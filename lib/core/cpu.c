@@ -28,6 +28,9 @@ static void detect(void)
 {
 #ifdef MLA_X86
     unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d))
+        return;
+    features.amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u; /* "AuthenticAMD" */
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return;
     int osxsave = (c >> 27) & 1;

@@ -50,6 +50,33 @@ static void stream_env(const char *value, int64_t want)
     mla_attn_destroy(a);
 }
 
+/* The CPU vendor as Linux reports it: 1 AMD, 0 another, -1 unknown (no /proc/cpuinfo). */
+static int cpuinfo_amd(void)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    int amd = -1;
+    while (amd < 0 && fgets(line, sizeof line, f))
+        if (strncmp(line, "vendor_id", 9) == 0)
+            amd = strstr(line, "AuthenticAMD") != NULL;
+    fclose(f);
+    return amd;
+}
+
+static void prefetch_env(const char *value, int want)
+{
+    if (value)
+        setenv("MLA_ATTN_STREAM_PREFETCH", value, 1);
+    else
+        unsetenv("MLA_ATTN_STREAM_PREFETCH");
+    mla_attn *a = make_attn(1, MLA_ATTN_PATH_AUTO);
+    CHECK(a && a->stream_prefetch == want, "MLA_ATTN_STREAM_PREFETCH=\"%s\": %d (want %d)",
+          value ? value : "(unset)", a ? a->stream_prefetch : -1, want);
+    mla_attn_destroy(a);
+}
+
 int main(void)
 {
     src_layer src;
@@ -109,6 +136,18 @@ int main(void)
     stream_env("", MLA_ATTN_STREAM_BYTES);
     stream_env("99999999999999999999", MLA_ATTN_STREAM_BYTES);
     unsetenv("MLA_ATTN_STREAM_BYTES");
+
+    /* Small rows are prefetched by default on AMD CPUs only; 0 and 1 override, nothing else. */
+    int amd = cpuinfo_amd();
+    if (amd >= 0) {
+        prefetch_env(NULL, amd);
+        prefetch_env("2", amd);
+        prefetch_env("abc", amd);
+        prefetch_env("-1", amd);
+    }
+    prefetch_env("0", 0);
+    prefetch_env("1", 1);
+    unsetenv("MLA_ATTN_STREAM_PREFETCH");
 
     free(x);
     free(o1);

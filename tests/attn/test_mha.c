@@ -4,7 +4,8 @@
  * - the full-rank conversion (every RoPE dimension kept, R = n_kv·d_h): MLA reproduces MHA,
  *   on both paths, for MHA and GQA geometries, with and without biases.
  * Each run is a mixed prefill batch of two sequences followed by decode steps; the MHA
- * baseline also with its streaming decode loop forced (MLA_ATTN_STREAM_BYTES=0).
+ * baseline also with its streaming decode loop forced (MLA_ATTN_STREAM_BYTES=0), with and
+ * without its software prefetch (MLA_ATTN_STREAM_PREFETCH).
  */
 #include "run.h"
 
@@ -62,12 +63,16 @@ int main(void)
                  * a page), normally taken only for contexts of megabytes, forced for this
                  * small cache. */
                 setenv("MLA_ATTN_STREAM_BYTES", "0", 1);
-                double e3 = run_case(&src, mha, 1, MLA_ATTN_PATH_AUTO);
-                double e4 = run_case(&src, mha, 2, MLA_ATTN_PATH_AUTO);
+                for (int pf = 0; pf <= 1; pf++) {
+                    setenv("MLA_ATTN_STREAM_PREFETCH", pf ? "1" : "0", 1);
+                    double e3 = run_case(&src, mha, 1, MLA_ATTN_PATH_AUTO);
+                    double e4 = run_case(&src, mha, 2, MLA_ATTN_PATH_AUTO);
+                    CHECK(e3 < 1e-4 && e4 < 1e-4,
+                          "%s %s: MHA baseline, streaming decode loop, %s, 1 and 2 threads "
+                          "(rel %.2e, %.2e)", gn, bn, pf ? "prefetching" : "no prefetch", e3, e4);
+                }
+                unsetenv("MLA_ATTN_STREAM_PREFETCH");
                 unsetenv("MLA_ATTN_STREAM_BYTES");
-                CHECK(e3 < 1e-4 && e4 < 1e-4,
-                      "%s %s: MHA baseline, streaming decode loop, 1 and 2 threads (rel %.2e, "
-                      "%.2e)", gn, bn, e3, e4);
             }
             mla_layer_destroy(mha);
             if (geoms[gi].baseline_only) {
