@@ -22,8 +22,10 @@
  * with the decodes at the context, the fastest of each) so that the context-dependent work is
  * compared to the roofs: its flops 2·n_h·(2R + r) per cached token for MLA and 4·n_h·d_h for
  * MHA, its bytes those of the cached tokens (as stored). The read roof of a figure is a sum over
- * a buffer as large as those cached bytes (at most 256 MiB, far beyond the L3): a cache that
- * fits in L2/L3 is compared with what L2/L3 deliver, not with DRAM. "atRoofs" is what "vsMHA"
+ * a buffer as large as those cached bytes (at most 256 MiB), each timed pass after a read of as
+ * many other bytes as the layer has weights: a decode streams its weights (the projections)
+ * between two reads of the cache, so a cache that stays in L2/L3 beside them is compared with
+ * what L2/L3 deliver, and one the weights push out with DRAM. "atRoofs" is what "vsMHA"
  * would be if both layers' attention ran at the roofs measured next to the MLA figure (each at
  * the slower of its flops and its bytes, the bytes at the read roof of its own cache's size;
  * bf16 products at twice the sgemm rate), each with its own measured fixed cost: how far the
@@ -332,11 +334,39 @@ static double roof_time(const shape *s, size_t li, double ctx, double gf, double
     return fmax(tf, tb);
 }
 
-/* The read roof over a buffer of `bytes` (cached bytes of one layer), at most `cap`. */
-static double read_roof(int threads, double bytes, size_t cap)
+/* The read roof over a buffer of `bytes` (cached bytes of one layer), at most `cap`, read after
+ * `weights` bytes of other memory. */
+static double read_roof(int threads, double bytes, size_t cap, size_t weights)
 {
     size_t b = bytes < (double)cap ? (size_t)bytes : cap;
-    return roofs_read_gbps(threads, b < 4096 ? 4096 : b);
+    return roofs_read_after_gbps(threads, b < 4096 ? 4096 : b, weights);
+}
+
+/* Bytes of a layer's tensors: what one decode reads besides the cache. */
+static size_t weight_bytes(const mla_layer *l)
+{
+    mla_layer_info info;
+    if (mla_layer_get_info(l, &info, sizeof info) != MLA_OK)
+        die("mla_layer_get_info");
+    size_t total = 0;
+    for (int32_t i = 0; i < info.n_tensors; i++) {
+        mla_tensor t;
+        if (mla_layer_tensor(l, i, &t) != MLA_OK)
+            die("mla_layer_tensor");
+        size_t n = 1;
+        for (int32_t k = 0; k < t.ndim; k++)
+            n *= (size_t)t.shape[k];
+        /* The layer's tensors are F32 weights and I32 rope_dims. */
+        total += n * (t.dtype == MLA_DTYPE_F64 ? 8 : t.dtype == MLA_DTYPE_F16 ||
+                                                     t.dtype == MLA_DTYPE_BF16 ? 2 : 4);
+    }
+    return total;
+}
+
+/* The MHA baseline's weights (mha_layer: W_q, W_k, W_v, W_o in float32). */
+static size_t mha_weight_bytes(const shape *s)
+{
+    return 4 * (size_t)s->d * (2 * (size_t)s->n_h + 2 * (size_t)s->n_kv) * (size_t)s->d_h;
 }
 
 static int want_layer(int quick, size_t li)
@@ -366,6 +396,7 @@ static void decode_round(int quick, int threads)
             if (!want_layer(quick, li))
                 continue;
             mla_layer *l = li == 0 ? mha_layer(s) : mla_layer_random(s, dkvs[li - 1]);
+            size_t wb = weight_bytes(l);
             double gf = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
             note_roof(gf, &gf_lo, &gf_hi);
             for (int ci = 0; ci < n_ctx; ci++) {
@@ -374,8 +405,8 @@ static void decode_round(int quick, int threads)
                 double fl, by, mfl, mby;
                 layer_cost(s, li, (double)ctxs[ci], &fl, &by);
                 layer_cost(s, 0, (double)ctxs[ci], &mfl, &mby);
-                double gb = read_roof(threads, by, bw_cap);
-                double gb_mha = li == 0 ? gb : read_roof(threads, mby, bw_cap);
+                double gb = read_roof(threads, by, bw_cap, wb);
+                double gb_mha = li == 0 ? gb : read_roof(threads, mby, bw_cap, mha_weight_bytes(s));
                 double fixed, t;
                 decode_pair(l, s->d, ctxs[ci], threads, reps, &fixed, &t);
                 note_roof(gb, &gb_lo, &gb_hi);
@@ -393,7 +424,8 @@ static void decode_table(int threads, int rounds)
     printf("\n## decode, one token, %d thread(s), %s cache, fastest of %d round(s); attn = time "
            "minus the fixed cost at context 16 measured in alternation with it; %% of the roofs "
            "measured next to it (sgemm %.1f-%.1f GFLOP/s; read, over as many bytes as the "
-           "layer caches, at most 256 MiB: %.1f-%.1f GB/s in this run)\n", threads,
+           "layer caches, at most 256 MiB, after as many as it has weights: %.1f-%.1f GB/s in "
+           "this run)\n", threads,
            mla_dtype_name(cache_dtype), rounds, gf_lo, gf_hi, gb_lo, gb_hi);
     printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %5s %6s %6s %7s %7s %6s\n", "shape", "layer",
            "ctx", "ms", "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "bound", "%roof",

@@ -14,4 +14,9 @@ double roofs_sgemm_gflops(int n_threads, int n);
  * timings of one pass, or of as many passes as read 64 MiB for smaller arrays). */
 double roofs_read_gbps(int n_threads, size_t bytes);
 
+/* The same over `bytes` as a decode finds them: each timed pass follows an untimed read of
+ * `other_bytes` of other memory (the weights a decode streams between two reads of a layer's
+ * cache, which push part of it out of the caches). GB/s of the best of 9 single passes. */
+double roofs_read_after_gbps(int n_threads, size_t bytes, size_t other_bytes);
+
 #endif /* MLA_BENCH_ROOFS_H */
