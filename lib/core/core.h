@@ -58,6 +58,7 @@ typedef struct mla_cpu_features {
     int avx512vl;
     int avx512_bf16;
     int avx512_vnni;
+    int amx_bf16;        /* AMX-TILE and AMX-BF16, tile state saved by the OS (XCR0) */
     int amd;             /* vendor AuthenticAMD: a tuning choice (materialized.c), not an ISA */
 } mla_cpu_features;
 

@@ -50,6 +50,8 @@ static void detect(void)
     features.avx512bw = features.avx512f && ((b >> 30) & 1);
     features.avx512vl = features.avx512f && ((b >> 31) & 1);
     features.avx512_vnni = features.avx512f && ((c >> 11) & 1);
+    int tiles_ok = (xcr0 & 0x60000) == 0x60000; /* XTILECFG and XTILEDATA state */
+    features.amx_bf16 = features.avx512f && tiles_ok && ((d >> 24) & 1) && ((d >> 22) & 1);
     __cpuid_count(7, 1, a, b, c, d);
     features.avx512_bf16 = features.avx512f && ((a >> 5) & 1);
 #endif

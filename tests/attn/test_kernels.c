@@ -356,14 +356,17 @@ static uint16_t *randbf(size_t n, unsigned long long *seed)
  */
 static void test_gemm_bf16(const mla__attn_kernels *v)
 {
-    static const int64_t ms[] = {1, 3, 9, 12, 13, 32};
+    /* Past 32 rows and columns and 256 pairs: several blocks of AMX tiles, A read in place
+     * (48 rows, 16 or 160 pairs: prefetching ahead and into the next block) or packed (in two
+     * passes of pairs at 300). */
+    static const int64_t ms[] = {1, 3, 9, 12, 13, 32, 41, 48};
     static const int64_t ns[] = {1, 5, 16, 17, 31, 33, 48, 70};
-    static const int64_t kps[] = {0, 1, 7, 16, 33};
+    static const int64_t kps[] = {0, 1, 7, 16, 33, 160, 300};
     unsigned long long seed = 11;
     double worst = 0;
-    for (size_t a = 0; a < 6; a++)
-        for (size_t b = 0; b < 8; b++)
-            for (size_t c = 0; c < 5; c++)
+    for (size_t a = 0; a < sizeof ms / sizeof ms[0]; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+            for (size_t c = 0; c < sizeof kps / sizeof kps[0]; c++)
                 for (int beta1 = 0; beta1 < 2; beta1++) {
                     int64_t m = ms[a], n = ns[b], kp = kps[c];
                     ptrdiff_t ldb = 2 * n + 5, ldc = n + 2;
@@ -540,6 +543,18 @@ int main(void)
     test_pack_pairs(best);
     if (!mla_cpu()->avx512_bf16)
         printf("ok %d # SKIP this CPU has no AVX512_BF16 (vdpbf16ps)\n", ++tap_count);
+#ifdef MLA_ATTN_HAVE_AVX512
+    /* The AMX kernel itself, whichever the table holds (MLA_ATTN_KERNELS may leave it out). */
+    if (mla_cpu()->avx512_bf16 && mla_cpu()->amx_bf16 && mla__amx_request()) {
+        mla__attn_kernels amx = *best;
+        amx.name = "amx";
+        amx.gemm_bf16 = mla__gemm_bf16_amx;
+        test_gemm_bf16(&amx);
+    } else {
+        printf("ok %d # SKIP no AMX-BF16 tiles on this CPU (or not granted by the OS)\n",
+               ++tap_count);
+    }
+#endif
 #ifdef MLA_ATTN_HAVE_AVX512
     const mla_cpu_features *f = mla_cpu();
     if (f->avx512f && f->avx512bw && f->avx512vl && f->fma) {

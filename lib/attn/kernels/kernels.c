@@ -29,6 +29,11 @@ static void choose(void)
             avx512.gemm_bf16 = mla__gemm_bf16_avx512;
             avx512.pack_pairs = mla__pack_pairs_avx512;
             avx512.to_bf16 = mla__to_bf16_avx512;
+            /* AMX tiles for the bf16 products, where the CPU has them and Linux lends them. */
+            if (f->amx_bf16 && !(force && strcmp(force, "avx512") == 0) && mla__amx_request()) {
+                avx512.name = "avx512+bf16+amx";
+                avx512.gemm_bf16 = mla__gemm_bf16_amx;
+            }
         }
         best = &avx512;
     }

@@ -133,12 +133,18 @@ MLA_INTERNAL void mla__gemm_bf16_avx512(int64_t m, int64_t n, int64_t kp, const 
                                         ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
                                         ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc);
 MLA_INTERNAL void mla__to_bf16_avx512(const float *x, int64_t n, uint16_t *dst);
+/* amx.c: gemm_bf16 on AMX tiles (CPUs with AMX-BF16, after mla__amx_request granted them). */
+MLA_INTERNAL void mla__gemm_bf16_amx(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
+                                     ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
+                                     ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc);
+MLA_INTERNAL int mla__amx_request(void);
 MLA_INTERNAL void mla__pack_pairs_avx512(const mla__src *s, int64_t n, int64_t col0, int64_t w,
                                          uint16_t *dst, ptrdiff_t ldd, int64_t t);
 #endif
 
-/* The best kernels this CPU runs (chosen once). MLA_ATTN_KERNELS=portable in the environment
- * forces the portable ones (for comparisons in bench/). */
+/* The best kernels this CPU runs (chosen once). MLA_ATTN_KERNELS in the environment, for
+ * comparisons in bench/: "portable" forces the portable ones, "avx512" the AVX-512 ones without
+ * AMX. */
 MLA_INTERNAL const mla__attn_kernels *mla__attn_kernels_best(void);
 
 #endif /* MLA_ATTN_KERNELS_H */
