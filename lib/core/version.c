@@ -54,12 +54,12 @@ static void describe_build(void)
     snprintf(build_info, sizeof build_info,
              "libmla %s; BLAS: BLIS %s (%s, %s threading); LAPACK: LAPACKE; "
              "CPU: %d cores, avx2=%d fma=%d f16c=%d avx512f=%d avx512bw=%d avx512vl=%d "
-             "avx512_bf16=%d avx512_vnni=%d",
+             "avx512_bf16=%d avx512_vnni=%d amx_bf16=%d",
              MLA_VERSION_STRING, bli_info_get_version_str(), bli_arch_string(bli_arch_query_id()),
              bli_info_get_enable_openmp() ? "OpenMP"
              : bli_info_get_enable_pthreads() ? "pthreads" : "no",
              mla_cpu_count(), f->avx2, f->fma, f->f16c, f->avx512f, f->avx512bw, f->avx512vl,
-             f->avx512_bf16, f->avx512_vnni);
+             f->avx512_bf16, f->avx512_vnni, f->amx_bf16);
 }
 
 MLA_API const char *mla_build_info(void)
