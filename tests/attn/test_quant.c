@@ -36,14 +36,18 @@ static mla_status run_one(mla_layer *l, mla_dtype lat, mla_dtype rope, mla_attn_
     return st;
 }
 
-int main(void)
+/* Every format over one converted layer with d_kv latent values per KV head. */
+static void run_layer(int d_kv)
 {
+    printf("# d_kv %d\n", d_kv);
     src_layer src;
     src_init(&src, 64, 8, 2, 16, 1, 301);
-    mla_layer *l = convert(&src, 4, 8, MLA_FACTOR_JOINT);
-    CHECK(l != NULL, "conversion");
-    if (!l)
-        return tap_done();
+    mla_layer *l = convert(&src, 4, d_kv, MLA_FACTOR_JOINT);
+    CHECK(l != NULL, "conversion (d_kv %d)", d_kv);
+    if (!l) {
+        src_free(&src);
+        return;
+    }
     ref_mla m;
     ref_mla_init(&m, l);
     int d = 64, L = m.R, W = m.n_kv * m.r;
@@ -159,5 +163,13 @@ int main(void)
         seq_free(&f32[i]);
     mla_layer_destroy(l);
     src_free(&src);
+}
+
+int main(void)
+{
+    run_layer(8);
+    /* R = 32: 16 latent pairs and 32 value columns, products as large as the AMX kernel takes
+     * on tiles (a decode's 8 query rows, prefill's many), where the CPU has them. */
+    run_layer(16);
     return tap_done();
 }
