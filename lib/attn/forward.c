@@ -166,7 +166,9 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
         w.nvis = take(a, max_m, sizeof(int64_t));
         if (p->bf16) {
             size_t ra = (size_t)p->rows_abs;
-            w.qb = take(a, add(a, mul(a, ra, (size_t)(dm->lat_k + dm->r)), 2), sizeof(uint16_t));
+            /* q̃, the RoPE queries, and for many rows those block-diagonal (absorbed.c) */
+            w.qb = take(a, add(a, mul(a, ra, (size_t)(dm->lat_k + dm->r + dm->W)), 2),
+                        sizeof(uint16_t));
             /* P rounded (rows × tile), then for many rows its token pairs (absorbed.c) */
             w.pb = take(a, add(a, mul(a, ra, add(a, mul(a, 2, T), 2)), 2), sizeof(uint16_t));
             w.cv = take(a, add(a, mul(a, T + 2, (size_t)dm->lat_v), 2), sizeof(uint16_t));
