@@ -132,7 +132,7 @@ static void pack_queries(const float *src, int64_t ldq, int64_t rows, int64_t wi
  * out) as the B operand of one product with every KV head's RoPE keys: pair row j·r/2 + p holds
  * query row i's pair p where row i belongs to KV head j, zeros elsewhere. n_kv times the
  * multiplies of a product per head, in one call instead of one per head and query token with a
- * single column (Llama-2-7B: 32 heads of 2 pairs; measured, commit message).
+ * single column (Llama-2-7B: 32 heads of 2 pairs; doc/attention.md, "BF16 caches").
  */
 static void rope_block_diagonal(const mla__ctx *c, int64_t rows, const uint16_t *qra,
                                 uint16_t *qrd)
@@ -152,7 +152,7 @@ static void rope_block_diagonal(const mla__ctx *c, int64_t rows, const uint16_t 
 
 /*
  * The absorbed path over a BF16 cache: the same loop as the float32 ones, with both products
- * in bf16 (gemm_bf16: vdpbf16ps, twice the float32 FMA rate). The cached values are used as
+ * in bf16 (gemm_bf16: AMX tiles or vdpbf16ps, kernels.c). The cached values are used as
  * stored; the queries are rounded to bf16 once per job and the probabilities once per tile
  * (P·C_v pairs consecutive tokens: the tile's value latents are interleaved in token pairs by
  * pack_pairs, P is rounded into rows × tile). Accumulation stays float32, as does the softmax.
