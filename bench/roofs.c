@@ -90,6 +90,32 @@ static float *touched(int n_threads, size_t n)
     return x;
 }
 
+/* Seconds of one timed sum of x (n floats, `reps` times) on n_threads threads, each thread
+ * reading its own part between two barriers; before it, untimed, the threads read their parts
+ * of e (ne floats, none when ne is 0). */
+static double timed_sum(int n_threads, const float *x, size_t n, size_t reps, const float *e,
+                        size_t ne, volatile float *sink)
+{
+    double t = 0;
+    float total = 0;
+#pragma omp parallel num_threads(n_threads) reduction(+ : total)
+    {
+        size_t i0, i1;
+        my_blocks(ne / 64, &i0, &i1);
+        total += sum_blocks(e, i0, i1, 1);
+        my_blocks(n / 64, &i0, &i1);
+#pragma omp barrier
+#pragma omp master
+        t = roofs_now();
+        total += sum_blocks(x, i0, i1, reps);
+#pragma omp barrier
+#pragma omp master
+        t = roofs_now() - t;
+    }
+    *sink = total;
+    return t;
+}
+
 double roofs_read_gbps(int n_threads, size_t bytes)
 {
     size_t n = bytes / sizeof(float);
@@ -97,32 +123,16 @@ double roofs_read_gbps(int n_threads, size_t bytes)
     if (!x)
         return 0;
     /* Small buffers (in L2/L3) are read more often, at least 64 MiB in all. Each thread reads
-     * its own part `reps` times inside one parallel region, between two barriers: a fork and
-     * join a pass would cost more than a pass over a few hundred KiB. */
+     * its own part `reps` times inside one parallel region: a fork and join a pass would cost
+     * more than a pass over a few hundred KiB. */
     size_t reps = bytes < ((size_t)64 << 20) ? ((size_t)64 << 20) / (bytes ? bytes : 1) : 1;
     reps = reps > 4000 ? 4000 : reps;
     double best = 1e30;
     volatile float sink = 0;
     for (int trial = 0; trial < 5; trial++) { /* the best of 5 */
-        double t = 0;
-        float total = 0;
-#pragma omp parallel num_threads(n_threads) reduction(+ : total)
-        {
-            size_t i0, i1;
-            my_blocks(n / 64, &i0, &i1);
-#pragma omp barrier
-#pragma omp master
-            t = roofs_now();
-            total += sum_blocks(x, i0, i1, reps);
-#pragma omp barrier
-#pragma omp master
-            t = roofs_now() - t;
-        }
-        sink = total;
-        if (t < best)
-            best = t;
+        double t = timed_sum(n_threads, x, n, reps, x, 0, &sink);
+        best = t < best ? t : best;
     }
-    (void)sink;
     free(x);
     return (double)(n / 64 * 64 * sizeof(float)) * (double)reps / best * 1e-9;
 }
@@ -139,27 +149,9 @@ double roofs_read_after_gbps(int n_threads, size_t bytes, size_t other_bytes)
     double best = 1e30;
     volatile float sink = 0;
     for (int trial = 0; trial < 9; trial++) { /* the best of 9 single passes */
-        double t = 0;
-        float total = 0;
-#pragma omp parallel num_threads(n_threads) reduction(+ : total)
-        {
-            size_t i0, i1;
-            my_blocks(ne / 64, &i0, &i1);
-            total += sum_blocks(e, i0, i1, 1);
-            my_blocks(n / 64, &i0, &i1);
-#pragma omp barrier
-#pragma omp master
-            t = roofs_now();
-            total += sum_blocks(x, i0, i1, 1);
-#pragma omp barrier
-#pragma omp master
-            t = roofs_now() - t;
-        }
-        sink = total;
-        if (t < best)
-            best = t;
+        double t = timed_sum(n_threads, x, n, 1, e, ne, &sink);
+        best = t < best ? t : best;
     }
-    (void)sink;
     free(x);
     free(e);
     return (double)(n / 64 * 64 * sizeof(float)) / best * 1e-9;
