@@ -270,28 +270,45 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     int64_t W = c->fmt->rope_width, T = c->tile_tokens;
     float *ct = w->ct;           /* (lat_k + W) × T: latents, then RoPE keys, transposed */
     float *ctr = ct + (int64_t)c->lat_k * T;
+    /* F16 caches: the same columns as stored 16-bit values, converted by the products. */
+    uint16_t *ch = (uint16_t *)(void *)w->ct, *chr = ch + (int64_t)c->lat_k * T;
+    mla__src chs = {(const unsigned char *)ch, 2 * T, MLA_DTYPE_F16, NULL, 0, 1};
+    mla__src chrs = {(const unsigned char *)chr, 2 * T, MLA_DTYPE_F16, NULL, 0, 1};
     float *s = w->s;             /* rows × T: the scores of a query row contiguous */
     mla__rtile *rt = &w->rt;
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;
         mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
         visible_counts(rt->pos, n, b->p0, b->m, w->nvis);
+        /* Every segment of a tile has the storage of the format (or all are a float32 copy). */
+        int half = (c->nope == 0 || rt->seg[0].latent.t == MLA_DTYPE_F16) &&
+                   (c->r == 0 || rt->seg[0].rope.t == MLA_DTYPE_F16);
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
-            if (c->nope > 0)
+            if (c->nope > 0 && half)
+                k->load_t16(&g->latent, 0, g->n, 0, c->lat_k, ch + g->t, T);
+            else if (c->nope > 0)
                 k->load_t(&g->latent, 0, g->n, 0, c->lat_k, ct + g->t, T);
-            if (c->r > 0)
+            if (c->r > 0 && half)
+                k->load_t16(&g->rope, 0, g->n, 0, W, chr + g->t, T);
+            else if (c->r > 0)
                 k->load_t(&g->rope, 0, g->n, 0, W, ctr + g->t, T);
         }
-        if (c->nope > 0)
+        if (c->nope > 0 && half)
+            k->gemm_bc_src(rows, n, c->lat_k, c->qt + col0, 1, c->ldq, &chs, 0, 0, 0.0f, s, T);
+        else if (c->nope > 0)
             k->gemm_bc(rows, n, c->lat_k, c->qt + col0, 1, c->ldq, ct, T, 0.0f, s, T);
         if (c->r > 0)
             for (int64_t t = 0; t < b->m; t++)
                 for (int32_t j = 0; j < c->n_kv; j++) {
                     int64_t row = t * c->n_h + (int64_t)j * c->g;
-                    k->gemm_bc(c->g, n, c->r, c->qrt + col0 + row, 1, c->ldq,
-                               ctr + (int64_t)j * c->r * T, T, c->nope > 0 ? 1.0f : 0.0f,
-                               s + row * T, T);
+                    float beta = c->nope > 0 ? 1.0f : 0.0f;
+                    if (half)
+                        k->gemm_bc_src(c->g, n, c->r, c->qrt + col0 + row, 1, c->ldq, &chrs,
+                                       (int64_t)j * c->r, 0, beta, s + row * T, T);
+                    else
+                        k->gemm_bc(c->g, n, c->r, c->qrt + col0 + row, 1, c->ldq,
+                                   ctr + (int64_t)j * c->r * T, T, beta, s + row * T, T);
                 }
         k->softmax_step(rows, n, s, T, 1, w->nvis, c->n_h, job->mx, job->l, 1, job->o,
                         job->ldo, c->lat_v);

@@ -227,6 +227,37 @@ static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels
                     }
             CHECK(bad == 0, "%s load_t equals portable bit for bit (%s, group %d; %lld cases "
                   "differ)", v->name, src_names[d], (int)groups[gi], (long long)bad);
+            /* load_t16 (16-bit sources): the stored bits, transposed, against the rows read
+             * here; whole and partial 16 × 16 blocks, the cells around them left alone. */
+            if (gi == 0 && (src_types[d] == MLA_DTYPE_F16 || src_types[d] == MLA_DTYPE_BF16)) {
+                int64_t bad16 = 0, cases = 0;
+                for (int64_t n = 1; n <= 43; n += 7)
+                    for (int64_t kw = 1; kw <= 70; kw += 23)
+                        for (int64_t col0 = 0; col0 <= 9; col0 += 9)
+                            for (int impl = 0; impl < 2; impl++) {
+                                ptrdiff_t ldd = n + 3;
+                                size_t sz = (size_t)(kw * ldd);
+                                uint16_t *dt = malloc(sz * sizeof *dt);
+                                for (size_t i = 0; i < sz; i++)
+                                    dt[i] = 0xdead;
+                                (impl ? v : p)->load_t16(&ts.s, 2, n, col0, kw, dt, ldd);
+                                int64_t wrong = 0;
+                                for (int64_t kk = 0; kk < kw; kk++)
+                                    for (ptrdiff_t t = 0; t < ldd; t++) {
+                                        uint16_t want = 0xdead;
+                                        if (t < n)
+                                            memcpy(&want, ts.s.p + (2 + t) * ts.s.ld +
+                                                              2 * (col0 + kk), 2);
+                                        wrong += dt[kk * ldd + t] != want;
+                                    }
+                                bad16 += wrong != 0;
+                                cases++;
+                                free(dt);
+                            }
+                CHECK(bad16 == 0, "%s and portable load_t16 transpose %s rows bit for bit "
+                      "(%lld of %lld cases differ)", v->name, src_names[d], (long long)bad16,
+                      (long long)cases);
+            }
             double worst = 0;
             for (size_t a = 0; a < 4; a++)
                 for (size_t b = 0; b < 8; b++)

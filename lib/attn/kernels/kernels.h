@@ -36,6 +36,11 @@ typedef struct mla__src {
  * columns (the layout gemm_bc vectorizes along the tokens). */
 typedef void (*mla__load_t_fn)(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
                                int64_t kw, float *dst, ptrdiff_t ldd);
+/* The same transposition for F16 and BF16 sources without the conversion: dst[k·ldd + t] = the
+ * stored 16 bits of (t0 + t, col0 + k). Half the bytes and shuffles of load_t; gemm_bc_src over
+ * the result (an F16 source of rows k, row stride 2·ldd bytes) converts as it multiplies. */
+typedef void (*mla__load_t16_fn)(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
+                                 int64_t kw, uint16_t *dst, ptrdiff_t ldd);
 /* gemm_bc with B read from a source: B(k, j) = element (t0 + k, col0 + j). */
 typedef void (*mla__gemm_bc_src_fn)(int64_t m, int64_t n, int64_t k, const float *a,
                                     ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
@@ -111,6 +116,7 @@ typedef struct mla__attn_kernels {
     mla__gemm_dot_fn gemm_dot;
     mla__softmax_step_fn softmax_step;
     mla__load_t_fn load_t;
+    mla__load_t16_fn load_t16;
     mla__gemm_bc_src_fn gemm_bc_src;
     mla__gemm_dot_src_fn gemm_dot_src;
     mla__gemm_bc_asrc_fn gemm_bc_asrc;

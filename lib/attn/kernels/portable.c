@@ -94,6 +94,16 @@ static void load_t(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64
             dst[k * ldd + t] = mla__src_get(s, t0 + t, col0 + k);
 }
 
+static void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
+                     uint16_t *dst, ptrdiff_t ldd)
+{
+    for (int64_t t = 0; t < n; t++) {
+        const unsigned char *row = s->p + (t0 + t) * s->ld + 2 * col0;
+        for (int64_t k = 0; k < kw; k++)
+            memcpy(dst + k * ldd + t, row + 2 * k, 2);
+    }
+}
+
 static void gemm_bc_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
                         ptrdiff_t csa, const mla__src *b, int64_t t0, int64_t col0, float beta,
                         float *c, ptrdiff_t ldc)
@@ -194,6 +204,6 @@ static void to_bf16(const float *x, int64_t n, uint16_t *dst)
 }
 
 const mla__attn_kernels mla__attn_kernels_portable = {
-    "portable", gemm_bc, gemm_dot, softmax_step, load_t, gemm_bc_src, gemm_dot_src,
+    "portable", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
     gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16,
 };
