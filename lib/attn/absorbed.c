@@ -258,7 +258,7 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     const mla__qblock *b = &c->blocks[job->block];
     const mla__attn_kernels *k = c->k;
     int64_t rows = b->m * c->n_h;
-    if (c->bf16) {
+    if (c->bf16 && (mla__absorbed_rows_wide(rows) || c->lat_k >= k->bf16_few_rows_min_k)) {
         job_bf16(c, job, w);
         return;
     }
@@ -281,8 +281,11 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
         mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
         visible_counts(rt->pos, n, b->p0, b->m, w->nvis);
         /* Every segment of a tile has the storage of the format (or all are a float32 copy). */
-        int half = (c->nope == 0 || rt->seg[0].latent.t == MLA_DTYPE_F16) &&
-                   (c->r == 0 || rt->seg[0].rope.t == MLA_DTYPE_F16);
+        mla_dtype ht = c->nope > 0 ? rt->seg[0].latent.t : rt->seg[0].rope.t;
+        int half = (ht == MLA_DTYPE_F16 || ht == MLA_DTYPE_BF16) &&
+                   (c->nope == 0 || rt->seg[0].latent.t == ht) &&
+                   (c->r == 0 || rt->seg[0].rope.t == ht);
+        chs.t = chrs.t = ht;
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
             if (c->nope > 0 && half)
@@ -312,6 +315,11 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
                 }
         k->softmax_step(rows, n, s, T, 1, w->nvis, c->n_h, job->mx, job->l, 1, job->o,
                         job->ldo, c->lat_v);
+        /* Over a BF16 cache, the probabilities job_bf16 would multiply (the queries were
+         * rounded in forward.c): the same products, in another order. */
+        if (c->bf16)
+            for (int64_t i = 0; i < rows; i++)
+                k->round_bf16(s + i * T, n);
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
             k->gemm_bc_src(rows, c->lat_v, g->n, s + g->t, T, 1, &g->latent, 0, c->off_v, 1.0f,

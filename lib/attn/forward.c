@@ -473,6 +473,9 @@ static void prepare_queries(const struct mla_layer *ly, const dims *dm, const pl
         for (int64_t h = 0; h < dm->n_h; h++)
             for (int64_t i = 0; i < dm->r; i++)
                 p->qrt[i * ldq + t * dm->n_h + h] = p->q[t * qw + h * dm->r + i] * scale;
+    /* bf16 products (p->bf16): every path multiplies the queries rounded to bf16 (absorbed.c) */
+    if (p->bf16)
+        k->round_bf16(p->qrt, dm->r * ldq);
     if (dm->nope == 0)
         return;
     /* q̃_h = W_uk^{(j)ᵀ} q_nope_h for every token at once, written transposed. */
@@ -489,16 +492,19 @@ static void prepare_queries(const struct mla_layer *ly, const dims *dm, const pl
                 for (int64_t i = 0; i < dm->lat_k; i++)
                     p->qt[i * ldq + t * dm->n_h + h] = row[t * dm->lat_k + i] * scale;
         }
-        return;
+    } else {
+        nt = threads_for(nt, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k);
+        for (int64_t h = 0; h < dm->n_h; h++) {
+            int64_t j = h / dm->g;
+            mla__sgemm(nt, dm->lat_k, n, dm->nope, ly->wuk + j * dm->nope * dm->lat_k, 1,
+                       dm->lat_k, p->q + dm->n_h * dm->r + h * dm->nope, 1, qw, 0.0f, p->qt + h,
+                       ldq, dm->n_h);
+        }
+        for (int64_t i = 0; i < dm->lat_k * ldq; i++)
+            p->qt[i] *= scale;
     }
-    nt = threads_for(nt, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k);
-    for (int64_t h = 0; h < dm->n_h; h++) {
-        int64_t j = h / dm->g;
-        mla__sgemm(nt, dm->lat_k, n, dm->nope, ly->wuk + j * dm->nope * dm->lat_k, 1, dm->lat_k,
-                   p->q + dm->n_h * dm->r + h * dm->nope, 1, qw, 0.0f, p->qt + h, ldq, dm->n_h);
-    }
-    for (int64_t i = 0; i < dm->lat_k * ldq; i++)
-        p->qt[i] *= scale;
+    if (p->bf16)
+        k->round_bf16(p->qt, dm->lat_k * ldq);
 }
 
 static void run_jobs(mla_attn *attn, const mla__ctx *ctx, const plan *p, int nt)

@@ -77,6 +77,51 @@ static void prefetch_env(const char *value, int want)
     mla_attn_destroy(a);
 }
 
+/*
+ * Over a BF16 cache with few query rows, the float32 path (16-bit transposed tile, FMAs) must
+ * multiply exactly the operands job_bf16 multiplies (bf16-rounded queries and probabilities):
+ * the kernel table's bf16_few_rows_min_k picks the path, so the test sets it both ways in turn
+ * and compares prefill-and-decode outputs. Only the summation order may differ; a path that
+ * skipped either rounding differs by ~1e-3 here (bf16's unit roundoff 3.9e-3).
+ */
+static void bf16_paths_agree(void)
+{
+    src_layer src;
+    src_init(&src, 64, 8, 2, 16, 1, 301);
+    mla_layer *l = convert(&src, 4, 8, MLA_FACTOR_JOINT);
+    mla__attn_kernels *k = (mla__attn_kernels *)mla__attn_kernels_best();
+    int64_t saved = k->bf16_few_rows_min_k;
+    seqdata s[2][2];
+    mla_status st[2] = {MLA_ERR_INTERNAL, MLA_ERR_INTERNAL};
+    for (int v = 0; v < 2; v++) {
+        seq_init(&s[v][0], 0, 150, 120, 64, 0, 1);
+        seq_init(&s[v][1], 1, 40, 10, 64, 0, 2);
+        k->bf16_few_rows_min_k = v == 0 ? 0 : INT64_MAX;
+        mla_cache *c = l ? make_cache(&l, 1, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 1024, 16) : NULL;
+        mla_attn *a = make_attn(2, MLA_ATTN_PATH_AUTO);
+        if (c && a)
+            st[v] = run_seqs(a, l, c, 0, s[v], 2, 64);
+        mla_attn_destroy(a);
+        mla_cache_destroy(c);
+    }
+    k->bf16_few_rows_min_k = saved;
+    double worst = 0;
+    for (int i = 0; i < 2; i++)
+        for (int q = 0; q < s[0][i].n * 64; q++) {
+            double e = fabs((double)s[0][i].out[q] - s[1][i].out[q]) /
+                       (fabs((double)s[0][i].out[q]) + 1e-2);
+            worst = e > worst || e != e ? e : worst;
+        }
+    CHECK(l && st[0] == MLA_OK && st[1] == MLA_OK && worst < 2e-5,
+          "BF16 cache, few query rows: the float32 path equals the bf16 products "
+          "(max relative difference %.2e)", worst);
+    for (int v = 0; v < 2; v++)
+        for (int i = 0; i < 2; i++)
+            seq_free(&s[v][i]);
+    mla_layer_destroy(l);
+    src_free(&src);
+}
+
 int main(void)
 {
     src_layer src;
@@ -148,6 +193,8 @@ int main(void)
     prefetch_env("0", 0);
     prefetch_env("1", 1);
     unsetenv("MLA_ATTN_STREAM_PREFETCH");
+
+    bf16_paths_agree();
 
     free(x);
     free(o1);

@@ -506,6 +506,41 @@ static void test_to_bf16(const mla__attn_kernels *v)
           bad);
 }
 
+/* round_bf16 against the same definition, in place, on the same kinds of values (subnormals
+ * included: the float32 rounding is exact for them). */
+static void test_round_bf16(const mla__attn_kernels *v)
+{
+    unsigned long long seed = 19;
+    int bad = 0;
+    for (int64_t n = 0; n < 70; n += 7) {
+        float *x = malloc((size_t)(n + 1) * sizeof *x);
+        uint32_t *want = malloc((size_t)(n + 1) * sizeof *want);
+        for (int64_t i = 0; i <= n; i++) {
+            float f = (float)(tap_rand(&seed) * ldexp(1.0, (int)(i % 40) - 20));
+            uint32_t b;
+            memcpy(&b, &f, sizeof b);
+            if (i % 3 == 0)
+                b = (b & 0xffff0000u) | 0x8000u; /* a tie */
+            if (i % 3 == 1)
+                b |= 0x00018000u; /* a tie with the lowest kept bit set: rounds up */
+            if (i == 5)
+                b = 0x00000123u; /* subnormal */
+            memcpy(&x[i], &b, sizeof b);
+            want[i] = i < n ? (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u : b;
+        }
+        v->round_bf16(x, n);
+        for (int64_t i = 0; i <= n; i++) {
+            uint32_t b;
+            memcpy(&b, &x[i], sizeof b);
+            bad += b != want[i];
+        }
+        free(x);
+        free(want);
+    }
+    CHECK(bad == 0, "%s round_bf16 rounds to nearest even in place, n values only (%d wrong)",
+          v->name, bad);
+}
+
 /* c = a·B + beta·c for one row a, against float64: both layouts of B, thread counts that split
  * the rows unevenly (and more threads than row ranges), beta 0 over NaN (overwritten) and 0.5. */
 static void test_sgemm_one_row(void)
@@ -568,6 +603,8 @@ int main(void)
     test_pack_pairs(p);
     test_to_bf16(p);
     test_to_bf16(best);
+    test_round_bf16(p);
+    test_round_bf16(best);
     CHECK(best->gemm_bf16 && best->pack_pairs && best->to_bf16, "BF16 kernels chosen (%s)",
           best->name);
     test_gemm_bf16(best);
@@ -575,6 +612,20 @@ int main(void)
     if (!mla_cpu()->avx512_bf16)
         printf("ok %d # SKIP this CPU has no AVX512_BF16 (vdpbf16ps)\n", ++tap_count);
 #ifdef MLA_ATTN_HAVE_AVX512
+    /* The FMA and vdpbf16ps kernels themselves, whichever the table holds (kernels.c picks by
+     * CPU, and the AMX kernel falls back to the FMA one). */
+    if (mla_cpu()->avx512f && mla_cpu()->avx512bw && mla_cpu()->avx512vl) {
+        mla__attn_kernels fma = *best;
+        fma.name = "fma";
+        fma.gemm_bf16 = mla__gemm_bf16_fma;
+        test_gemm_bf16(&fma);
+    }
+    if (mla_cpu()->avx512_bf16) {
+        mla__attn_kernels dp = *best;
+        dp.name = "vdpbf16ps";
+        dp.gemm_bf16 = mla__gemm_bf16_avx512;
+        test_gemm_bf16(&dp);
+    }
     /* The AMX kernel itself, whichever the table holds (MLA_ATTN_KERNELS may leave it out). */
     if (mla_cpu()->avx512_bf16 && mla_cpu()->amx_bf16 && mla__amx_request()) {
         mla__attn_kernels amx = *best;

@@ -154,11 +154,11 @@ TGT void mla__gemm_bf16_amx(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
                             ptrdiff_t csa, const uint16_t *b, ptrdiff_t ldb, float beta,
                             float *c, ptrdiff_t ldc)
 {
-    /* Products that would leave most of the tiles empty: the vdpbf16ps kernel (RoPE keys, r/2
-     * pairs; SmolLM-135M d_kv 8, 12 latent pairs and 24 value columns, measured 1.3 times
-     * slower on tiles). */
+    /* Products that would leave most of the tiles empty: float32 FMAs, which AMX parts issue
+     * at twice vdpbf16ps's multiply rate (RoPE keys, r/2 pairs; SmolLM-135M d_kv 8, 12 latent
+     * pairs and 24 value columns, measured 1.3 times slower on tiles than vdpbf16ps). */
     if (m < 8 || n < 32 || kp < 16) {
-        mla__gemm_bf16_avx512(m, n, kp, a, rsa, csa, b, ldb, beta, c, ldc);
+        mla__gemm_bf16_fma(m, n, kp, a, rsa, csa, b, ldb, beta, c, ldc);
         return;
     }
     _Alignas(64) tile_config cfg;

@@ -1,5 +1,6 @@
 /* Run-time kernel selection: once, from the detected CPU features. */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,18 +22,31 @@ static void choose(void)
     const mla_cpu_features *f = mla_cpu();
     if (f->avx512f && f->avx512bw && f->avx512vl && f->fma) {
         avx512 = mla__attn_kernels_avx512;
-        avx512.gemm_bf16 = mla__attn_kernels_portable.gemm_bf16;
+        /* bf16 pairs on float32 FMAs, and the few-rows absorbed path over BF16 caches in
+         * float32 (bf16_few_rows_min_k): no bf16 multiply is faster here. */
+        avx512.gemm_bf16 = mla__gemm_bf16_fma;
         avx512.pack_pairs = mla__attn_kernels_portable.pack_pairs;
         avx512.to_bf16 = mla__attn_kernels_portable.to_bf16;
+        avx512.bf16_few_rows_min_k = INT64_MAX;
         if (f->avx512_bf16) {
             avx512.name = "avx512+bf16";
-            avx512.gemm_bf16 = mla__gemm_bf16_avx512;
             avx512.pack_pairs = mla__pack_pairs_avx512;
             avx512.to_bf16 = mla__to_bf16_avx512;
-            /* AMX tiles for the bf16 products, where the CPU has them and Linux lends them. */
+            /* vdpbf16ps on AMD, where the bf16 products measured faster than float32 ones
+             * (Zen 4, doc/attention.md). The Intel Xeon measured here issues one every 1.7
+             * TSC ticks against an FMA every 0.42 (12-24 independent chains): half the
+             * multiplies of the FMA kernel. */
+            if (f->amd) {
+                avx512.gemm_bf16 = mla__gemm_bf16_avx512;
+                avx512.bf16_few_rows_min_k = 0;
+            }
+            /* AMX tiles for the bf16 products, where the CPU has them and Linux lends them;
+             * they pay on few query rows from 64 latent columns (SmolLM-135M: 96 columns
+             * 0.47 against 0.60 ms in float32, 48 columns 0.43 against 0.36 ms). */
             if (f->amx_bf16 && !(force && strcmp(force, "avx512") == 0) && mla__amx_request()) {
                 avx512.name = "avx512+bf16+amx";
                 avx512.gemm_bf16 = mla__gemm_bf16_amx;
+                avx512.bf16_few_rows_min_k = 64;
             }
         }
         best = &avx512;

@@ -109,6 +109,9 @@ typedef void (*mla__pack_pairs_fn)(const mla__src *s, int64_t n, int64_t col0, i
  * variant (vcvtneps2bf16) treats float32 subnormals as zero: they differ from the portable
  * result only below 2⁻¹²⁶ (probabilities that small add nothing to a float32 sum of ones). */
 typedef void (*mla__to_bf16_fn)(const float *x, int64_t n, uint16_t *dst);
+/* x[i] = x[i] rounded to bf16 precision (nearest, ties to even; still float32) for finite x,
+ * i < n: the float32 products over a BF16 cache take the operands the bf16 ones would. */
+typedef void (*mla__round_bf16_fn)(float *x, int64_t n);
 
 typedef struct mla__attn_kernels {
     const char *name;
@@ -125,6 +128,14 @@ typedef struct mla__attn_kernels {
     mla__gemm_bf16_fn gemm_bf16;
     mla__pack_pairs_fn pack_pairs;
     mla__to_bf16_fn to_bf16;
+    mla__round_bf16_fn round_bf16;
+    /*
+     * The latent width (lat_k) from which the absorbed path with few query rows over a BF16
+     * cache multiplies with gemm_bf16; below it, float32 FMAs over a 16-bit transposed tile
+     * with the same bf16-rounded queries and probabilities are faster (absorbed.c). Set by
+     * kernels.c from the gemm_bf16 it chose.
+     */
+    int64_t bf16_few_rows_min_k;
 } mla__attn_kernels;
 
 /* Element (t, k) of a source (the portable conversion every kernel must reproduce exactly). */
@@ -139,6 +150,11 @@ MLA_INTERNAL void mla__gemm_bf16_avx512(int64_t m, int64_t n, int64_t kp, const 
                                         ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
                                         ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc);
 MLA_INTERNAL void mla__to_bf16_avx512(const float *x, int64_t n, uint16_t *dst);
+/* avx512.c: gemm_bf16 on float32 FMAs (AVX-512F/BW only; faster than vdpbf16ps where that
+ * issues at half the FMA rate, kernels.c). */
+MLA_INTERNAL void mla__gemm_bf16_fma(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
+                                     ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
+                                     ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc);
 /* amx.c: gemm_bf16 on AMX tiles (CPUs with AMX-BF16, after mla__amx_request granted them). */
 MLA_INTERNAL void mla__gemm_bf16_amx(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
                                      ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,

@@ -203,7 +203,14 @@ static void to_bf16(const float *x, int64_t n, uint16_t *dst)
         dst[i] = mla_f32_to_bf16(x[i]);
 }
 
+static void round_bf16(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = mla_bf16_to_f32(mla_f32_to_bf16(x[i]));
+}
+
 const mla__attn_kernels mla__attn_kernels_portable = {
     "portable", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
-    gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16,
+    gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16, round_bf16,
+    0, /* the oracle keeps the bf16 products everywhere (tests: attn/quant-portable) */
 };
