@@ -421,11 +421,12 @@ static TGT void load_t(const mla__src *s, int64_t t0, int64_t n, int64_t col0, i
 }
 
 /*
- * 16 rows × 16 columns of 16-bit values transposed in 32 shuffles (load_t's float32 transpose
- * takes 64): z[i] holds rows i and i + 8 in its 256-bit halves; three rounds of unpacks within
- * 128-bit lanes gather 4 rows of a column in a quadword; one two-source quadword permute then
- * puts column c (all 16 rows) in the low half of d[c] and column c + 8 in the high half. Rows
- * past nt are zeros, columns outside mk are not read. p: row 0, column 0; ld in bytes.
+ * 16 rows × 16 columns of 16-bit values transposed in 24 shuffles and 8 inserts (load_t's
+ * float32 transpose takes 64 shuffles): z[i] holds rows i and i + 8 in its 256-bit halves;
+ * two rounds of unpacks within 128-bit lanes gather 4 rows of a column in a quadword; one
+ * two-source quadword permute then puts column c (all 16 rows) in the low half of d[c] and
+ * column c + 8 in the high half. Rows past nt are zeros, columns outside mk are not read.
+ * p: row 0, column 0; ld in bytes.
  */
 INL void transpose16_w(const int full, const unsigned char *p, ptrdiff_t ld, int64_t nt,
                        __mmask16 mk, __m512i d[8])
@@ -628,8 +629,8 @@ INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const flo
     else if (n <= 48)
         bcs_panel(dt, 9, 3, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
     else if (m == 9 && dt != DT_F32)
-        /* SmolLM-135M's 9 heads against a transposed F16 tile (absorbed.c): one block of rows,
-         * so each B vector is converted once. */
+        /* SmolLM-135M's 9 heads against a transposed 16-bit tile (absorbed.c): one block of
+         * rows, so each B vector is converted once. */
         bcs_panel(dt, 9, 2, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
     else if (m <= 4) {
         /* A GQA group's 1-4 query rows (the MHA baseline's value product), their count a
