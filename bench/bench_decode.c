@@ -10,7 +10,8 @@
  * length (for profiling one case), --mha only the MHA baseline, --mla only the MLA layers, --dkv
  * one MLA d_kv; --dtype the cache's storage type for latent and RoPE part, MHA and MLA alike
  * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); --reps the
- * decodes per figure (default 9; many, for `perf record` of one case); --rounds the passes over
+ * decodes per figure (default 9, or as many as fit in 50 ms up to 400 for short decodes; many,
+ * for `perf record` of one case); --rounds the passes over
  * the whole table, each figure from the pass in which it was fastest (the machine is shared: its
  * speed drifts by tens of percent between passes, and other processes only ever add time), with
  * the fixed cost and the roofs measured next to it in that pass.
@@ -255,6 +256,9 @@ static mla_attn *attn_new(int threads, mla_attn_path path)
  * a machine whose speed drifts (measured one after the other, a 2× drift between them made
  * "attn" negative or several times the roof).
  */
+#define PAIR_BUDGET_S 0.05
+#define PAIR_MAX 400
+
 static void decode_pair(mla_layer *l, int d, int64_t ctx, int threads, int reps, double *fixed,
                         double *t)
 {
@@ -267,8 +271,15 @@ static void decode_pair(mla_layer *l, int d, int64_t ctx, int threads, int reps,
     for (int r = 0; r <= reps; r++) {
         double f = forward_once(a, l, c16, x, 1, &seq, &p16, out, 16);
         double v = forward_once(a, l, c, x, 1, &seq, &pctx, out, ctx);
-        if (r == 0)
-            continue; /* the first pair warms up scratch memory and threads */
+        if (r == 0) {
+            /* The first pair warms up scratch memory and threads. Without --reps, short
+             * decodes get as many pairs as fit in PAIR_BUDGET_S: the fastest of 9 decodes of
+             * 0.15 ms moved by tens of percent between runs on a shared machine. */
+            if (reps_opt <= 0 && f + v > 0 && reps < PAIR_BUDGET_S / (f + v))
+                reps = PAIR_BUDGET_S / (f + v) < PAIR_MAX ? (int)(PAIR_BUDGET_S / (f + v))
+                                                           : PAIR_MAX;
+            continue;
+        }
         *fixed = fmin(*fixed, f);
         *t = fmin(*t, v);
     }
