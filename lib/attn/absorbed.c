@@ -270,7 +270,7 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     int64_t W = c->fmt->rope_width, T = c->tile_tokens;
     float *ct = w->ct;           /* (lat_k + W) × T: latents, then RoPE keys, transposed */
     float *ctr = ct + (int64_t)c->lat_k * T;
-    /* F16 caches: the same columns as stored 16-bit values, converted by the products. */
+    /* F16 and BF16 caches: the same columns as stored 16-bit values, converted by the products. */
     uint16_t *ch = (uint16_t *)(void *)w->ct, *chr = ch + (int64_t)c->lat_k * T;
     mla__src chs = {(const unsigned char *)ch, 2 * T, MLA_DTYPE_F16, NULL, 0, 1};
     mla__src chrs = {(const unsigned char *)chr, 2 * T, MLA_DTYPE_F16, NULL, 0, 1};
