@@ -470,6 +470,22 @@ static void test_pack_pairs(const mla__attn_kernels *v)
           "(%d wrong)", v->name, bad);
 }
 
+/* The float32 bits of test value i for the bf16 roundings: magnitudes over 40 binades, exact
+ * ties with the lowest kept bit clear and set, one subnormal. */
+static uint32_t rounding_case(int64_t i, unsigned long long *seed)
+{
+    float f = (float)(tap_rand(seed) * ldexp(1.0, (int)(i % 40) - 20));
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    if (i % 3 == 0)
+        b = (b & 0xffff0000u) | 0x8000u; /* a tie */
+    if (i % 3 == 1)
+        b = (b & 0xffff0000u) | 0x00018000u; /* a tie with the lowest kept bit set: rounds up */
+    if (i == 5)
+        b = 0x00000123u; /* subnormal */
+    return b;
+}
+
 /* to_bf16 against the definition (nearest, ties to even), on values with every low half
  * pattern including exact ties, odd lengths; subnormals may be flushed to zero (kernels.h). */
 static void test_to_bf16(const mla__attn_kernels *v)
@@ -480,13 +496,7 @@ static void test_to_bf16(const mla__attn_kernels *v)
         float *x = malloc((size_t)(n + 1) * sizeof *x);
         uint16_t *d = malloc((size_t)(n + 2) * sizeof *d);
         for (int64_t i = 0; i < n; i++) {
-            float f = (float)(tap_rand(&seed) * ldexp(1.0, (int)(i % 40) - 20));
-            uint32_t b;
-            memcpy(&b, &f, sizeof b);
-            if (i % 3 == 0)
-                b = (b & 0xffff0000u) | 0x8000u; /* a tie */
-            if (i == 5)
-                b = 0x00000123u; /* subnormal */
+            uint32_t b = rounding_case(i, &seed);
             memcpy(&x[i], &b, sizeof b);
         }
         d[n] = 0xbeef;
@@ -516,15 +526,7 @@ static void test_round_bf16(const mla__attn_kernels *v)
         float *x = malloc((size_t)(n + 1) * sizeof *x);
         uint32_t *want = malloc((size_t)(n + 1) * sizeof *want);
         for (int64_t i = 0; i <= n; i++) {
-            float f = (float)(tap_rand(&seed) * ldexp(1.0, (int)(i % 40) - 20));
-            uint32_t b;
-            memcpy(&b, &f, sizeof b);
-            if (i % 3 == 0)
-                b = (b & 0xffff0000u) | 0x8000u; /* a tie */
-            if (i % 3 == 1)
-                b |= 0x00018000u; /* a tie with the lowest kept bit set: rounds up */
-            if (i == 5)
-                b = 0x00000123u; /* subnormal */
+            uint32_t b = rounding_case(i, &seed);
             memcpy(&x[i], &b, sizeof b);
             want[i] = i < n ? (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u : b;
         }
