@@ -80,8 +80,8 @@ static void prefetch_env(const char *value, int want)
 /*
  * Over a BF16 cache with few query rows, the float32 path (16-bit transposed tile, FMAs) must
  * multiply exactly the operands job_bf16 multiplies (bf16-rounded queries and probabilities):
- * the kernel table's bf16_few_rows_min_k picks the path, so the test sets it both ways in turn
- * and compares prefill-and-decode outputs. Only the summation order may differ; a path that
+ * the kernel table's bf16_few_rows_min_k picks the path, so the test gives a handle a copy of
+ * the table set each way in turn and compares prefill-and-decode outputs. Only the summation order may differ; a path that
  * skipped either rounding differs by ~1e-3 here (bf16's unit roundoff 3.9e-3).
  */
 static void bf16_paths_agree(void)
@@ -89,22 +89,23 @@ static void bf16_paths_agree(void)
     src_layer src;
     src_init(&src, 64, 8, 2, 16, 1, 301);
     mla_layer *l = convert(&src, 4, 8, MLA_FACTOR_JOINT);
-    mla__attn_kernels *k = (mla__attn_kernels *)mla__attn_kernels_best();
-    int64_t saved = k->bf16_few_rows_min_k;
+    /* A handle's own copy of the table: the chosen one may be read-only (the portable). */
+    mla__attn_kernels kc = *mla__attn_kernels_best();
     seqdata s[2][2];
     mla_status st[2] = {MLA_ERR_INTERNAL, MLA_ERR_INTERNAL};
     for (int v = 0; v < 2; v++) {
         seq_init(&s[v][0], 0, 150, 120, 64, 0, 1);
         seq_init(&s[v][1], 1, 40, 10, 64, 0, 2);
-        k->bf16_few_rows_min_k = v == 0 ? 0 : INT64_MAX;
+        kc.bf16_few_rows_min_k = v == 0 ? 0 : INT64_MAX;
         mla_cache *c = l ? make_cache(&l, 1, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 1024, 16) : NULL;
         mla_attn *a = make_attn(2, MLA_ATTN_PATH_AUTO);
+        if (a)
+            a->k = &kc;
         if (c && a)
             st[v] = run_seqs(a, l, c, 0, s[v], 2, 64);
         mla_attn_destroy(a);
         mla_cache_destroy(c);
     }
-    k->bf16_few_rows_min_k = saved;
     double worst = 0;
     for (int i = 0; i < 2; i++)
         for (int q = 0; q < s[0][i].n * 64; q++) {
