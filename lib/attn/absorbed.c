@@ -272,32 +272,27 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     float *ctr = ct + (int64_t)c->lat_k * T;
     /* F16 and BF16 caches: the same columns as stored 16-bit values, converted by the products. */
     uint16_t *ch = (uint16_t *)(void *)w->ct, *chr = ch + (int64_t)c->lat_k * T;
-    mla__src chs = {(const unsigned char *)ch, 2 * T, MLA_DTYPE_F16, NULL, 0, 1};
-    mla__src chrs = {(const unsigned char *)chr, 2 * T, MLA_DTYPE_F16, NULL, 0, 1};
+    mla__src chs = {(const unsigned char *)ch, 2 * T, c->fmt->latent_dtype, NULL, 0, 1};
+    mla__src chrs = chs;
+    chrs.p = (const unsigned char *)chr;
     float *s = w->s;             /* rows × T: the scores of a query row contiguous */
     mla__rtile *rt = &w->rt;
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;
         mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
         visible_counts(rt->pos, n, b->p0, b->m, w->nvis);
-        /* Every segment of a tile has the storage of the format (or all are a float32 copy). */
-        mla_dtype ht = c->nope > 0 ? rt->seg[0].latent.t : rt->seg[0].rope.t;
-        int half = (ht == MLA_DTYPE_F16 || ht == MLA_DTYPE_BF16) &&
-                   (c->nope == 0 || rt->seg[0].latent.t == ht) &&
-                   (c->r == 0 || rt->seg[0].rope.t == ht);
-        chs.t = chrs.t = ht;
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
-            if (c->nope > 0 && half)
+            if (c->nope > 0 && c->keys16)
                 k->load_t16(&g->latent, 0, g->n, 0, c->lat_k, ch + g->t, T);
             else if (c->nope > 0)
                 k->load_t(&g->latent, 0, g->n, 0, c->lat_k, ct + g->t, T);
-            if (c->r > 0 && half)
+            if (c->r > 0 && c->keys16)
                 k->load_t16(&g->rope, 0, g->n, 0, W, chr + g->t, T);
             else if (c->r > 0)
                 k->load_t(&g->rope, 0, g->n, 0, W, ctr + g->t, T);
         }
-        if (c->nope > 0 && half)
+        if (c->nope > 0 && c->keys16)
             k->gemm_bc_src(rows, n, c->lat_k, c->qt + col0, 1, c->ldq, &chs, 0, 0, 0.0f, s, T);
         else if (c->nope > 0)
             k->gemm_bc(rows, n, c->lat_k, c->qt + col0, 1, c->ldq, ct, T, 0.0f, s, T);
@@ -306,7 +301,7 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
                 for (int32_t j = 0; j < c->n_kv; j++) {
                     int64_t row = t * c->n_h + (int64_t)j * c->g;
                     float beta = c->nope > 0 ? 1.0f : 0.0f;
-                    if (half)
+                    if (c->keys16)
                         k->gemm_bc_src(c->g, n, c->r, c->qrt + col0 + row, 1, c->ldq, &chrs,
                                        (int64_t)j * c->r, 0, beta, s + row * T, T);
                     else

@@ -906,6 +906,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         .tile_tokens = p.tile, .stream_bytes = attn->stream_bytes,
         .stream_prefetch = attn->stream_prefetch, .qg = p.qg, .qt = p.qt,
         .qrt = p.qrt, .ldq = n_tokens * dm.n_h, .blocks = p.blocks, .bf16 = p.bf16,
+        .keys16 = keys16,
     };
     run_jobs(attn, &ctx, &p, nt);
     finish_rows(layer, &dm, &p);

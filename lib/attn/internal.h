@@ -157,6 +157,8 @@ typedef struct mla__ctx {
     int64_t ldq;
     const mla__qblock *blocks;
     int bf16;                    /* absorbed products in bf16 (mla__absorbed_bf16) */
+    int keys16;                  /* latent and RoPE keys stored as one 16-bit type (F16 or
+                                  * BF16): few-rows tiles transposed by load_t16 */
 } mla__ctx;
 
 /* 1 when an absorbed block of `rows` query rows (tokens × heads) uses the rows as the vector

@@ -59,7 +59,7 @@ typedef struct mla_cpu_features {
     int avx512_bf16;
     int avx512_vnni;
     int amx_bf16;        /* AMX-TILE and AMX-BF16, tile state saved by the OS (XCR0) */
-    int amd;             /* vendor AuthenticAMD: a tuning choice (materialized.c), not an ISA */
+    int amd;             /* vendor AuthenticAMD: tuning choices (materialized.c, kernels.c) */
 } mla_cpu_features;
 
 MLA_INTERNAL const mla_cpu_features *mla_cpu(void);
