@@ -1,8 +1,9 @@
 /*
  * The handle's internals (links the static library): the scratch a forward reserves depends on
  * the work, not on n_threads alone (small work carves one per-thread area), a parallel run of
- * enough work gives the serial result, and MLA_ATTN_STREAM_BYTES is read only when it is a whole
- * non-negative integer.
+ * enough work gives the serial result, MLA_ATTN_STREAM_BYTES and MLA_ATTN_STREAM_PREFETCH are
+ * read only when they are whole non-negative integers, and over a BF16 cache the few-rows
+ * float32 loop multiplies what the bf16 products do (the kernel table's threshold both ways).
  */
 #include <stdlib.h>
 
