@@ -15,17 +15,6 @@
 
 #include "attn/internal.h"
 
-/* nvis[t]: tokens of the tile (positions ascending) at or before query position p0 + t. */
-static void visible_counts(const int64_t *pos, int64_t n, int64_t p0, int64_t m, int64_t *nvis)
-{
-    int64_t v = 0;
-    for (int64_t t = 0; t < m; t++) {
-        while (v < n && pos[v] <= p0 + t)
-            v++;
-        nvis[t] = v;
-    }
-}
-
 int mla__absorbed_rows_wide(int64_t rows)
 {
     /* Rows as the vector dimension when they fill at least 3/4 of the 16-lane vectors. */
@@ -58,8 +47,9 @@ static void job_rows_wide(const mla__ctx *c, const mla__job *job, mla__work *w)
         rt->seg[0].n = n;
         rt->seg[0].latent = mla__f32_src(w->tile.latent, c->fmt->latent_dim);
         rt->seg[0].rope = mla__f32_src(w->tile.rope, W);
-        memcpy(rt->pos, w->tile.pos, (size_t)n * sizeof *rt->pos);
-        visible_counts(rt->pos, n, b->p0, b->m, w->nvis);
+        rt->seg[0].pos = w->tile.pos;
+        rt->n = n;
+        mla__rtile_visible(rt, b->p0, b->m, w->nvis);
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
             float *sg = st + g->t * rows;
@@ -180,7 +170,7 @@ static void job_bf16(const mla__ctx *c, const mla__job *job, mla__work *w)
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;
         mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
-        visible_counts(rt->pos, n, b->p0, b->m, w->nvis);
+        mla__rtile_visible(rt, b->p0, b->m, w->nvis);
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
             if (wide) {
@@ -280,7 +270,7 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;
         mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
-        visible_counts(rt->pos, n, b->p0, b->m, w->nvis);
+        mla__rtile_visible(rt, b->p0, b->m, w->nvis);
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
             if (c->nope > 0 && c->keys16)

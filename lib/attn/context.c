@@ -82,8 +82,7 @@ void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v, i
         rt->seg[0].n = n;
         rt->seg[0].latent = mla__f32_src(f32->latent, fmt->latent_dim);
         rt->seg[0].rope = mla__f32_src(f32->rope, fmt->rope_width);
-        for (int64_t t = 0; t < n; t++)
-            rt->pos[t] = f32->pos[t];
+        rt->seg[0].pos = f32->pos;
         return;
     }
     int64_t ng = fmt->latent_dtype == MLA_DTYPE_I8 ? fmt->latent_dim / fmt->quant_group : 0;
@@ -108,12 +107,37 @@ void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v, i
         g->rope.sc = NULL;
         g->rope.lds = 0;
         g->rope.group = 1;
-        for (int64_t t = 0; t < take; t++)
-            rt->pos[done + t] = s->pos[off + t];
+        g->pos = s->pos + off;
         done += take;
     }
     rt->n = n;
     rt->n_seg = ns;
+}
+
+/* Tokens of the tile at or before position p. */
+static int64_t rtile_count_le(const mla__rtile *rt, int64_t p)
+{
+    int64_t i = 0;
+    while (i < rt->n_seg && rt->seg[i].pos[rt->seg[i].n - 1] <= p)
+        i++;
+    if (i == rt->n_seg)
+        return rt->n;
+    const mla__seg *g = &rt->seg[i];
+    int64_t a = 0, b = g->n - 1; /* g->pos[b] > p */
+    while (a < b) {
+        int64_t mid = a + (b - a) / 2;
+        if (g->pos[mid] <= p)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    return g->t + a;
+}
+
+void mla__rtile_visible(const mla__rtile *rt, int64_t p0, int64_t m, int64_t *nvis)
+{
+    for (int64_t t = 0; t < m; t++)
+        nvis[t] = rtile_count_le(rt, p0 + t);
 }
 
 void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v, int64_t first,

@@ -158,7 +158,6 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
             w.tile.pos = take(a, T, sizeof(int64_t));
         }
         w.rt.seg = take(a, T, sizeof(mla__seg));
-        w.rt.pos = take(a, T, sizeof(int64_t));
         size_t ctw = (size_t)(dm->lat_k + dm->W > dm->d_h ? dm->lat_k + dm->W : dm->d_h);
         w.ct = take(a, mul(a, ctw, T), sizeof(float));
         w.s = take(a, s_floats, sizeof(float));

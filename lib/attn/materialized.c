@@ -171,17 +171,12 @@ static void mha_in_place(const mla__ctx *c, const mla__job *job, mla__work *w)
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;
         mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
-        int64_t t_from = rt->pos[0] - b->p0;
+        int64_t t_from = rt->seg[0].pos[0] - b->p0;
         if (t_from < 0)
             t_from = 0;
         if (t_from >= b->m)
             continue;
-        int64_t v = 0;
-        for (int64_t t = t_from; t < b->m; t++) {
-            while (v < n && rt->pos[v] <= b->p0 + t)
-                v++;
-            w->nvis[t] = v;
-        }
+        mla__rtile_visible(rt, b->p0 + t_from, b->m - t_from, w->nvis + t_from);
         int64_t rows = b->m - t_from;
         if (rows == 1) {
             int64_t row_bytes = (int64_t)rt->seg[0].latent.ld + (int64_t)rt->seg[0].rope.ld;

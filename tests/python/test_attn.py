@@ -153,3 +153,35 @@ def test_repeated_position_refused_and_rewind_recomputes(data):
         again = attn.forward(layer, cache, 0, x[10:], 0, 10)
         assert_close(again, first[10:], 1e-6, "recomputed after seq_rm")
         assert_close(again, want[10:], 1e-4, "recomputed vs numpy")
+
+
+@pytest.mark.parametrize("kind", ["absorbed", "materialized", "mha"])
+def test_positions_with_a_gap_are_attended_by_position(data, kind):
+    """After seq_rm in the middle, the cached positions jump (0-2, 7-11); a prefill chunk and a
+    decode after them see exactly the tokens at or before their positions, over tiles whose
+    segments are the cache's 4-token blocks."""
+    w, wm, _, _, xc = data
+    if kind == "mha":
+        g, layer = G_MHA, mla.Layer.from_mha(geometry(G_MHA, False), weights(wm))
+        x = np.ascontiguousarray(xc[:, :G_MHA.d_model])
+        want_of = lambda keep: ref.mha_forward(wm, g, x[keep], keep)
+        path = "auto"
+    else:
+        g, layer = G, mla.convert(geometry(G, True), weights(w), rope_dim=4, d_kv=4)
+        x = xc
+        t = layer_tensors(layer)
+        want_of = lambda keep: ref.mla_forward(t, g, x[keep], keep)
+        path = kind
+    keep = np.r_[0:3, 7:21]
+    with mla.Cache([layer], latent_dtype="f16", rope_dtype="f16", capacity_tokens=64,
+                   block_tokens=4) as cache, mla.Attn(path=path) as attn:
+        attn.forward(layer, cache, 0, x[:12], 0, 0)
+        cache.seq_rm(0, 3, 7)
+        np.testing.assert_array_equal(cache.read(0, 0)[2], keep[:8])
+        chunk = attn.forward(layer, cache, 0, x[12:20], 0, 12)
+        step = attn.forward(layer, cache, 0, x[20:21], 0, 20)
+    want = want_of(keep)
+    assert_close(chunk, want[8:16], 2e-3, f"{kind}: chunk after the gap")
+    assert_close(step, want[16:], 2e-3, f"{kind}: decode after the gap")
+    # Not vacuous: without the gap the outputs differ.
+    assert np.max(np.abs(step - want_of(np.arange(21))[-1:])) > 1e-2
