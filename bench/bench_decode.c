@@ -29,8 +29,9 @@
  * what L2/L3 deliver, and one the weights push out with DRAM. "atRoofs" is what "vsMHA"
  * would be if both layers' attention ran at the roofs measured next to the MLA figure (each at
  * the slower of its flops and its bytes, the bytes at the read roof of its own cache's size;
- * bf16 products at twice the sgemm rate), each with its own measured fixed cost: how far the
- * machine lets MLA beat the baseline. "bound" says which of the two binds the layer itself at its
+ * every product at the measured sgemm rate, the only multiply roof measured: bf16 ones run
+ * slower than it on some CPUs, far faster on AMX), each with its own measured fixed cost: how
+ * far the machine lets MLA beat the baseline. "bound" says which of the two binds the layer itself at its
  * roofs (flops or bytes, reckoned the same way), "%roof" how much of that roof its attention
  * reached (the time at the roofs over the measured attention time).
  */
@@ -331,15 +332,13 @@ static void layer_cost(const shape *s, size_t li, double ctx, double *flops, dou
 }
 
 /* The time layer li's attention takes at the roofs gf (GFLOP/s) and gb (GB/s over its own cached
- * bytes): the slower of its flops and its bytes, bf16 products (MLA over a BF16 cache) at twice
- * the float32 sgemm rate. *flops_bound says which of the two it is. */
+ * bytes): the slower of its flops and its bytes. *flops_bound says which of the two it is. */
 static double roof_time(const shape *s, size_t li, double ctx, double gf, double gb,
                         int *flops_bound)
 {
     double fl, by;
     layer_cost(s, li, ctx, &fl, &by);
-    double rate = gf * 1e9 * (li > 0 && cache_dtype == MLA_DTYPE_BF16 ? 2.0 : 1.0);
-    double tf = fl / rate, tb = by / (gb * 1e9);
+    double tf = fl / (gf * 1e9), tb = by / (gb * 1e9);
     if (flops_bound)
         *flops_bound = tf >= tb;
     return fmax(tf, tb);
