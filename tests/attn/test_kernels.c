@@ -611,6 +611,22 @@ int main(void)
           best->name);
     test_gemm_bf16(best);
     test_pack_pairs(best);
+    {
+        /* The label mla_build_info prints names the gemm_bf16 the table holds. */
+        const char *want = best->gemm_bf16 == p->gemm_bf16 ? "portable" : "?";
+#ifdef MLA_ATTN_HAVE_AVX512
+        if (best->gemm_bf16 == mla__gemm_bf16_fma)
+            want = "fma";
+        else if (best->gemm_bf16 == mla__gemm_bf16_avx512)
+            want = "vdpbf16ps";
+        else if (best->gemm_bf16 == mla__gemm_bf16_amx)
+            want = "amx";
+#endif
+        CHECK(best->bf16_products && strcmp(best->bf16_products, want) == 0 &&
+                  strstr(mla_build_info(), want) != NULL,
+              "bf16 products labelled %s (the kernel is %s): %s",
+              best->bf16_products ? best->bf16_products : "NULL", want, mla_build_info());
+    }
     if (!mla_cpu()->avx512_bf16)
         printf("ok %d # SKIP this CPU has no AVX512_BF16 (vdpbf16ps)\n", ++tap_count);
 #ifdef MLA_ATTN_HAVE_AVX512

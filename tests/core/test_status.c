@@ -1,4 +1,5 @@
 /* Every status has its own non-empty message; unknown values still get a string. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <mla/mla.h>
@@ -26,6 +27,14 @@ int main(void)
     CHECK(strcmp(mla_version_string(), MLA_VERSION_STRING) == 0, "version string %s",
           mla_version_string());
     CHECK(strstr(mla_build_info(), "BLIS") != NULL, "build info names BLIS: %s", mla_build_info());
+    /* The attention kernels chosen at run time; MLA_ATTN_KERNELS=portable (core/status-portable)
+     * forces the oracle. */
+    const char *force = getenv("MLA_ATTN_KERNELS");
+    const char *want = force && strcmp(force, "portable") == 0
+                           ? "; attention kernels: portable, bf16 products: portable"
+                           : "; attention kernels: ";
+    CHECK(strstr(mla_build_info(), want) != NULL, "build info has \"%s\": %s", want,
+          mla_build_info());
 
     for (int d = 0; d <= MLA_DTYPE_F64; d++)
         CHECK(mla_dtype_bits((mla_dtype)d) > 0 && strcmp(mla_dtype_name((mla_dtype)d), "?") != 0,

@@ -1007,7 +1007,7 @@ const mla__attn_kernels mla__attn_kernels_avx512 = {
     "avx512", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
     gemm_bc_asrc, mha_scores, mha_values,
     /* The BF16 kernels and bf16_few_rows_min_k are set by kernels.c. */
-    NULL, NULL, NULL, round_bf16, 0,
+    NULL, NULL, NULL, round_bf16, 0, NULL,
 };
 
 #endif /* MLA_ATTN_HAVE_AVX512 */

@@ -28,6 +28,7 @@ static void choose(void)
         avx512.pack_pairs = mla__attn_kernels_portable.pack_pairs;
         avx512.to_bf16 = mla__attn_kernels_portable.to_bf16;
         avx512.bf16_few_rows_min_k = INT64_MAX;
+        avx512.bf16_products = "fma";
         if (f->avx512_bf16) {
             avx512.name = "avx512+bf16";
             avx512.pack_pairs = mla__pack_pairs_avx512;
@@ -39,6 +40,7 @@ static void choose(void)
             if (f->amd) {
                 avx512.gemm_bf16 = mla__gemm_bf16_avx512;
                 avx512.bf16_few_rows_min_k = 0;
+                avx512.bf16_products = "vdpbf16ps";
             }
             /* AMX tiles for the bf16 products, where the CPU has them and Linux lends them;
              * they pay on few query rows from 64 latent columns (SmolLM-135M: 96 columns
@@ -47,6 +49,7 @@ static void choose(void)
                 avx512.name = "avx512+bf16+amx";
                 avx512.gemm_bf16 = mla__gemm_bf16_amx;
                 avx512.bf16_few_rows_min_k = 64;
+                avx512.bf16_products = "amx";
             }
         }
         best = &avx512;

@@ -136,6 +136,8 @@ typedef struct mla__attn_kernels {
      * kernels.c from the gemm_bf16 it chose.
      */
     int64_t bf16_few_rows_min_k;
+    /* Which gemm_bf16 this is ("portable", "fma", "vdpbf16ps", "amx"), for mla_build_info. */
+    const char *bf16_products;
 } mla__attn_kernels;
 
 /* Element (t, k) of a source (the portable conversion every kernel must reproduce exactly). */
