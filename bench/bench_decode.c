@@ -31,9 +31,9 @@
  * the slower of its flops and its bytes, the bytes at the read roof of its own cache's size;
  * every product at the measured sgemm rate, the only multiply roof measured: bf16 ones run
  * slower than it on some CPUs, far faster on AMX), each with its own measured fixed cost: how
- * far the machine lets MLA beat the baseline. "bound" says which of the two binds the layer itself at its
- * roofs (flops or bytes, reckoned the same way), "%roof" how much of that roof its attention
- * reached (the time at the roofs over the measured attention time).
+ * far the machine lets MLA beat the baseline. "bound" says which of the two binds the layer
+ * itself at its roofs (flops or bytes, reckoned the same way), "%roof" how much of that roof its
+ * attention reached (the time at the roofs over the measured attention time).
  */
 #include <math.h>
 #include <stdio.h>
