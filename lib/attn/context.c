@@ -24,6 +24,20 @@ mla_status mla__seq_view_load(const mla_cache *cache, int32_t layer, int32_t seq
     return MLA_OK;
 }
 
+/* Positions pos[0 .. n) ascending: how many are at or before p (a binary search). */
+static int64_t count_le(const int64_t *pos, int64_t n, int64_t p)
+{
+    int64_t a = 0, b = n;
+    while (a < b) {
+        int64_t mid = a + (b - a) / 2;
+        if (pos[mid] <= p)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    return a;
+}
+
 int64_t mla__seq_view_count_le(const mla__seq_view *v, int64_t p)
 {
     /* First span whose last position exceeds p, then a binary search inside it. */
@@ -38,16 +52,7 @@ int64_t mla__seq_view_count_le(const mla__seq_view *v, int64_t p)
     }
     if (lo == v->n_spans)
         return v->start[lo];
-    const mla_cache_span *s = &v->spans[lo];
-    int64_t a = 0, b = s->n_tokens;
-    while (a < b) {
-        int64_t mid = a + (b - a) / 2;
-        if (s->pos[mid] <= p)
-            a = mid + 1;
-        else
-            b = mid;
-    }
-    return v->start[lo] + a;
+    return v->start[lo] + count_le(v->spans[lo].pos, v->spans[lo].n_tokens, p);
 }
 
 /* The span holding token `first`: the last span starting at or before it. */
@@ -122,16 +127,7 @@ static int64_t rtile_count_le(const mla__rtile *rt, int64_t p)
         i++;
     if (i == rt->n_seg)
         return rt->n;
-    const mla__seg *g = &rt->seg[i];
-    int64_t a = 0, b = g->n - 1; /* g->pos[b] > p */
-    while (a < b) {
-        int64_t mid = a + (b - a) / 2;
-        if (g->pos[mid] <= p)
-            a = mid + 1;
-        else
-            b = mid;
-    }
-    return g->t + a;
+    return rt->seg[i].t + count_le(rt->seg[i].pos, rt->seg[i].n, p);
 }
 
 void mla__rtile_visible(const mla__rtile *rt, int64_t p0, int64_t m, int64_t *nvis)
