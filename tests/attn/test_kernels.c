@@ -486,6 +486,13 @@ static uint32_t rounding_case(int64_t i, unsigned long long *seed)
     return b;
 }
 
+/* The reference rounding: float32 bits b to the nearest bf16, ties to even, as float32 bits
+ * (low half zero). */
+static uint32_t bf16_nearest(uint32_t b)
+{
+    return (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+}
+
 /* to_bf16 against the definition (nearest, ties to even), on values with every low half
  * pattern including exact ties, odd lengths; subnormals may be flushed to zero (kernels.h). */
 static void test_to_bf16(const mla__attn_kernels *v)
@@ -504,7 +511,7 @@ static void test_to_bf16(const mla__attn_kernels *v)
         for (int64_t i = 0; i < n; i++) {
             uint32_t b;
             memcpy(&b, &x[i], sizeof b);
-            uint16_t want = (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+            uint16_t want = (uint16_t)(bf16_nearest(b) >> 16);
             int sub = (b & 0x7f800000u) == 0;
             bad += d[i] != want && !(sub && (d[i] & 0x7fffu) == 0);
         }
@@ -528,7 +535,7 @@ static void test_round_bf16(const mla__attn_kernels *v)
         for (int64_t i = 0; i <= n; i++) {
             uint32_t b = rounding_case(i, &seed);
             memcpy(&x[i], &b, sizeof b);
-            want[i] = i < n ? (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u : b;
+            want[i] = i < n ? bf16_nearest(b) : b;
         }
         v->round_bf16(x, n);
         for (int64_t i = 0; i <= n; i++) {
