@@ -12,9 +12,11 @@
  * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); --reps the
  * decodes per figure (default 9, or as many as fit in 50 ms up to 400 for short decodes; many,
  * for `perf record` of one case); --rounds the passes over
- * the whole table, each figure from the pass in which it was fastest (the machine is shared: its
- * speed drifts by tens of percent between passes, and other processes only ever add time), with
- * the fixed cost and the roofs measured next to it in that pass.
+ * the whole table, each figure from the pass in which it was fastest, with the fixed cost
+ * measured next to it in that pass (the machine is shared: its speed drifts by tens of percent
+ * between passes, and other processes only ever add time), against the highest reading of each
+ * roof over the passes (for the same reason: a roof measured while another guest held a core
+ * read 58 GFLOP/s against 198, and made a figure look twice as fast as it was).
  *
  * Weights and cached values are random: time does not depend on them. The cache is filled with
  * mla_cache_write directly (a real prefill of 32K tokens through an MHA layer would take hours of
@@ -298,9 +300,10 @@ static const int64_t ctxs[N_CTX] = {1024, 4096, 16384, 32768};
 static const int dkvs[] = {8, 16, 32};
 #define N_LAYERS (1 + sizeof dkvs / sizeof dkvs[0])
 
-/* One decode figure, from the round whose decode was fastest: the time, and what the machine did
- * around it in that round (the machine is shared, its speed drifts between passes: a time is
- * compared with the fixed cost and the roofs measured next to it, never with another round's). */
+/* One decode figure: the time and fixed cost from the round whose decode was fastest (a time is
+ * compared with the fixed cost measured next to it, never with another round's), and the
+ * highest reading of each roof over the rounds (a roof is what the machine can do; a low
+ * reading is interference, which would flatter the figure). */
 typedef struct cell {
     double t;     /* seconds per decode at the context; 0: not measured */
     double fixed; /* the same layer at context 16, measured in alternation with t */
@@ -309,7 +312,6 @@ typedef struct cell {
     double gb_mha; /* the same over the MHA baseline's cached bytes (for atRoofs) */
 } cell;
 static cell dec[N_SHAPES][N_LAYERS][N_CTX];
-static double gf_lo, gf_hi, gb_lo, gb_hi; /* the roofs' range over the whole run */
 
 /* Bytes per cached value of the run's cache type. */
 static double elem_bytes(void)
@@ -387,7 +389,7 @@ static int want_layer(int quick, size_t li)
     return !((quick && dkv != 16) || only_mha || (only_dkv && dkv != only_dkv));
 }
 
-static void note_roof(double v, double *lo, double *hi)
+static void note_range(double v, double *lo, double *hi)
 {
     *lo = *lo == 0 || v < *lo ? v : *lo;
     *hi = v > *hi ? v : *hi;
@@ -408,7 +410,6 @@ static void decode_round(int quick, int threads)
             mla_layer *l = li == 0 ? mha_layer(s) : mla_layer_random(s, dkvs[li - 1]);
             size_t wb = weight_bytes(l);
             double gf = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
-            note_roof(gf, &gf_lo, &gf_hi);
             for (int ci = 0; ci < n_ctx; ci++) {
                 if (only_ctx && ctxs[ci] != only_ctx)
                     continue;
@@ -417,12 +418,18 @@ static void decode_round(int quick, int threads)
                 layer_cost(s, 0, (double)ctxs[ci], &mfl, &mby);
                 double gb = read_roof(threads, by, bw_cap, wb);
                 double gb_mha = li == 0 ? gb : read_roof(threads, mby, bw_cap, mha_weight_bytes(s));
+                if (!(gf > 0 && gb > 0 && gb_mha > 0))
+                    die("roofs: out of memory for the measurement buffers");
                 double fixed, t;
                 decode_pair(l, s->d, ctxs[ci], threads, reps, &fixed, &t);
-                note_roof(gb, &gb_lo, &gb_hi);
                 cell *c = &dec[si][li][ci];
-                if (c->t == 0 || t < c->t)
-                    *c = (cell){t, fixed, gf, gb, gb_mha};
+                if (c->t == 0 || t < c->t) {
+                    c->t = t;
+                    c->fixed = fixed;
+                }
+                c->gf = fmax(c->gf, gf);
+                c->gb = fmax(c->gb, gb);
+                c->gb_mha = fmax(c->gb_mha, gb_mha);
             }
             mla_layer_destroy(l);
         }
@@ -431,11 +438,19 @@ static void decode_round(int quick, int threads)
 
 static void decode_table(int threads, int rounds)
 {
+    double gf_lo = 0, gf_hi = 0, gb_lo = 0, gb_hi = 0; /* the roofs of the table's figures */
+    for (size_t si = 0; si < N_SHAPES; si++)
+        for (size_t li = 0; li < N_LAYERS; li++)
+            for (int ci = 0; ci < N_CTX; ci++)
+                if (dec[si][li][ci].t > 0) {
+                    note_range(dec[si][li][ci].gf, &gf_lo, &gf_hi);
+                    note_range(dec[si][li][ci].gb, &gb_lo, &gb_hi);
+                }
     printf("\n## decode, one token, %d thread(s), %s cache, fastest of %d round(s); attn = time "
-           "minus the fixed cost at context 16 measured in alternation with it; %% of the roofs "
-           "measured next to it (sgemm %.1f-%.1f GFLOP/s; read, over as many bytes as the "
-           "layer caches, at most 256 MiB, after as many as it has weights: %.1f-%.1f GB/s in "
-           "this run)\n", threads,
+           "minus the fixed cost at context 16 measured in alternation with it; %% of the "
+           "highest roofs measured next to it over the rounds (sgemm %.1f-%.1f GFLOP/s; read, "
+           "over as many bytes as the layer caches, at most 256 MiB, after as many as it has "
+           "weights: %.1f-%.1f GB/s)\n", threads,
            mla_dtype_name(cache_dtype), rounds, gf_lo, gf_hi, gb_lo, gb_hi);
     printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %5s %6s %6s %7s %7s %6s\n", "shape", "layer",
            "ctx", "ms", "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "bound", "%roof",
