@@ -25,12 +25,13 @@
  * with the decodes at the context, the fastest of each) so that the context-dependent work is
  * compared to the roofs: its flops 2·n_h·(2R + r) per cached token for MLA and 4·n_h·d_h for
  * MHA, its bytes those of the cached tokens (as stored). The read roof of a figure is a sum over
- * a buffer as large as those cached bytes (at most 256 MiB), each timed pass after a read of as
- * many other bytes as the layer has weights: a decode streams its weights (the projections)
- * between two reads of the cache, so a cache that stays in L2/L3 beside them is compared with
- * what L2/L3 deliver, and one the weights push out with DRAM. "atRoofs" is what "vsMHA"
- * would be if both layers' attention ran at the roofs measured next to the MLA figure (each at
- * the slower of its flops and its bytes, the bytes at the read roof of its own cache's size;
+ * a buffer as large as those cached bytes (at most 256 MiB; roofs.c: the widest loads, each
+ * thread's part in order and in 8 runs side by side, the best of both), each timed pass after
+ * a read of as many other bytes as the layer has weights: a decode streams its weights (the
+ * projections) between two reads of the cache, so a cache that stays in L2/L3 beside them is
+ * compared with what L2/L3 deliver, and one the weights push out with DRAM. "atRoofs" is what
+ * "vsMHA" would be if both layers' attention ran at the MLA figure's roofs (each at the slower
+ * of its flops and its bytes, the bytes at the read roof of its own cache's size;
  * every product at the measured sgemm rate, the only multiply roof measured: bf16 ones run
  * slower than it on some CPUs, far faster on AMX), each with its own measured fixed cost: how
  * far the machine lets MLA beat the baseline. "bound" says which of the two binds the layer
