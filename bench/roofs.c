@@ -103,14 +103,15 @@ __attribute__((target("avx512f"))) static float sum_blocks_512(const float *x, s
 #endif
 
 /*
- * The widest loads the CPU has: the library's kernels read with them. A read roof is what the
- * machine can deliver, and its two readings are taken as the best of both:
- * - 512-bit loads: out of DRAM the 128-bit sum streamed slower than the decode reads (Intel
- *   Xeon, 2 threads: Llama-2-7B's F32 MHA decode read 30 GB/s against a roof of 23-25);
- * - STREAMS runs side by side (streams > 1): the hardware prefetchers follow each, as they
- *   follow the rows of the MHA decode's steps (256 MiB, 2 threads: 30.1 GB/s against 25.4 in
- *   order; a throwaway harness).
- * Without AVX-512 the 128-bit sum in order.
+ * A read roof is what the machine can deliver, so it reads the way the decode does at its
+ * fastest (the callers take the best of passes with streams 1 and STREAMS):
+ * - with the widest loads the CPU has, as the library's kernels: out of DRAM the 128-bit sum
+ *   streamed slower than the decode (Intel Xeon, 2 threads: Llama-2-7B's F32 MHA decode read
+ *   30 GB/s against a roof of 23-25);
+ * - in STREAMS runs side by side: the hardware prefetchers follow each, as they follow the rows
+ *   of the MHA decode's steps (256 MiB, 2 threads: 30.1 GB/s against 25.4 in order; a
+ *   throwaway harness).
+ * Without AVX-512: the 128-bit sum in order.
  */
 static float sum_widest(const float *x, size_t i0, size_t i1, size_t reps, size_t streams)
 {
