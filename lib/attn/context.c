@@ -136,6 +136,12 @@ void mla__rtile_visible(const mla__rtile *rt, int64_t p0, int64_t m, int64_t *nv
         nvis[t] = rtile_count_le(rt, p0 + t);
 }
 
+void mla__tile_visible(const mla__tile *tile, int64_t p0, int64_t m, int64_t *nvis)
+{
+    for (int64_t t = 0; t < m; t++)
+        nvis[t] = count_le(tile->pos, tile->n, p0 + t);
+}
+
 void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v, int64_t first,
                     int64_t n, mla__tile *tile)
 {

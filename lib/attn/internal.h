@@ -114,6 +114,8 @@ MLA_INTERNAL void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__s
  * query over the positions in place: copying them and scanning every token cost 6-9% of a
  * SmolLM-135M d_kv 8 decode, whose F16 rows (96 bytes) are only 12 times a position. */
 MLA_INTERNAL void mla__rtile_visible(const mla__rtile *rt, int64_t p0, int64_t m, int64_t *nvis);
+/* The same over a float32 tile's positions (mla__tile_fill). */
+MLA_INTERNAL void mla__tile_visible(const mla__tile *tile, int64_t p0, int64_t m, int64_t *nvis);
 
 /* ---- the paths --------------------------------------------------------------------------------- */
 

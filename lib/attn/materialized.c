@@ -212,12 +212,7 @@ void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w)
             t_from = 0;
         if (t_from >= b->m)
             continue;
-        int64_t v = 0;
-        for (int64_t t = t_from; t < b->m; t++) {
-            while (v < n && tile->pos[v] <= b->p0 + t)
-                v++;
-            w->nvis[t] = v;
-        }
+        mla__tile_visible(tile, b->p0 + t_from, b->m - t_from, w->nvis + t_from);
         const float *keys = tile->rope, *vals = tile->latent;
         if (!mha) {
             up_project(c, tile, w->kbuf, w->vbuf);
