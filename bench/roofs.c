@@ -74,8 +74,9 @@ static float sum_blocks(const float *x, size_t i0, size_t i1, size_t reps)
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-/* The same sum with 512-bit loads (8 chains) where the CPU has AVX-512, as the library's kernels
- * read; `streams` 1: in order, STREAMS: the blocks split into that many runs read side by side. */
+/* The same sum with 512-bit loads where the CPU has AVX-512, as the library's kernels read;
+ * `streams` 1: in order (4 chains, a block's 4 vectors), STREAMS: the blocks split into that
+ * many runs read side by side (8 chains, two runs' blocks). */
 __attribute__((target("avx512f"))) static float sum_blocks_512(const float *x, size_t i0,
                                                                size_t i1, size_t reps,
                                                                size_t streams)

@@ -82,8 +82,9 @@ static void prefetch_env(const char *value, int want)
  * Over a BF16 cache with few query rows, the float32 path (16-bit transposed tile, FMAs) must
  * multiply exactly the operands job_bf16 multiplies (bf16-rounded queries and probabilities):
  * the kernel table's bf16_few_rows_min_k picks the path, so the test gives a handle a copy of
- * the table set each way in turn and compares prefill-and-decode outputs. Only the summation order may differ; a path that
- * skipped either rounding differs by ~1e-3 here (bf16's unit roundoff 3.9e-3).
+ * the table set each way in turn and compares prefill-and-decode outputs. Only the summation
+ * order may differ; a path that skipped either rounding differs by ~1e-3 here (bf16's unit
+ * roundoff 3.9e-3).
  */
 static void bf16_paths_agree(void)
 {
