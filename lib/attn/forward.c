@@ -535,9 +535,11 @@ static void run_jobs(mla_attn *attn, const mla__ctx *ctx, const plan *p, int nt)
         return;
     }
     (void)attn;
+    /* Last jobs first: in a chunk's causal prefill the later blocks see the longer contexts, and
+     * handing out the largest jobs first leaves the smallest to even out the threads' ends. */
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int64_t i = 0; i < nj; i++) {
-        const mla__job *job = &p->jobs[i];
+        const mla__job *job = &p->jobs[nj - 1 - i];
         mla__work *w = &p->works[omp_get_thread_num()];
         if (p->blocks[job->block].absorbed)
             mla__absorbed_job(ctx, job, w);
@@ -645,11 +647,35 @@ static int64_t block_tokens(const dims *dm, int absorbed)
     return absorbed ? qb_abs : MATERIALIZED_TOKENS;
 }
 
-/* Split-K parts per block: when there are fewer blocks than threads, each block's context is
- * split across threads. */
-static int64_t block_parts(const plan *p, int nt)
+/* Equal blocks, not full ones and a remainder: 64 tokens of SmolLM-135M's 9 heads were blocks
+ * of 56 and 8 tokens, and at 2 threads one thread did 7/8 of the work (the chunk took 3 times
+ * as long as one of 32 tokens; doc/attention.md, "Threads"). */
+int64_t mla__chunk_blocks(int64_t m, int64_t qb)
 {
-    return nt > 1 && p->n_blocks < nt ? (nt + p->n_blocks - 1) / p->n_blocks : 1;
+    return (m + qb - 1) / qb;
+}
+
+int64_t mla__block_start(int64_t m, int64_t nb, int64_t i)
+{
+    if (nb < 1)
+        return 0;
+    return i * (m / nb) + (i < m % nb ? i : m % nb);
+}
+
+/* Jobs of equal blocks take rounds of nt threads; a last round with idle threads costs as much
+ * as a full one, so parts are added until the idle share is at most an eighth (3 blocks on 2
+ * threads: 2 parts each, 6 jobs in 3 full rounds, not 3 jobs in 2 rounds with one idle). At most
+ * nt parts: n_blocks·nt jobs fill n_blocks rounds. */
+int64_t mla__block_parts(int64_t n_blocks, int nt)
+{
+    if (nt <= 1 || n_blocks < 1)
+        return 1;
+    int64_t parts = 1;
+    for (;; parts++) {
+        int64_t jobs = n_blocks * parts, rounds = (jobs + nt - 1) / nt;
+        if (8 * rounds * nt <= 9 * jobs)
+            return parts;
+    }
 }
 
 /* Parts of a block with n_ctx context tokens: at most one per tile. */
@@ -670,9 +696,9 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
 {
     int64_t nb = 0, m_abs = 0, m_mat = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
-        int64_t qb = block_tokens(dm, ch[c].absorbed);
-        int64_t m = ch[c].m < qb ? ch[c].m : qb;
-        nb += (ch[c].m + qb - 1) / qb;
+        int64_t cb = mla__chunk_blocks(ch[c].m, block_tokens(dm, ch[c].absorbed));
+        int64_t m = mla__block_start(ch[c].m, cb, 1); /* the longest block: the first */
+        nb += cb;
         if (ch[c].absorbed)
             m_abs = m > m_abs ? m : m_abs;
         else
@@ -682,15 +708,16 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
     p->rows_abs = m_abs * dm->n_h;
     /* The one-query MHA loop keeps all heads' scores (materialized.c). */
     p->rows_mat = m_mat > 0 ? (m_mat > dm->n_h ? m_mat : dm->n_h) : 0;
-    int64_t parts = block_parts(p, nt), nj = 0;
+    int64_t parts = mla__block_parts(p->n_blocks, nt), nj = 0;
     size_t extra = 0;
     double flops = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
-        int64_t qb = block_tokens(dm, ch[c].absorbed);
+        int64_t cb = mla__chunk_blocks(ch[c].m, block_tokens(dm, ch[c].absorbed));
         int64_t dv = ch[c].absorbed ? dm->lat_v : dm->d_h;
         double width = ch[c].absorbed ? 2.0 * dm->lat_k + dm->r : 2.0 * dm->d_h;
-        for (int64_t s = 0; s < ch[c].m; s += qb) {
-            int64_t bm = ch[c].m - s < qb ? ch[c].m - s : qb;
+        for (int64_t i = 0; i < cb; i++) {
+            int64_t s = mla__block_start(ch[c].m, cb, i);
+            int64_t bm = mla__block_start(ch[c].m, cb, i + 1) - s;
             int64_t ctx = ch[c].len0 + s + bm, rows = bm * dm->n_h;
             int64_t np = parts_for(p, parts, ctx);
             nj += np;
@@ -707,11 +734,12 @@ static void plan_blocks(const dims *dm, plan *p, chunk *ch)
 {
     int64_t nb = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
-        int64_t qb = block_tokens(dm, ch[c].absorbed);
-        for (int64_t s = 0; s < ch[c].m; s += qb) {
+        int64_t cb = mla__chunk_blocks(ch[c].m, block_tokens(dm, ch[c].absorbed));
+        for (int64_t i = 0; i < cb; i++) {
+            int64_t s = mla__block_start(ch[c].m, cb, i);
             mla__qblock *b = &p->blocks[nb];
             b->t0 = ch[c].t0 + s;
-            b->m = ch[c].m - s < qb ? ch[c].m - s : qb;
+            b->m = mla__block_start(ch[c].m, cb, i + 1) - s;
             b->p0 = ch[c].p0 + s;
             b->view = &ch[c].view;
             b->absorbed = ch[c].absorbed;
@@ -725,7 +753,7 @@ static void plan_blocks(const dims *dm, plan *p, chunk *ch)
 /* Parts per block (split-K) and the state each part accumulates into. */
 static void plan_jobs(const dims *dm, plan *p, int nt)
 {
-    int64_t parts = block_parts(p, nt);
+    int64_t parts = mla__block_parts(p->n_blocks, nt);
     int64_t nj = 0;
     size_t extra = 0;
     for (int64_t bi = 0; bi < p->n_blocks; bi++) {

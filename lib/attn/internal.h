@@ -180,6 +180,17 @@ MLA_INTERNAL int mla__absorbed_bf16(const mla_cache_layer_format *fmt, int32_t l
 MLA_INTERNAL void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 MLA_INTERNAL void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 
+/*
+ * How a forward's work is cut into jobs (forward.c). A chunk of m query tokens becomes
+ * mla__chunk_blocks(m, qb) blocks of at most qb tokens, of equal size within one token; block i
+ * starts at token mla__block_start(m, nb, i) of the chunk (i = nb gives m). Each block's context
+ * is then split into mla__block_parts(n_blocks, nt) parts (split-K): the fewest that make the
+ * jobs fill whole rounds of nt threads to within an eighth.
+ */
+MLA_INTERNAL int64_t mla__chunk_blocks(int64_t m, int64_t qb);
+MLA_INTERNAL int64_t mla__block_start(int64_t m, int64_t nb, int64_t i);
+MLA_INTERNAL int64_t mla__block_parts(int64_t n_blocks, int nt);
+
 /* Merge job b's state into job a's (same block): log-sum-exp of the two partial softmaxes. */
 MLA_INTERNAL void mla__softmax_merge(int64_t rows, int64_t dv, float *mx_a, float *l_a,
                                      float *o_a, ptrdiff_t ldo_a, const float *mx_b,

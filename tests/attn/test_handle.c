@@ -3,7 +3,8 @@
  * the work, not on n_threads alone (small work carves one per-thread area), a parallel run of
  * enough work gives the serial result, MLA_ATTN_STREAM_BYTES and MLA_ATTN_STREAM_PREFETCH are
  * read only when they are whole non-negative integers, and over a BF16 cache the few-rows
- * float32 loop multiplies what the bf16 products do (the kernel table's threshold both ways).
+ * float32 loop multiplies what the bf16 products do (the kernel table's threshold both ways),
+ * and the cut of a forward's work into blocks and split-K parts keeps its promises.
  */
 #include <stdlib.h>
 
@@ -125,6 +126,43 @@ static void bf16_paths_agree(void)
     src_free(&src);
 }
 
+/* How a forward cuts its work (internal.h), against the properties it promises: a chunk's blocks
+ * cover it in order, hold at most qb tokens each, are as few as that allows and equal within one
+ * token; split-K parts are the fewest that fill rounds of nt threads to within an eighth. */
+static void planner_cuts(void)
+{
+    int bad = 0;
+    for (int64_t qb = 1; qb <= 70; qb += 23)
+        for (int64_t m = 1; m <= 600; m++) {
+            int64_t nb = mla__chunk_blocks(m, qb);
+            bad += nb < 1 || (nb - 1) * qb >= m || mla__block_start(m, nb, 0) != 0 ||
+                   mla__block_start(m, nb, nb) != m;
+            for (int64_t i = 0; i < nb; i++) {
+                int64_t len = mla__block_start(m, nb, i + 1) - mla__block_start(m, nb, i);
+                bad += len > qb || len < m / nb || len > (m + nb - 1) / nb;
+            }
+        }
+    CHECK(bad == 0, "chunks of 1..600 tokens: blocks cover them, at most qb, fewest, equal "
+                    "within a token (%d violations)", bad);
+    CHECK(mla__chunk_blocks(64, 512 / 9) == 2 && mla__block_start(64, 2, 1) == 32,
+          "64 tokens of 9 heads (blocks of at most 56): two blocks of 32, not 56 + 8");
+    bad = 0;
+    for (int64_t nb = 1; nb <= 40; nb++)
+        for (int nt = 1; nt <= 8; nt++) {
+            int64_t parts = mla__block_parts(nb, nt);
+            for (int64_t q = 1; q <= parts; q++) {
+                int64_t jobs = nb * q, rounds = (jobs + nt - 1) / nt;
+                int fills = nt == 1 || 8 * rounds * nt <= 9 * jobs;
+                bad += q == parts ? !fills : fills; /* the first that fills */
+            }
+            bad += parts < 1 || parts > (nt > 1 ? nt : 1);
+        }
+    CHECK(bad == 0, "split-K parts: the fewest that fill rounds of threads (%d violations)", bad);
+    CHECK(mla__block_parts(1, 2) == 2 && mla__block_parts(2, 2) == 1 &&
+              mla__block_parts(3, 2) == 2 && mla__block_parts(9, 2) == 1,
+          "parts on 2 threads: 1 block 2, 2 blocks 1, 3 blocks 2, 9 blocks 1");
+}
+
 int main(void)
 {
     src_layer src;
@@ -198,6 +236,7 @@ int main(void)
     unsetenv("MLA_ATTN_STREAM_PREFETCH");
 
     bf16_paths_agree();
+    planner_cuts();
 
     free(x);
     free(o1);

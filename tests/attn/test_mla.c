@@ -1,7 +1,8 @@
 /*
  * Reduced-rank MLA layers against the float64 MLA formula with explicit up-projection
  * (../shared/mha2mla.md, "The converted layer's forward"), and the properties of the forward:
- * - absorbed and materialized paths give the reference (joint and split, MHA and GQA, biases);
+ * - absorbed and materialized paths give the reference (joint and split, MHA and GQA, biases),
+ *   also for a chunk cut into blocks that do not divide it evenly;
  * - decoding token by token equals one prefill of the whole sequence (several tiles and spans,
  *   1 and 2 threads: split-K merging);
  * - a forked sequence continues exactly like an unforked copy;
@@ -228,6 +229,11 @@ int main(void)
             double e2 = run_ref(l, 2, MLA_ATTN_PATH_AUTO, 25, 18, 11, 3, 64);
             CHECK(e2 < 1e-4, "%s: automatic path on 2 threads (rel %.2e)", name, e2);
             if (ci == 1 && bias) {
+                /* A 151-token chunk: three absorbed blocks of 51, 50 and 50 queries (at most
+                 * 64 with 8 heads), two parts each on 2 threads. */
+                double eb = run_ref(l, 2, MLA_ATTN_PATH_ABSORBED, 160, 151, 11, 3, 16);
+                CHECK(eb < 1e-4, "%s: a chunk of three unequal blocks on 2 threads (rel %.2e)",
+                      name, eb);
                 decode_equals_prefill(l, name, 1);
                 decode_equals_prefill(l, name, 2);
                 absorbed_equals_materialized(l, name);
