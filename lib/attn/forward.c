@@ -670,8 +670,7 @@ int64_t mla__block_parts(int64_t n_blocks, int nt)
 {
     if (nt <= 1 || n_blocks < 1)
         return 1;
-    int64_t parts = 1;
-    for (;; parts++) {
+    for (int64_t parts = 1;; parts++) {
         int64_t jobs = n_blocks * parts, rounds = (jobs + nt - 1) / nt;
         if (8 * rounds * nt <= 9 * jobs)
             return parts;
