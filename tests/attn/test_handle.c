@@ -7,6 +7,10 @@
  * and the cut of a forward's work into blocks and split-K parts keeps its promises.
  */
 #include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#  include <cpuid.h>
+#endif
 
 #include "attn/internal.h"
 #include "run.h"
@@ -52,19 +56,24 @@ static void stream_env(const char *value, int64_t want)
     mla_attn_destroy(a);
 }
 
-/* The CPU vendor as Linux reports it: 1 AMD, 0 another, -1 unknown (no /proc/cpuinfo). */
-static int cpuinfo_amd(void)
+/* The CPU vendor as the process sees it (CPUID leaf 0): 1 AMD, 0 another, -1 unknown (not x86).
+ * Not /proc/cpuinfo: under valgrind, whose synthetic CPUID says GenuineIntel on an AMD host,
+ * the kernel's vendor and the process's differ, and the library rightly follows the latter. */
+static int cpuid_amd(void)
 {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d))
         return -1;
-    char line[256];
-    int amd = -1;
-    while (amd < 0 && fgets(line, sizeof line, f))
-        if (strncmp(line, "vendor_id", 9) == 0)
-            amd = strstr(line, "AuthenticAMD") != NULL;
-    fclose(f);
-    return amd;
+    char vendor[13];
+    memcpy(vendor, &b, 4);
+    memcpy(vendor + 4, &d, 4);
+    memcpy(vendor + 8, &c, 4);
+    vendor[12] = 0;
+    return strcmp(vendor, "AuthenticAMD") == 0;
+#else
+    return -1;
+#endif
 }
 
 static void prefetch_env(const char *value, int want)
@@ -224,7 +233,7 @@ int main(void)
     unsetenv("MLA_ATTN_STREAM_BYTES");
 
     /* Small rows are prefetched by default on AMD CPUs only; 0 and 1 override, nothing else. */
-    int amd = cpuinfo_amd();
+    int amd = cpuid_amd();
     if (amd >= 0) {
         prefetch_env(NULL, amd);
         prefetch_env("2", amd);
