@@ -619,7 +619,7 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
 
 /* ---- planning -------------------------------------------------------------------------------- */
 
-static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16)
+static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int64_t few_rows)
 {
     /* A float32 tile holds whole rows; an in-place tile only the transposed keys the score
      * product reads (absorbed: latent and RoPE part; MHA: one KV head's keys). */
@@ -631,6 +631,9 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16)
      * 0.54-0.55 ms, 256 tokens 0.58, 64 tokens 0.56). */
     if (keys16 && !need_f32 && !dm->mha) {
         int64_t t1 = TILE_L1_BYTES / ((dm->lat_k + dm->W) * 2 > 0 ? (dm->lat_k + dm->W) * 2 : 1);
+        /* Or the kernel table's size (AMD: 192 tokens for its 9 × 48 blocks, kernels.c). */
+        if (few_rows > 0)
+            t1 = few_rows;
         t = t1 < t ? t1 : t;
     }
     t = t / 16 * 16;
@@ -882,7 +885,11 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
                                              (int32_t)dm.r);
     int keys16 = (fmt.latent_dtype == MLA_DTYPE_F16 || fmt.latent_dtype == MLA_DTYPE_BF16) &&
                  (dm.W == 0 || fmt.rope_dtype == fmt.latent_dtype);
-    p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16);
+    /* The kernel table's few-rows tile suits its gemm_bc_src, which the bf16 products
+     * (job_bf16, absorbed.c) do not use. */
+    int job_bf16 = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
+    p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16,
+                         job_bf16 ? 0 : attn->k->few_rows_tile);
     arena a = {NULL, 0, 0};
     plan_bounds(&dm, &p, ch, nt, &a);
     carve(&a, &p, &dm, ch);

@@ -4,7 +4,8 @@
  * enough work gives the serial result, MLA_ATTN_STREAM_BYTES and MLA_ATTN_STREAM_PREFETCH are
  * read only when they are whole non-negative integers, and over a BF16 cache the few-rows
  * float32 loop multiplies what the bf16 products do (the kernel table's threshold both ways),
- * and the cut of a forward's work into blocks and split-K parts keeps its promises.
+ * the AMD few-rows blocks and tiles give the portable decode, and the cut of a forward's work
+ * into blocks and split-K parts keeps its promises.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,55 @@ static void bf16_paths_agree(void)
     src_free(&src);
 }
 
+/*
+ * The AMD choice of kernels.c (9 query rows in 9 × 48 blocks, few-rows tiles of 192 tokens),
+ * wherever AVX-512 runs: a 9-head layer with a 96-wide latent over an F16 cache, prefilled and
+ * decoded past several tiles (tails of 48-multiples and not), against the portable kernels.
+ * Only the order of the float32 sums differs.
+ */
+static void few_rows_w48_agrees(void)
+{
+#ifdef MLA_ATTN_HAVE_AVX512
+    const mla_cpu_features *f = mla_cpu();
+    if (!(f->avx512f && f->avx512bw && f->avx512vl && f->fma)) {
+        printf("ok %d # SKIP this CPU has no AVX-512\n", ++tap_count);
+        return;
+    }
+    src_layer src;
+    src_init(&src, 128, 9, 3, 32, 1, 401);
+    mla_layer *l = convert(&src, 4, 32, MLA_FACTOR_JOINT);
+    mla__attn_kernels kc = mla__attn_kernels_avx512;
+    kc.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
+    kc.few_rows_tile = 192;
+    const mla__attn_kernels *tables[2] = {&kc, &mla__attn_kernels_portable};
+    seqdata s[2];
+    mla_status st[2] = {MLA_ERR_INTERNAL, MLA_ERR_INTERNAL};
+    for (int v = 0; v < 2; v++) {
+        seq_init(&s[v], 0, 480, 450, 128, 0, 3);
+        mla_cache *c = l ? make_cache(&l, 1, MLA_DTYPE_F16, MLA_DTYPE_F16, 1024, 16) : NULL;
+        mla_attn *a = make_attn(1, MLA_ATTN_PATH_AUTO);
+        if (a)
+            a->k = tables[v];
+        if (c && a)
+            st[v] = run_seqs(a, l, c, 0, &s[v], 1, 128);
+        mla_attn_destroy(a);
+        mla_cache_destroy(c);
+    }
+    /* The decoded tokens' outputs, relative to their norm (tap_rel_diff). */
+    size_t from = (size_t)450 * 128, cnt = (size_t)(s[0].n - 450) * 128;
+    double e = tap_rel_diff(s[0].out + from, s[1].out + from, cnt);
+    CHECK(l && st[0] == MLA_OK && st[1] == MLA_OK && e < 1e-5,
+          "9 rows in 9 x 48 blocks over 192-token F16 tiles equal the portable decode "
+          "(relative difference %.2e)", e);
+    for (int v = 0; v < 2; v++)
+        seq_free(&s[v]);
+    mla_layer_destroy(l);
+    src_free(&src);
+#else
+    printf("ok %d # SKIP no AVX-512 kernels in this build\n", ++tap_count);
+#endif
+}
+
 /* How a forward cuts its work (internal.h), against the properties it promises: a chunk's blocks
  * cover it in order, hold at most qb tokens each, are as few as that allows and equal within one
  * token; split-K parts are the fewest that fill rounds of nt threads to within an eighth. */
@@ -245,6 +295,7 @@ int main(void)
     unsetenv("MLA_ATTN_STREAM_PREFETCH");
 
     bf16_paths_agree();
+    few_rows_w48_agrees();
     planner_cuts();
 
     free(x);

@@ -200,7 +200,8 @@ static void test_src_get(void)
 static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels *p)
 {
     static const int64_t ms[] = {1, 3, 9, 13, 21};
-    static const int64_t ns[] = {1, 5, 16, 20, 24, 33, 48, 53, 70};
+    /* 96 and 144: 9 rows in whole 9 × 48 blocks (gemm_bc_src_w48); 70 and 100 not. */
+    static const int64_t ns[] = {1, 5, 16, 20, 24, 33, 48, 53, 70, 96, 100, 144};
     static const int64_t ks[] = {0, 1, 7, 33};
     static const int32_t groups[] = {4, 32};
     unsigned long long seed = 33;
@@ -260,7 +261,7 @@ static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels
             }
             double worst = 0;
             for (size_t a = 0; a < 4; a++)
-                for (size_t b = 0; b < 8; b++)
+                for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
                     for (size_t c = 0; c < 4; c++)
                         for (int variant = 0; variant < 2; variant++) {
                             int64_t m = ms[a], n = ns[b], k = ks[c], col0 = variant ? 7 : 0;
@@ -669,6 +670,11 @@ int main(void)
         test_softmax(&mla__attn_kernels_avx512, p, 1);
         test_softmax(&mla__attn_kernels_avx512, p, 0);
         test_src_kernels(&mla__attn_kernels_avx512, p);
+        /* The AMD variant of gemm_bc_src (kernels.c), wherever AVX-512 runs. */
+        mla__attn_kernels w48 = mla__attn_kernels_avx512;
+        w48.name = "avx512 (9 x 48 blocks)";
+        w48.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
+        test_src_kernels(&w48, p);
     } else {
         printf("ok %d # SKIP this CPU has no AVX-512\n", ++tap_count);
     }

@@ -604,10 +604,11 @@ INL void bcs_block24(const int dt, const int mr, int64_t rows, int64_t ncols, in
 }
 
 /* Blocks chosen by the width as in gemm_bc; up to 9 rows × 48 columns in one block (SmolLM's
- * 9 heads over a 48-wide latent convert each row of B once). */
-INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const float *a,
-                        ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
-                        int64_t col0, float beta, float *c, ptrdiff_t ldc)
+ * 9 heads over a 48-wide latent convert each row of B once). w48: 9 rows over a wider B in
+ * 9 × 48 blocks where they cover it exactly (mla__gemm_bc_src_w48_avx512 below). */
+INL void gemm_bc_src_dt(const int dt, const int w48, int64_t m, int64_t n, int64_t k,
+                        const float *a, ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b,
+                        int64_t t0, int64_t col0, float beta, float *c, ptrdiff_t ldc)
 {
     if (n <= 16) {
         bcs_panel(dt, 12, 1, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
@@ -628,6 +629,8 @@ INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const flo
         bcs_panel(dt, 12, 2, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
     else if (n <= 48)
         bcs_panel(dt, 9, 3, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
+    else if (m == 9 && dt != DT_F32 && w48 && n % 48 == 0)
+        bcs_panel(dt, 9, 3, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
     else if (m == 9 && dt != DT_F32)
         /* SmolLM-135M's 9 heads against a transposed 16-bit tile (absorbed.c): one block of
          * rows, so each B vector is converted once. */
@@ -646,16 +649,43 @@ INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const flo
         bcs_panel(dt, 6, 4, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
 }
 
+INL void gemm_bc_src_any(const int w48, int64_t m, int64_t n, int64_t k, const float *a,
+                         ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
+                         int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+#define BCS_DT(dt) gemm_bc_src_dt(dt, w48, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc)
+    switch (dt_of(b->t)) {
+    case DT_F16: BCS_DT(DT_F16); break;
+    case DT_BF16: BCS_DT(DT_BF16); break;
+    case DT_I8: BCS_DT(DT_I8); break;
+    default: BCS_DT(DT_F32); break;
+    }
+#undef BCS_DT
+}
+
 static TGT void gemm_bc_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
                             ptrdiff_t csa, const mla__src *b, int64_t t0, int64_t col0,
                             float beta, float *c, ptrdiff_t ldc)
 {
-    switch (dt_of(b->t)) {
-    case DT_F16: gemm_bc_src_dt(DT_F16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
-    case DT_BF16: gemm_bc_src_dt(DT_BF16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
-    case DT_I8: gemm_bc_src_dt(DT_I8, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
-    default: gemm_bc_src_dt(DT_F32, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
-    }
+    gemm_bc_src_any(0, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
+}
+
+/*
+ * gemm_bc_src with 9 rows over 16-bit B of a multiple of 48 columns in 9 × 48 blocks (27
+ * accumulators, a third fewer broadcasts of A per multiply than 9 × 32). Chosen on AMD CPUs
+ * (kernels.c), with few-rows tiles of 192 tokens (forward.c), for the score product over the
+ * transposed tile and the value product of a 96-wide latent. Zen 4, SmolLM-135M F16 decode on 2
+ * threads, one process alternating the kernel tables (a throwaway program linking libmla.a):
+ * d_kv 32 0.177 → 0.153 ms at 4K, 0.611 → 0.512 at 16K, 1.519 → 1.287 at 32K (a slow phase of
+ * the machine; 0.153 → 0.144, 0.471 → 0.433, 0.917 → 0.838 in a fast one); d_kv 16 2-6%,
+ * within the noise; d_kv 8 unchanged. On the Intel Xeon of doc/attention.md 9 × 48 blocks
+ * measured within ±10% depending on the tile, so it keeps gemm_bc_src.
+ */
+TGT void mla__gemm_bc_src_w48_avx512(int64_t m, int64_t n, int64_t k, const float *a,
+                                     ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
+                                     int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    gemm_bc_src_any(1, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
 }
 
 /* The four sums of a, b, c, d (16 lanes each) as one 128-bit vector. */
@@ -1006,8 +1036,8 @@ static TGT void round_bf16(float *x, int64_t n)
 const mla__attn_kernels mla__attn_kernels_avx512 = {
     "avx512", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
     gemm_bc_asrc, mha_scores, mha_values,
-    /* The BF16 kernels and bf16_few_rows_min_k are set by kernels.c. */
-    NULL, NULL, NULL, round_bf16, 0, NULL,
+    /* The BF16 kernels, bf16_few_rows_min_k and the AMD choices are set by kernels.c. */
+    NULL, NULL, NULL, round_bf16, 0, NULL, 0,
 };
 
 #endif /* MLA_ATTN_HAVE_AVX512 */

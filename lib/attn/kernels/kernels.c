@@ -52,6 +52,13 @@ static void choose(void)
                 avx512.bf16_products = "amx";
             }
         }
+        /* 9 query rows (SmolLM-135M's heads) in 9 × 48 blocks over 192-token tiles on AMD
+         * (avx512.c, mla__gemm_bc_src_w48_avx512: Zen 4, d_kv 32 decode 6-16% faster); the
+         * Intel Xeon keeps its 9 × 32 blocks over tiles sized to L1. */
+        if (f->amd) {
+            avx512.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
+            avx512.few_rows_tile = 192;
+        }
         best = &avx512;
     }
 #endif

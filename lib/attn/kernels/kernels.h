@@ -138,6 +138,10 @@ typedef struct mla__attn_kernels {
     int64_t bf16_few_rows_min_k;
     /* Which gemm_bf16 this is ("portable", "fma", "vdpbf16ps", "amx"), for mla_build_info. */
     const char *bf16_products;
+    /* Tokens of a few-rows absorbed tile over 16-bit keys (absorbed.c, load_t16); 0: as many
+     * as keep the transposed keys in 32 KiB (forward.c). Set by kernels.c with the
+     * gemm_bc_src whose blocks it suits. */
+    int64_t few_rows_tile;
 } mla__attn_kernels;
 
 /* Element (t, k) of a source (the portable conversion every kernel must reproduce exactly). */
@@ -157,6 +161,11 @@ MLA_INTERNAL void mla__to_bf16_avx512(const float *x, int64_t n, uint16_t *dst);
 MLA_INTERNAL void mla__gemm_bf16_fma(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
                                      ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
                                      ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc);
+/* avx512.c: gemm_bc_src with 9 rows in 9 × 48 blocks where they cover B (AMD CPUs). */
+MLA_INTERNAL void mla__gemm_bc_src_w48_avx512(int64_t m, int64_t n, int64_t k, const float *a,
+                                              ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b,
+                                              int64_t t0, int64_t col0, float beta, float *c,
+                                              ptrdiff_t ldc);
 /* amx.c: gemm_bf16 on AMX tiles (CPUs with AMX-BF16, after mla__amx_request granted them). */
 MLA_INTERNAL void mla__gemm_bf16_amx(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
                                      ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
