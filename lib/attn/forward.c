@@ -887,9 +887,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
                  (dm.W == 0 || fmt.rope_dtype == fmt.latent_dtype);
     /* The kernel table's few-rows tile suits its gemm_bc_src, which the bf16 products
      * (job_bf16, absorbed.c) do not use. */
-    int job_bf16 = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
+    int bf16_products = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16,
-                         job_bf16 ? 0 : attn->k->few_rows_tile);
+                         bf16_products ? 0 : attn->k->few_rows_tile);
     arena a = {NULL, 0, 0};
     plan_bounds(&dm, &p, ch, nt, &a);
     carve(&a, &p, &dm, ch);
