@@ -631,7 +631,7 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
      * 0.54-0.55 ms, 256 tokens 0.58, 64 tokens 0.56). */
     if (keys16 && !need_f32 && !dm->mha) {
         int64_t t1 = TILE_L1_BYTES / ((dm->lat_k + dm->W) * 2 > 0 ? (dm->lat_k + dm->W) * 2 : 1);
-        /* Or the kernel table's size (AMD: 192 tokens for its 9 × 48 blocks, kernels.c). */
+        /* Or the kernel table's size for 9 rows (AMD: 192 tokens for its 9 × 48 blocks). */
         if (few_rows > 0)
             t1 = few_rows;
         t = t1 < t ? t1 : t;
@@ -885,11 +885,12 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
                                              (int32_t)dm.r);
     int keys16 = (fmt.latent_dtype == MLA_DTYPE_F16 || fmt.latent_dtype == MLA_DTYPE_BF16) &&
                  (dm.W == 0 || fmt.rope_dtype == fmt.latent_dtype);
-    /* The kernel table's few-rows tile suits its gemm_bc_src, which the bf16 products
-     * (job_bf16, absorbed.c) do not use. */
+    /* The kernel table's tile for 9 query rows suits the blocks of its gemm_bc_src, which the
+     * bf16 products (job_bf16, absorbed.c) do not use; other rows keep the L1 rule (4 heads on
+     * AMD: 192-token tiles within the noise of it). A decode's few rows are its heads. */
     int bf16_products = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16,
-                         bf16_products ? 0 : attn->k->few_rows_tile);
+                         dm.n_h == 9 && !bf16_products ? attn->k->nine_rows_tile : 0);
     arena a = {NULL, 0, 0};
     plan_bounds(&dm, &p, ch, nt, &a);
     carve(&a, &p, &dm, ch);

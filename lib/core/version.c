@@ -54,8 +54,8 @@ static void describe_build(void)
     const mla_cpu_features *f = mla_cpu();
     const mla__attn_kernels *k = mla__attn_kernels_best();
     char few[48] = "";
-    if (k->few_rows_tile > 0)
-        snprintf(few, sizeof few, ", few-rows tiles: %lld tokens", (long long)k->few_rows_tile);
+    if (k->nine_rows_tile > 0)
+        snprintf(few, sizeof few, ", 9-row tiles: %lld tokens", (long long)k->nine_rows_tile);
     snprintf(build_info, sizeof build_info,
              "libmla %s; BLAS: BLIS %s (%s, %s threading); LAPACK: LAPACKE; "
              "CPU: %d cores, avx2=%d fma=%d f16c=%d avx512f=%d avx512bw=%d avx512vl=%d "

@@ -155,7 +155,7 @@ static void few_rows_w48_agrees(void)
     mla_layer *l = convert(&src, 4, 32, MLA_FACTOR_JOINT);
     mla__attn_kernels kc = mla__attn_kernels_avx512;
     kc.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
-    kc.few_rows_tile = 192;
+    kc.nine_rows_tile = 192;
     const mla__attn_kernels *tables[2] = {&kc, &mla__attn_kernels_portable};
     seqdata s[2];
     mla_status st[2] = {MLA_ERR_INTERNAL, MLA_ERR_INTERNAL};

@@ -636,21 +636,21 @@ int main(void)
               best->bf16_products ? best->bf16_products : "NULL", want, mla_build_info());
     }
     {
-        /* ... and the few-rows tile, exactly when the table sets one (AMD: with the 9 × 48
-         * blocks of gemm_bc_src it suits, kernels.c). */
+        /* ... and the tile for 9 query rows, exactly when the table sets one (AMD: with the
+         * 9 × 48 blocks of gemm_bc_src it suits, kernels.c). */
         char want[48] = "";
-        if (best->few_rows_tile > 0)
-            snprintf(want, sizeof want, "few-rows tiles: %lld tokens",
-                     (long long)best->few_rows_tile);
-        int named = strstr(mla_build_info(), "few-rows tiles") != NULL;
+        if (best->nine_rows_tile > 0)
+            snprintf(want, sizeof want, "9-row tiles: %lld tokens",
+                     (long long)best->nine_rows_tile);
+        int named = strstr(mla_build_info(), "9-row tiles") != NULL;
         int blocks = 1;
 #ifdef MLA_ATTN_HAVE_AVX512
-        blocks = (best->few_rows_tile > 0) == (best->gemm_bc_src == mla__gemm_bc_src_w48_avx512);
+        blocks = (best->nine_rows_tile > 0) == (best->gemm_bc_src == mla__gemm_bc_src_w48_avx512);
 #endif
-        CHECK(best->few_rows_tile > 0 ? strstr(mla_build_info(), want) != NULL : !named,
-              "few-rows tile %lld labelled: %s", (long long)best->few_rows_tile,
+        CHECK(best->nine_rows_tile > 0 ? strstr(mla_build_info(), want) != NULL : !named,
+              "9-row tile %lld labelled: %s", (long long)best->nine_rows_tile,
               mla_build_info());
-        CHECK(blocks, "a few-rows tile is set with the 9 x 48 gemm_bc_src, and only with it");
+        CHECK(blocks, "a 9-row tile is set with the 9 x 48 gemm_bc_src, and only with it");
     }
     if (!mla_cpu()->avx512_bf16)
         printf("ok %d # SKIP this CPU has no AVX512_BF16 (vdpbf16ps)\n", ++tap_count);

@@ -57,7 +57,7 @@ static void choose(void)
          * Intel Xeon keeps its 9 × 32 blocks over tiles sized to L1. */
         if (f->amd) {
             avx512.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
-            avx512.few_rows_tile = 192;
+            avx512.nine_rows_tile = 192;
         }
         best = &avx512;
     }

@@ -138,10 +138,11 @@ typedef struct mla__attn_kernels {
     int64_t bf16_few_rows_min_k;
     /* Which gemm_bf16 this is ("portable", "fma", "vdpbf16ps", "amx"), for mla_build_info. */
     const char *bf16_products;
-    /* Tokens of a few-rows absorbed tile over 16-bit keys (absorbed.c, load_t16); 0: as many
-     * as keep the transposed keys in 32 KiB (forward.c). Set by kernels.c with the
-     * gemm_bc_src whose blocks it suits. */
-    int64_t few_rows_tile;
+    /* Tokens of a few-rows absorbed tile over 16-bit keys when the query rows are 9
+     * (SmolLM-135M's decode: the rows gemm_bc_src's 9 × 48 blocks serve); 0, and for any other
+     * rows: as many as keep the transposed keys in 32 KiB (forward.c). Set by kernels.c with
+     * the gemm_bc_src whose blocks it suits. */
+    int64_t nine_rows_tile;
 } mla__attn_kernels;
 
 /* Element (t, k) of a source (the portable conversion every kernel must reproduce exactly). */
