@@ -248,7 +248,7 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     const mla__qblock *b = &c->blocks[job->block];
     const mla__attn_kernels *k = c->k;
     int64_t rows = b->m * c->n_h;
-    if (c->bf16 && (mla__absorbed_rows_wide(rows) || c->lat_k >= k->bf16_few_rows_min_k)) {
+    if (c->bf16 && (mla__absorbed_rows_wide(rows) || c->bf16_few_rows)) {
         job_bf16(c, job, w);
         return;
     }

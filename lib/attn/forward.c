@@ -888,9 +888,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     /* The kernel table's tile for 9 query rows suits the blocks of its gemm_bc_src, which the
      * bf16 products (job_bf16, absorbed.c) do not use; other rows keep the L1 rule (4 heads on
      * AMD: 192-token tiles within the noise of it). A decode's few rows are its heads. */
-    int bf16_products = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
+    int bf16_few_rows = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16,
-                         dm.n_h == 9 && !bf16_products ? attn->k->nine_rows_tile : 0);
+                         dm.n_h == 9 && !bf16_few_rows ? attn->k->nine_rows_tile : 0);
     arena a = {NULL, 0, 0};
     plan_bounds(&dm, &p, ch, nt, &a);
     carve(&a, &p, &dm, ch);
@@ -940,7 +940,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         .tile_tokens = p.tile, .stream_bytes = attn->stream_bytes,
         .stream_prefetch = attn->stream_prefetch, .qg = p.qg, .qt = p.qt,
         .qrt = p.qrt, .ldq = n_tokens * dm.n_h, .blocks = p.blocks, .bf16 = p.bf16,
-        .keys16 = keys16,
+        .keys16 = keys16, .bf16_few_rows = bf16_few_rows,
     };
     run_jobs(attn, &ctx, &p, nt);
     finish_rows(layer, &dm, &p);
