@@ -196,13 +196,45 @@ static void test_src_get(void)
     }
 }
 
-/* load_t (a conversion: bit for bit) and gemm_bc_src (to rounding) against the portable ones. */
-static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels *p)
+static const int64_t src_ms[] = {1, 3, 9, 13, 21};
+/* 96 and 144: 9 rows in whole 9 × 48 blocks (mla__gemm_bc_src_w48_avx512); 70 and 100 not. */
+static const int64_t src_ns[] = {1, 5, 16, 20, 24, 33, 48, 53, 70, 96, 100, 144};
+static const int64_t src_ks[] = {0, 1, 7, 33};
+
+/* The largest error per term of v's gemm_bc_src against p's over the source, odd shapes,
+ * strides, offsets and both beta values. */
+static double bc_src_err(const mla__attn_kernels *v, const mla__attn_kernels *p,
+                         const test_src *ts, unsigned long long *seed)
 {
-    static const int64_t ms[] = {1, 3, 9, 13, 21};
-    /* 96 and 144: 9 rows in whole 9 × 48 blocks (gemm_bc_src_w48); 70 and 100 not. */
-    static const int64_t ns[] = {1, 5, 16, 20, 24, 33, 48, 53, 70, 96, 100, 144};
-    static const int64_t ks[] = {0, 1, 7, 33};
+    double worst = 0;
+    for (size_t a = 0; a < 4; a++)
+        for (size_t b = 0; b < sizeof src_ns / sizeof src_ns[0]; b++)
+            for (size_t c = 0; c < 4; c++)
+                for (int variant = 0; variant < 2; variant++) {
+                    int64_t m = src_ms[a], n = src_ns[b], k = src_ks[c], col0 = variant ? 7 : 0;
+                    float beta = variant ? 1.0f : 0.0f;
+                    ptrdiff_t rsa = variant ? 1 : k + 3, csa = variant ? m + 2 : 1;
+                    ptrdiff_t ldc = n + 2;
+                    float *A = randv((size_t)((m + 2) * (k + 3) + 8), seed);
+                    float *C0 = randv((size_t)(m * ldc), seed);
+                    float *C1 = malloc((size_t)(m * ldc) * sizeof *C1);
+                    memcpy(C1, C0, (size_t)(m * ldc) * sizeof *C1);
+                    v->gemm_bc_src(m, n, k, A, rsa, csa, &ts->s, 3, col0, beta, C0, ldc);
+                    p->gemm_bc_src(m, n, k, A, rsa, csa, &ts->s, 3, col0, beta, C1, ldc);
+                    double e = prod_err(C0, C1, (size_t)(m * ldc), k + 1);
+                    worst = e > worst || e != e ? e : worst;
+                    free(A);
+                    free(C0);
+                    free(C1);
+                }
+    return worst;
+}
+
+/* load_t (a conversion: bit for bit) and gemm_bc_src (to rounding) against the portable ones;
+ * v2, when given, another table whose gemm_bc_src is checked over the same sources. */
+static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels *p,
+                             const mla__attn_kernels *v2)
+{
     static const int32_t groups[] = {4, 32};
     unsigned long long seed = 33;
     for (int d = 0; d < 4; d++)
@@ -259,37 +291,22 @@ static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels
                       "(%lld of %lld cases differ)", v->name, src_names[d], (long long)bad16,
                       (long long)cases);
             }
-            double worst = 0;
-            for (size_t a = 0; a < 4; a++)
-                for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
-                    for (size_t c = 0; c < 4; c++)
-                        for (int variant = 0; variant < 2; variant++) {
-                            int64_t m = ms[a], n = ns[b], k = ks[c], col0 = variant ? 7 : 0;
-                            float beta = variant ? 1.0f : 0.0f;
-                            ptrdiff_t rsa = variant ? 1 : k + 3, csa = variant ? m + 2 : 1;
-                            ptrdiff_t ldc = n + 2;
-                            float *A = randv((size_t)((m + 2) * (k + 3) + 8), &seed);
-                            float *C0 = randv((size_t)(m * ldc), &seed);
-                            float *C1 = malloc((size_t)(m * ldc) * sizeof *C1);
-                            memcpy(C1, C0, (size_t)(m * ldc) * sizeof *C1);
-                            v->gemm_bc_src(m, n, k, A, rsa, csa, &ts.s, 3, col0, beta, C0, ldc);
-                            p->gemm_bc_src(m, n, k, A, rsa, csa, &ts.s, 3, col0, beta, C1, ldc);
-                            double e = prod_err(C0, C1, (size_t)(m * ldc), k + 1);
-                            worst = e > worst || e != e ? e : worst;
-                            free(A);
-                            free(C0);
-                            free(C1);
-                        }
+            double worst = bc_src_err(v, p, &ts, &seed);
             CHECK(worst < 1e-6, "%s gemm_bc_src equals portable (%s, group %d; max rel err per "
                   "term %.2e)", v->name, src_names[d], (int)groups[gi], worst);
+            if (v2) {
+                double w2 = bc_src_err(v2, p, &ts, &seed);
+                CHECK(w2 < 1e-6, "%s gemm_bc_src equals portable (%s, group %d; max rel err "
+                      "per term %.2e)", v2->name, src_names[d], (int)groups[gi], w2);
+            }
             /* gemm_dot_src: A m × k (lda k + 3), B rows t0 .. t0+n−1 of the source. */
             worst = 0;
             for (size_t a = 0; a < 4; a++)
                 for (size_t b = 0; b < 8; b++)
                     for (size_t c = 0; c < 4; c++)
                         for (int variant = 0; variant < 2; variant++) {
-                            int64_t m = ms[a], n = ns[b] < 40 ? ns[b] : 40, k = ks[c] + 30;
-                            int64_t col0 = variant ? 11 : 0;
+                            int64_t m = src_ms[a], n = src_ns[b] < 40 ? src_ns[b] : 40;
+                            int64_t k = src_ks[c] + 30, col0 = variant ? 11 : 0;
                             float beta = variant ? 1.0f : 0.0f;
                             ptrdiff_t ldc = n + 2;
                             float *A = randv((size_t)(m * (k + 3)), &seed);
@@ -348,7 +365,7 @@ static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels
                 for (size_t b = 0; b < 8; b++)
                     for (size_t c = 0; c < 4; c++)
                         for (int variant = 0; variant < 2; variant++) {
-                            int64_t m = ms[a] + (variant ? 17 : 0), n = ns[b];
+                            int64_t m = src_ms[a] + (variant ? 17 : 0), n = src_ns[b];
                             int64_t k = ks2[c] < w - 9 ? ks2[c] : w - 9;
                             int64_t col0 = variant ? 9 : 0;
                             float beta = variant ? 1.0f : 0.0f;
@@ -686,12 +703,11 @@ int main(void)
         test_products(&mla__attn_kernels_avx512, p);
         test_softmax(&mla__attn_kernels_avx512, p, 1);
         test_softmax(&mla__attn_kernels_avx512, p, 0);
-        test_src_kernels(&mla__attn_kernels_avx512, p);
-        /* The AMD variant of gemm_bc_src (kernels.c), wherever AVX-512 runs. */
+        /* With the AMD variant of gemm_bc_src (kernels.c), wherever AVX-512 runs. */
         mla__attn_kernels w48 = mla__attn_kernels_avx512;
         w48.name = "avx512 (9 x 48 blocks)";
         w48.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
-        test_src_kernels(&w48, p);
+        test_src_kernels(&mla__attn_kernels_avx512, p, &w48);
     } else {
         printf("ok %d # SKIP this CPU has no AVX-512\n", ++tap_count);
     }
