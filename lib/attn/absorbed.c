@@ -243,6 +243,50 @@ static void job_bf16(const mla__ctx *c, const mla__job *job, mla__work *w)
     }
 }
 
+/*
+ * Few rows over a cache out of the CPU's caches: each tile is loaded (load_t, load_t16) and
+ * then multiplied, and while it is multiplied nothing is read. On AMD CPUs (c->stream_prefetch)
+ * a job of more than PF_MIN_BYTES of rows therefore hints the next tile's rows into L2, 16 of
+ * them for every 16 rows it loads, so that they arrive while this tile is multiplied.
+ * SmolLM-135M d_kv 32 F16 on an AMD EPYC, 2 threads, one process alternating both ways,
+ * median of 40 decodes: 32K 1.37 → 1.10 ms, 48K 2.40 → 1.83 ms, 16K unchanged; d_kv 8 and 16
+ * at 16K, whose jobs stay in cache, 3–5% slower, hence the threshold (doc/attention.md).
+ */
+#define PF_MIN_BYTES ((int64_t)3 << 20)
+#define PF_CHUNK 16
+
+typedef struct pf_cursor {
+    const mla__seq_view *v;
+    int64_t si, next, end;       /* span of `next`, the next token to hint, the job's end */
+} pf_cursor;
+
+/* Always inlined: a function of its own whose only effects are prefetches is found "const"
+ * by GCC and its calls deleted (materialized.c). prefetcht2: into L2, not L1, which holds the
+ * tile being multiplied. */
+static inline __attribute__((always_inline)) void pf_bytes(const void *p, int64_t bytes)
+{
+    for (int64_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch((const unsigned char *)p + o, 0, 1);
+}
+
+static inline __attribute__((always_inline)) void pf_tokens(pf_cursor *pc, int64_t n)
+{
+    int64_t stop = pc->end - pc->next < n ? pc->end : pc->next + n;
+    while (pc->next < stop) {
+        const mla_cache_span *s = &pc->v->spans[pc->si];
+        int64_t off = pc->next - pc->v->start[pc->si];
+        int64_t take = s->n_tokens - off < stop - pc->next ? s->n_tokens - off : stop - pc->next;
+        pf_bytes((const unsigned char *)s->latent + off * (int64_t)s->latent_row_bytes,
+                 take * (int64_t)s->latent_row_bytes);
+        if (s->rope)
+            pf_bytes((const unsigned char *)s->rope + off * (int64_t)s->rope_row_bytes,
+                     take * (int64_t)s->rope_row_bytes);
+        pc->next += take;
+        if (off + take == s->n_tokens)
+            pc->si++;
+    }
+}
+
 void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
 {
     const mla__qblock *b = &c->blocks[job->block];
@@ -267,20 +311,33 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     chrs.p = (const unsigned char *)chr;
     float *s = w->s;             /* rows × T: the scores of a query row contiguous */
     mla__rtile *rt = &w->rt;
+    pf_cursor pc = {b->view, 0, job->c0 + T, job->c1};
+    int pf = 0;
+    if (c->stream_prefetch && job->c1 - job->c0 > T) {
+        const mla_cache_span *s0 = &b->view->spans[0];
+        int64_t row_bytes = (int64_t)s0->latent_row_bytes + (int64_t)s0->rope_row_bytes;
+        pf = (job->c1 - job->c0) * row_bytes > PF_MIN_BYTES;
+        pc.si = pf ? mla__span_of(b->view, pc.next) : 0;
+    }
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;
         mla__rtile_map(c->fmt, b->view, first, n, &w->tile, rt);
         mla__rtile_visible(rt, b->p0, b->m, w->nvis);
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
-            if (c->nope > 0 && c->keys16)
-                k->load_t16(&g->latent, 0, g->n, 0, c->lat_k, ch + g->t, T);
-            else if (c->nope > 0)
-                k->load_t(&g->latent, 0, g->n, 0, c->lat_k, ct + g->t, T);
-            if (c->r > 0 && c->keys16)
-                k->load_t16(&g->rope, 0, g->n, 0, W, chr + g->t, T);
-            else if (c->r > 0)
-                k->load_t(&g->rope, 0, g->n, 0, W, ctr + g->t, T);
+            for (int64_t u = 0; u < g->n; u += pf ? PF_CHUNK : g->n) {
+                int64_t nu = pf && g->n - u > PF_CHUNK ? PF_CHUNK : g->n - u;
+                if (pf)
+                    pf_tokens(&pc, nu);
+                if (c->nope > 0 && c->keys16)
+                    k->load_t16(&g->latent, u, nu, 0, c->lat_k, ch + g->t + u, T);
+                else if (c->nope > 0)
+                    k->load_t(&g->latent, u, nu, 0, c->lat_k, ct + g->t + u, T);
+                if (c->r > 0 && c->keys16)
+                    k->load_t16(&g->rope, u, nu, 0, W, chr + g->t + u, T);
+                else if (c->r > 0)
+                    k->load_t(&g->rope, u, nu, 0, W, ctr + g->t + u, T);
+            }
         }
         if (c->nope > 0 && c->keys16)
             k->gemm_bc_src(rows, n, c->lat_k, c->qt + col0, 1, c->ldq, &chs, 0, 0, 0.0f, s, T);

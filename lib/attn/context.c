@@ -56,7 +56,7 @@ int64_t mla__seq_view_count_le(const mla__seq_view *v, int64_t p)
 }
 
 /* The span holding token `first`: the last span starting at or before it. */
-static int64_t span_of(const mla__seq_view *v, int64_t first)
+int64_t mla__span_of(const mla__seq_view *v, int64_t first)
 {
     int64_t lo = 0, hi = v->n_spans - 1;
     while (lo < hi) {
@@ -92,7 +92,7 @@ void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v, i
     }
     int64_t ng = fmt->latent_dtype == MLA_DTYPE_I8 ? fmt->latent_dim / fmt->quant_group : 0;
     int64_t done = 0, ns = 0;
-    for (int64_t si = span_of(v, first); done < n; si++) {
+    for (int64_t si = mla__span_of(v, first); done < n; si++) {
         const mla_cache_span *s = &v->spans[si];
         int64_t off = first + done - v->start[si];
         int64_t take = s->n_tokens - off < n - done ? s->n_tokens - off : n - done;
@@ -146,7 +146,7 @@ void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v, i
                     int64_t n, mla__tile *tile)
 {
     int64_t done = 0;
-    for (int64_t si = span_of(v, first); done < n; si++) {
+    for (int64_t si = mla__span_of(v, first); done < n; si++) {
         const mla_cache_span *s = &v->spans[si];
         int64_t off = first + done - v->start[si];
         int64_t take = s->n_tokens - off;

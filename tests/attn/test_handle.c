@@ -4,8 +4,8 @@
  * enough work gives the serial result, MLA_ATTN_STREAM_BYTES and MLA_ATTN_STREAM_PREFETCH are
  * read only when they are whole non-negative integers, and over a BF16 cache the few-rows
  * float32 loop multiplies what the bf16 products do (the kernel table's threshold both ways),
- * the AMD few-rows blocks and tiles give the portable decode, and the cut of a forward's work
- * into blocks and split-K parts keeps its promises.
+ * the AMD few-rows blocks and tiles give the portable decode, next-tile hints change no result,
+ * and the cut of a forward's work into blocks and split-K parts keeps its promises.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -185,6 +185,59 @@ static void few_rows_w48_agrees(void)
 #endif
 }
 
+/*
+ * Few rows over more than 3 MiB of cached rows on one thread: with stream_prefetch the job hints
+ * the next tile's rows into L2 while it loads this one, and loads in chunks of 16 rows
+ * (absorbed.c). Hints change no result, so the decode is the same bit for bit with and without
+ * them, over F16 and F32 caches (load_t16, load_t) in blocks of 40 tokens, which end inside the
+ * chunks and tiles.
+ */
+static void few_rows_prefetch_same(void)
+{
+    src_layer src;
+    src_init(&src, 128, 9, 3, 32, 0, 409);
+    mla_layer *l = convert(&src, 4, 32, MLA_FACTOR_JOINT);
+    mla_cache_layer_desc desc;
+    int ok = l && mla_layer_cache_desc(l, &desc, sizeof desc) == MLA_OK;
+    static const mla_dtype dts[] = {MLA_DTYPE_F16, MLA_DTYPE_F32};
+    for (int di = 0; ok && di < 2; di++) {
+        int64_t L = desc.latent_dim, W = (int64_t)desc.rope_heads * desc.rope_dim;
+        int64_t row = (L + W) * (dts[di] == MLA_DTYPE_F16 ? 2 : 4);
+        int64_t ctx = ((int64_t)3 << 20) / row + 1000, chunk = 1000;
+        mla_cache *c = make_cache(&l, 1, dts[di], dts[di], ctx + 64, 40);
+        mla_attn *a = make_attn(1, MLA_ATTN_PATH_ABSORBED);
+        unsigned long long seed = 11;
+        float *lat = rand_floats((size_t)(chunk * L), &seed, 1.0);
+        float *rope = rand_floats((size_t)(chunk * W + 1), &seed, 1.0);
+        float *x = rand_floats(128, &seed, 1.0), out[2][128];
+        mla_status st = c && a ? MLA_OK : MLA_ERR_INTERNAL;
+        for (int64_t p0 = 0; st == MLA_OK && p0 < ctx; p0 += chunk)
+            st = mla_cache_write(c, 0, 0, p0, ctx - p0 < chunk ? ctx - p0 : chunk, lat,
+                                 W ? rope : NULL);
+        for (int v = 0; v < 2 && st == MLA_OK; v++) {
+            int32_t seq = 0;
+            int64_t pos = ctx;
+            a->stream_prefetch = v;
+            st = mla_attn_forward(a, l, c, 0, x, 1, &seq, &pos, out[v]);
+            if (st == MLA_OK)
+                st = mla_cache_seq_rm(c, 0, ctx, -1);
+        }
+        double e = st == MLA_OK ? tap_rel_diff(out[0], out[1], 128) : 1.0;
+        CHECK(st == MLA_OK && memcmp(out[0], out[1], sizeof out[0]) == 0,
+              "%s cache, %lld tokens of %lld bytes, few rows: the decode with next-tile hints "
+              "equals the one without, bit for bit (relative difference %.2e)",
+              dts[di] == MLA_DTYPE_F16 ? "F16" : "F32", (long long)ctx, (long long)row, e);
+        free(lat);
+        free(rope);
+        free(x);
+        mla_attn_destroy(a);
+        mla_cache_destroy(c);
+    }
+    CHECK(ok, "a 9-head layer with a 96-wide latent");
+    mla_layer_destroy(l);
+    src_free(&src);
+}
+
 /* How a forward cuts its work (internal.h), against the properties it promises: a chunk's blocks
  * cover it in order, hold at most qb tokens each, are as few as that allows and equal within one
  * token; split-K parts are the fewest that fill rounds of nt threads to within an eighth. */
@@ -296,6 +349,7 @@ int main(void)
 
     bf16_paths_agree();
     few_rows_w48_agrees();
+    few_rows_prefetch_same();
     planner_cuts();
 
     free(x);
