@@ -249,8 +249,9 @@ static void job_bf16(const mla__ctx *c, const mla__job *job, mla__work *w)
  * a job of more than PF_MIN_BYTES of rows therefore hints the next tile's rows into L2, 16 of
  * them for every 16 rows it loads, so that they arrive while this tile is multiplied.
  * SmolLM-135M d_kv 32 F16 on an AMD EPYC, 2 threads, one process alternating both ways,
- * median of 40 decodes: 32K 1.37 → 1.10 ms, 48K 2.40 → 1.83 ms, 16K unchanged; d_kv 8 and 16
- * at 16K, whose jobs stay in cache, 3–5% slower, hence the threshold (doc/attention.md).
+ * median of 40 decodes: 32K 1.145 → 1.019 ms, 48K 2.316 → 1.613 ms. Jobs that stay in cache
+ * pay 3–5% for the hints (d_kv 8 at 64K, 3 MiB a job; d_kv 16 at 32K), hence the threshold
+ * (doc/attention.md, "The two paths").
  */
 #define PF_MIN_BYTES ((int64_t)3 << 20)
 #define PF_CHUNK 16

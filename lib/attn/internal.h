@@ -28,7 +28,8 @@
  * for rows out of DRAM (materialized.c: 8-row steps for rows of a page or more; for smaller
  * ones, on AMD CPUs, prefetching 4-row steps); MLA_ATTN_STREAM_BYTES in the environment
  * overrides it (tests run that loop on small caches with 0), MLA_ATTN_STREAM_PREFETCH=0 or 1
- * whether small rows are prefetched (tests run both). */
+ * whether small rows are prefetched (tests run both), and whether few-rows absorbed jobs hint
+ * their next tile (absorbed.c; on AMD CPUs by default). */
 #define MLA_ATTN_STREAM_BYTES ((int64_t)8 << 20)
 
 /* The crossover measured on the development machine (doc/attention.md). */

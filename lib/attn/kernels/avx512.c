@@ -800,7 +800,7 @@ static TGT void mha_scores(int64_t n_kv, int64_t d, int64_t n, const float *q, c
 
 /* Up to 8 tokens into one output row of d values: o read and written once a vector per 8
  * tokens, the weights in registers, the 8 rows read side by side a vector at a time in two
- * chains of multiply-adds. On an AMD EPYC, out of DRAM, this streams the values 9–14% faster
+ * chains of multiply-adds. On an AMD EPYC, out of DRAM, this streams the values 4–16% faster
  * than 4 tokens a pass with o read and written each time (doc/attention.md, "Kernels"). */
 INL void values_vec8(const int dt, int64_t toks, const __m512 *w, const mla__src *v, int64_t t0,
                      int64_t col, __mmask16 mc, float *o)
