@@ -36,4 +36,3 @@ MLA_API const char *mla_build_info(void)
     pthread_once(&build_info_once, describe_build);
     return build_info;
 }
-
