@@ -640,7 +640,9 @@ int main(void)
         /* The label mla_build_info prints names the gemm_bf16 the table holds. */
         const char *want = best->gemm_bf16 == p->gemm_bf16 ? "portable" : "?";
 #ifdef MLA_ATTN_HAVE_AVX512
-        if (best->gemm_bf16 == mla__gemm_bf16_fma)
+        if (best->gemm_bf16 == mla__attn_kernels_avx2.gemm_bf16)
+            want = "avx2";
+        else if (best->gemm_bf16 == mla__gemm_bf16_fma)
             want = "fma";
         else if (best->gemm_bf16 == mla__gemm_bf16_avx512)
             want = "vdpbf16ps";
@@ -699,6 +701,17 @@ int main(void)
 #endif
 #ifdef MLA_ATTN_HAVE_AVX512
     const mla_cpu_features *f = mla_cpu();
+    /* The AVX2 kernels wherever the CPU has AVX2, FMA and F16C (AVX-512 CPUs included: kernels.c
+     * chooses them only without AVX-512, or with MLA_ATTN_KERNELS=avx2). */
+    if (f->avx2 && f->fma && f->f16c) {
+        test_products(&mla__attn_kernels_avx2, p);
+        test_softmax(&mla__attn_kernels_avx2, p, 1);
+        test_softmax(&mla__attn_kernels_avx2, p, 0);
+        test_src_kernels(&mla__attn_kernels_avx2, p, NULL);
+        test_gemm_bf16(&mla__attn_kernels_avx2);
+    } else {
+        printf("ok %d # SKIP this CPU has no AVX2, FMA and F16C\n", ++tap_count);
+    }
     if (f->avx512f && f->avx512bw && f->avx512vl && f->fma) {
         test_products(&mla__attn_kernels_avx512, p);
         test_softmax(&mla__attn_kernels_avx512, p, 1);

@@ -20,6 +20,11 @@ static void choose(void)
         return;
 #ifdef MLA_ATTN_HAVE_AVX512
     const mla_cpu_features *f = mla_cpu();
+    int has_avx2 = f->avx2 && f->fma && f->f16c;
+    if (has_avx2 && force && strcmp(force, "avx2") == 0) {
+        best = &mla__attn_kernels_avx2;
+        return;
+    }
     if (f->avx512f && f->avx512bw && f->avx512vl && f->fma) {
         avx512 = mla__attn_kernels_avx512;
         /* bf16 pairs on float32 FMAs, and the few-rows absorbed path over BF16 caches in
@@ -60,6 +65,9 @@ static void choose(void)
             avx512.nine_rows_tile = 192;
         }
         best = &avx512;
+    } else if (has_avx2) {
+        /* No AVX-512: 8-lane kernels (the portable ones measured 30-80 times slower). */
+        best = &mla__attn_kernels_avx2;
     }
 #endif
 }

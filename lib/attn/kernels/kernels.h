@@ -152,6 +152,8 @@ MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_portable;
 #if defined(__x86_64__) && defined(__GNUC__)
 #  define MLA_ATTN_HAVE_AVX512 1
 MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_avx512;
+/* avx2.c: the same kernels in 8 lanes, for CPUs with AVX2, FMA and F16C but no AVX-512. */
+MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_avx2;
 /* avx512_bf16.c: the BF16 kernels with vdpbf16ps (CPUs with AVX512_BF16 only). */
 MLA_INTERNAL void mla__gemm_bf16_avx512(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
                                         ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
@@ -176,9 +178,10 @@ MLA_INTERNAL void mla__pack_pairs_avx512(const mla__src *s, int64_t n, int64_t c
                                          uint16_t *dst, ptrdiff_t ldd, int64_t t);
 #endif
 
-/* The best kernels this CPU runs (chosen once). MLA_ATTN_KERNELS in the environment, for
- * comparisons in bench/: "portable" forces the portable ones, "avx512" the AVX-512 ones without
- * AMX. */
+/* The best kernels this CPU runs (chosen once): AVX-512, else AVX2 (with FMA and F16C), else
+ * portable. MLA_ATTN_KERNELS in the environment, for comparisons in bench/: "portable" forces
+ * the portable ones, "avx2" the AVX2 ones (where the CPU has them), "avx512" the AVX-512 ones
+ * without AMX. */
 MLA_INTERNAL const mla__attn_kernels *mla__attn_kernels_best(void);
 
 #endif /* MLA_ATTN_KERNELS_H */

@@ -1,0 +1,606 @@
+/*
+ * AVX2 float32 kernels (x86-64 with AVX2, FMA and F16C, no AVX-512: every x86-64 server CPU of
+ * the last decade that lacks AVX-512), selected at run time by kernels.c. The portable kernels
+ * stay the oracle; these are the same products in 8-lane vectors, register-blocked so that each
+ * converted cache vector feeds several rows. Per-function target attributes keep the rest of
+ * the library on the baseline ISA. Kernels not here (bf16 pair packing and rounding) are the
+ * portable ones: they touch each value once.
+ */
+#include "attn/kernels/kernels.h"
+
+#ifdef MLA_ATTN_HAVE_AVX512
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline)) TGT
+
+enum { DT_F32, DT_F16, DT_BF16, DT_I8 };
+
+static int dt_of(mla_dtype t)
+{
+    switch (t) {
+    case MLA_DTYPE_F16: return DT_F16;
+    case MLA_DTYPE_BF16: return DT_BF16;
+    case MLA_DTYPE_I8: return DT_I8;
+    default: return DT_F32;
+    }
+}
+
+/* Elements (t, k .. k+7) of a source, converted exactly as mla__src_get does. */
+INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k)
+{
+    const unsigned char *row = s->p + t * s->ld;
+    if (dt == DT_F32)
+        return _mm256_loadu_ps((const float *)(const void *)(row + 4 * k));
+    if (dt == DT_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k)));
+    if (dt == DT_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k))),
+            16));
+    float sc[8];
+    const float *g = s->sc + t * s->lds;
+    #pragma GCC unroll 16
+    for (int l = 0; l < 8; l++)
+        sc[l] = g[(k + l) / s->group];
+    __m256 q = _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(row + k))));
+    return _mm256_mul_ps(q, _mm256_loadu_ps(sc));
+}
+
+/* Elements (t, k .. k+n−1), n < 8, and zeros after them. */
+INL __m256 load_part(const mla__src *s, int64_t t, int64_t k, int64_t n)
+{
+    float b[8] = {0};
+    for (int64_t l = 0; l < n; l++)
+        b[l] = mla__src_get(s, t, k + l);
+    return _mm256_loadu_ps(b);
+}
+
+/* The first n (< 8) lanes of x added to (beta ≠ 0) or stored over c[0 .. n). */
+INL void store_part(__m256 x, float beta, float *c, int64_t n)
+{
+    float b[8];
+    _mm256_storeu_ps(b, x);
+    for (int64_t l = 0; l < n; l++)
+        c[l] = beta != 0.0f ? c[l] + b[l] : b[l];
+}
+
+INL void store8(__m256 x, float beta, float *c)
+{
+    _mm256_storeu_ps(c, beta != 0.0f ? _mm256_add_ps(_mm256_loadu_ps(c), x) : x);
+}
+
+/*
+ * C (mr × ncols) [+]= A · B with B read from a source: one mr × (8·nv) block, mr, nv and full
+ * (ncols == 8·nv) compile-time constants, so nothing is tested inside the loop over k (12
+ * accumulators, two B vectors and a broadcast fit the 16 registers). Each B vector is converted
+ * once for all mr rows.
+ */
+INL void bcs_block(const int dt, const int mr, const int nv, const int full, int64_t ncols,
+                   int64_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b,
+                   int64_t t0, int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    __m256 acc[6][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = _mm256_setzero_ps();
+    for (int64_t kk = 0; kk < k; kk++) {
+        __m256 bv[2];
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++)
+            bv[v] = full || v + 1 < nv ? load8(dt, b, t0 + kk, col0 + 8 * v)
+                                       : load_part(b, t0 + kk, col0 + 8 * v, ncols - 8 * v);
+        const float *ak = a + kk * csa;
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++) {
+            __m256 av = _mm256_broadcast_ss(ak + r * rsa);
+#pragma GCC unroll 16
+            for (int v = 0; v < nv; v++)
+                acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++) {
+            if (full || v + 1 < nv)
+                store8(acc[r][v], beta, c + r * ldc + 8 * v);
+            else
+                store_part(acc[r][v], beta, c + r * ldc + 8 * v, ncols - 8 * v);
+        }
+}
+
+/* mr rows (a constant) of C: whole 16- and 8-column blocks, then the last partial one. */
+INL void bcs_rows(const int dt, const int mr, int64_t n, int64_t k, const float *a,
+                  ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0, int64_t col0,
+                  float beta, float *c, ptrdiff_t ldc)
+{
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        bcs_block(dt, mr, 2, 1, 16, k, a, rsa, csa, b, t0, col0 + j, beta, c + j, ldc);
+    if (j + 8 <= n) {
+        bcs_block(dt, mr, 1, 1, 8, k, a, rsa, csa, b, t0, col0 + j, beta, c + j, ldc);
+        j += 8;
+    }
+    if (j < n)
+        bcs_block(dt, mr, 1, 0, n - j, k, a, rsa, csa, b, t0, col0 + j, beta, c + j, ldc);
+}
+
+INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const float *a,
+                        ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
+                        int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i += 6) {
+        const float *ai = a + i * rsa;
+        float *ci = c + i * ldc;
+        switch (m - i < 6 ? m - i : 6) {
+        case 1: bcs_rows(dt, 1, n, k, ai, rsa, csa, b, t0, col0, beta, ci, ldc); break;
+        case 2: bcs_rows(dt, 2, n, k, ai, rsa, csa, b, t0, col0, beta, ci, ldc); break;
+        case 3: bcs_rows(dt, 3, n, k, ai, rsa, csa, b, t0, col0, beta, ci, ldc); break;
+        case 4: bcs_rows(dt, 4, n, k, ai, rsa, csa, b, t0, col0, beta, ci, ldc); break;
+        case 5: bcs_rows(dt, 5, n, k, ai, rsa, csa, b, t0, col0, beta, ci, ldc); break;
+        default: bcs_rows(dt, 6, n, k, ai, rsa, csa, b, t0, col0, beta, ci, ldc); break;
+        }
+    }
+}
+
+static TGT void gemm_bc_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+                            ptrdiff_t csa, const mla__src *b, int64_t t0, int64_t col0,
+                            float beta, float *c, ptrdiff_t ldc)
+{
+    switch (dt_of(b->t)) {
+    case DT_F16: gemm_bc_src_dt(DT_F16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    case DT_BF16: gemm_bc_src_dt(DT_BF16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    case DT_I8: gemm_bc_src_dt(DT_I8, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    default: gemm_bc_src_dt(DT_F32, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    }
+}
+
+/* Float32 B as a source: row kk is B's row kk. */
+static TGT void gemm_bc(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+                        ptrdiff_t csa, const float *b, ptrdiff_t ldb, float beta, float *c,
+                        ptrdiff_t ldc)
+{
+    mla__src s = {(const unsigned char *)b, ldb * (ptrdiff_t)sizeof(float), MLA_DTYPE_F32,
+                  NULL, 0, 1};
+    gemm_bc_src_dt(DT_F32, m, n, k, a, rsa, csa, &s, 0, 0, beta, c, ldc);
+}
+
+INL float hsum8(__m256 x)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Dot products of mr rows of A with nr rows of B (tokens) along k, B converted as loaded. */
+INL void dots_block(const int dt, const int mr, const int nr, int64_t rows, int64_t toks,
+                    int64_t k, const float *a, ptrdiff_t lda, const mla__src *b, int64_t t0,
+                    int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    __m256 acc[4][4];
+    #pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+        #pragma GCC unroll 16
+        for (int q = 0; q < nr; q++)
+            acc[r][q] = _mm256_setzero_ps();
+    int64_t kk = 0;
+    for (; kk + 8 <= k; kk += 8) {
+        __m256 bv[4];
+        #pragma GCC unroll 16
+        for (int q = 0; q < nr; q++)
+            bv[q] = q < toks ? load8(dt, b, t0 + q, col0 + kk) : _mm256_setzero_ps();
+        #pragma GCC unroll 16
+        for (int r = 0; r < mr; r++)
+            if (r < rows) {
+                __m256 av = _mm256_loadu_ps(a + r * lda + kk);
+                #pragma GCC unroll 16
+                for (int q = 0; q < nr; q++)
+                    if (q < toks)
+                        acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+            }
+    }
+    if (kk < k) {
+        __m256 bv[4];
+        #pragma GCC unroll 16
+        for (int q = 0; q < nr; q++)
+            bv[q] = q < toks ? load_part(b, t0 + q, col0 + kk, k - kk) : _mm256_setzero_ps();
+        #pragma GCC unroll 16
+        for (int r = 0; r < mr; r++)
+            if (r < rows) {
+                float ab[8] = {0};
+                memcpy(ab, a + r * lda + kk, (size_t)(k - kk) * sizeof *ab);
+                __m256 av = _mm256_loadu_ps(ab);
+                #pragma GCC unroll 16
+                for (int q = 0; q < nr; q++)
+                    if (q < toks)
+                        acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+            }
+    }
+    #pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+        #pragma GCC unroll 16
+        for (int q = 0; q < nr; q++)
+            if (r < rows && q < toks) {
+                float *cp = c + r * ldc + q;
+                float sv = hsum8(acc[r][q]);
+                *cp = beta != 0.0f ? *cp + sv : sv;
+            }
+}
+
+INL void dots_rows(const int dt, const int mr, const int nr, int64_t rows, int64_t n,
+                   int64_t k, const float *a, ptrdiff_t lda, const mla__src *b, int64_t t0,
+                   int64_t col0, float beta, float *c, ptrdiff_t ldc)
+{
+    for (int64_t j = 0; j < n; j += nr)
+        dots_block(dt, mr, nr, rows, n - j < nr ? n - j : nr, k, a, lda, b, t0 + j, col0, beta,
+                   c + j, ldc);
+}
+
+INL void gemm_dot_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const float *a,
+                         ptrdiff_t lda, const mla__src *b, int64_t t0, int64_t col0, float beta,
+                         float *c, ptrdiff_t ldc)
+{
+    for (int64_t i = 0; i < m; i += 4) {
+        int64_t rows = m - i < 4 ? m - i : 4;
+        const float *ai = a + i * lda;
+        float *ci = c + i * ldc;
+        switch (rows) {
+        case 1: dots_rows(dt, 1, 4, 1, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
+        case 2: dots_rows(dt, 2, 3, 2, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
+        case 3: dots_rows(dt, 3, 3, 3, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
+        default: dots_rows(dt, 4, 2, 4, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
+        }
+    }
+}
+
+static TGT void gemm_dot_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t lda,
+                             const mla__src *b, int64_t t0, int64_t col0, float beta, float *c,
+                             ptrdiff_t ldc)
+{
+    switch (dt_of(b->t)) {
+    case DT_F16: gemm_dot_src_dt(DT_F16, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    case DT_BF16: gemm_dot_src_dt(DT_BF16, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    case DT_I8: gemm_dot_src_dt(DT_I8, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    default: gemm_dot_src_dt(DT_F32, m, n, k, a, lda, b, t0, col0, beta, c, ldc); break;
+    }
+}
+
+/* Float32 B rows as a source. */
+static TGT void gemm_dot(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t lda,
+                         const float *b, ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc)
+{
+    mla__src s = {(const unsigned char *)b, ldb * (ptrdiff_t)sizeof(float), MLA_DTYPE_F32,
+                  NULL, 0, 1};
+    gemm_dot_src_dt(DT_F32, m, n, k, a, lda, &s, 0, 0, beta, c, ldc);
+}
+
+static TGT void mha_scores(int64_t n_kv, int64_t d, int64_t n, const float *q, const mla__src *k,
+                           int64_t t0, float *s, ptrdiff_t lds)
+{
+    for (int64_t j = 0; j < n_kv; j++)
+        gemm_dot_src(1, n, d, q + j * d, d, k, t0, j * d, 0.0f, s + j * lds, lds);
+}
+
+static TGT void mha_values(int64_t n_kv, int64_t d, int64_t n, const float *p, ptrdiff_t lds,
+                           const mla__src *v, int64_t t0, float *o, ptrdiff_t ldo)
+{
+    for (int64_t j = 0; j < n_kv; j++)
+        gemm_bc_src(1, d, n, p + j * lds, lds, 1, v, t0, j * d, 1.0f, o + j * ldo, ldo);
+}
+
+/* A from rows: panels of whole rows converted into a float32 buffer, then gemm_bc. */
+#define ASRC_BUF 8192
+
+static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int64_t t0,
+                             int64_t col0, const float *b, ptrdiff_t ldb, float beta, float *c,
+                             ptrdiff_t ldc)
+{
+    float buf[ASRC_BUF];
+    int64_t kc_max = k < ASRC_BUF ? (k > 0 ? k : 1) : ASRC_BUF;
+    int64_t pm = ASRC_BUF / kc_max < 24 ? ASRC_BUF / kc_max : 24;
+    int dt = dt_of(a->t);
+    for (int64_t i = 0; i < m; i += pm) {
+        int64_t rows = m - i < pm ? m - i : pm;
+        if (k == 0) {
+            gemm_bc(rows, n, 0, buf, 1, 1, b, ldb, beta, c + i * ldc, ldc);
+            continue;
+        }
+        for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
+            int64_t kc = k - k0 < kc_max ? k - k0 : kc_max;
+            for (int64_t r = 0; r < rows; r++) {
+                float *br = buf + r * kc;
+                int64_t kk = 0;
+                for (; kk + 8 <= kc; kk += 8) {
+                    __m256 x;
+                    switch (dt) {
+                    case DT_F16: x = load8(DT_F16, a, t0 + i + r, col0 + k0 + kk); break;
+                    case DT_BF16: x = load8(DT_BF16, a, t0 + i + r, col0 + k0 + kk); break;
+                    case DT_I8: x = load8(DT_I8, a, t0 + i + r, col0 + k0 + kk); break;
+                    default: x = load8(DT_F32, a, t0 + i + r, col0 + k0 + kk); break;
+                    }
+                    _mm256_storeu_ps(br + kk, x);
+                }
+                for (; kk < kc; kk++)
+                    br[kk] = mla__src_get(a, t0 + i + r, col0 + k0 + kk);
+            }
+            gemm_bc(rows, n, kc, buf, kc, 1, b + k0 * ldb, ldb, k0 == 0 ? beta : 1.0f,
+                    c + i * ldc, ldc);
+        }
+    }
+}
+
+/* exp(x) for x ≤ 0, 8 lanes: the polynomial of avx512.c's exp_neg (relative error below
+ * 2e-7; inputs below −87 flush to 0), with 2^n built in the exponent bits. */
+INL __m256 exp_neg8(__m256 x)
+{
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(t, n);
+    __m256 p = _mm256_set1_ps(1.5353362e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3398874e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6182630e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5503366e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    /* n ≥ −126 here, so 2^n is a normal float: its exponent field is n + 127. */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+                                  23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+INL __m256i lanes_below(int64_t n)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 8 ? n : 8)), idx);
+}
+
+/* The row layout (a row's scores contiguous), vectorized along the tokens; the column layout
+ * takes the portable loop. */
+static TGT void softmax_step(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t s_row,
+                             ptrdiff_t s_col, const int64_t *nvis, int64_t rows_per_nvis,
+                             float *mx, float *l, ptrdiff_t ms, float *o, ptrdiff_t ldo,
+                             int64_t dv)
+{
+    if (s_col != 1) {
+        mla__attn_kernels_portable.softmax_step(n_rows, t_len, s, s_row, s_col, nvis,
+                                                rows_per_nvis, mx, l, ms, o, ldo, dv);
+        return;
+    }
+    for (int64_t i = 0; i < n_rows; i++) {
+        float *si = s + i * s_row;
+        int64_t nv = nvis[i / rows_per_nvis];
+        float m_old = mx[i * ms];
+        __m256 vmax = _mm256_set1_ps(m_old);
+        for (int64_t t = 0; t < nv; t += 8) {
+            __m256i mk = lanes_below(nv - t);
+            __m256 x = _mm256_blendv_ps(vmax, _mm256_maskload_ps(si + t, mk),
+                                        _mm256_castsi256_ps(mk));
+            vmax = _mm256_max_ps(vmax, x);
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float m_new = _mm_cvtss_f32(m4);
+        __m256 mv = _mm256_set1_ps(m_new), sum = _mm256_setzero_ps();
+        for (int64_t t = 0; t < nv; t += 8) {
+            __m256i mk = lanes_below(nv - t);
+            __m256 p = _mm256_and_ps(
+                exp_neg8(_mm256_sub_ps(_mm256_maskload_ps(si + t, mk), mv)),
+                _mm256_castsi256_ps(mk));
+            sum = _mm256_add_ps(sum, p);
+            _mm256_maskstore_ps(si + t, mk, p);
+        }
+        if (nv < t_len)
+            memset(si + nv, 0, (size_t)(t_len - nv) * sizeof *si);
+        if (nv == 0)
+            continue;
+        float scale = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+        mx[i * ms] = m_new;
+        l[i * ms] = l[i * ms] * scale + hsum8(sum);
+        if (scale != 1.0f) {
+            float *oi = o + i * ldo;
+            __m256 sv = _mm256_set1_ps(scale);
+            int64_t j = 0;
+            for (; j + 8 <= dv; j += 8)
+                _mm256_storeu_ps(oi + j, _mm256_mul_ps(sv, _mm256_loadu_ps(oi + j)));
+            for (; j < dv; j++)
+                oi[j] *= scale;
+        }
+    }
+}
+
+/* 8 × 8 floats transposed in registers: column c of the rows ends up in r[c]. */
+INL void transpose8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    #pragma GCC unroll 16
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    #pragma GCC unroll 16
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+INL void load_t_dt(const int dt, const mla__src *s, int64_t t0, int64_t n, int64_t col0,
+                   int64_t kw, float *dst, ptrdiff_t ldd)
+{
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        int64_t k = 0;
+        for (; k + 8 <= kw; k += 8) {
+            __m256 r[8];
+            #pragma GCC unroll 16
+            for (int i = 0; i < 8; i++)
+                r[i] = load8(dt, s, t0 + t + i, col0 + k);
+            transpose8(r);
+            #pragma GCC unroll 16
+            for (int c = 0; c < 8; c++)
+                _mm256_storeu_ps(dst + (k + c) * ldd + t, r[c]);
+        }
+        for (; k < kw; k++)
+            for (int64_t i = 0; i < 8; i++)
+                dst[k * ldd + t + i] = mla__src_get(s, t0 + t + i, col0 + k);
+    }
+    for (; t < n; t++)
+        for (int64_t k = 0; k < kw; k++)
+            dst[k * ldd + t] = mla__src_get(s, t0 + t, col0 + k);
+}
+
+static TGT void load_t(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
+                       float *dst, ptrdiff_t ldd)
+{
+    switch (dt_of(s->t)) {
+    case DT_F16: load_t_dt(DT_F16, s, t0, n, col0, kw, dst, ldd); break;
+    case DT_BF16: load_t_dt(DT_BF16, s, t0, n, col0, kw, dst, ldd); break;
+    case DT_I8: load_t_dt(DT_I8, s, t0, n, col0, kw, dst, ldd); break;
+    default: load_t_dt(DT_F32, s, t0, n, col0, kw, dst, ldd); break;
+    }
+}
+
+/* 16-bit rows transposed bit for bit, 8 × 8 blocks of 128-bit rows (24 unpacks each). */
+static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
+                         uint16_t *dst, ptrdiff_t ldd)
+{
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        int64_t k = 0;
+        for (; k + 8 <= kw; k += 8) {
+            __m128i r[8], a[8], b[8];
+            #pragma GCC unroll 16
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm_loadu_si128((const __m128i *)(const void *)(s->p + (t0 + t + i) * s->ld +
+                                                                       2 * (col0 + k)));
+            #pragma GCC unroll 16
+            for (int i = 0; i < 8; i += 2) {
+                a[i] = _mm_unpacklo_epi16(r[i], r[i + 1]);
+                a[i + 1] = _mm_unpackhi_epi16(r[i], r[i + 1]);
+            }
+            #pragma GCC unroll 16
+            for (int i = 0; i < 8; i += 4) {
+                b[i] = _mm_unpacklo_epi32(a[i], a[i + 2]);
+                b[i + 1] = _mm_unpackhi_epi32(a[i], a[i + 2]);
+                b[i + 2] = _mm_unpacklo_epi32(a[i + 1], a[i + 3]);
+                b[i + 3] = _mm_unpackhi_epi32(a[i + 1], a[i + 3]);
+            }
+            /* b[0..3]: rows 0-3, columns (0,1), (2,3), (4,5), (6,7); b[4..7]: rows 4-7. */
+            #pragma GCC unroll 16
+            for (int c = 0; c < 4; c++) {
+                _mm_storeu_si128((__m128i *)(void *)(dst + (k + 2 * c) * ldd + t),
+                                 _mm_unpacklo_epi64(b[c], b[c + 4]));
+                _mm_storeu_si128((__m128i *)(void *)(dst + (k + 2 * c + 1) * ldd + t),
+                                 _mm_unpackhi_epi64(b[c], b[c + 4]));
+            }
+        }
+        for (; k < kw; k++)
+            for (int64_t i = 0; i < 8; i++)
+                memcpy(dst + k * ldd + t + i, s->p + (t0 + t + i) * s->ld + 2 * (col0 + k), 2);
+    }
+    for (; t < n; t++)
+        for (int64_t k = 0; k < kw; k++)
+            memcpy(dst + k * ldd + t, s->p + (t0 + t) * s->ld + 2 * (col0 + k), 2);
+}
+
+/*
+ * bf16 pairs × bf16 pairs into float32, vectorized along B's columns: each 32-bit pair word of
+ * B gives its two float32 vectors with a shift and a mask, then two FMAs (odd element first,
+ * as the portable kernel sums them).
+ */
+INL void bf16_block(const int mr, int64_t rows, int64_t kp, const uint16_t *a, ptrdiff_t rsa,
+                    ptrdiff_t csa, const uint16_t *b, ptrdiff_t ldb, float beta, float *c,
+                    ptrdiff_t ldc)
+{
+    __m256 acc[4][2];
+    #pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    for (int64_t p = 0; p < kp; p++) {
+        __m256 be[2], bo[2];
+        #pragma GCC unroll 16
+        for (int v = 0; v < 2; v++) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(b + p * ldb + 16 * v));
+            be[v] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+            bo[v] = _mm256_castsi256_ps(_mm256_and_si256(w, hi));
+        }
+        #pragma GCC unroll 16
+        for (int r = 0; r < mr; r++)
+            if (r < rows) {
+                const uint16_t *ap = a + r * rsa + p * csa;
+                __m256 ae = _mm256_set1_ps(mla_bf16_to_f32(ap[0]));
+                __m256 ao = _mm256_set1_ps(mla_bf16_to_f32(ap[1]));
+                #pragma GCC unroll 16
+                for (int v = 0; v < 2; v++) {
+                    acc[r][v] = _mm256_fmadd_ps(ao, bo[v], acc[r][v]);
+                    acc[r][v] = _mm256_fmadd_ps(ae, be[v], acc[r][v]);
+                }
+            }
+    }
+    #pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+        if (r < rows)
+            #pragma GCC unroll 16
+            for (int v = 0; v < 2; v++)
+                store8(acc[r][v], beta, c + r * ldc + 8 * v);
+}
+
+static TGT void gemm_bf16(int64_t m, int64_t n, int64_t kp, const uint16_t *a, ptrdiff_t rsa,
+                          ptrdiff_t csa, const uint16_t *b, ptrdiff_t ldb, float beta, float *c,
+                          ptrdiff_t ldc)
+{
+    int64_t n16 = n / 16 * 16;
+    for (int64_t i = 0; i < m; i += 4) {
+        int64_t rows = m - i < 4 ? m - i : 4;
+        for (int64_t j = 0; j < n16; j += 16)
+            bf16_block(4, rows, kp, a + i * rsa, rsa, csa, b + 2 * j, ldb, beta, c + i * ldc + j,
+                       ldc);
+    }
+    if (n16 < n)
+        mla__attn_kernels_portable.gemm_bf16(m, n - n16, kp, a, rsa, csa, b + 2 * n16, ldb, beta,
+                                             c + n16, ldc);
+}
+
+static void pack_pairs(const mla__src *s, int64_t n, int64_t col0, int64_t w, uint16_t *dst,
+                       ptrdiff_t ldd, int64_t t)
+{
+    mla__attn_kernels_portable.pack_pairs(s, n, col0, w, dst, ldd, t);
+}
+
+static void to_bf16(const float *x, int64_t n, uint16_t *dst)
+{
+    mla__attn_kernels_portable.to_bf16(x, n, dst);
+}
+
+static void round_bf16(float *x, int64_t n)
+{
+    mla__attn_kernels_portable.round_bf16(x, n);
+}
+
+const mla__attn_kernels mla__attn_kernels_avx2 = {
+    "avx2", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
+    gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16, round_bf16,
+    INT64_MAX, /* few rows over BF16 caches: the float32 loop (kernels.h) */
+    "avx2", 0,
+};
+
+#endif
