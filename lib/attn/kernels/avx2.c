@@ -303,6 +303,13 @@ static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a,
                              int64_t col0, const float *b, ptrdiff_t ldb, float beta, float *c,
                              ptrdiff_t ldc)
 {
+    if (a->t == MLA_DTYPE_F32 && a->ld % (ptrdiff_t)sizeof(float) == 0 &&
+        (uintptr_t)a->p % sizeof(float) == 0) {
+        /* Aligned float32 rows are read where they are. */
+        gemm_bc(m, n, k, (const float *)(const void *)(a->p + t0 * a->ld) + col0,
+                a->ld / (ptrdiff_t)sizeof(float), 1, b, ldb, beta, c, ldc);
+        return;
+    }
     float buf[ASRC_BUF];
     int64_t kc_max = k < ASRC_BUF ? (k > 0 ? k : 1) : ASRC_BUF;
     int64_t pm = ASRC_BUF / kc_max < 24 ? ASRC_BUF / kc_max : 24;
@@ -364,13 +371,78 @@ INL __m256i lanes_below(int64_t n)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 8 ? n : 8)), idx);
 }
 
+/* The column layout of the absorbed path (s_row = 1: 8 query rows side by side in a vector). */
+static TGT void softmax_cols(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t s_col,
+                             const int64_t *nvis, int64_t rows_per_nvis, float *mx, float *l,
+                             float *o, ptrdiff_t ldo, int64_t dv)
+{
+    for (int64_t i0 = 0; i0 < n_rows; i0 += 8) {
+        int64_t w = n_rows - i0 < 8 ? n_rows - i0 : 8;
+        __m256i mk = lanes_below(w);
+        /* Visible counts of the 8 rows; rows past the tile's visibility are masked per t. */
+        int32_t nv[8];
+        int64_t nv_max = 0;
+        for (int64_t r = 0; r < 8; r++) {
+            int64_t v = r < w ? nvis[(i0 + r) / rows_per_nvis] : 0;
+            nv[r] = (int32_t)v;
+            nv_max = v > nv_max ? v : nv_max;
+        }
+        __m256i nvv = _mm256_loadu_si256((const __m256i *)(const void *)nv);
+        __m256 ninf = _mm256_set1_ps(-INFINITY);
+        __m256 m_old = _mm256_blendv_ps(ninf, _mm256_maskload_ps(mx + i0, mk),
+                                        _mm256_castsi256_ps(mk));
+        __m256 m_new = m_old;
+        for (int64_t t = 0; t < nv_max; t++) {
+            __m256i vis = _mm256_cmpgt_epi32(nvv, _mm256_set1_epi32((int32_t)t));
+            __m256 x = _mm256_blendv_ps(ninf, _mm256_maskload_ps(s + t * s_col + i0, vis),
+                                        _mm256_castsi256_ps(vis));
+            m_new = _mm256_max_ps(m_new, x);
+        }
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t t = 0; t < t_len; t++) {
+            float *st = s + t * s_col + i0;
+            __m256i vis = _mm256_cmpgt_epi32(nvv, _mm256_set1_epi32((int32_t)t));
+            /* Rows that see nothing have m_new = −inf: their lanes are masked off here. */
+            __m256 p = _mm256_and_ps(
+                exp_neg8(_mm256_sub_ps(_mm256_maskload_ps(st, vis), m_new)),
+                _mm256_castsi256_ps(vis));
+            sum = _mm256_add_ps(sum, p);
+            _mm256_maskstore_ps(st, mk, p);
+        }
+        float mo[8], mn[8], sm[8];
+        _mm256_storeu_ps(mo, m_old);
+        _mm256_storeu_ps(mn, m_new);
+        _mm256_storeu_ps(sm, sum);
+        for (int64_t r = 0; r < w; r++) {
+            if (nv[r] == 0)
+                continue; /* nothing visible: the row keeps its state */
+            float scale = mo[r] == -INFINITY ? 0.0f : expf(mo[r] - mn[r]);
+            mx[i0 + r] = mn[r];
+            l[i0 + r] = l[i0 + r] * scale + sm[r];
+            if (scale != 1.0f) {
+                float *oi = o + (i0 + r) * ldo;
+                __m256 sv = _mm256_set1_ps(scale);
+                int64_t j = 0;
+                for (; j + 8 <= dv; j += 8)
+                    _mm256_storeu_ps(oi + j, _mm256_mul_ps(sv, _mm256_loadu_ps(oi + j)));
+                for (; j < dv; j++)
+                    oi[j] *= scale;
+            }
+        }
+    }
+}
+
 /* The row layout (a row's scores contiguous), vectorized along the tokens; the column layout
- * takes the portable loop. */
+ * with unit row stride by softmax_cols, any other by the portable loop. */
 static TGT void softmax_step(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t s_row,
                              ptrdiff_t s_col, const int64_t *nvis, int64_t rows_per_nvis,
                              float *mx, float *l, ptrdiff_t ms, float *o, ptrdiff_t ldo,
                              int64_t dv)
 {
+    if (s_col != 1 && s_row == 1 && ms == 1) {
+        softmax_cols(n_rows, t_len, s, s_col, nvis, rows_per_nvis, mx, l, o, ldo, dv);
+        return;
+    }
     if (s_col != 1) {
         mla__attn_kernels_portable.softmax_step(n_rows, t_len, s, s_row, s_col, nvis,
                                                 rows_per_nvis, mx, l, ms, o, ldo, dv);
