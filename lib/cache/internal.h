@@ -166,6 +166,10 @@ MLA_INTERNAL void mla__cache_encode_rope(mla_dtype dtype, const float *x, int32_
 MLA_INTERNAL void mla__cache_span_to_f32_c(const mla_cache_layer_format *fmt,
                                            const mla_cache_span *span, int64_t first, int64_t n,
                                            float *latent, float *rope);
+MLA_INTERNAL int mla__cache_have_avx2(void);
+MLA_INTERNAL void mla__cache_span_to_f32_avx2(const mla_cache_layer_format *fmt,
+                                              const mla_cache_span *span, int64_t first,
+                                              int64_t n, float *latent, float *rope);
 MLA_INTERNAL int mla__cache_have_avx512(void);
 MLA_INTERNAL void mla__cache_span_to_f32_avx512(const mla_cache_layer_format *fmt,
                                                 const mla_cache_span *span, int64_t first,

@@ -151,6 +151,8 @@ void mla__cache_span_to_f32(const mla_cache_layer_format *fmt, const mla_cache_s
 {
     if (mla__cache_have_avx512())
         mla__cache_span_to_f32_avx512(fmt, span, first, n, latent, rope);
+    else if (mla__cache_have_avx2())
+        mla__cache_span_to_f32_avx2(fmt, span, first, n, latent, rope);
     else
         mla__cache_span_to_f32_c(fmt, span, first, n, latent, rope);
 }

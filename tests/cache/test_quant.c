@@ -164,7 +164,7 @@ static void floats(mla_dtype lt, mla_dtype rt)
     mla_cache_destroy(c);
 }
 
-/* AVX-512 against portable, on every span and sub-range, for one type combination. */
+/* AVX-512 and AVX2 against portable, on every span and sub-range, for one type combination. */
 static void kernels(mla_dtype lt, mla_dtype rt, int group, int d)
 {
     static float lat[NTOK * 160], rope[NTOK * RW];
@@ -178,7 +178,7 @@ static void kernels(mla_dtype lt, mla_dtype rt, int group, int d)
     mla__cache_layer_format(c, 0, &fmt);
     int64_t n_spans;
     mla__cache_seq_span_count(c, 0, &n_spans);
-    int same = 1;
+    int same = 1, same2 = 1;
     for (int64_t s = 0; s < n_spans; s++) {
         mla_cache_span sp;
         mla__cache_seq_span(c, 0, 0, s, &sp);
@@ -189,13 +189,26 @@ static void kernels(mla_dtype lt, mla_dtype rt, int group, int d)
             memset(a_r, 0xaa, sizeof a_r);
             memset(b_r, 0x55, sizeof b_r);
             mla__cache_span_to_f32_c(&fmt, &sp, first, n, a_l, a_r);
-            mla__cache_span_to_f32_avx512(&fmt, &sp, first, n, b_l, b_r);
-            same &= memcmp(a_l, b_l, sizeof(float) * (size_t)(n * d)) == 0 &&
-                    memcmp(a_r, b_r, sizeof(float) * (size_t)(n * RW)) == 0;
+            if (mla__cache_have_avx512()) {
+                mla__cache_span_to_f32_avx512(&fmt, &sp, first, n, b_l, b_r);
+                same &= memcmp(a_l, b_l, sizeof(float) * (size_t)(n * d)) == 0 &&
+                        memcmp(a_r, b_r, sizeof(float) * (size_t)(n * RW)) == 0;
+            }
+            if (mla__cache_have_avx2()) {
+                memset(b_l, 0x55, sizeof b_l);
+                memset(b_r, 0x55, sizeof b_r);
+                mla__cache_span_to_f32_avx2(&fmt, &sp, first, n, b_l, b_r);
+                same2 &= memcmp(a_l, b_l, sizeof(float) * (size_t)(n * d)) == 0 &&
+                         memcmp(a_r, b_r, sizeof(float) * (size_t)(n * RW)) == 0;
+            }
         }
     }
-    CHECK(same, "AVX-512 dequantization equals the portable one: latent %s (group %d, dim %d), "
-          "rope %s", mla_dtype_name(lt), group, d, mla_dtype_name(rt));
+    if (mla__cache_have_avx512())
+        CHECK(same, "AVX-512 dequantization equals the portable one: latent %s (group %d, "
+              "dim %d), rope %s", mla_dtype_name(lt), group, d, mla_dtype_name(rt));
+    if (mla__cache_have_avx2())
+        CHECK(same2, "AVX2 dequantization equals the portable one: latent %s (group %d, dim %d), "
+              "rope %s", mla_dtype_name(lt), group, d, mla_dtype_name(rt));
     mla_cache_destroy(c);
 }
 
@@ -329,7 +342,7 @@ int main(void)
     for (int a = 0; a < 3; a++)
         for (int b = 0; b < 3; b++)
             floats(ft[a], ft[b]);
-    if (mla__cache_have_avx512()) {
+    if (mla__cache_have_avx512() || mla__cache_have_avx2()) {
         const mla_dtype all[5] = {MLA_DTYPE_F32, MLA_DTYPE_F16, MLA_DTYPE_BF16, MLA_DTYPE_I8,
                                   MLA_DTYPE_I4};
         for (int a = 0; a < 5; a++)
@@ -337,9 +350,11 @@ int main(void)
                 kernels(all[a], ft[b], 32, 160);
                 if (a >= 3)
                     kernels(all[a], ft[b], 10, 40); /* groups not a multiple of 16: tails */
+                else
+                    kernels(all[a], ft[b], 4, 44); /* rows not a multiple of 8 or 16: tails */
             }
     } else {
-        printf("ok %d - # SKIP no AVX-512 on this CPU\n", ++tap_count);
+        printf("ok %d - # SKIP no AVX-512 or AVX2 on this CPU\n", ++tap_count);
     }
     numerical();
     accounting();
