@@ -1,6 +1,6 @@
 /*
- * AVX2 float32 kernels (x86-64 with AVX2, FMA and F16C, no AVX-512: every x86-64 server CPU of
- * the last decade that lacks AVX-512), selected at run time by kernels.c. The portable kernels
+ * AVX2 float32 kernels (x86-64 with AVX2, FMA and F16C but no AVX-512: Intel since Haswell, AMD
+ * since Zen, where AVX-512 is missing), selected at run time by kernels.c. The portable kernels
  * stay the oracle; these are the same products in 8-lane vectors, register-blocked so that each
  * converted cache vector feeds several rows. Per-function target attributes keep the rest of
  * the library on the baseline ISA. Kernels not here (bf16 pair packing and rounding) are the
@@ -8,6 +8,8 @@
  */
 #include "attn/kernels/kernels.h"
 
+/* MLA_ATTN_HAVE_AVX512 (kernels.h) marks x86-64 builds with GCC-style target attributes: the
+ * AVX2 table is built beside the AVX-512 one. */
 #ifdef MLA_ATTN_HAVE_AVX512
 
 #include <immintrin.h>
@@ -43,7 +45,7 @@ INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k)
             16));
     float sc[8];
     const float *g = s->sc + t * s->lds;
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int l = 0; l < 8; l++)
         sc[l] = g[(k + l) / s->group];
     __m256 q = _mm256_cvtepi32_ps(
@@ -186,22 +188,22 @@ INL void dots_block(const int dt, const int mr, const int nr, int64_t rows, int6
                     int64_t col0, float beta, float *c, ptrdiff_t ldc)
 {
     __m256 acc[4][4];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int q = 0; q < nr; q++)
             acc[r][q] = _mm256_setzero_ps();
     int64_t kk = 0;
     for (; kk + 8 <= k; kk += 8) {
         __m256 bv[4];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int q = 0; q < nr; q++)
             bv[q] = q < toks ? load8(dt, b, t0 + q, col0 + kk) : _mm256_setzero_ps();
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < mr; r++)
             if (r < rows) {
                 __m256 av = _mm256_loadu_ps(a + r * lda + kk);
-                #pragma GCC unroll 16
+#pragma GCC unroll 16
                 for (int q = 0; q < nr; q++)
                     if (q < toks)
                         acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
@@ -209,24 +211,24 @@ INL void dots_block(const int dt, const int mr, const int nr, int64_t rows, int6
     }
     if (kk < k) {
         __m256 bv[4];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int q = 0; q < nr; q++)
             bv[q] = q < toks ? load_part(b, t0 + q, col0 + kk, k - kk) : _mm256_setzero_ps();
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < mr; r++)
             if (r < rows) {
                 float ab[8] = {0};
                 memcpy(ab, a + r * lda + kk, (size_t)(k - kk) * sizeof *ab);
                 __m256 av = _mm256_loadu_ps(ab);
-                #pragma GCC unroll 16
+#pragma GCC unroll 16
                 for (int q = 0; q < nr; q++)
                     if (q < toks)
                         acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
             }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int q = 0; q < nr; q++)
             if (r < rows && q < toks) {
                 float *cp = c + r * ldc + q;
@@ -495,19 +497,19 @@ static TGT void softmax_step(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t 
 INL void transpose8(__m256 r[8])
 {
     __m256 t[8], u[8];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 8; i += 4) {
         u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
         u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
         u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
         u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 4; i++) {
         r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
         r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
@@ -522,11 +524,11 @@ INL void load_t_dt(const int dt, const mla__src *s, int64_t t0, int64_t n, int64
         int64_t k = 0;
         for (; k + 8 <= kw; k += 8) {
             __m256 r[8];
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int i = 0; i < 8; i++)
                 r[i] = load8(dt, s, t0 + t + i, col0 + k);
             transpose8(r);
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int c = 0; c < 8; c++)
                 _mm256_storeu_ps(dst + (k + c) * ldd + t, r[c]);
         }
@@ -559,16 +561,16 @@ static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
         int64_t k = 0;
         for (; k + 8 <= kw; k += 8) {
             __m128i r[8], a[8], b[8];
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int i = 0; i < 8; i++)
                 r[i] = _mm_loadu_si128((const __m128i *)(const void *)(s->p + (t0 + t + i) * s->ld +
                                                                        2 * (col0 + k)));
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int i = 0; i < 8; i += 2) {
                 a[i] = _mm_unpacklo_epi16(r[i], r[i + 1]);
                 a[i + 1] = _mm_unpackhi_epi16(r[i], r[i + 1]);
             }
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int i = 0; i < 8; i += 4) {
                 b[i] = _mm_unpacklo_epi32(a[i], a[i + 2]);
                 b[i + 1] = _mm_unpackhi_epi32(a[i], a[i + 2]);
@@ -576,7 +578,7 @@ static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
                 b[i + 3] = _mm_unpackhi_epi32(a[i + 1], a[i + 3]);
             }
             /* b[0..3]: rows 0-3, columns (0,1), (2,3), (4,5), (6,7); b[4..7]: rows 4-7. */
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int c = 0; c < 4; c++) {
                 _mm_storeu_si128((__m128i *)(void *)(dst + (k + 2 * c) * ldd + t),
                                  _mm_unpacklo_epi64(b[c], b[c + 4]));
@@ -603,35 +605,35 @@ INL void bf16_block(const int mr, int64_t rows, int64_t kp, const uint16_t *a, p
                     ptrdiff_t ldc)
 {
     __m256 acc[4][2];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
         acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
     for (int64_t p = 0; p < kp; p++) {
         __m256 be[2], bo[2];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int v = 0; v < 2; v++) {
             __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(b + p * ldb + 16 * v));
             be[v] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
             bo[v] = _mm256_castsi256_ps(_mm256_and_si256(w, hi));
         }
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < mr; r++)
             if (r < rows) {
                 const uint16_t *ap = a + r * rsa + p * csa;
                 __m256 ae = _mm256_set1_ps(mla_bf16_to_f32(ap[0]));
                 __m256 ao = _mm256_set1_ps(mla_bf16_to_f32(ap[1]));
-                #pragma GCC unroll 16
+#pragma GCC unroll 16
                 for (int v = 0; v < 2; v++) {
                     acc[r][v] = _mm256_fmadd_ps(ao, bo[v], acc[r][v]);
                     acc[r][v] = _mm256_fmadd_ps(ae, be[v], acc[r][v]);
                 }
             }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
         if (r < rows)
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int v = 0; v < 2; v++)
                 store8(acc[r][v], beta, c + r * ldc + 8 * v);
 }
