@@ -709,6 +709,8 @@ int main(void)
         test_softmax(&mla__attn_kernels_avx2, p, 0);
         test_src_kernels(&mla__attn_kernels_avx2, p, NULL);
         test_gemm_bf16(&mla__attn_kernels_avx2);
+        test_to_bf16(&mla__attn_kernels_avx2);
+        test_round_bf16(&mla__attn_kernels_avx2);
     } else {
         printf("ok %d # SKIP this CPU has no AVX2, FMA and F16C\n", ++tap_count);
     }

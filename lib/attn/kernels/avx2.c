@@ -3,8 +3,8 @@
  * since Zen, where AVX-512 is missing), selected at run time by kernels.c. The portable kernels
  * stay the oracle; these are the same products in 8-lane vectors, register-blocked so that each
  * converted cache vector feeds several rows. Per-function target attributes keep the rest of
- * the library on the baseline ISA. Kernels not here (bf16 pair packing and rounding) are the
- * portable ones: they touch each value once.
+ * the library on the baseline ISA. The bf16 pair packing is the portable one: it touches each
+ * value once.
  */
 #include "attn/kernels/kernels.h"
 
@@ -621,8 +621,9 @@ INL void bf16_block(const int mr, int64_t rows, int64_t kp, const uint16_t *a, p
         for (int r = 0; r < mr; r++)
             if (r < rows) {
                 const uint16_t *ap = a + r * rsa + p * csa;
-                __m256 ae = _mm256_set1_ps(mla_bf16_to_f32(ap[0]));
-                __m256 ao = _mm256_set1_ps(mla_bf16_to_f32(ap[1]));
+                /* bf16 to float32: the 16 bits on top of a zero half (exact). */
+                __m256 ae = _mm256_castsi256_ps(_mm256_set1_epi32((int)((uint32_t)ap[0] << 16)));
+                __m256 ao = _mm256_castsi256_ps(_mm256_set1_epi32((int)((uint32_t)ap[1] << 16)));
 #pragma GCC unroll 16
                 for (int v = 0; v < 2; v++) {
                     acc[r][v] = _mm256_fmadd_ps(ao, bo[v], acc[r][v]);
@@ -660,14 +661,39 @@ static void pack_pairs(const mla__src *s, int64_t n, int64_t col0, int64_t w, ui
     mla__attn_kernels_portable.pack_pairs(s, n, col0, w, dst, ldd, t);
 }
 
-static void to_bf16(const float *x, int64_t n, uint16_t *dst)
+/* Finite x rounded to bf16 (nearest, ties to even) in the float32 bits: add 0x7fff and the lowest
+ * kept bit, then the top 16 bits are the result (exact for subnormals too). */
+INL __m256i bf16_bits(__m256 x)
 {
-    mla__attn_kernels_portable.to_bf16(x, n, dst);
+    __m256i u = _mm256_castps_si256(x);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    return _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
 }
 
-static void round_bf16(float *x, int64_t n)
+static TGT void to_bf16(const float *x, int64_t n, uint16_t *dst)
 {
-    mla__attn_kernels_portable.round_bf16(x, n);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i a = _mm256_srli_epi32(bf16_bits(_mm256_loadu_ps(x + i)), 16);
+        __m256i b = _mm256_srli_epi32(bf16_bits(_mm256_loadu_ps(x + i + 8)), 16);
+        /* packus works within 128-bit lanes: put the four quarters back in order. */
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i), p);
+    }
+    if (i < n)
+        mla__attn_kernels_portable.to_bf16(x + i, n - i, dst + i);
+}
+
+static TGT void round_bf16(float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i r = _mm256_and_si256(bf16_bits(_mm256_loadu_ps(x + i)),
+                                     _mm256_set1_epi32((int)0xffff0000u));
+        _mm256_storeu_ps(x + i, _mm256_castsi256_ps(r));
+    }
+    if (i < n)
+        mla__attn_kernels_portable.round_bf16(x + i, n - i);
 }
 
 const mla__attn_kernels mla__attn_kernels_avx2 = {
