@@ -367,6 +367,17 @@ INL __m256 exp_neg8(__m256 x)
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+/* A row of the running output rescaled when its running max moved. */
+INL void scale_row(float *oi, int64_t dv, float scale)
+{
+    __m256 sv = _mm256_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 8 <= dv; j += 8)
+        _mm256_storeu_ps(oi + j, _mm256_mul_ps(sv, _mm256_loadu_ps(oi + j)));
+    for (; j < dv; j++)
+        oi[j] *= scale;
+}
+
 INL __m256i lanes_below(int64_t n)
 {
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -421,15 +432,8 @@ static TGT void softmax_cols(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t 
             float scale = mo[r] == -INFINITY ? 0.0f : expf(mo[r] - mn[r]);
             mx[i0 + r] = mn[r];
             l[i0 + r] = l[i0 + r] * scale + sm[r];
-            if (scale != 1.0f) {
-                float *oi = o + (i0 + r) * ldo;
-                __m256 sv = _mm256_set1_ps(scale);
-                int64_t j = 0;
-                for (; j + 8 <= dv; j += 8)
-                    _mm256_storeu_ps(oi + j, _mm256_mul_ps(sv, _mm256_loadu_ps(oi + j)));
-                for (; j < dv; j++)
-                    oi[j] *= scale;
-            }
+            if (scale != 1.0f)
+                scale_row(o + (i0 + r) * ldo, dv, scale);
         }
     }
 }
@@ -481,15 +485,8 @@ static TGT void softmax_step(int64_t n_rows, int64_t t_len, float *s, ptrdiff_t 
         float scale = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
         mx[i * ms] = m_new;
         l[i * ms] = l[i * ms] * scale + hsum8(sum);
-        if (scale != 1.0f) {
-            float *oi = o + i * ldo;
-            __m256 sv = _mm256_set1_ps(scale);
-            int64_t j = 0;
-            for (; j + 8 <= dv; j += 8)
-                _mm256_storeu_ps(oi + j, _mm256_mul_ps(sv, _mm256_loadu_ps(oi + j)));
-            for (; j < dv; j++)
-                oi[j] *= scale;
-        }
+        if (scale != 1.0f)
+            scale_row(o + i * ldo, dv, scale);
     }
 }
 
