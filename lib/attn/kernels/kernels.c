@@ -66,7 +66,7 @@ static void choose(void)
         }
         best = &avx512;
     } else if (has_avx2) {
-        /* No AVX-512: 8-lane kernels (the portable ones measured 30-80 times slower). */
+        /* No AVX-512: 8-lane kernels (the portable ones measured 11-70 times slower). */
         best = &mla__attn_kernels_avx2;
     }
 #endif
