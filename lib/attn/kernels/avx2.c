@@ -301,6 +301,20 @@ static TGT void mha_values(int64_t n_kv, int64_t d, int64_t n, const float *p, p
 /* A from rows: panels of whole rows converted into a float32 buffer, then gemm_bc. */
 #define ASRC_BUF 8192
 
+/* Rows t0 .. t0+rows−1, columns col0 .. col0+kc−1 of a source into buf (rows × kc). */
+INL void asrc_convert(const int dt, const mla__src *a, int64_t t0, int64_t rows, int64_t col0,
+                      int64_t kc, float *buf)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *br = buf + r * kc;
+        int64_t kk = 0;
+        for (; kk + 8 <= kc; kk += 8)
+            _mm256_storeu_ps(br + kk, load8(dt, a, t0 + r, col0 + kk));
+        for (; kk < kc; kk++)
+            br[kk] = mla__src_get(a, t0 + r, col0 + kk);
+    }
+}
+
 static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int64_t t0,
                              int64_t col0, const float *b, ptrdiff_t ldb, float beta, float *c,
                              ptrdiff_t ldc)
@@ -324,21 +338,11 @@ static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a,
         }
         for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
             int64_t kc = k - k0 < kc_max ? k - k0 : kc_max;
-            for (int64_t r = 0; r < rows; r++) {
-                float *br = buf + r * kc;
-                int64_t kk = 0;
-                for (; kk + 8 <= kc; kk += 8) {
-                    __m256 x;
-                    switch (dt) {
-                    case DT_F16: x = load8(DT_F16, a, t0 + i + r, col0 + k0 + kk); break;
-                    case DT_BF16: x = load8(DT_BF16, a, t0 + i + r, col0 + k0 + kk); break;
-                    case DT_I8: x = load8(DT_I8, a, t0 + i + r, col0 + k0 + kk); break;
-                    default: x = load8(DT_F32, a, t0 + i + r, col0 + k0 + kk); break;
-                    }
-                    _mm256_storeu_ps(br + kk, x);
-                }
-                for (; kk < kc; kk++)
-                    br[kk] = mla__src_get(a, t0 + i + r, col0 + k0 + kk);
+            switch (dt) {
+            case DT_F16: asrc_convert(DT_F16, a, t0 + i, rows, col0 + k0, kc, buf); break;
+            case DT_BF16: asrc_convert(DT_BF16, a, t0 + i, rows, col0 + k0, kc, buf); break;
+            case DT_I8: asrc_convert(DT_I8, a, t0 + i, rows, col0 + k0, kc, buf); break;
+            default: asrc_convert(DT_F32, a, t0 + i, rows, col0 + k0, kc, buf); break;
             }
             gemm_bc(rows, n, kc, buf, kc, 1, b + k0 * ldb, ldb, k0 == 0 ? beta : 1.0f,
                     c + i * ldc, ldc);
@@ -346,20 +350,20 @@ static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a,
     }
 }
 
-/* exp(x) for x ≤ 0, 8 lanes: the polynomial of avx512.c's exp_neg (relative error below
- * 2e-7; inputs below −87 flush to 0), with 2^n built in the exponent bits. */
+/* exp(x) for x ≤ 0, 8 lanes: the polynomial of kernels.h (MLA__EXP_*), 2^n built in the
+ * exponent bits. */
 INL __m256 exp_neg8(__m256 x)
 {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(MLA__EXP_MIN));
+    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(MLA__EXP_LOG2E));
     __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 f = _mm256_sub_ps(t, n);
-    __m256 p = _mm256_set1_ps(1.5353362e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3398874e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6182630e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5503366e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718e-1f));
+    __m256 p = _mm256_set1_ps(MLA__EXP_C6);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MLA__EXP_C5));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MLA__EXP_C4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MLA__EXP_C3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MLA__EXP_C2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MLA__EXP_C1));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
     /* n ≥ −126 here, so 2^n is a normal float: its exponent field is n + 127. */
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),

@@ -169,25 +169,21 @@ static TGT void gemm_dot(int64_t m, int64_t n, int64_t k, const float *a, ptrdif
     }
 }
 
-/*
- * exp(x) for x ≤ 0 (scores minus their running max), 16 lanes: 2^(x·log2 e) split into an
- * integer power (exponent bits) and a degree-6 polynomial of the fraction on [−0.5, 0.5].
- * Relative error below 2e-7; inputs below −87 flush to 0, as expf underflows there too.
- */
+/* exp(x) for x ≤ 0 (scores minus their running max), 16 lanes: the polynomial of kernels.h
+ * (MLA__EXP_*), the integer power by scalef. */
 INL __m512 exp_neg(__m512 x)
 {
-    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    const __m512 log2e = _mm512_set1_ps(MLA__EXP_LOG2E);
+    x = _mm512_max_ps(x, _mm512_set1_ps(MLA__EXP_MIN));
     __m512 t = _mm512_mul_ps(x, log2e);
     __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(t, n); /* in [−0.5, 0.5] */
-    /* 2^f = e^(f·ln 2): Taylor coefficients of e^y with y = f·ln 2 folded in. */
-    __m512 p = _mm512_set1_ps(1.5353362e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3398874e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6182630e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503366e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    __m512 p = _mm512_set1_ps(MLA__EXP_C6);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MLA__EXP_C5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MLA__EXP_C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MLA__EXP_C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MLA__EXP_C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MLA__EXP_C1));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }

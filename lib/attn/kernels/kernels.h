@@ -145,6 +145,21 @@ typedef struct mla__attn_kernels {
     int64_t nine_rows_tile;
 } mla__attn_kernels;
 
+/*
+ * The vectorized exp(x) for x ≤ 0 of the softmax step (avx512.c, avx2.c): 2^(x·log2 e) split into
+ * an integer power and a degree-6 polynomial of the fraction f on [−0.5, 0.5], the Taylor
+ * coefficients of e^y with y = f·ln 2 folded in, highest first (relative error below 2e-7).
+ * Inputs below EXP_MIN flush to 0, as expf underflows there too.
+ */
+#define MLA__EXP_MIN (-87.3f)
+#define MLA__EXP_LOG2E 1.44269504088896341f
+#define MLA__EXP_C6 1.5353362e-4f
+#define MLA__EXP_C5 1.3398874e-3f
+#define MLA__EXP_C4 9.6182630e-3f
+#define MLA__EXP_C3 5.5503366e-2f
+#define MLA__EXP_C2 2.4022650e-1f
+#define MLA__EXP_C1 6.9314718e-1f
+
 /* Element (t, k) of a source (the portable conversion every kernel must reproduce exactly). */
 MLA_INTERNAL float mla__src_get(const mla__src *s, int64_t t, int64_t k);
 
