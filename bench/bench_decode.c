@@ -4,12 +4,16 @@
  * crossover for prefill chunks. Prints the machine's measured roofs beside every figure.
  *
  *   bench_decode [--quick] [--threads N] [--crossover] [--shape NAME] [--ctx N] [--mha]
- *                [--mla] [--dkv N] [--dtype f16|bf16|f32] [--reps N] [--rounds N]
+ *                [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N] [--reps N]
+ *                [--rounds N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
  * length (for profiling one case), --mha only the MHA baseline, --mla only the MLA layers, --dkv
  * one MLA d_kv; --dtype the cache's storage type for latent and RoPE part, MHA and MLA alike
- * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); --reps the
+ * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); i8 and i4
+ * quantize the MLA latents only (groups of --group values, default the largest power of two up
+ * to 32 that divides the latent width, f32 scales), their RoPE part and the MHA baseline's
+ * cache staying f16: MLA over a quantized cache against the original model's f16 one; --reps the
  * decodes per figure (default 9, or as many as fit in 50 ms up to 400 for short decodes; many,
  * for `perf record` of one case); --rounds the passes over
  * the whole table, each figure from the pass in which it was fastest, with the fixed cost
@@ -64,7 +68,20 @@ static int only_mha;            /* --mha */
 static int only_mla;            /* --mla */
 static int only_dkv;            /* --dkv */
 static int reps_opt;            /* --reps */
-static mla_dtype cache_dtype = MLA_DTYPE_F16; /* --dtype */
+static mla_dtype cache_dtype = MLA_DTYPE_F16; /* --dtype: every cached value, or the f16 rest */
+static mla_dtype latent_quant;                 /* --dtype i8|i4: the MLA latents' type, else 0 */
+static int group_opt;                          /* --group */
+
+/* Values per scale of a quantized latent of width L. */
+static int quant_group(int64_t L)
+{
+    if (group_opt > 0)
+        return group_opt;
+    int g = 32;
+    while (L % g)
+        g /= 2;
+    return g;
+}
 
 static unsigned long long rng = 88172645463325252ULL;
 
@@ -170,7 +187,9 @@ static mla_layer *mla_layer_random(const shape *s, int d_kv)
     return l;
 }
 
-static mla_cache *filled_cache(mla_layer *l, int64_t ctx, int64_t extra)
+/* A cache of ctx tokens (room for extra more) for layer l; mla: an MLA layer, whose latents
+ * take --dtype i8|i4 (the MHA baseline's cache never does). */
+static mla_cache *filled_cache(mla_layer *l, int mla, int64_t ctx, int64_t extra)
 {
     mla_cache_layer_desc desc;
     if (mla_layer_cache_desc(l, &desc, sizeof desc) != MLA_OK)
@@ -179,8 +198,9 @@ static mla_cache *filled_cache(mla_layer *l, int64_t ctx, int64_t extra)
     mla_cache_default_params(&p, sizeof p);
     p.n_layers = 1;
     p.layers = &desc;
-    p.latent_dtype = cache_dtype;
+    p.latent_dtype = mla && latent_quant ? latent_quant : cache_dtype;
     p.rope_dtype = cache_dtype;
+    p.quant_group = quant_group(desc.latent_dim);
     p.capacity_tokens = ctx + extra + 64;
     p.n_seq_max = 2;
     mla_cache *c = NULL;
@@ -263,10 +283,10 @@ static mla_attn *attn_new(int threads, mla_attn_path path)
 #define PAIR_BUDGET_S 0.05
 #define PAIR_MAX 400
 
-static void decode_pair(mla_layer *l, int d, int64_t ctx, int threads, int reps, double *fixed,
-                        double *t)
+static void decode_pair(mla_layer *l, int mla, int d, int64_t ctx, int threads, int reps,
+                        double *fixed, double *t)
 {
-    mla_cache *c16 = filled_cache(l, 16, 1), *c = filled_cache(l, ctx, 1);
+    mla_cache *c16 = filled_cache(l, mla, 16, 1), *c = filled_cache(l, mla, ctx, 1);
     mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
     float *x = rand_buf((size_t)d, 1.0f), *out = malloc((size_t)d * sizeof *out);
     *fixed = *t = INFINITY;
@@ -331,7 +351,10 @@ static void layer_cost(const shape *s, size_t li, double ctx, double *flops, dou
     }
     int64_t R = (int64_t)dkvs[li - 1] * s->n_kv;
     *flops = 2.0 * s->n_h * (2.0 * R + s->r) * ctx;
-    *bytes = (double)(R + (int64_t)s->n_kv * s->r) * eb * ctx;
+    double lat = latent_quant ? R * (latent_quant == MLA_DTYPE_I8 ? 1.0 : 0.5) +
+                                    4.0 * (double)(R / quant_group(R))
+                              : (double)R * eb;
+    *bytes = (lat + (double)s->n_kv * s->r * eb) * ctx;
 }
 
 /* The time layer li's attention takes at the roofs gf (GFLOP/s) and gb (GB/s over its own cached
@@ -422,7 +445,7 @@ static void decode_round(int quick, int threads)
                 if (!(gf > 0 && gb > 0 && gb_mha > 0))
                     die("roofs: out of memory for the measurement buffers");
                 double fixed, t;
-                decode_pair(l, s->d, ctxs[ci], threads, reps, &fixed, &t);
+                decode_pair(l, li > 0, s->d, ctxs[ci], threads, reps, &fixed, &t);
                 cell *c = &dec[si][li][ci];
                 if (c->t == 0 || t < c->t) {
                     c->t = t;
@@ -447,12 +470,19 @@ static void decode_table(int threads, int rounds)
                     note_range(dec[si][li][ci].gf, &gf_lo, &gf_hi);
                     note_range(dec[si][li][ci].gb, &gb_lo, &gb_hi);
                 }
+    char what[160];
+    if (latent_quant)
+        snprintf(what, sizeof what, "%s MLA latents (%s f32 scales), f16 RoPE part and MHA "
+                 "baseline", mla_dtype_name(latent_quant),
+                 group_opt ? "the --group values to one of the" : "the largest power of two up to 32 dividing the width to one of the");
+    else
+        snprintf(what, sizeof what, "%s", mla_dtype_name(cache_dtype));
     printf("\n## decode, one token, %d thread(s), %s cache, fastest of %d round(s); attn = time "
            "minus the fixed cost at context 16 measured in alternation with it; %% of the "
            "highest roofs measured next to it over the rounds (sgemm %.1f-%.1f GFLOP/s; read, "
            "over as many bytes as the layer caches, at most 256 MiB, after as many as it has "
            "weights: %.1f-%.1f GB/s)\n", threads,
-           mla_dtype_name(cache_dtype), rounds, gf_lo, gf_hi, gb_lo, gb_hi);
+           what, rounds, gf_lo, gf_hi, gb_lo, gb_hi);
     printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %5s %6s %6s %7s %7s %6s\n", "shape", "layer",
            "ctx", "ms", "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "bound", "%roof",
            "vsMHA", "atRoofs", "sgemmGF", "readGB");
@@ -509,7 +539,7 @@ static void bench_crossover(int quick, int threads)
         const shape *s = &shapes[si];
         int d_kv = 16;
         mla_layer *l = mla_layer_random(s, d_kv);
-        mla_cache *c = filled_cache(l, ctx, 512);
+        mla_cache *c = filled_cache(l, 1, ctx, 512);
         mla_attn *aa = attn_new(threads, MLA_ATTN_PATH_ABSORBED);
         mla_attn *am = attn_new(threads, MLA_ATTN_PATH_MATERIALIZED);
         /* The crossover: the smallest m from which materialized is faster at every m measured
@@ -549,8 +579,11 @@ static int dtype_arg(const char *s)
         cache_dtype = MLA_DTYPE_BF16;
     else if (strcmp(s, "f32") == 0)
         cache_dtype = MLA_DTYPE_F32;
+    else if (strcmp(s, "i8") == 0 || strcmp(s, "i4") == 0)
+        cache_dtype = MLA_DTYPE_F16;
     else
         return 0;
+    latent_quant = strcmp(s, "i8") == 0 ? MLA_DTYPE_I8 : strcmp(s, "i4") == 0 ? MLA_DTYPE_I4 : 0;
     return 1;
 }
 
@@ -580,10 +613,12 @@ int main(int argc, char **argv)
             only_dkv = atoi(argv[++i]);
         else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc && dtype_arg(argv[i + 1]))
             i++;
+        else if (strcmp(argv[i], "--group") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
+            group_opt = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--shape NAME] "
-                    "[--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32] [--reps N] "
-                    "[--rounds N]\n", argv[0]);
+                    "[--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] "
+                    "[--group N] [--reps N] [--rounds N]\n", argv[0]);
             return 2;
         }
     }

@@ -2,7 +2,7 @@
  * AVX-512 dequantization of cache spans, selected at run time (mla_cpu()). Every conversion is
  * exact or one IEEE float multiplication, as in the portable kernel, so the results are equal bit
  * for bit; tests/cache/test_quant.c checks that. Tails of rows (widths not a multiple of 16)
- * use masked loads and stores; only I4 group tails take the scalar path.
+ * use masked loads and stores; I8 and I4 latents of any group size take 16 values a vector.
  */
 #include <string.h>
 
@@ -47,51 +47,73 @@ TARGET static void float_row(mla_dtype t, const void *src, size_t n, float *y)
     }
 }
 
-/* 16 consecutive i8 or i4 values starting at value index i of a row, as float32 times scale. */
-TARGET static __m512 q16(mla_dtype t, const unsigned char *row, size_t i, __m512 scale)
+/* Values i .. i+L−1 (L ≤ 16; i even for i4) of an i8 or i4 row as float32, 0 in the lanes after
+ * them; bytes past them are not read. */
+TARGET static __m512 q16(mla_dtype t, const unsigned char *row, size_t i, unsigned L)
 {
     __m128i b;
     if (t == MLA_DTYPE_I8) {
-        b = _mm_loadu_si128((const __m128i *)(const void *)(row + i));
+        b = _mm_maskz_loadu_epi8((__mmask16)((1u << L) - 1u), row + i);
     } else {
-        /* 8 bytes, value 2k in the low nibble of byte k: interleave low and high nibbles, then
-         * sign-extend 4 bits within each byte with (v ^ 8) − 8 */
-        __m128i x = _mm_loadl_epi64((const __m128i *)(const void *)(row + i / 2));
-        __m128i m = _mm_set1_epi8(0x0f), e = _mm_set1_epi8(8);
-        __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+        /* value 2k in the low nibble of byte k: interleave low and high nibbles, then
+         * sign-extend 4 bits within each byte with (v ^ 8) − 8 (an odd L reads one nibble
+         * more, of the same byte, which no lane stored keeps) */
+        __m128i x = _mm_maskz_loadu_epi8((__mmask16)((1u << ((L + 1) / 2)) - 1u), row + i / 2);
+        __m128i lo_m = _mm_set1_epi8(0x0f), e = _mm_set1_epi8(8);
+        __m128i lo = _mm_and_si128(x, lo_m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), lo_m);
         b = _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), e), e);
     }
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), scale);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 }
 
-TARGET static void quant_row(const mla_cache_layer_format *f, const unsigned char *row,
-                             const float *scales, float *y)
+/* Where the scales of a row's values i .. i+15 sit: n groups from g0, spread over the lanes by idx
+ * (groups of 8, 12 or 24 straddle vectors; groups of 16 or more that are multiples of 16 never
+ * do, and take one broadcast). It depends on i alone, so it is worked out once for all rows. */
+typedef struct vec_scales {
+    size_t g0;
+    unsigned n;
+    __m512i idx;
+} vec_scales;
+
+#define QCHUNK 64 /* vectors (1024 values) of a row whose scale maps are kept at once */
+
+/* Latents of rows first .. first+n−1 of an i8 or i4 span, 16 values at a time with masked tails,
+ * each vector's value times its own group's scale: the same multiplication as the portable
+ * kernel, so the same bits. */
+TARGET static void quant_rows(const mla_cache_layer_format *f, const mla_cache_span *span,
+                              int64_t first, int64_t n, float *y)
 {
-    const size_t d = (size_t)f->latent_dim, gs = (size_t)f->quant_group;
-    for (size_t g0 = 0; g0 < d; g0 += gs) {
-        float sc = scales[g0 / gs];
-        __m512 vs = _mm512_set1_ps(sc);
-        size_t i = 0;
-        for (; i + 16 <= gs; i += 16)
-            _mm512_storeu_ps(y + g0 + i, q16(f->latent_dtype, row, g0 + i, vs));
-        if (i < gs && f->latent_dtype == MLA_DTYPE_I8) {
-            /* An I8 group tail: masked load and store. */
-            __mmask16 m = (__mmask16)((1u << (gs - i)) - 1u);
-            __m128i b = _mm_maskz_loadu_epi8(m, row + g0 + i);
-            _mm512_mask_storeu_ps(y + g0 + i, m,
-                                  _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), vs));
-            i = gs;
+    const size_t d = (size_t)f->latent_dim, gs = (size_t)f->quant_group, ng = d / gs;
+    vec_scales vs[QCHUNK];
+    for (size_t c0 = 0; c0 < d; c0 += 16 * QCHUNK) {
+        size_t nv = (d - c0 + 15) / 16 < QCHUNK ? (d - c0 + 15) / 16 : QCHUNK;
+        for (size_t v = 0; v < nv; v++) {
+            size_t i = c0 + 16 * v, last = i + 15 < d ? i + 15 : d - 1;
+            int32_t idx[16];
+            vs[v].g0 = i / gs;
+            vs[v].n = (unsigned)(last / gs - vs[v].g0 + 1);
+            for (size_t l = 0; l < 16; l++)
+                idx[l] = (int32_t)((i + l) / gs - vs[v].g0) & 15;
+            vs[v].idx = _mm512_loadu_si512(idx);
         }
-        for (; i < gs; i++) {
-            size_t k = g0 + i;
-            int v;
-            if (f->latent_dtype == MLA_DTYPE_I8) {
-                v = (int8_t)row[k];
-            } else {
-                v = (row[k / 2] >> (4 * (k % 2))) & 0xf;
-                v = v >= 8 ? v - 16 : v;
+        for (int64_t t = 0; t < n; t++) {
+            size_t row = (size_t)(first + t);
+            const unsigned char *q = (const unsigned char *)span->latent +
+                                     row * span->latent_row_bytes;
+            const float *sc = span->latent_scale + row * ng;
+            float *yr = y + (size_t)t * d;
+            for (size_t v = 0; v < nv; v++) {
+                size_t i = c0 + 16 * v;
+                unsigned L = d - i >= 16 ? 16 : (unsigned)(d - i);
+                __mmask16 m = (__mmask16)((1u << L) - 1u);
+                __m512 s = vs[v].n == 1
+                               ? _mm512_set1_ps(sc[vs[v].g0])
+                               : _mm512_permutexvar_ps(
+                                     vs[v].idx,
+                                     _mm512_maskz_loadu_ps((__mmask16)((1u << vs[v].n) - 1u),
+                                                           sc + vs[v].g0));
+                _mm512_mask_storeu_ps(yr + i, m, _mm512_mul_ps(q16(f->latent_dtype, q, i, L), s));
             }
-            y[k] = (float)v * sc;
         }
     }
 }
@@ -101,16 +123,16 @@ TARGET void mla__cache_span_to_f32_avx512(const mla_cache_layer_format *fmt,
                                           float *latent, float *rope)
 {
     const size_t d = (size_t)fmt->latent_dim, r = (size_t)fmt->rope_width;
-    const int quant = fmt->latent_dtype == MLA_DTYPE_I8 || fmt->latent_dtype == MLA_DTYPE_I4;
-    const size_t ng = quant ? d / (size_t)fmt->quant_group : 0;
+    if (latent && (fmt->latent_dtype == MLA_DTYPE_I8 || fmt->latent_dtype == MLA_DTYPE_I4)) {
+        quant_rows(fmt, span, first, n, latent);
+        latent = NULL;
+    }
     for (int64_t t = 0; t < n; t++) {
         size_t row = (size_t)(first + t);
-        const unsigned char *lrow = (const unsigned char *)span->latent +
-                                    row * span->latent_row_bytes;
-        if (latent && quant)
-            quant_row(fmt, lrow, span->latent_scale + row * ng, latent + (size_t)t * d);
-        else if (latent)
-            float_row(fmt->latent_dtype, lrow, d, latent + (size_t)t * d);
+        if (latent)
+            float_row(fmt->latent_dtype,
+                      (const char *)span->latent + row * span->latent_row_bytes, d,
+                      latent + (size_t)t * d);
         if (rope && r)
             float_row(fmt->rope_dtype, (const char *)span->rope + row * span->rope_row_bytes, r,
                       rope + (size_t)t * r);

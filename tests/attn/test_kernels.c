@@ -235,10 +235,11 @@ static double bc_src_err(const mla__attn_kernels *v, const mla__attn_kernels *p,
 static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels *p,
                              const mla__attn_kernels *v2)
 {
-    static const int32_t groups[] = {4, 32};
+    /* I8 groups: within a vector (4), straddling vectors at every offset (12), wider (32) */
+    static const int32_t groups[] = {4, 12, 32};
     unsigned long long seed = 33;
     for (int d = 0; d < 4; d++)
-        for (int gi = 0; gi < 2; gi++) {
+        for (int gi = 0; gi < 3; gi++) {
             int64_t rows = 45, w = 160;
             test_src ts;
             src_make(&ts, src_types[d], rows, w, groups[gi], &seed);

@@ -167,8 +167,8 @@ static void floats(mla_dtype lt, mla_dtype rt)
 /* AVX-512 and AVX2 against portable, on every span and sub-range, for one type combination. */
 static void kernels(mla_dtype lt, mla_dtype rt, int group, int d)
 {
-    static float lat[NTOK * 160], rope[NTOK * RW];
-    static float a_l[NTOK * 160], a_r[NTOK * RW], b_l[NTOK * 160], b_r[NTOK * RW];
+    static float lat[NTOK * 1080], rope[NTOK * RW];
+    static float a_l[NTOK * 1080], a_r[NTOK * RW], b_l[NTOK * 1080], b_r[NTOK * RW];
     mla_cache *c = make(lt, rt, group, d);
     data(lat, NTOK * d, group);
     for (int i = 0; i < NTOK * RW; i++)
@@ -348,9 +348,13 @@ int main(void)
         for (int a = 0; a < 5; a++)
             for (int b = 0; b < 3; b++) {
                 kernels(all[a], ft[b], 32, 160);
-                if (a >= 3)
+                if (a >= 3) {
                     kernels(all[a], ft[b], 10, 40); /* groups not a multiple of 16: tails */
-                else
+                    kernels(all[a], ft[b], 6, 30);  /* groups within a vector, a 14-value tail */
+                    /* groups straddling vectors, rows longer than the 1024 values whose scale
+                     * maps the kernels keep at once */
+                    kernels(all[a], ft[b], 24, 1080);
+                } else
                     kernels(all[a], ft[b], 4, 44); /* rows not a multiple of 8 or 16: tails */
             }
     } else {

@@ -32,7 +32,47 @@ static int dt_of(mla_dtype t)
 }
 
 /* Elements (t, k .. k+7) of a source, converted exactly as mla__src_get does. */
-INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k)
+/* Where an I8 row keeps the scales of columns k .. k+7: n groups from g0, spread over the lanes
+ * by idx when n > 1 (groups of 4, 12 or 24 straddle vectors). It depends on the columns alone,
+ * so loops over rows make it once, outside their conditionals (which a division cannot be
+ * hoisted out of). Nothing for the other storage types. */
+typedef struct scale_map {
+    int64_t g0, n;
+    __m256i idx, ld; /* ld: the lanes of the n scales read */
+} scale_map;
+
+INL scale_map scale_map8(const int dt, const mla__src *s, int64_t k)
+{
+    scale_map m = {0, 1, _mm256_setzero_si256(), _mm256_setzero_si256()};
+    if (dt != DT_I8)
+        return m;
+    const int64_t gs = s->group;
+    m.g0 = k / gs;
+    m.n = (k + 7) / gs - m.g0 + 1;
+    if (m.n > 1) {
+        /* lane i's group − g0 = ⌊(r + i) / gs⌋, r = k − g0·gs < gs: (r + i + ½) / gs, rounded
+         * once, is at least ½ / gs away from an integer, so truncating it is exact. */
+        const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+        __m256 x = _mm256_add_ps(iota, _mm256_set1_ps((float)(k - m.g0 * gs) + 0.5f));
+        m.idx = _mm256_cvttps_epi32(_mm256_div_ps(x, _mm256_set1_ps((float)gs)));
+        m.ld = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m.n),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    return m;
+}
+
+/* The scales of row t under map m; only the n groups the lanes take are read. */
+INL __m256 scale8(const mla__src *s, int64_t t, const scale_map *m)
+{
+    const float *sc = s->sc + t * s->lds + m->g0;
+    if (m->n == 1)
+        return _mm256_broadcast_ss(sc);
+    return _mm256_permutevar8x32_ps(_mm256_maskload_ps(sc, m->ld), m->idx);
+}
+
+/* Elements (t, k .. k+7) as float32, exactly as mla__src_get converts them. sm: scale_map8(dt,
+ * s, k). */
+INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, const scale_map *sm)
 {
     const unsigned char *row = s->p + t * s->ld;
     if (dt == DT_F32)
@@ -43,14 +83,9 @@ INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k)
         return _mm256_castsi256_ps(_mm256_slli_epi32(
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k))),
             16));
-    float sc[8];
-    const float *g = s->sc + t * s->lds;
-#pragma GCC unroll 16
-    for (int l = 0; l < 8; l++)
-        sc[l] = g[(k + l) / s->group];
     __m256 q = _mm256_cvtepi32_ps(
         _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(row + k))));
-    return _mm256_mul_ps(q, _mm256_loadu_ps(sc));
+    return _mm256_mul_ps(q, scale8(s, t, sm));
 }
 
 /* Elements (t, k .. k+n−1), n < 8, and zeros after them. */
@@ -92,11 +127,15 @@ INL void bcs_block(const int dt, const int mr, const int nv, const int full, int
 #pragma GCC unroll 16
         for (int v = 0; v < nv; v++)
             acc[r][v] = _mm256_setzero_ps();
+    scale_map sm[2];
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++)
+        sm[v] = scale_map8(dt, b, col0 + 8 * v);
     for (int64_t kk = 0; kk < k; kk++) {
         __m256 bv[2];
 #pragma GCC unroll 16
         for (int v = 0; v < nv; v++)
-            bv[v] = full || v + 1 < nv ? load8(dt, b, t0 + kk, col0 + 8 * v)
+            bv[v] = full || v + 1 < nv ? load8(dt, b, t0 + kk, col0 + 8 * v, &sm[v])
                                        : load_part(b, t0 + kk, col0 + 8 * v, ncols - 8 * v);
         const float *ak = a + kk * csa;
 #pragma GCC unroll 16
@@ -196,9 +235,10 @@ INL void dots_block(const int dt, const int mr, const int nr, int64_t rows, int6
     int64_t kk = 0;
     for (; kk + 8 <= k; kk += 8) {
         __m256 bv[4];
+        scale_map sm = scale_map8(dt, b, col0 + kk);
 #pragma GCC unroll 16
         for (int q = 0; q < nr; q++)
-            bv[q] = q < toks ? load8(dt, b, t0 + q, col0 + kk) : _mm256_setzero_ps();
+            bv[q] = q < toks ? load8(dt, b, t0 + q, col0 + kk, &sm) : _mm256_setzero_ps();
 #pragma GCC unroll 16
         for (int r = 0; r < mr; r++)
             if (r < rows) {
@@ -305,14 +345,15 @@ static TGT void mha_values(int64_t n_kv, int64_t d, int64_t n, const float *p, p
 INL void asrc_convert(const int dt, const mla__src *a, int64_t t0, int64_t rows, int64_t col0,
                       int64_t kc, float *buf)
 {
-    for (int64_t r = 0; r < rows; r++) {
-        float *br = buf + r * kc;
-        int64_t kk = 0;
-        for (; kk + 8 <= kc; kk += 8)
-            _mm256_storeu_ps(br + kk, load8(dt, a, t0 + r, col0 + kk));
-        for (; kk < kc; kk++)
-            br[kk] = mla__src_get(a, t0 + r, col0 + kk);
+    int64_t kk = 0;
+    for (; kk + 8 <= kc; kk += 8) {
+        scale_map sm = scale_map8(dt, a, col0 + kk);
+        for (int64_t r = 0; r < rows; r++)
+            _mm256_storeu_ps(buf + r * kc + kk, load8(dt, a, t0 + r, col0 + kk, &sm));
     }
+    for (; kk < kc; kk++)
+        for (int64_t r = 0; r < rows; r++)
+            buf[r * kc + kk] = mla__src_get(a, t0 + r, col0 + kk);
 }
 
 static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int64_t t0,
@@ -525,9 +566,10 @@ INL void load_t_dt(const int dt, const mla__src *s, int64_t t0, int64_t n, int64
         int64_t k = 0;
         for (; k + 8 <= kw; k += 8) {
             __m256 r[8];
+            scale_map sm = scale_map8(dt, s, col0 + k);
 #pragma GCC unroll 16
             for (int i = 0; i < 8; i++)
-                r[i] = load8(dt, s, t0 + t + i, col0 + k);
+                r[i] = load8(dt, s, t0 + t + i, col0 + k, &sm);
             transpose8(r);
 #pragma GCC unroll 16
             for (int c = 0; c < 8; c++)

@@ -318,22 +318,47 @@ static int dt_of(mla_dtype t)
                                                                                           : DT_F32;
 }
 
-/* Scales of columns k .. k+15 of row t (I8): one broadcast when they share a group. */
-INL __m512 scale16(const mla__src *s, int64_t t, int64_t k)
+/* Where an I8 row keeps the scales of columns k .. k+15 (the lanes in msk): n groups from g0,
+ * spread over the lanes by idx when n > 1 (groups of 8, 12 or 24 straddle most vectors). It
+ * depends on the columns alone, so loops over rows make it once, outside their conditionals
+ * (which a division cannot be hoisted out of). Nothing for the other storage types. */
+typedef struct scale_map {
+    int64_t g0, n;
+    __m512i idx;
+} scale_map;
+
+INL scale_map scale_map16(const int dt, const mla__src *s, int64_t k, __mmask16 msk)
 {
-    const float *sc = s->sc + t * s->lds;
-    int64_t g0 = k / s->group, g1 = (k + 15) / s->group;
-    if (g0 == g1)
-        return _mm512_set1_ps(sc[g0]);
-    float v[16];
-    for (int i = 0; i < 16; i++)
-        v[i] = sc[(k + i) / s->group];
-    return _mm512_loadu_ps(v);
+    scale_map m = {0, 1, _mm512_setzero_si512()};
+    if (dt != DT_I8 || !msk)
+        return m;
+    const int64_t gs = s->group;
+    m.g0 = k / gs;
+    m.n = (k + 31 - __builtin_clz(msk)) / gs - m.g0 + 1;
+    if (m.n > 1) {
+        /* lane i's group − g0 = ⌊(r + i) / gs⌋, r = k − g0·gs < gs: (r + i + ½) / gs, rounded
+         * once, is at least ½ / gs away from an integer, so truncating it is exact. */
+        const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        __m512 x = _mm512_add_ps(iota, _mm512_set1_ps((float)(k - m.g0 * gs) + 0.5f));
+        m.idx = _mm512_cvttps_epi32(_mm512_div_ps(x, _mm512_set1_ps((float)gs)));
+    }
+    return m;
 }
 
-/* Elements (t, k .. k+15) as float32; lanes outside msk are 0 and their memory is not read.
- * Every conversion is exact (I8: one float multiplication), as in mla__src_get. */
-INL __m512 load16(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask16 msk)
+/* The scales of row t under map m; only the n groups the lanes take are read. */
+INL __m512 scale16(const mla__src *s, int64_t t, const scale_map *m)
+{
+    const float *sc = s->sc + t * s->lds + m->g0;
+    if (m->n == 1)
+        return _mm512_set1_ps(*sc);
+    return _mm512_permutexvar_ps(m->idx, _mm512_maskz_loadu_ps(tail_mask(m->n), sc));
+}
+
+/* Elements (t, k .. k+15) as float32; lanes outside msk are 0 and their memory is not read. sm:
+ * scale_map16(dt, s, k, msk). Every conversion is exact (I8: one float multiplication), as in
+ * mla__src_get. */
+INL __m512 load16(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask16 msk,
+                  const scale_map *sm)
 {
     const unsigned char *row = s->p + t * s->ld;
     /* A mask known to be full (after inlining) takes plain loads, which the conversion can take
@@ -350,7 +375,7 @@ INL __m512 load16(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask
                                        : _mm256_maskz_loadu_epi16(msk, row + 2 * k)),
             16));
     __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(msk, row + k)));
-    return _mm512_mul_ps(q, scale16(s, t, k));
+    return _mm512_mul_ps(q, scale16(s, t, sm));
 }
 
 /* In-register transpose of 16 rows of 16 floats: column c of the rows ends up in r[c]. */
@@ -393,9 +418,10 @@ INL void load_t_dt(const int dt, const mla__src *s, int64_t t0, int64_t n, int64
             int64_t nk = kw - k < 16 ? kw - k : 16;
             __mmask16 mk = tail_mask(nk);
             __m512 r[16];
+            scale_map sm = scale_map16(dt, s, col0 + k, mk);
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
-                r[i] = i < nt ? load16(dt, s, t0 + t + i, col0 + k, mk) : _mm512_setzero_ps();
+                r[i] = i < nt ? load16(dt, s, t0 + t + i, col0 + k, mk, &sm) : _mm512_setzero_ps();
             transpose16(r);
 #pragma GCC unroll 16
             for (int c = 0; c < 16; c++)
@@ -499,11 +525,15 @@ INL void bcs_block(const int dt, const int mr, const int nv, int64_t rows, int64
     __m512 acc[12][4];
     __mmask16 msk[4];
     block_begin(mr, nv, ncols, msk, acc);
+    scale_map sm[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+        sm[v] = scale_map16(dt, b, col0 + 16 * v, msk[v]);
     for (int64_t kk = 0; kk < k; kk++) {
         __m512 bv[4];
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++)
-            bv[v] = load16(dt, b, t0 + kk, col0 + 16 * v, msk[v]);
+            bv[v] = load16(dt, b, t0 + kk, col0 + 16 * v, msk[v], &sm[v]);
         const float *ak = a + kk * csa;
 #pragma GCC unroll 12
         for (int r = 0; r < mr; r++) {
@@ -571,7 +601,7 @@ INL void bcs_block24(const int dt, const int mr, int64_t rows, int64_t ncols, in
         acc8[r] = _mm256_setzero_ps();
     }
     for (int64_t kk = 0; kk < k; kk++) {
-        __m512 bv = load16(dt, b, t0 + kk, col0, 0xffff);
+        __m512 bv = load16(dt, b, t0 + kk, col0, 0xffff, NULL);
         __m256 bv8 = load8(dt, b, t0 + kk, col0 + 16, m8);
         const float *ak = a + kk * csa;
 #pragma GCC unroll 12
@@ -701,9 +731,10 @@ INL void dots_step(const int dt, int64_t rows, int64_t toks, const float *a, ptr
                    __m512 acc[4][4])
 {
     __m512 bv[4];
+    scale_map sm = scale_map16(dt, b, col0 + kk, mk);
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++)
-        bv[q] = q < toks ? load16(dt, b, t0 + q, col0 + kk, mk) : _mm512_setzero_ps();
+        bv[q] = q < toks ? load16(dt, b, t0 + q, col0 + kk, mk, &sm) : _mm512_setzero_ps();
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) {
         if (r < rows) {
@@ -802,12 +833,13 @@ INL void values_vec8(const int dt, int64_t toks, const __m512 *w, const mla__src
                      int64_t col, __mmask16 mc, float *o)
 {
     __m512 x = _mm512_maskz_loadu_ps(mc, o), y = _mm512_setzero_ps();
+    scale_map sm = scale_map16(dt, v, col, mc);
 #pragma GCC unroll 4
     for (int q = 0; q < 8; q += 2) {
         if (q < toks)
-            x = _mm512_fmadd_ps(w[q], load16(dt, v, t0 + q, col, mc), x);
+            x = _mm512_fmadd_ps(w[q], load16(dt, v, t0 + q, col, mc, &sm), x);
         if (q + 1 < toks)
-            y = _mm512_fmadd_ps(w[q + 1], load16(dt, v, t0 + q + 1, col, mc), y);
+            y = _mm512_fmadd_ps(w[q + 1], load16(dt, v, t0 + q + 1, col, mc, &sm), y);
     }
     _mm512_mask_storeu_ps(o, mc, _mm512_add_ps(x, y));
 }
@@ -860,11 +892,12 @@ static TGT void mha_values(int64_t n_kv, int64_t d, int64_t n, const float *p, p
 INL void asrc_convert(const int dt, const mla__src *a, int64_t t0, int64_t rows, int64_t col0,
                       int64_t kc, float *buf)
 {
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t kk = 0; kk < kc; kk += 16) {
-            __mmask16 mk = tail_mask(kc - kk);
-            _mm512_mask_storeu_ps(buf + r * kc + kk, mk, load16(dt, a, t0 + r, col0 + kk, mk));
-        }
+    for (int64_t kk = 0; kk < kc; kk += 16) {
+        __mmask16 mk = tail_mask(kc - kk);
+        scale_map sm = scale_map16(dt, a, col0 + kk, mk);
+        for (int64_t r = 0; r < rows; r++)
+            _mm512_mask_storeu_ps(buf + r * kc + kk, mk, load16(dt, a, t0 + r, col0 + kk, mk, &sm));
+    }
 }
 
 static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int64_t t0,
