@@ -79,18 +79,11 @@ mla__src mla__f32_src(const float *p, int64_t width)
 void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v, int64_t first,
                     int64_t n, mla__tile *f32, mla__rtile *rt)
 {
-    if (fmt->latent_dtype == MLA_DTYPE_I4) {
-        mla__tile_fill(fmt, v, first, n, f32);
-        rt->n = n;
-        rt->n_seg = 1;
-        rt->seg[0].t = 0;
-        rt->seg[0].n = n;
-        rt->seg[0].latent = mla__f32_src(f32->latent, fmt->latent_dim);
-        rt->seg[0].rope = mla__f32_src(f32->rope, fmt->rope_width);
-        rt->seg[0].pos = f32->pos;
-        return;
-    }
-    int64_t ng = fmt->latent_dtype == MLA_DTYPE_I8 ? fmt->latent_dim / fmt->quant_group : 0;
+    /* I4 latents: the tile's codes as int8 (in the float32 tile's memory, forward.c), read as
+     * an I8 source with the span's scales: the kernels do not read nibbles. */
+    const int i4 = fmt->latent_dtype == MLA_DTYPE_I4;
+    int8_t *codes = i4 ? (int8_t *)(void *)f32->latent : NULL;
+    int64_t ng = fmt->latent_dtype == MLA_DTYPE_I8 || i4 ? fmt->latent_dim / fmt->quant_group : 0;
     int64_t done = 0, ns = 0;
     for (int64_t si = mla__span_of(v, first); done < n; si++) {
         const mla_cache_span *s = &v->spans[si];
@@ -99,9 +92,16 @@ void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v, i
         mla__seg *g = &rt->seg[ns++];
         g->t = done;
         g->n = take;
-        g->latent.p = (const unsigned char *)s->latent + (size_t)off * s->latent_row_bytes;
-        g->latent.ld = (ptrdiff_t)s->latent_row_bytes;
-        g->latent.t = fmt->latent_dtype;
+        if (i4) {
+            mla__cache_span_i4_codes(fmt, s, off, take, codes + done * fmt->latent_dim);
+            g->latent.p = (const unsigned char *)(codes + done * fmt->latent_dim);
+            g->latent.ld = fmt->latent_dim;
+            g->latent.t = MLA_DTYPE_I8;
+        } else {
+            g->latent.p = (const unsigned char *)s->latent + (size_t)off * s->latent_row_bytes;
+            g->latent.ld = (ptrdiff_t)s->latent_row_bytes;
+            g->latent.t = fmt->latent_dtype;
+        }
         g->latent.sc = s->latent_scale ? s->latent_scale + off * ng : NULL;
         g->latent.lds = ng;
         g->latent.group = ng ? fmt->quant_group : 1;

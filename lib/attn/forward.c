@@ -875,8 +875,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     }
     int nt = attn->n_threads;
     /* Float32 tiles: the materialized path's up-projections and the MHA baseline's BLIS
-     * products; I4 latents, which the kernels do not read in place; absorbed blocks of many
-     * query rows (absorbed.c). */
+     * products; I4 latents, whose tiles are unpacked to int8 codes in the tile's memory
+     * (mla__rtile_map); absorbed blocks of many query rows (absorbed.c). */
     p.need_f32 = (p.any_mat && !dm.mha) || fmt.latent_dtype == MLA_DTYPE_I4;
     for (int64_t c = 0; c < p.n_chunks; c++)
         p.need_f32 |= (dm.mha && ch[c].m >= MLA_ATTN_SMALL_M) ||

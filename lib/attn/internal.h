@@ -109,8 +109,9 @@ MLA_INTERNAL mla__src mla__f32_src(const float *p, int64_t width);
 /* The span of v holding token `first` (first < the view's token count). */
 MLA_INTERNAL int64_t mla__span_of(const mla__seq_view *v, int64_t first);
 
-/* Map tokens [first, first+n) of v to segments. Storage types the kernels do not read in place
- * (I4) are dequantized into f32 (a float32 tile, as mla__tile_fill) and read from there. */
+/* Map tokens [first, first+n) of v to segments read in place. I4 latents, which the kernels do
+ * not read, are unpacked to int8 codes in f32's latent memory and read as I8 with the spans'
+ * scales (exactly the values mla__tile_fill gives). */
 MLA_INTERNAL void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v,
                                  int64_t first, int64_t n, mla__tile *f32, mla__rtile *rt);
 

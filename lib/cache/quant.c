@@ -9,6 +9,9 @@
  */
 #include <math.h>
 #include <string.h>
+#ifdef __SSE2__
+#  include <emmintrin.h>
+#endif
 
 #include "cache/internal.h"
 
@@ -155,4 +158,42 @@ void mla__cache_span_to_f32(const mla_cache_layer_format *fmt, const mla_cache_s
         mla__cache_span_to_f32_avx2(fmt, span, first, n, latent, rope);
     else
         mla__cache_span_to_f32_c(fmt, span, first, n, latent, rope);
+}
+
+void mla__cache_span_i4_codes(const mla_cache_layer_format *fmt, const mla_cache_span *span,
+                              int64_t first, int64_t n, int8_t *codes)
+{
+    size_t d = (size_t)fmt->latent_dim, nb = d / 2;
+    /* Packed rows (no padding between them) are one run of bytes: SmolLM-135M d_kv 8's rows
+     * are 12 bytes, shorter than a vector. */
+    if (span->latent_row_bytes == nb) {
+        nb *= (size_t)n;
+        d *= (size_t)n;
+        n = 1;
+    }
+    for (int64_t t = 0; t < n; t++) {
+        const unsigned char *q = (const unsigned char *)span->latent +
+                                 (size_t)(first + t) * span->latent_row_bytes;
+        int8_t *y = codes + (size_t)t * d;
+        size_t b = 0;
+#ifdef __SSE2__
+        /* 16 bytes to 32 codes (SSE2 is part of x86-64): value 2k in the low nibble of byte
+         * k, so interleaving the low and high nibbles puts the codes in order; (v ^ 8) − 8
+         * sign-extends 4 bits within a byte. */
+        const __m128i lo_m = _mm_set1_epi8(0x0f), e = _mm_set1_epi8(8);
+        for (; b + 16 <= nb; b += 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(q + b));
+            __m128i lo = _mm_and_si128(x, lo_m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), lo_m);
+            _mm_storeu_si128((__m128i *)(void *)(y + 2 * b),
+                             _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), e), e));
+            _mm_storeu_si128((__m128i *)(void *)(y + 2 * b + 16),
+                             _mm_sub_epi8(_mm_xor_si128(_mm_unpackhi_epi8(lo, hi), e), e));
+        }
+#endif
+        for (; b < nb; b++) {
+            int lo = q[b] & 0xf, hi = q[b] >> 4;
+            y[2 * b] = (int8_t)(lo >= 8 ? lo - 16 : lo);
+            y[2 * b + 1] = (int8_t)(hi >= 8 ? hi - 16 : hi);
+        }
+    }
 }

@@ -73,4 +73,11 @@ MLA_INTERNAL void mla__cache_span_to_f32(const mla_cache_layer_format *fmt,
                                          const mla_cache_span *span, int64_t first, int64_t n,
                                          float *latent, float *rope);
 
+/* The codes of rows [first, first+n) of an I4 span as int8 (−8 … 7), row t at codes + t ·
+ * latent_dim. Exact: read as an I8 source with the span's own scales they give the values
+ * mla__cache_span_to_f32 gives, a quarter of its bytes (the attention reads I4 latents so). */
+MLA_INTERNAL void mla__cache_span_i4_codes(const mla_cache_layer_format *fmt,
+                                           const mla_cache_span *span, int64_t first, int64_t n,
+                                           int8_t *codes);
+
 #endif /* MLA_CACHE_READER_H */

@@ -178,7 +178,8 @@ static void kernels(mla_dtype lt, mla_dtype rt, int group, int d)
     mla__cache_layer_format(c, 0, &fmt);
     int64_t n_spans;
     mla__cache_seq_span_count(c, 0, &n_spans);
-    int same = 1, same2 = 1;
+    int same = 1, same2 = 1, codes_same = 1;
+    static int8_t codes[NTOK * 1080];
     for (int64_t s = 0; s < n_spans; s++) {
         mla_cache_span sp;
         mla__cache_seq_span(c, 0, 0, s, &sp);
@@ -189,6 +190,18 @@ static void kernels(mla_dtype lt, mla_dtype rt, int group, int d)
             memset(a_r, 0xaa, sizeof a_r);
             memset(b_r, 0x55, sizeof b_r);
             mla__cache_span_to_f32_c(&fmt, &sp, first, n, a_l, a_r);
+            if (lt == MLA_DTYPE_I4) {
+                /* the codes times their scales are the dequantized values, bit for bit */
+                memset(codes, 0x55, sizeof codes);
+                mla__cache_span_i4_codes(&fmt, &sp, first, n, codes);
+                for (int64_t t = 0; t < n; t++)
+                    for (int k = 0; k < d; k++) {
+                        float v = (float)codes[t * d + k] *
+                                  sp.latent_scale[(first + t) * (d / group) + k / group];
+                        codes_same &= memcmp(&v, &a_l[t * d + k], sizeof v) == 0 &&
+                                      codes[t * d + k] >= -8 && codes[t * d + k] <= 7;
+                    }
+            }
             if (mla__cache_have_avx512()) {
                 mla__cache_span_to_f32_avx512(&fmt, &sp, first, n, b_l, b_r);
                 same &= memcmp(a_l, b_l, sizeof(float) * (size_t)(n * d)) == 0 &&
@@ -203,6 +216,9 @@ static void kernels(mla_dtype lt, mla_dtype rt, int group, int d)
             }
         }
     }
+    if (lt == MLA_DTYPE_I4)
+        CHECK(codes_same, "i4 codes as int8 times their scales equal the dequantized values "
+              "(group %d, dim %d, rope %s)", group, d, mla_dtype_name(rt));
     if (mla__cache_have_avx512())
         CHECK(same, "AVX-512 dequantization equals the portable one: latent %s (group %d, "
               "dim %d), rope %s", mla_dtype_name(lt), group, d, mla_dtype_name(rt));
