@@ -14,12 +14,16 @@
 
 static const struct {
     mla_dtype lat, rope;
+    int group;      /* I8/I4: values per scale; groups of 4 put 2 (AVX2) or 4 (AVX-512) in a
+                     * vector, 8 one or 2 */
     double tol_f32; /* versus the float32 cache: the format's rounding, amplified by the layer */
 } fmts[] = {
-    {MLA_DTYPE_F16, MLA_DTYPE_F16, 2e-3}  /* unit roundoff 4.9e-4 */,
-    {MLA_DTYPE_BF16, MLA_DTYPE_BF16, 1e-2} /* 3.9e-3 */,
-    {MLA_DTYPE_I8, MLA_DTYPE_F16, 2e-2}    /* half a step of 1/127 */,
-    {MLA_DTYPE_I4, MLA_DTYPE_BF16, 2.5e-1} /* half a step of 1/7 */,
+    {MLA_DTYPE_F16, MLA_DTYPE_F16, 8, 2e-3}  /* unit roundoff 4.9e-4 */,
+    {MLA_DTYPE_BF16, MLA_DTYPE_BF16, 8, 1e-2} /* 3.9e-3 */,
+    {MLA_DTYPE_I8, MLA_DTYPE_F16, 8, 2e-2}    /* half a step of 1/127 */,
+    {MLA_DTYPE_I8, MLA_DTYPE_F16, 4, 2e-2},
+    {MLA_DTYPE_I4, MLA_DTYPE_BF16, 8, 2.5e-1} /* half a step of 1/7 */,
+    {MLA_DTYPE_I4, MLA_DTYPE_F16, 4, 2.5e-1},
 };
 
 static mla_status run_one(mla_layer *l, mla_dtype lat, mla_dtype rope, mla_attn_path path,
@@ -57,7 +61,12 @@ static void run_layer(int d_kv)
     CHECK(run_one(l, MLA_DTYPE_F32, MLA_DTYPE_F32, MLA_ATTN_PATH_AUTO, f32, NULL) == MLA_OK,
           "float32 cache run");
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
-        const char *name = mla_dtype_name(fmts[fi].lat), *rn = mla_dtype_name(fmts[fi].rope);
+        const int quant = fmts[fi].lat == MLA_DTYPE_I8 || fmts[fi].lat == MLA_DTYPE_I4;
+        char name[40];
+        snprintf(name, sizeof name, quant ? "%s (groups of %d)" : "%s", mla_dtype_name(fmts[fi].lat),
+                 fmts[fi].group);
+        const char *rn = mla_dtype_name(fmts[fi].rope);
+        make_cache_group = fmts[fi].group;
         seqdata s[2], t[2];
         seq_init(&s[0], 0, 150, 120, d, 0, 1);
         seq_init(&s[1], 1, 40, 10, d, 0, 2);

@@ -22,6 +22,9 @@ static inline void src_init(src_layer *s, int d, int n_h, int n_kv, int d_h, int
     src_layer_init(s, d, n_h, n_kv, d_h, bias, seed, 1.5 / sqrt((double)d));
 }
 
+/* Values per scale of the I8/I4 caches make_cache creates (a test may change it). */
+static int make_cache_group = 8;
+
 /* A cache for the given layers (one cache layer each). */
 static inline mla_cache *make_cache(mla_layer *const *layers, int n_layers, mla_dtype lat,
                                     mla_dtype rope, int64_t capacity_tokens, int block_tokens)
@@ -36,7 +39,7 @@ static inline mla_cache *make_cache(mla_layer *const *layers, int n_layers, mla_
     p.layers = desc;
     p.latent_dtype = lat;
     p.rope_dtype = rope;
-    p.quant_group = 8;
+    p.quant_group = make_cache_group;
     p.block_tokens = block_tokens;
     p.capacity_tokens = capacity_tokens;
     p.n_seq_max = 8;
