@@ -470,11 +470,14 @@ static void decode_table(int threads, int rounds)
                     note_range(dec[si][li][ci].gf, &gf_lo, &gf_hi);
                     note_range(dec[si][li][ci].gb, &gb_lo, &gb_hi);
                 }
-    char what[160];
-    if (latent_quant)
-        snprintf(what, sizeof what, "%s MLA latents (%s f32 scales), f16 RoPE part and MHA "
-                 "baseline", mla_dtype_name(latent_quant),
-                 group_opt ? "the --group values to one of the" : "the largest power of two up to 32 dividing the width to one of the");
+    char what[200];
+    if (latent_quant && group_opt)
+        snprintf(what, sizeof what, "%s MLA latents (one f32 scale per %d values), f16 RoPE part "
+                 "and MHA baseline", mla_dtype_name(latent_quant), group_opt);
+    else if (latent_quant)
+        snprintf(what, sizeof what, "%s MLA latents (one f32 scale per group: the largest power "
+                 "of two up to 32 dividing the latent width), f16 RoPE part and MHA baseline",
+                 mla_dtype_name(latent_quant));
     else
         snprintf(what, sizeof what, "%s", mla_dtype_name(cache_dtype));
     printf("\n## decode, one token, %d thread(s), %s cache, fastest of %d round(s); attn = time "

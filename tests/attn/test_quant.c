@@ -63,8 +63,8 @@ static void run_layer(int d_kv)
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
         const int quant = fmts[fi].lat == MLA_DTYPE_I8 || fmts[fi].lat == MLA_DTYPE_I4;
         char name[40];
-        snprintf(name, sizeof name, quant ? "%s (groups of %d)" : "%s", mla_dtype_name(fmts[fi].lat),
-                 fmts[fi].group);
+        snprintf(name, sizeof name, quant ? "%s (groups of %d)" : "%s",
+                 mla_dtype_name(fmts[fi].lat), fmts[fi].group);
         const char *rn = mla_dtype_name(fmts[fi].rope);
         make_cache_group = fmts[fi].group;
         seqdata s[2], t[2];

@@ -31,7 +31,6 @@ static int dt_of(mla_dtype t)
     }
 }
 
-/* Elements (t, k .. k+7) of a source, converted exactly as mla__src_get does. */
 /* Where an I8 row keeps the scales of columns k .. k+7: n groups from g0, spread over the lanes
  * by idx when n > 1 (groups of 4, 12 or 24 straddle vectors). It depends on the columns alone,
  * so loops over rows make it once, outside their conditionals (which a division cannot be

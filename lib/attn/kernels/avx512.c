@@ -601,7 +601,7 @@ INL void bcs_block24(const int dt, const int mr, int64_t rows, int64_t ncols, in
         acc8[r] = _mm256_setzero_ps();
     }
     for (int64_t kk = 0; kk < k; kk++) {
-        __m512 bv = load16(dt, b, t0 + kk, col0, 0xffff, NULL);
+        __m512 bv = load16(dt, b, t0 + kk, col0, 0xffff, NULL); /* never I8: no scales */
         __m256 bv8 = load8(dt, b, t0 + kk, col0 + 16, m8);
         const float *ak = a + kk * csa;
 #pragma GCC unroll 12
