@@ -571,10 +571,16 @@ INL void bcs_panel(const int dt, const int mr, const int nv, int64_t m, int64_t 
     }
 }
 
-/* Elements (t, k .. k+7) as float32 (F32, F16, BF16), lanes outside msk 0 and not read. */
-INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask8 msk)
+/* Elements (t, k .. k+7) as float32, lanes outside msk 0 and not read; I8 scales by sm
+ * (scale_map16 of the same columns and lanes). */
+INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, __mmask8 msk,
+                 const scale_map *sm)
 {
     const unsigned char *row = s->p + t * s->ld;
+    if (dt == DT_I8)
+        return _mm256_mul_ps(
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_maskz_loadu_epi8(msk, row + k))),
+            _mm512_castps512_ps256(scale16(s, t, sm)));
     if (dt == DT_F16)
         return _mm256_maskz_cvtph_ps(0xff, _mm_maskz_loadu_epi16(msk, row + 2 * k));
     if (dt == DT_BF16)
@@ -600,9 +606,10 @@ INL void bcs_block24(const int dt, const int mr, int64_t rows, int64_t ncols, in
         acc[r] = _mm512_setzero_ps();
         acc8[r] = _mm256_setzero_ps();
     }
+    scale_map sm = scale_map16(dt, b, col0, 0xffff), sm8 = scale_map16(dt, b, col0 + 16, m8);
     for (int64_t kk = 0; kk < k; kk++) {
-        __m512 bv = load16(dt, b, t0 + kk, col0, 0xffff, NULL); /* never I8: no scales */
-        __m256 bv8 = load8(dt, b, t0 + kk, col0 + 16, m8);
+        __m512 bv = load16(dt, b, t0 + kk, col0, 0xffff, &sm);
+        __m256 bv8 = load8(dt, b, t0 + kk, col0 + 16, m8, &sm8);
         const float *ak = a + kk * csa;
 #pragma GCC unroll 12
         for (int r = 0; r < mr; r++) {
@@ -638,7 +645,7 @@ INL void gemm_bc_src_dt(const int dt, const int w48, int64_t m, int64_t n, int64
 {
     if (n <= 16) {
         bcs_panel(dt, 12, 1, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
-    } else if (n <= 24 && dt != DT_I8) {
+    } else if (n <= 24) {
         /* Whole blocks of 12 rows, then the rest; 9 rows (SmolLM's heads) as a constant so
          * the row tests fold away. */
         int64_t i = 0;
