@@ -191,9 +191,20 @@ static void kernels(mla_dtype lt, mla_dtype rt, int group, int d)
             memset(b_r, 0x55, sizeof b_r);
             mla__cache_span_to_f32_c(&fmt, &sp, first, n, a_l, a_r);
             if (lt == MLA_DTYPE_I4) {
-                /* the codes times their scales are the dequantized values, bit for bit */
+                /* the codes times their scales are the dequantized values, bit for bit; odd
+                 * sub-ranges read the rows as they are (packed), even ones from a copy whose
+                 * rows are 3 bytes apart, as a padded layout would keep them */
+                static unsigned char padded[NTOK * (1080 / 2 + 3)];
+                mla_cache_span pad = sp;
+                size_t rb = (size_t)d / 2 + 3;
+                for (int64_t t = 0; t < sp.n_tokens; t++)
+                    memcpy(padded + t * rb,
+                           (const unsigned char *)sp.latent + t * sp.latent_row_bytes,
+                           (size_t)d / 2);
+                pad.latent = padded;
+                pad.latent_row_bytes = rb;
                 memset(codes, 0x55, sizeof codes);
-                mla__cache_span_i4_codes(&fmt, &sp, first, n, codes);
+                mla__cache_span_i4_codes(&fmt, first % 2 ? &sp : &pad, first, n, codes);
                 for (int64_t t = 0; t < n; t++)
                     for (int k = 0; k < d; k++) {
                         float v = (float)codes[t * d + k] *
