@@ -77,12 +77,12 @@ mla__src mla__f32_src(const float *p, int64_t width)
 }
 
 void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v, int64_t first,
-                    int64_t n, mla__tile *f32, mla__rtile *rt)
+                    int64_t n, mla__tile *tile, mla__rtile *rt)
 {
-    /* I4 latents: the tile's codes as int8 (in the float32 tile's memory, forward.c), read as
-     * an I8 source with the span's scales: the kernels do not read nibbles. */
+    /* I4 latents: the tile's codes as int8, read as an I8 source with the span's scales: the
+     * kernels do not read nibbles. */
     const int i4 = fmt->latent_dtype == MLA_DTYPE_I4;
-    int8_t *codes = i4 ? (int8_t *)(void *)f32->latent : NULL;
+    int8_t *codes = tile->codes;
     int64_t ng = fmt->latent_dtype == MLA_DTYPE_I8 || i4 ? fmt->latent_dim / fmt->quant_group : 0;
     int64_t done = 0, ns = 0;
     for (int64_t si = mla__span_of(v, first); done < n; si++) {

@@ -20,6 +20,8 @@
 #define MATERIALIZED_TOKENS 1024
 /* Float32 bytes of one tile's data; the tile length follows from the per-token width. */
 #define TILE_BYTES (256 * 1024)
+/* Bytes of float32 transposed keys above which a few-rows absorbed tile halves (tile_tokens). */
+#define TILE_T32_BYTES (80 * 1024)
 /* Bytes of 16-bit transposed keys a few-rows absorbed tile holds (tile_tokens). */
 #define TILE_L1_BYTES (32 * 1024)
 /* Work below this many flops runs on the calling thread: waking a team costs more than it saves,
@@ -113,7 +115,8 @@ typedef struct plan {
     int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
     int64_t n_works;     /* per-thread work areas: the most threads run_jobs may use */
     int any_abs, any_mat;
-    int need_f32;        /* some job reads a float32 tile (BLIS products, I4 latents) */
+    int need_f32;        /* some job reads a float32 tile (BLIS products, many query rows) */
+    int i4;              /* I4 latents, read in place as int8 codes (mla__rtile_map) */
     int bf16;            /* absorbed products in bf16 (BF16 cache, mla__absorbed_bf16) */
     float *xp, *q, *kr, *lat, *qg, *qt, *qrt, *obar, *ao, *mx, *l, *outp;
     double *rope_work;
@@ -157,6 +160,8 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
             w.tile.rope = take(a, add(a, mul(a, T, (size_t)dm->W), 1), sizeof(float));
             w.tile.pos = take(a, T, sizeof(int64_t));
         }
+        if (p->i4)
+            w.tile.codes = take(a, mul(a, T, (size_t)dm->L), 1);
         w.rt.seg = take(a, T, sizeof(mla__seg));
         size_t ctw = (size_t)(dm->lat_k + dm->W > dm->d_h ? dm->lat_k + dm->W : dm->d_h);
         w.ct = take(a, mul(a, ctw, T), sizeof(float));
@@ -626,6 +631,15 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
     int64_t per = need_f32 ? (dm->L + dm->W) * 4 + (up ? 8 * dm->n_kv * dm->d_h : 0)
                            : (dm->mha ? dm->d_h : dm->lat_k + dm->W) * 4;
     int64_t t = TILE_BYTES / (per > 0 ? per : 1);
+    /* Few query rows over keys transposed to float32 (I8, I4 and F32 caches, absorbed.c): 256
+     * tokens, or 128 where their keys would pass 80 KiB. SmolLM-135M over I8, 16K, 2 threads,
+     * one process alternating, fastest decodes: d_kv 32 (480 bytes a token) 128 tokens 0.484 ms
+     * against 0.511 for 256 and 0.524 for 160 (I4 0.614 against 0.701, F32 0.607 against 0.691);
+     * d_kv 16 (288 bytes) 256 tokens 0.290 against 0.303 for 224 and 0.298 for 128. */
+    if (!need_f32 && !keys16 && !dm->mha) {
+        int64_t t2 = 256 * per > TILE_T32_BYTES ? 128 : 256;
+        t = t2 < t ? t2 : t;
+    }
     /* Few query rows over 16-bit keys (absorbed.c, load_t16): the transposed keys stay in L1
      * for the products' passes (SmolLM-135M d_kv 32, 240 bytes a token, 16K: 128 tokens
      * 0.54-0.55 ms, 256 tokens 0.58, 64 tokens 0.56). */
@@ -875,9 +889,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     }
     int nt = attn->n_threads;
     /* Float32 tiles: the materialized path's up-projections and the MHA baseline's BLIS
-     * products; I4 latents, whose tiles are unpacked to int8 codes in the tile's memory
-     * (mla__rtile_map); absorbed blocks of many query rows (absorbed.c). */
-    p.need_f32 = (p.any_mat && !dm.mha) || fmt.latent_dtype == MLA_DTYPE_I4;
+     * products; absorbed blocks of many query rows (absorbed.c). */
+    p.need_f32 = p.any_mat && !dm.mha;
+    p.i4 = fmt.latent_dtype == MLA_DTYPE_I4;
     for (int64_t c = 0; c < p.n_chunks; c++)
         p.need_f32 |= (dm.mha && ch[c].m >= MLA_ATTN_SMALL_M) ||
                       (ch[c].absorbed && mla__absorbed_rows_wide(ch[c].m * dm.n_h));

@@ -85,6 +85,7 @@ typedef struct mla__tile {
     float *latent;               /* n × latent_dim */
     float *rope;                 /* n × rope_width (NULL when rope_width is 0) */
     int64_t *pos;                /* n */
+    int8_t *codes;               /* I4 latents: a tile's codes, unpacked by mla__rtile_map */
 } mla__tile;
 
 MLA_INTERNAL void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v,
@@ -110,10 +111,10 @@ MLA_INTERNAL mla__src mla__f32_src(const float *p, int64_t width);
 MLA_INTERNAL int64_t mla__span_of(const mla__seq_view *v, int64_t first);
 
 /* Map tokens [first, first+n) of v to segments read in place. I4 latents, which the kernels do
- * not read, are unpacked to int8 codes in f32's latent memory and read as I8 with the spans'
- * scales (exactly the values mla__tile_fill gives). */
+ * not read, are unpacked to int8 codes in tile->codes and read as I8 with the spans' scales
+ * (exactly the values mla__tile_fill gives). */
 MLA_INTERNAL void mla__rtile_map(const mla_cache_layer_format *fmt, const mla__seq_view *v,
-                                 int64_t first, int64_t n, mla__tile *f32, mla__rtile *rt);
+                                 int64_t first, int64_t n, mla__tile *tile, mla__rtile *rt);
 
 /* nvis[t] = the tile's tokens at or before position p0 + t, for t < m. A binary search per
  * query over the positions in place: copying them and scanning every token cost 6-9% of a
