@@ -16,6 +16,9 @@
 #define MLA_CACHE_INTERNAL_H
 
 #include <pthread.h>
+#ifdef __SSE2__
+#  include <emmintrin.h>
+#endif
 
 #include <mla/cache.h>
 
@@ -161,6 +164,29 @@ MLA_INTERNAL int64_t mla__cache_check_values(const float *x, int64_t n, mla_dtyp
 MLA_INTERNAL void mla__cache_encode_latent(const mla_cache_layer_format *f, const float *x,
                                            void *row, float *scales);
 MLA_INTERNAL void mla__cache_encode_rope(mla_dtype dtype, const float *x, int32_t n, void *row);
+
+/* Value k of an I8 or I4 latent row as stored: I4 value 2j is the low nibble of byte j, two's
+ * complement in [−8, 7]. */
+static inline int mla__cache_qvalue(mla_dtype t, const unsigned char *row, size_t k)
+{
+    if (t == MLA_DTYPE_I8)
+        return (int8_t)row[k];
+    int v = (row[k / 2] >> (4 * (k % 2))) & 0xf;
+    return v >= 8 ? v - 16 : v;
+}
+
+#ifdef __SSE2__
+/* The I4 values of bytes 0–7 (high = 0) or 8–15 (high = 1) of x as 16 int8 codes in order:
+ * interleaving the low and high nibbles puts them in order, and (v ^ 8) − 8 sign-extends 4 bits
+ * within a byte. SSE2 is part of x86-64, so the AVX2 and AVX-512 kernels inline it too. */
+static inline __m128i mla__cache_i4_codes16(__m128i x, int high)
+{
+    const __m128i lo_m = _mm_set1_epi8(0x0f), e = _mm_set1_epi8(8);
+    __m128i lo = _mm_and_si128(x, lo_m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), lo_m);
+    __m128i v = high ? _mm_unpackhi_epi8(lo, hi) : _mm_unpacklo_epi8(lo, hi);
+    return _mm_sub_epi8(_mm_xor_si128(v, e), e);
+}
+#endif
 
 /* Kernels of mla__cache_span_to_f32, for tests. */
 MLA_INTERNAL void mla__cache_span_to_f32_c(const mla_cache_layer_format *fmt,

@@ -9,9 +9,6 @@
  */
 #include <math.h>
 #include <string.h>
-#ifdef __SSE2__
-#  include <emmintrin.h>
-#endif
 
 #include "cache/internal.h"
 
@@ -111,21 +108,12 @@ static void decode_latent(const mla_cache_layer_format *f, const void *row, cons
 {
     const int32_t d = f->latent_dim;
     switch (f->latent_dtype) {
-    case MLA_DTYPE_I8: {
-        const int8_t *q = row;
+    case MLA_DTYPE_I8:
+    case MLA_DTYPE_I4:
         for (int32_t i = 0; i < d; i++)
-            y[i] = (float)q[i] * scales[i / f->quant_group];
+            y[i] = (float)mla__cache_qvalue(f->latent_dtype, row, (size_t)i) *
+                   scales[i / f->quant_group];
         break;
-    }
-    case MLA_DTYPE_I4: {
-        const unsigned char *q = row;
-        for (int32_t i = 0; i < d; i++) {
-            int v = (q[i / 2] >> (4 * (i % 2))) & 0xf;
-            v = v >= 8 ? v - 16 : v;
-            y[i] = (float)v * scales[i / f->quant_group];
-        }
-        break;
-    }
     default:
         mla_to_f32(y, row, f->latent_dtype, (size_t)d);
         break;
@@ -177,23 +165,14 @@ void mla__cache_span_i4_codes(const mla_cache_layer_format *fmt, const mla_cache
         int8_t *y = codes + (size_t)t * d;
         size_t b = 0;
 #ifdef __SSE2__
-        /* 16 bytes to 32 codes (SSE2 is part of x86-64): value 2k in the low nibble of byte
-         * k, so interleaving the low and high nibbles puts the codes in order; (v ^ 8) − 8
-         * sign-extends 4 bits within a byte. */
-        const __m128i lo_m = _mm_set1_epi8(0x0f), e = _mm_set1_epi8(8);
+        /* 16 bytes to 32 codes */
         for (; b + 16 <= nb; b += 16) {
             __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(q + b));
-            __m128i lo = _mm_and_si128(x, lo_m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), lo_m);
-            _mm_storeu_si128((__m128i *)(void *)(y + 2 * b),
-                             _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), e), e));
-            _mm_storeu_si128((__m128i *)(void *)(y + 2 * b + 16),
-                             _mm_sub_epi8(_mm_xor_si128(_mm_unpackhi_epi8(lo, hi), e), e));
+            _mm_storeu_si128((__m128i *)(void *)(y + 2 * b), mla__cache_i4_codes16(x, 0));
+            _mm_storeu_si128((__m128i *)(void *)(y + 2 * b + 16), mla__cache_i4_codes16(x, 1));
         }
 #endif
-        for (; b < nb; b++) {
-            int lo = q[b] & 0xf, hi = q[b] >> 4;
-            y[2 * b] = (int8_t)(lo >= 8 ? lo - 16 : lo);
-            y[2 * b + 1] = (int8_t)(hi >= 8 ? hi - 16 : hi);
-        }
+        for (size_t k = 2 * b; k < d; k++)
+            y[k] = (int8_t)mla__cache_qvalue(MLA_DTYPE_I4, q, k);
     }
 }

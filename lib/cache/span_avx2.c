@@ -53,24 +53,11 @@ TARGET static __m256 q8(mla_dtype t, const unsigned char *row, size_t i)
     if (t == MLA_DTYPE_I8) {
         b = _mm_loadl_epi64((const __m128i *)(const void *)(row + i));
     } else {
-        /* value 2k in the low nibble of byte k: interleave low and high nibbles, then
-         * sign-extend 4 bits within each byte with (v ^ 8) − 8 */
         int32_t w;
         memcpy(&w, row + i / 2, 4);
-        __m128i x = _mm_cvtsi32_si128(w), lo_m = _mm_set1_epi8(0x0f), e = _mm_set1_epi8(8);
-        __m128i lo = _mm_and_si128(x, lo_m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), lo_m);
-        b = _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), e), e);
+        b = mla__cache_i4_codes16(_mm_cvtsi32_si128(w), 0);
     }
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-}
-
-/* Value k of an i8 or i4 row, as the portable kernel reads it. */
-static int qvalue(mla_dtype t, const unsigned char *row, size_t k)
-{
-    if (t == MLA_DTYPE_I8)
-        return (int8_t)row[k];
-    int v = (row[k / 2] >> (4 * (k % 2))) & 0xf;
-    return v >= 8 ? v - 16 : v;
 }
 
 /* Where the scales of a row's values i .. i+7 sit: n groups from g0, spread over the lanes by idx
@@ -128,7 +115,7 @@ TARGET static void quant_rows(const mla_cache_layer_format *f, const mla_cache_s
                                  row * span->latent_row_bytes;
         const float *sc = span->latent_scale + row * ng;
         for (size_t k = dv; k < d; k++)
-            y[(size_t)t * d + k] = (float)qvalue(f->latent_dtype, q, k) * sc[k / gs];
+            y[(size_t)t * d + k] = (float)mla__cache_qvalue(f->latent_dtype, q, k) * sc[k / gs];
     }
 }
 

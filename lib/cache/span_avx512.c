@@ -55,13 +55,9 @@ TARGET static __m512 q16(mla_dtype t, const unsigned char *row, size_t i, unsign
     if (t == MLA_DTYPE_I8) {
         b = _mm_maskz_loadu_epi8((__mmask16)((1u << L) - 1u), row + i);
     } else {
-        /* value 2k in the low nibble of byte k: interleave low and high nibbles, then
-         * sign-extend 4 bits within each byte with (v ^ 8) − 8 (an odd L reads one nibble
-         * more, of the same byte, which no lane stored keeps) */
-        __m128i x = _mm_maskz_loadu_epi8((__mmask16)((1u << ((L + 1) / 2)) - 1u), row + i / 2);
-        __m128i lo_m = _mm_set1_epi8(0x0f), e = _mm_set1_epi8(8);
-        __m128i lo = _mm_and_si128(x, lo_m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), lo_m);
-        b = _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), e), e);
+        /* an odd L reads one nibble more, of the same byte, which no lane stored keeps */
+        b = mla__cache_i4_codes16(
+            _mm_maskz_loadu_epi8((__mmask16)((1u << ((L + 1) / 2)) - 1u), row + i / 2), 0);
     }
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 }
