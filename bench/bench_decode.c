@@ -11,8 +11,9 @@
  * length (for profiling one case), --mha only the MHA baseline, --mla only the MLA layers, --dkv
  * one MLA d_kv; --dtype the cache's storage type for latent and RoPE part, MHA and MLA alike
  * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); i8 and i4
- * quantize the MLA latents only (groups of --group values, default the largest power of two up
- * to 32 that divides the latent width, f32 scales), their RoPE part and the MHA baseline's
+ * quantize the MLA latents only (groups of --group values, default the cache's choice for
+ * quant_group 0: the largest power of two up to 32 that divides the latent width; f32 scales),
+ * their RoPE part and the MHA baseline's
  * cache staying f16: MLA over a quantized cache against the original model's f16 one; --reps the
  * decodes per figure (default 9, or as many as fit in 50 ms up to 400 for short decodes; many,
  * for `perf record` of one case); --rounds the passes over
@@ -72,7 +73,8 @@ static mla_dtype cache_dtype = MLA_DTYPE_F16; /* --dtype: every cached value, or
 static mla_dtype latent_quant;                 /* --dtype i8|i4: the MLA latents' type, else 0 */
 static int group_opt;                          /* --group */
 
-/* Values per scale of a quantized latent of width L. */
+/* Values per scale of a quantized latent of width L, for the byte count: --group, else the
+ * cache's own choice for quant_group 0 (filled_cache checks that they agree). */
 static int quant_group(int64_t L)
 {
     if (group_opt > 0)
@@ -200,12 +202,15 @@ static mla_cache *filled_cache(mla_layer *l, int mla, int64_t ctx, int64_t extra
     p.layers = &desc;
     p.latent_dtype = mla && latent_quant ? latent_quant : cache_dtype;
     p.rope_dtype = cache_dtype;
-    p.quant_group = quant_group(desc.latent_dim);
+    p.quant_group = group_opt;
     p.capacity_tokens = ctx + extra + 64;
     p.n_seq_max = 2;
     mla_cache *c = NULL;
-    if (mla_cache_create(&p, &c) != MLA_OK)
+    mla_cache_stats st;
+    if (mla_cache_create(&p, &c) != MLA_OK || mla_cache_get_stats(c, &st, sizeof st) != MLA_OK)
         die("mla_cache_create");
+    if (p.latent_dtype == latent_quant && st.quant_group != quant_group(desc.latent_dim))
+        die("the cache's quant_group differs from the byte count's");
     int64_t L = desc.latent_dim, W = (int64_t)desc.rope_heads * desc.rope_dim, chunk = 1024;
     float *lat = rand_buf((size_t)(chunk * L), 1.0f), *rope = rand_buf((size_t)(chunk * W + 1), 1.0f);
     for (int64_t p0 = 0; p0 < ctx; p0 += chunk) {

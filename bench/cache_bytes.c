@@ -33,16 +33,6 @@ static mla_dtype rope_type(mla_dtype latent)
          : latent == MLA_DTYPE_BF16 ? MLA_DTYPE_BF16 : MLA_DTYPE_F16;
 }
 
-/* The largest of 32, 16, 8, 4, 2 dividing the latent width (SmolLM's R = 24 is not a multiple
- * of 32). */
-static int group_for(int latent)
-{
-    for (int g = 32; g > 1; g /= 2)
-        if (latent % g == 0)
-            return g;
-    return 2;
-}
-
 static int stats(const shape *s, int d_kv, int r, mla_dtype lt, mla_cache_stats *st, int *group)
 {
     mla_cache_layer_desc *L = calloc((size_t)s->n_layers, sizeof *L);
@@ -61,12 +51,12 @@ static int stats(const shape *s, int d_kv, int r, mla_dtype lt, mla_cache_stats 
     p.layers = L;
     p.latent_dtype = lt;
     p.rope_dtype = rope_type(lt);
-    p.quant_group = *group = group_for(d_kv * s->n_kv);
-    p.capacity_tokens = 64;
+    p.capacity_tokens = 64; /* quant_group left at 0: the library picks it (stats report it) */
     mla_cache *c = NULL;
     mla_status e = mla_cache_create(&p, &c);
     if (e == MLA_OK)
         e = mla_cache_get_stats(c, st, sizeof *st);
+    *group = e == MLA_OK ? st->quant_group : 0;
     if (e != MLA_OK)
         fprintf(stderr, "%s d_kv %d r %d %s: %s\n", s->name, d_kv, r, mla_dtype_name(lt),
                 mla_last_error());

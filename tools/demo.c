@@ -122,9 +122,8 @@ static mla_status make_cache(const mla_layer *layer, mla_dtype latent_dtype, int
     cp.layers = &desc;
     cp.latent_dtype = latent_dtype;
     cp.capacity_tokens = capacity;
-    /* int8/int4 scales cover groups that must divide the latent width (48 here) */
-    while (cp.quant_group > 1 && desc.latent_dim % cp.quant_group != 0)
-        cp.quant_group /= 2;
+    /* int8/int4: quant_group left at 0, the largest power of two up to 32 dividing the latent
+     * width (48 here: 16) */
     return mla_cache_create(&cp, out);
 }
 

@@ -61,7 +61,8 @@ typedef struct mla_cache_params {
     const mla_cache_layer_desc *layers;
     mla_dtype latent_dtype;  /* F32, F16, BF16, I8 or I4 (default F16) */
     mla_dtype rope_dtype;    /* F32, F16 or BF16 (default F16) */
-    int32_t quant_group;     /* values per scale for I8/I4, divides latent_dim (default 32) */
+    int32_t quant_group;     /* values per scale for I8/I4, divides every latent_dim; default 0:
+                                the largest of 32, 16, .., 1 that does (even for I4) */
     int32_t block_tokens;    /* token slots per block (default 64) */
     int64_t capacity_tokens; /* pool size in tokens (rounded up to whole blocks); or 0 and: */
     int64_t capacity_bytes;  /* pool size in bytes (rounded down to whole blocks) */
@@ -167,6 +168,7 @@ typedef struct mla_cache_stats {
     int64_t tokens_used;         /* token slots in use (a shared block's slots count once) */
     int64_t bytes_used;          /* blocks in use × block_bytes */
     int64_t capacity_tokens;     /* blocks_total × block_tokens */
+    int32_t quant_group;         /* values per scale of I8/I4 latents (0 for other types) */
 } mla_cache_stats;
 
 MLA_API mla_status mla_cache_get_stats(const mla_cache *cache, mla_cache_stats *stats,

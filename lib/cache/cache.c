@@ -19,7 +19,7 @@ MLA_API mla_status mla_cache_default_params(mla_cache_params *p, size_t struct_s
     d.struct_size = sizeof d;
     d.latent_dtype = MLA_DTYPE_F16;
     d.rope_dtype = MLA_DTYPE_F16;
-    d.quant_group = 32;
+    d.quant_group = 0; /* chosen from the layers' latent widths (resolve_group) */
     d.block_tokens = 64;
     d.n_seq_max = 64;
     return mla_params_write(p, struct_size, &d, sizeof d, "cache params");
@@ -71,9 +71,10 @@ static mla_status check_params(const mla_cache_params *p)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT,
                         "cache params: rope_dtype %d is not f32, f16 or bf16", (int)p->rope_dtype);
     if (is_quant(p->latent_dtype)) {
-        if (p->quant_group < 1 || p->quant_group > MAX_DIM)
-            return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache params: quant_group is %d",
-                            (int)p->quant_group);
+        if (p->quant_group < 0 || p->quant_group > MAX_DIM)
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "cache params: quant_group is %d, expected 0 (chosen from the "
+                            "latent widths) or 1 .. %d", (int)p->quant_group, MAX_DIM);
         /* i4 groups start on a byte so a kernel can take a group's bytes directly */
         if (p->latent_dtype == MLA_DTYPE_I4 && p->quant_group % 2)
             return mla_fail(MLA_ERR_INVALID_ARGUMENT,
@@ -138,6 +139,31 @@ static mla_status read_layers(const mla_cache_params *p, mla_cache_layer_desc **
     return MLA_OK;
 }
 
+/*
+ * quant_group 0: the largest of 32, 16, 8, 4, 2, 1 that divides every layer's latent width (32
+ * where it divides them all, as before 0 existed; SmolLM-135M's latents of 24, 48 or 96 values
+ * take 8, 16, 32). I4 needs an even group: an odd width is refused, naming its layer.
+ */
+static mla_status resolve_group(mla_cache_params *p)
+{
+    if (!is_quant(p->latent_dtype) || p->quant_group > 0)
+        return MLA_OK;
+    int32_t g = 32;
+    for (int32_t l = 0; l < p->n_layers; l++)
+        while (p->layers[l].latent_dim % g)
+            g /= 2;
+    if (p->latent_dtype == MLA_DTYPE_I4 && g < 2) {
+        int32_t l = 0;
+        while (p->layers[l].latent_dim % 2 == 0)
+            l++;
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "cache params: layer %d: latent_dim %d is odd, and i4 needs an even "
+                        "quant_group (two values a byte)", (int)l, (int)p->layers[l].latent_dim);
+    }
+    p->quant_group = g;
+    return MLA_OK;
+}
+
 static mla_status check_layers(const mla_cache_params *p)
 {
     for (int32_t l = 0; l < p->n_layers; l++) {
@@ -145,7 +171,8 @@ static mla_status check_layers(const mla_cache_params *p)
         if (d->latent_dim < 1 || d->latent_dim > MAX_DIM)
             return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache params: layer %d: latent_dim is %d",
                             (int)l, (int)d->latent_dim);
-        if (is_quant(p->latent_dtype) && d->latent_dim % p->quant_group)
+        /* quant_group 0: resolve_group picks one that divides every width */
+        if (is_quant(p->latent_dtype) && p->quant_group > 0 && d->latent_dim % p->quant_group)
             return mla_fail(MLA_ERR_INVALID_ARGUMENT,
                             "cache params: layer %d: latent_dim %d is not a multiple of "
                             "quant_group %d", (int)l, (int)d->latent_dim, (int)p->quant_group);
@@ -331,7 +358,7 @@ MLA_API mla_status mla_cache_create(const mla_cache_params *params, mla_cache **
     if ((st = read_layers(&p, &layers)) != MLA_OK)
         return st;
     p.layers = layers;
-    if ((st = check_layers(&p)) != MLA_OK) {
+    if ((st = check_layers(&p)) != MLA_OK || (st = resolve_group(&p)) != MLA_OK) {
         mla_free(layers);
         return st;
     }
@@ -404,6 +431,7 @@ MLA_API mla_status mla_cache_get_stats(const mla_cache *c, mla_cache_stats *stat
     s.blocks_free = mla__cache_blocks_free(c);
     s.bytes_used = (s.blocks_total - s.blocks_free) * s.block_bytes;
     s.capacity_tokens = (int64_t)c->n_blocks * c->block_tokens;
+    s.quant_group = c->quant_group;
     return mla_params_write(stats, struct_size, &s, sizeof s, "cache stats");
 }
 

@@ -6,6 +6,7 @@
  * sequences (that share blocks, with a reader of another sharing sequence) agreeing with a
  * sequential run.
  */
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -55,7 +56,7 @@ static void bad_params(void)
     CASE("layers", q->layers = NULL);
     CASE("latent_dtype", q->latent_dtype = MLA_DTYPE_I32);
     CASE("rope_dtype", q->rope_dtype = MLA_DTYPE_I8);
-    CASE("quant_group", (q->latent_dtype = MLA_DTYPE_I8, q->quant_group = 0));
+    CASE("quant_group", (q->latent_dtype = MLA_DTYPE_I8, q->quant_group = -1));
     CASE("multiple of quant_group", (q->latent_dtype = MLA_DTYPE_I8, q->quant_group = 5));
     CASE("even for i4", (q->latent_dtype = MLA_DTYPE_I4, q->quant_group = 1));
     CASE("block_tokens", q->block_tokens = 0);
@@ -87,6 +88,84 @@ static void bad_params(void)
     CHECK(mla_cache_create(&p, NULL) == MLA_ERR_INVALID_ARGUMENT, "NULL out refused");
     mla_cache_destroy(NULL);
     CHECK(1, "mla_cache_destroy(NULL) is a no-op");
+}
+
+/* The group quant_group 0 picks: stats report it, the stored bytes and the quantization use it. */
+static int auto_group(mla_dtype t, const int *widths, int n, int32_t *group)
+{
+    mla_cache_layer_desc L[3];
+    for (int i = 0; i < n; i++)
+        L[i] = layer(widths[i], 1, 4);
+    mla_cache_params p = params(L, n);
+    p.latent_dtype = t;
+    p.quant_group = 0;
+    mla_cache *c = NULL;
+    mla_cache_stats st;
+    if (mla_cache_create(&p, &c) != MLA_OK)
+        return 0;
+    mla_cache_get_stats(c, &st, sizeof st);
+    *group = st.quant_group;
+    /* bytes a token as the cache's layout says (latent + f32 scales + f32 RoPE part of 4) */
+    int64_t bits = t == MLA_DTYPE_I8 ? 8 : t == MLA_DTYPE_I4 ? 4 : 16;
+    int64_t want = 0;
+    for (int i = 0; i < n; i++)
+        want += widths[i] * bits / 8 + (st.quant_group ? widths[i] / st.quant_group * 4 : 0) + 16;
+    int ok = st.bytes_per_token == want;
+    mla_cache_destroy(c);
+    return ok;
+}
+
+static void quant_group_auto(void)
+{
+    static const struct { mla_dtype t; int w[3], n; int32_t group; } cases[] = {
+        {MLA_DTYPE_I8, {64, 96}, 2, 32},        /* 32 where it divides them all, as before */
+        {MLA_DTYPE_I8, {24}, 1, 8},             /* SmolLM-135M d_kv 8 */
+        {MLA_DTYPE_I8, {48, 96, 40}, 3, 8},     /* the largest dividing every layer */
+        {MLA_DTYPE_I8, {15}, 1, 1},
+        {MLA_DTYPE_I4, {48}, 1, 16},
+        {MLA_DTYPE_I4, {6, 64}, 2, 2},
+        {MLA_DTYPE_F16, {24}, 1, 0},            /* not quantized: no group */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int32_t g = -1;
+        int ok = auto_group(cases[i].t, cases[i].w, cases[i].n, &g);
+        CHECK(ok && g == cases[i].group, "quant_group 0, %s latents of %d%s%s: group %d (want %d), "
+              "bytes per token to match", mla_dtype_name(cases[i].t), cases[i].w[0],
+              cases[i].n > 1 ? ", .." : "", ok ? "" : " (bytes differ)", (int)g,
+              (int)cases[i].group);
+    }
+    /* I4 needs an even group: an odd width is refused, naming its layer */
+    mla_cache_layer_desc L[2] = {layer(16, 1, 4), layer(15, 1, 4)};
+    mla_cache_params p = params(L, 2);
+    p.latent_dtype = MLA_DTYPE_I4;
+    p.quant_group = 0;
+    mla_cache *sentinel = (mla_cache *)&L, *c = sentinel;
+    CHECK(mla_cache_create(&p, &c) == MLA_ERR_INVALID_ARGUMENT && c == sentinel &&
+          strstr(mla_last_error(), "layer 1") && strstr(mla_last_error(), "latent_dim 15"),
+          "i4 with an odd latent_dim and quant_group 0 refused: %s", mla_last_error());
+    /* The chosen group is the one quantized by: groups of 8 over a 24-wide latent keep a group
+     * of small values that one scale for all 24 (or 12) would round to zero. */
+    mla_cache_layer_desc one[1] = {layer(24, 1, 4)};
+    p = params(one, 1);
+    p.latent_dtype = MLA_DTYPE_I8;
+    p.quant_group = 0;
+    c = NULL;
+    float lat[24], rope[4] = {0}, back[24];
+    for (int i = 0; i < 24; i++)
+        lat[i] = (i < 8 ? 1000.0f : i < 16 ? 1.0f : 0.001f) * (float)(i % 8 - 3);
+    double worst = 0;
+    if (mla_cache_create(&p, &c) == MLA_OK && mla_cache_write(c, 0, 0, 0, 1, lat, rope) == MLA_OK &&
+        mla_cache_seq_read(c, 0, 0, 0, 1, back, NULL, NULL) == MLA_OK)
+        for (int i = 0; i < 24; i++) {
+            double amax = i < 8 ? 4000.0 : i < 16 ? 4.0 : 0.004; /* the group's max |x| */
+            double e = fabs((double)back[i] - lat[i]) / amax;
+            worst = e > worst || e != e ? e : worst;
+        }
+    else
+        worst = 1;
+    CHECK(worst <= 0.5 / 127 + 1e-6, "i8, quant_group 0 over 24 values: each group of 8 within "
+          "half a step of its own scale (worst %.2e of its max)", worst);
+    mla_cache_destroy(c);
 }
 
 static void capacity(void)
@@ -380,9 +459,10 @@ int main(void)
 {
     mla_cache_params d;
     CHECK(mla_cache_default_params(&d, sizeof d) == MLA_OK && d.latent_dtype == MLA_DTYPE_F16 &&
-          d.rope_dtype == MLA_DTYPE_F16 && d.block_tokens == 64 && d.quant_group == 32 &&
+          d.rope_dtype == MLA_DTYPE_F16 && d.block_tokens == 64 && d.quant_group == 0 &&
           d.n_seq_max == 64 && d.struct_size == sizeof d, "defaults");
     bad_params();
+    quant_group_auto();
     capacity();
     write_rules();
     extreme_positions();

@@ -60,6 +60,7 @@ def test_stats_count_bytes_as_stored(latent, rope, group, latent_bytes, rope_byt
                    capacity_tokens=64, block_tokens=16) as cache:
         s = cache.stats
         assert s.bytes_per_token == 2 * (latent_bytes + rope_bytes)
+        assert s.quant_group == (group if latent in ("i8", "i4") else 0)
         assert s.mha_bytes_per_token == 2 * 2 * 32 * (4 if rope == "f32" else 2)
         assert s.saving == pytest.approx(1 - s.bytes_per_token / s.mha_bytes_per_token)
         assert s.capacity_tokens == 64 == s.blocks_total * 16
@@ -68,6 +69,20 @@ def test_stats_count_bytes_as_stored(latent, rope, group, latent_bytes, rope_byt
         s = cache.stats
         assert (s.tokens_used, s.blocks_free) == (20, s.blocks_total - 2)
         assert s.bytes_used == 2 * s.block_bytes
+
+
+@pytest.mark.parametrize("latent,widths,group",
+                         [("i8", (24,), 8), ("i8", (64, 96), 32), ("i4", (48, 40), 8)])
+def test_quant_group_left_out_is_chosen_from_the_widths(latent, widths, group):
+    # the largest of 32, 16, .. dividing every latent width; bytes as stored with it
+    descs = [mla.CacheLayerDesc(latent_dim=w, rope_heads=0, rope_dim=0,
+                                rope_freqs=np.zeros((0, 0), np.float32), rope_position_scale=1.0,
+                                mha_kv_dim=32) for w in widths]
+    with mla.Cache(descs, latent_dtype=latent, capacity_tokens=16) as cache:
+        s = cache.stats
+        assert s.quant_group == group
+        bits = 8 if latent == "i8" else 4
+        assert s.bytes_per_token == sum(w * bits // 8 + w // group * 4 for w in widths)
 
 
 def test_snapshot_round_trips(tmp_path):

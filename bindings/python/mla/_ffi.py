@@ -211,6 +211,7 @@ class mla_cache_stats(Structure):
         ("tokens_used", c_int64),
         ("bytes_used", c_int64),
         ("capacity_tokens", c_int64),
+        ("quant_group", c_int32),
     ]
 
 

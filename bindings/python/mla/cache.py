@@ -59,6 +59,8 @@ class CacheStats:
     tokens_used: int
     bytes_used: int
     capacity_tokens: int
+    quant_group: int
+    """values per scale of I8/I4 latents (the one chosen when quant_group was left out), else 0"""
 
     @property
     def saving(self) -> float:
@@ -87,8 +89,9 @@ class Cache(Handle):
                  capacity_tokens: Optional[int] = None, capacity_bytes: Optional[int] = None,
                  n_seq_max: Optional[int] = None) -> None:
         """layers: one Layer or CacheLayerDesc per cache layer. Other parameters left None take
-        mla_cache_default_params's defaults (F16 latents and RoPE keys, groups of 32, blocks of
-        64 tokens, 64 sequences); give capacity_tokens or capacity_bytes."""
+        mla_cache_default_params's defaults (F16 latents and RoPE keys; for I8/I4 latents groups
+        of the largest of 32, 16, .., 1 values dividing every latent width, which stats reports;
+        blocks of 64 tokens, 64 sequences); give capacity_tokens or capacity_bytes."""
         lib = library()
         descs: List[CacheLayerDesc] = [l.cache_desc() if isinstance(l, Layer) else l
                                        for l in layers]
@@ -288,7 +291,7 @@ class Cache(Handle):
         check(o.lib, status)
         return CacheStats(s.bytes_per_token, s.mha_bytes_per_token, s.block_bytes,
                           s.blocks_total, s.blocks_free, s.tokens_used, s.bytes_used,
-                          s.capacity_tokens)
+                          s.capacity_tokens, s.quant_group)
 
     # ---- snapshots ----------------------------------------------------------------------------
     def save(self, seq: int = -1) -> bytes:

@@ -1022,6 +1022,8 @@ impl CacheParams {
         self.raw.rope_dtype = t.code();
         self
     }
+    /// Values per scale of I8/I4 latents; 0 (the default): the largest power of two up to 32
+    /// dividing every latent width, which `Cache::stats` reports (doc/cache.md).
     pub fn quant_group(mut self, n: i32) -> Self {
         self.raw.quant_group = n;
         self

@@ -208,6 +208,7 @@ pub struct mla_cache_stats {
     pub tokens_used: i64,
     pub bytes_used: i64,
     pub capacity_tokens: i64,
+    pub quant_group: i32,
 }
 
 // ---- attn.h --------------------------------------------------------------------------------------

@@ -71,4 +71,19 @@ fn geometry_is_the_given_one() {
     // f32: (latent + RoPE part) per layer, against both layers' K and V.
     assert_eq!(s.bytes_per_token, 4 * ((4 + 2 * 4) + (16 + 16)));
     assert_eq!(s.mha_bytes_per_token, 4 * 2 * (16 + 16));
+    assert_eq!(s.quant_group, 0);
+    // I8 latents with quant_group left out: the largest power of two up to 32 dividing both
+    // widths (4 and 16) is 4, and the bytes per token are the codes plus one f32 scale a group.
+    let cache = Cache::new(
+        &descs,
+        &CacheParams::new()
+            .unwrap()
+            .latent_dtype(DType::I8)
+            .rope_dtype(DType::F32)
+            .capacity_tokens(16),
+    )
+    .unwrap();
+    let s = cache.stats().unwrap();
+    assert_eq!(s.quant_group, 4);
+    assert_eq!(s.bytes_per_token, (4 + 4 + 8 * 4) + (16 + 4 * 4 + 16 * 4));
 }
