@@ -327,8 +327,11 @@ int tool_demo(int argc, char **argv)
             s = run_sequence(attn, layer, c, x, n_tokens, prefill, sh.d, out_q, &pf_q, &dec_q);
         mla_cache_destroy(c);
         TRY(s);
-        printf("  %-4s latent: %lld bytes/token, %.2f%% smaller than MHA; output vs f16's: "
-               "relative error %.1e; decode %.3f ms/token\n", mla_dtype_name(kinds[i]),
+        char groups[32] = "";
+        if (cs.quant_group > 0)
+            snprintf(groups, sizeof groups, " (groups of %d)", (int)cs.quant_group);
+        printf("  %-4s latent%s: %lld bytes/token, %.2f%% smaller than MHA; output vs f16's: "
+               "relative error %.1e; decode %.3f ms/token\n", mla_dtype_name(kinds[i]), groups,
                (long long)cs.bytes_per_token,
                100.0 * (1.0 - (double)cs.bytes_per_token / (double)cs.mha_bytes_per_token),
                rel_diff(out_q, out_mla, (size_t)n_tokens * sh.d),
