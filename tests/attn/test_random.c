@@ -1,0 +1,310 @@
+/*
+ * A seeded series of random cases of mla_attn_forward, each against the float64 formula of
+ * ../shared/mha2mla.md (util.h) evaluated on the values its cache holds. A case draws:
+ * - a layer: the MHA baseline, or a conversion (RoPE on none, some or all of a head's dimensions,
+ *   joint or split latent) of an MHA or GQA source, with or without biases;
+ * - a cache: every latent and RoPE storage type, the quantization group the cache picks
+ *   (quant_group 0), blocks of 1 to 64 tokens;
+ * - a path, an AUTO crossover, 1 or 2 threads;
+ * - a schedule: up to three sequences from random positions, fed in chunks of random length, the
+ *   chunks of different sequences (prefill chunks and single decode tokens) mixed in one call,
+ *   interleaved or one sequence after the other.
+ * Every fifth case has SmolLM-135M's attention shape (9 heads, 3 KV heads, head dim 64) and a
+ * sequence of up to 260 tokens, so that the 9-row kernels, whole tiles and split-K parts run.
+ * Each case prints what it drew; MLA_TEST_RANDOM_CASE=i runs case i alone, and
+ * MLA_TEST_RANDOM_CASES=n runs cases 0 .. n−1 (default 40) for a longer soak.
+ */
+#include "run.h"
+
+typedef struct rcase {
+    int mha, d, n_h, n_kv, d_h, r, d_kv, bias;
+    mla_factorization f;
+    mla_dtype lat, rope;
+    int block, threads, crossover, grouped;
+    mla_attn_path path;
+    int ns, n[3], pos0[3];
+} rcase;
+
+/* Uniform in [lo, hi]. */
+static int pick(unsigned long long *s, int lo, int hi)
+{
+    int v = lo + (int)((tap_rand(s) + 1.0) / 2.0 * (hi - lo + 1));
+    return v > hi ? hi : v;
+}
+
+static rcase draw(int idx, unsigned long long *s)
+{
+    static const int d_hs[] = {8, 16, 32, 64}, blocks[] = {1, 3, 16, 64}, cross[] = {0, 1, 8, 32};
+    static const mla_dtype lats[] = {MLA_DTYPE_F32, MLA_DTYPE_F16, MLA_DTYPE_BF16, MLA_DTYPE_I8,
+                                     MLA_DTYPE_I4};
+    static const mla_dtype ropes[] = {MLA_DTYPE_F32, MLA_DTYPE_F16, MLA_DTYPE_BF16};
+    static const mla_attn_path paths[] = {MLA_ATTN_PATH_AUTO, MLA_ATTN_PATH_ABSORBED,
+                                          MLA_ATTN_PATH_MATERIALIZED};
+    rcase c;
+    memset(&c, 0, sizeof c);
+    int smol = idx % 5 == 4;
+    if (smol) {
+        c.n_kv = 3;
+        c.n_h = 9;
+        c.d_h = 64;
+        c.d = 192;
+        c.r = 8;
+        c.d_kv = pick(s, 0, 1) ? 8 : 16;
+        c.f = MLA_FACTOR_JOINT;
+    } else {
+        c.n_kv = pick(s, 1, 4);
+        c.n_h = c.n_kv * pick(s, 1, 3);
+        c.d_h = d_hs[pick(s, 0, c.n_h > 6 ? 2 : 3)];
+        c.d = 16 * pick(s, 2, 8);
+        c.r = 2 * pick(s, 0, c.d_h / 2);
+        c.f = pick(s, 0, 1) && c.r < c.d_h ? MLA_FACTOR_SPLIT : MLA_FACTOR_JOINT;
+        /* The latent cannot be wider than the rank of what it factorizes (convert.c). */
+        int lim = c.f == MLA_FACTOR_SPLIT ? c.d_h - c.r : 2 * c.d_h - c.r;
+        if (lim > c.d / c.n_kv)
+            lim = c.d / c.n_kv;
+        c.d_kv = pick(s, 1, lim);
+    }
+    c.mha = !smol && pick(s, 0, 3) == 0;
+    c.bias = pick(s, 0, 1);
+    c.lat = lats[pick(s, 0, 4)];
+    c.rope = ropes[pick(s, 0, 2)];
+    /* A BF16 latent with BF16 RoPE keys, or with none, takes bf16 products (doc/attention.md,
+     * "BF16 caches"); util.h models them for the joint latent only. */
+    if (c.lat == MLA_DTYPE_BF16 && (c.rope == MLA_DTYPE_BF16 || c.r == 0))
+        c.f = MLA_FACTOR_JOINT;
+    int width = c.mha ? c.n_kv * c.d_h : c.d_kv * c.n_kv * (c.f == MLA_FACTOR_SPLIT ? 2 : 1);
+    if (c.lat == MLA_DTYPE_I4 && width % 2)
+        c.lat = MLA_DTYPE_I8; /* no even group: the cache refuses it (test_api.c) */
+    c.block = blocks[pick(s, 0, 3)];
+    c.threads = pick(s, 1, 2);
+    c.path = paths[pick(s, 0, 2)];
+    c.crossover = cross[pick(s, 0, 3)];
+    c.grouped = pick(s, 0, 1);
+    c.ns = pick(s, 1, 3);
+    for (int i = 0; i < c.ns; i++) {
+        c.n[i] = smol && i == 0 ? pick(s, 150, 260) : pick(s, 1, 90);
+        c.pos0[i] = pick(s, 0, 200);
+    }
+    return c;
+}
+
+/* The MHA baseline's formula on cached keys (already rotated) and values: n × n_kv·d_h each.
+ * The cache holds W_v x without b_v, which the layer adds after the weighted sum (doc/attention.md,
+ * "MHA baseline"). */
+static void ref_mha_cached(const src_layer *s, const float *x, const int64_t *pos, int n,
+                           const float *keys, const float *vals, double *out)
+{
+    int d = s->g.d_model, n_h = s->g.n_heads, n_kv = s->g.n_kv_heads, d_h = s->g.head_dim;
+    int g = n_h / n_kv, half = d_h / 2;
+    double *theta = malloc((size_t)half * sizeof *theta), *q = malloc((size_t)d_h * sizeof *q);
+    double *q_all = malloc((size_t)n_h * d_h * sizeof *q_all);
+    double *kj = malloc((size_t)n * d_h * sizeof *kj), *vj = malloc((size_t)n * d_h * sizeof *vj);
+    double *o = malloc((size_t)n_h * d_h * sizeof *o);
+    for (int i = 0; i < half; i++)
+        theta[i] = pow(s->g.rope_theta, -2.0 * i / d_h);
+    for (int t = 0; t < n; t++) {
+        matvec(s->wq, s->bq, x + (size_t)t * d, n_h * d_h, d, q_all);
+        for (int h = 0; h < n_h; h++) {
+            int j = h / g;
+            memcpy(q, q_all + (size_t)h * d_h, (size_t)d_h * sizeof *q);
+            rotate(q, half, theta, (double)pos[t]);
+            for (int u = 0; u < n; u++)
+                for (int i = 0; i < d_h; i++) {
+                    kj[(size_t)u * d_h + i] = keys[((size_t)u * n_kv + j) * d_h + i];
+                    vj[(size_t)u * d_h + i] = vals[((size_t)u * n_kv + j) * d_h + i];
+                }
+            attend(q, kj, vj, pos, n, pos[t], d_h, d_h, d_h, o + (size_t)h * d_h);
+            for (int i = 0; s->bv && i < d_h; i++)
+                o[(size_t)h * d_h + i] += s->bv[j * d_h + i];
+        }
+        for (int i = 0; i < d; i++) {
+            double acc = 0;
+            for (int cc = 0; cc < n_h * d_h; cc++)
+                acc += (double)s->wo[(size_t)i * n_h * d_h + cc] * o[cc];
+            out[(size_t)t * d + i] = acc;
+        }
+    }
+    free(theta);
+    free(q);
+    free(q_all);
+    free(kj);
+    free(vj);
+    free(o);
+}
+
+/* Feed every sequence's tokens in random chunks; each call mixes the chunks of the sequences
+ * it takes, interleaved or one after the other. */
+static mla_status run_schedule(const rcase *c, mla_attn *a, const mla_layer *l, mla_cache *cache,
+                               seqdata *sq, unsigned long long *s)
+{
+    int d = c->d, total = 0, done[3] = {0, 0, 0};
+    for (int i = 0; i < c->ns; i++)
+        total += sq[i].n;
+    float *x = malloc((size_t)total * d * sizeof *x), *o = malloc((size_t)total * d * sizeof *o);
+    int32_t *ids = malloc((size_t)total * sizeof *ids);
+    int64_t *ps = malloc((size_t)total * sizeof *ps);
+    int *who = malloc((size_t)total * sizeof *who), *tix = malloc((size_t)total * sizeof *tix);
+    mla_status st = MLA_OK;
+    for (int left = total; st == MLA_OK && left > 0;) {
+        int take[3] = {0, 0, 0}, k = 0, any = 0;
+        for (int i = 0; i < c->ns; i++) {
+            int rest = sq[i].n - done[i];
+            if (rest == 0 || pick(s, 0, 4) == 0)
+                continue;
+            take[i] = pick(s, 0, 1) ? 1 : pick(s, 1, 48);
+            take[i] = take[i] < rest ? take[i] : rest;
+            any = 1;
+        }
+        for (int i = 0; !any && i < c->ns; i++)
+            if (sq[i].n > done[i]) {
+                take[i] = 1;
+                any = 1;
+            }
+        int most = take[0] > take[1] ? take[0] : take[1];
+        most = most > take[2] ? most : take[2];
+        for (int outer = 0; outer < (c->grouped ? c->ns : most); outer++)
+            for (int inner = 0; inner < (c->grouped ? most : c->ns); inner++) {
+                int i = c->grouped ? outer : inner, u = c->grouped ? inner : outer;
+                if (u >= take[i])
+                    continue;
+                int t = done[i] + u;
+                memcpy(x + (size_t)k * d, sq[i].x + (size_t)t * d, (size_t)d * sizeof *x);
+                ids[k] = sq[i].id;
+                ps[k] = sq[i].pos[t];
+                who[k] = i;
+                tix[k] = t;
+                k++;
+            }
+        st = mla_attn_forward(a, l, cache, 0, x, k, ids, ps, o);
+        for (int q = 0; st == MLA_OK && q < k; q++)
+            memcpy(sq[who[q]].out + (size_t)tix[q] * d, o + (size_t)q * d, (size_t)d * sizeof *o);
+        for (int i = 0; i < c->ns; i++)
+            done[i] += take[i];
+        left -= k;
+    }
+    free(x);
+    free(o);
+    free(ids);
+    free(ps);
+    free(who);
+    free(tix);
+    return st;
+}
+
+/*
+ * Worst error of the outputs over the tolerance: 1e-4 of max|ref| against the formula on the
+ * cached values, or, for a BF16 latent with BF16 RoPE keys or none (whose absorbed path
+ * multiplies in bf16), the bound of util.h's bf16 model plus that slack. ≤ 1 passes.
+ */
+static double worst_error(const rcase *c, const mla_layer *l, const src_layer *src,
+                          mla_cache *cache, seqdata *sq)
+{
+    ref_mla m;
+    memset(&m, 0, sizeof m);
+    if (!c->mha)
+        ref_mla_init(&m, l);
+    int L = c->mha ? c->n_kv * c->d_h : m.split ? 2 * m.R : m.R;
+    int W = c->mha ? c->n_kv * c->d_h : m.n_kv * m.r, d = c->d;
+    int bf = !c->mha && c->lat == MLA_DTYPE_BF16 && (c->rope == MLA_DTYPE_BF16 || c->r == 0);
+    double worst = 0;
+    for (int i = 0; i < c->ns; i++) {
+        size_t n = (size_t)sq[i].n, nd = n * (size_t)d;
+        float *lat = malloc(n * L * sizeof *lat), *rope = malloc((n * W + 1) * sizeof *rope);
+        double *refq = bf ? malloc(nd * sizeof *refq) : NULL;
+        double *bound = bf ? malloc(nd * sizeof *bound) : NULL;
+        if (mla_cache_seq_read(cache, 0, sq[i].id, 0, sq[i].n, lat, W ? rope : NULL, NULL) !=
+            MLA_OK) {
+            worst = INFINITY;
+        } else if (c->mha) {
+            ref_mha_cached(src, sq[i].x, sq[i].pos, sq[i].n, rope, lat, sq[i].ref);
+        } else {
+            ref_mla_forward(&m, sq[i].x, sq[i].pos, sq[i].n, lat, rope, sq[i].ref);
+            if (bf)
+                ref_mla_forward_bf16(&m, sq[i].x, sq[i].pos, sq[i].n, lat, rope, refq, bound);
+        }
+        double rmax = 0;
+        for (size_t q = 0; q < nd; q++)
+            rmax = fmax(rmax, fabs(sq[i].ref[q]));
+        for (size_t q = 0; q < nd && worst < INFINITY; q++) {
+            double e = fabs(sq[i].out[q] - sq[i].ref[q]) / (1e-4 * rmax);
+            if (bf)
+                e = fmin(e, fabs(sq[i].out[q] - refq[q]) / (bound[q] + 1e-4 * rmax));
+            worst = e > worst || e != e ? e : worst;
+        }
+        free(lat);
+        free(rope);
+        free(refq);
+        free(bound);
+    }
+    return worst;
+}
+
+static void run_case(int idx)
+{
+    unsigned long long s = 0x9E3779B97F4A7C15ULL ^ (0xD1B54A32D192ED03ULL * (unsigned)(idx + 1));
+    tap_rand(&s);
+    rcase c = draw(idx, &s);
+    char what[320];
+    int at = snprintf(what, sizeof what,
+                      "case %d: %s d %d, %d heads / %d KV, head dim %d", idx,
+                      c.mha ? "MHA baseline," : "MLA", c.d, c.n_h, c.n_kv, c.d_h);
+    if (!c.mha)
+        at += snprintf(what + at, sizeof what - at, ", r %d, d_kv %d %s", c.r, c.d_kv,
+                       c.f == MLA_FACTOR_SPLIT ? "split" : "joint");
+    at += snprintf(what + at, sizeof what - at, "%s; %s latent, %s RoPE, blocks of %d; %s, "
+                   "crossover %d, %d thread%s; %s chunks of", c.bias ? ", biases" : "",
+                   mla_dtype_name(c.lat), mla_dtype_name(c.rope), c.block,
+                   c.path == MLA_ATTN_PATH_AUTO ? "auto" : c.path == MLA_ATTN_PATH_ABSORBED
+                                                            ? "absorbed" : "materialized",
+                   c.crossover, c.threads, c.threads > 1 ? "s" : "",
+                   c.grouped ? "grouped" : "interleaved");
+    for (int i = 0; i < c.ns; i++)
+        at += snprintf(what + at, sizeof what - at, " %d@%d", c.n[i], c.pos0[i]);
+
+    src_layer src;
+    src_init(&src, c.d, c.n_h, c.n_kv, c.d_h, c.bias, 7000 + (unsigned)idx);
+    mla_layer *l = NULL;
+    if (c.mha)
+        mla_layer_from_mha(&src.g, &src.w, &l);
+    else
+        l = convert(&src, c.r, c.d_kv, c.f);
+    int64_t cap = c.n[0] + c.n[1] + c.n[2] + 3 * c.block;
+    mla_cache *cache = l ? make_cache(&l, 1, c.lat, c.rope, cap, c.block) : NULL;
+    mla_attn_params ap;
+    mla_attn_default_params(&ap, sizeof ap);
+    ap.n_threads = c.threads;
+    ap.path = c.path;
+    if (c.crossover)
+        ap.crossover_tokens = c.crossover;
+    mla_attn *a = NULL;
+    mla_status st = l && cache ? mla_attn_create(&ap, &a) : MLA_ERR_INTERNAL;
+    seqdata sq[3];
+    for (int i = 0; i < c.ns; i++)
+        seq_init(&sq[i], 2 * i + 1, c.n[i], c.n[i], c.d, c.pos0[i], s + (unsigned)i);
+    if (st == MLA_OK)
+        st = run_schedule(&c, a, l, cache, sq, &s);
+    double e = st == MLA_OK ? worst_error(&c, l, &src, cache, sq) : INFINITY;
+    CHECK(st == MLA_OK && e <= 1.0, "%s: error / tolerance %.3f%s%s", what, e,
+          st == MLA_OK ? "" : ": ", st == MLA_OK ? "" : mla_last_error());
+    for (int i = 0; i < c.ns; i++)
+        seq_free(&sq[i]);
+    mla_attn_destroy(a);
+    mla_cache_destroy(cache);
+    mla_layer_destroy(l);
+    src_free(&src);
+}
+
+int main(void)
+{
+    /* The cache picks the group (quant_group 0), as it does by default. */
+    make_cache_group = 0;
+    const char *one = getenv("MLA_TEST_RANDOM_CASE"), *many = getenv("MLA_TEST_RANDOM_CASES");
+    if (one) {
+        run_case(atoi(one));
+        return tap_done();
+    }
+    int n = many && atoi(many) > 0 ? atoi(many) : 40;
+    for (int i = 0; i < n; i++)
+        run_case(i);
+    return tap_done();
+}
