@@ -17,6 +17,8 @@
  * Each case prints what it drew; MLA_TEST_RANDOM_CASE=i runs case i alone, and
  * MLA_TEST_RANDOM_CASES=n runs cases 0 .. n−1 (default 40) for a longer soak.
  */
+#include <stdarg.h>
+
 #include "run.h"
 
 typedef struct rcase {
@@ -27,6 +29,23 @@ typedef struct rcase {
     mla_attn_path path;
     int ns, n[3], pos0[3];
 } rcase;
+
+/* A BF16 latent with BF16 RoPE keys, or with none: the absorbed path multiplies in bf16
+ * (doc/attention.md, "BF16 caches"). */
+static int bf16_products(const rcase *c)
+{
+    return !c->mha && c->lat == MLA_DTYPE_BF16 && (c->rope == MLA_DTYPE_BF16 || c->r == 0);
+}
+
+/* printf onto the end of buf (size bytes), truncating. */
+static void append(char *buf, size_t size, const char *fmt, ...)
+{
+    size_t at = strlen(buf);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + at, size - at, fmt, ap);
+    va_end(ap);
+}
 
 /* Uniform in [lo, hi]. */
 static int pick(unsigned long long *s, int lo, int hi)
@@ -71,9 +90,8 @@ static rcase draw(int idx, unsigned long long *s)
     c.bias = pick(s, 0, 1);
     c.lat = lats[pick(s, 0, 4)];
     c.rope = ropes[pick(s, 0, 2)];
-    /* A BF16 latent with BF16 RoPE keys, or with none, takes bf16 products (doc/attention.md,
-     * "BF16 caches"); util.h models them for the joint latent only. */
-    if (c.lat == MLA_DTYPE_BF16 && (c.rope == MLA_DTYPE_BF16 || c.r == 0))
+    /* util.h models the bf16 products for the joint latent only */
+    if (bf16_products(&c))
         c.f = MLA_FACTOR_JOINT;
     int width = c.mha ? c.n_kv * c.d_h : c.d_kv * c.n_kv * (c.f == MLA_FACTOR_SPLIT ? 2 : 1);
     if (c.lat == MLA_DTYPE_I4 && width % 2)
@@ -208,7 +226,7 @@ static double worst_error(const rcase *c, const mla_layer *l, const src_layer *s
         ref_mla_init(&m, l);
     int L = c->mha ? c->n_kv * c->d_h : m.split ? 2 * m.R : m.R;
     int W = c->mha ? c->n_kv * c->d_h : m.n_kv * m.r, d = c->d;
-    int bf = !c->mha && c->lat == MLA_DTYPE_BF16 && (c->rope == MLA_DTYPE_BF16 || c->r == 0);
+    int bf = bf16_products(c);
     double worst = 0;
     for (int i = 0; i < c->ns; i++) {
         size_t n = (size_t)sq[i].n, nd = n * (size_t)d;
@@ -398,10 +416,10 @@ static double after_operation(const rcase *c, mla_attn *a, const mla_layer *l,
         free(xa);
     }
     if (st != MLA_OK)
-        snprintf(what + strlen(what), what_size - strlen(what), " (%s)", mla_last_error());
+        append(what, what_size, " (%s)", mla_last_error());
     else
-        snprintf(what + strlen(what), what_size - strlen(what), ", then %d token%s on %s", m,
-                 m > 1 ? "s" : "", n_seq > 1 ? "both" : "it");
+        append(what, what_size, ", then %d token%s on %s", m, m > 1 ? "s" : "",
+               n_seq > 1 ? "both" : "it");
     free(x);
     free(o);
     free(sq);
@@ -417,22 +435,21 @@ static void run_case(int idx)
     unsigned long long s = 0x9E3779B97F4A7C15ULL ^ (0xD1B54A32D192ED03ULL * (unsigned)(idx + 1));
     tap_rand(&s);
     rcase c = draw(idx, &s);
-    char what[320];
-    int at = snprintf(what, sizeof what,
-                      "case %d: %s d %d, %d heads / %d KV, head dim %d", idx,
-                      c.mha ? "MHA baseline," : "MLA", c.d, c.n_h, c.n_kv, c.d_h);
+    char what[400] = "";
+    append(what, sizeof what, "case %d: %s d %d, %d heads / %d KV, head dim %d", idx,
+           c.mha ? "MHA baseline," : "MLA", c.d, c.n_h, c.n_kv, c.d_h);
     if (!c.mha)
-        at += snprintf(what + at, sizeof what - at, ", r %d, d_kv %d %s", c.r, c.d_kv,
-                       c.f == MLA_FACTOR_SPLIT ? "split" : "joint");
-    at += snprintf(what + at, sizeof what - at, "%s; %s latent, %s RoPE, blocks of %d; %s, "
-                   "crossover %d, %d thread%s; %s chunks of", c.bias ? ", biases" : "",
-                   mla_dtype_name(c.lat), mla_dtype_name(c.rope), c.block,
-                   c.path == MLA_ATTN_PATH_AUTO ? "auto" : c.path == MLA_ATTN_PATH_ABSORBED
-                                                            ? "absorbed" : "materialized",
-                   c.crossover, c.threads, c.threads > 1 ? "s" : "",
-                   c.grouped ? "grouped" : "interleaved");
+        append(what, sizeof what, ", r %d, d_kv %d %s", c.r, c.d_kv,
+               c.f == MLA_FACTOR_SPLIT ? "split" : "joint");
+    append(what, sizeof what, "%s; %s latent, %s RoPE, blocks of %d; %s, crossover %d, %d "
+           "thread%s; %s chunks of", c.bias ? ", biases" : "", mla_dtype_name(c.lat),
+           mla_dtype_name(c.rope), c.block,
+           c.path == MLA_ATTN_PATH_AUTO       ? "auto"
+           : c.path == MLA_ATTN_PATH_ABSORBED ? "absorbed"
+                                              : "materialized",
+           c.crossover, c.threads, c.threads > 1 ? "s" : "", c.grouped ? "grouped" : "interleaved");
     for (int i = 0; i < c.ns; i++)
-        at += snprintf(what + at, sizeof what - at, " %d@%d", c.n[i], c.pos0[i]);
+        append(what, sizeof what, " %d@%d", c.n[i], c.pos0[i]);
 
     src_layer src;
     src_init(&src, c.d, c.n_h, c.n_kv, c.d_h, c.bias, 7000 + (unsigned)idx);
@@ -460,8 +477,7 @@ static void run_case(int idx)
     double e = st == MLA_OK ? worst_error(&c, l, &src, cache, sq) : INFINITY;
     CHECK(st == MLA_OK && e <= 1.0, "%s: error / tolerance %.3f%s%s", what, e,
           st == MLA_OK ? "" : ": ", st == MLA_OK ? "" : mla_last_error());
-    int bf = !c.mha && c.lat == MLA_DTYPE_BF16 && (c.rope == MLA_DTYPE_BF16 || c.r == 0);
-    if (st == MLA_OK && !bf) {
+    if (st == MLA_OK && !bf16_products(&c)) {
         char op[200];
         double er = 0;
         double e2 = after_operation(&c, a, l, &src, cache, &sq[0], &s, op, sizeof op, &er);
