@@ -36,10 +36,11 @@ static inline void seq_free(seqdata *s)
     free(s->ref);
 }
 
-/* Tokens [from, to) of each sequence (clamped to its length), interleaved round-robin, in one
- * forward call. Returns the status. */
-static inline mla_status run_range(mla_attn *a, const mla_layer *l, mla_cache *c, int cl,
-                                   seqdata *s, int ns, int d, const int *from, const int *to)
+/* Tokens [from, to) of each sequence (clamped to its length) in one forward call: interleaved
+ * round-robin, or (grouped) each sequence's after the previous one's. Returns the status. */
+static inline mla_status run_range_in(mla_attn *a, const mla_layer *l, mla_cache *c, int cl,
+                                      seqdata *s, int ns, int d, const int *from, const int *to,
+                                      int grouped)
 {
     int total = 0;
     for (int i = 0; i < ns; i++) {
@@ -55,15 +56,17 @@ static inline mla_status run_range(mla_attn *a, const mla_layer *l, mla_cache *c
     int k = 0;
     for (int step = 0; k < total; step++)
         for (int i = 0; i < ns; i++) {
-            int t = from[i] + step, e = to[i] < s[i].n ? to[i] : s[i].n;
-            if (t >= e)
-                continue;
-            memcpy(x + (size_t)k * d, s[i].x + (size_t)t * d, (size_t)d * sizeof *x);
-            sq[k] = s[i].id;
-            ps[k] = s[i].pos[t];
-            who[k] = i;
-            tix[k] = t;
-            k++;
+            int e = to[i] < s[i].n ? to[i] : s[i].n;
+            for (int t = from[i] + step; t < e; t++) {
+                memcpy(x + (size_t)k * d, s[i].x + (size_t)t * d, (size_t)d * sizeof *x);
+                sq[k] = s[i].id;
+                ps[k] = s[i].pos[t];
+                who[k] = i;
+                tix[k] = t;
+                k++;
+                if (!grouped)
+                    break; /* one token of each sequence a round */
+            }
         }
     mla_status st = mla_attn_forward(a, l, c, cl, x, total, sq, ps, o);
     if (st == MLA_OK)
@@ -76,6 +79,12 @@ static inline mla_status run_range(mla_attn *a, const mla_layer *l, mla_cache *c
     free(who);
     free(tix);
     return st;
+}
+
+static inline mla_status run_range(mla_attn *a, const mla_layer *l, mla_cache *c, int cl,
+                                   seqdata *s, int ns, int d, const int *from, const int *to)
+{
+    return run_range_in(a, l, c, cl, s, ns, d, from, to, 0);
 }
 
 /* The mixed prefill batch, then one decode batch per remaining token. */

@@ -27,7 +27,7 @@ static double run_case(const src_layer *src, mla_layer *l, int n_threads, mla_at
     seq_init(&s[0], 0, 23, 17, d, 0, 11);
     seq_init(&s[1], 3, 9, 4, d, 0, 12);
     for (int i = 0; i < 2; i++)
-        ref_mha(src, s[i].x, s[i].pos, s[i].n, s[i].ref);
+        ref_mha(src, s[i].x, s[i].pos, s[i].n, NULL, NULL, s[i].ref);
     mla_cache *c = make_cache(&l, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 256, 8);
     mla_attn *a = make_attn(n_threads, path);
     mla_status st = c && a ? run_seqs(a, l, c, 0, s, 2, d) : MLA_ERR_INTERNAL;

@@ -109,106 +109,37 @@ static rcase draw(int idx, unsigned long long *s)
     return c;
 }
 
-/* The MHA baseline's formula on cached keys (already rotated) and values: n × n_kv·d_h each.
- * The cache holds W_v x without b_v, which the layer adds after the weighted sum (doc/attention.md,
- * "MHA baseline"). */
-static void ref_mha_cached(const src_layer *s, const float *x, const int64_t *pos, int n,
-                           const float *keys, const float *vals, double *out)
-{
-    int d = s->g.d_model, n_h = s->g.n_heads, n_kv = s->g.n_kv_heads, d_h = s->g.head_dim;
-    int g = n_h / n_kv, half = d_h / 2;
-    double *theta = malloc((size_t)half * sizeof *theta), *q = malloc((size_t)d_h * sizeof *q);
-    double *q_all = malloc((size_t)n_h * d_h * sizeof *q_all);
-    double *kj = malloc((size_t)n * d_h * sizeof *kj), *vj = malloc((size_t)n * d_h * sizeof *vj);
-    double *o = malloc((size_t)n_h * d_h * sizeof *o);
-    for (int i = 0; i < half; i++)
-        theta[i] = pow(s->g.rope_theta, -2.0 * i / d_h);
-    for (int t = 0; t < n; t++) {
-        matvec(s->wq, s->bq, x + (size_t)t * d, n_h * d_h, d, q_all);
-        for (int h = 0; h < n_h; h++) {
-            int j = h / g;
-            memcpy(q, q_all + (size_t)h * d_h, (size_t)d_h * sizeof *q);
-            rotate(q, half, theta, (double)pos[t]);
-            for (int u = 0; u < n; u++)
-                for (int i = 0; i < d_h; i++) {
-                    kj[(size_t)u * d_h + i] = keys[((size_t)u * n_kv + j) * d_h + i];
-                    vj[(size_t)u * d_h + i] = vals[((size_t)u * n_kv + j) * d_h + i];
-                }
-            attend(q, kj, vj, pos, n, pos[t], d_h, d_h, d_h, o + (size_t)h * d_h);
-            for (int i = 0; s->bv && i < d_h; i++)
-                o[(size_t)h * d_h + i] += s->bv[j * d_h + i];
-        }
-        for (int i = 0; i < d; i++) {
-            double acc = 0;
-            for (int cc = 0; cc < n_h * d_h; cc++)
-                acc += (double)s->wo[(size_t)i * n_h * d_h + cc] * o[cc];
-            out[(size_t)t * d + i] = acc;
-        }
-    }
-    free(theta);
-    free(q);
-    free(q_all);
-    free(kj);
-    free(vj);
-    free(o);
-}
-
 /* Feed every sequence's tokens in random chunks; each call mixes the chunks of the sequences
  * it takes, interleaved or one after the other. */
 static mla_status run_schedule(const rcase *c, mla_attn *a, const mla_layer *l, mla_cache *cache,
                                seqdata *sq, unsigned long long *s)
 {
-    int d = c->d, total = 0, done[3] = {0, 0, 0};
+    int from[3] = {0, 0, 0}, to[3] = {0, 0, 0}, left = 0;
     for (int i = 0; i < c->ns; i++)
-        total += sq[i].n;
-    float *x = malloc((size_t)total * d * sizeof *x), *o = malloc((size_t)total * d * sizeof *o);
-    int32_t *ids = malloc((size_t)total * sizeof *ids);
-    int64_t *ps = malloc((size_t)total * sizeof *ps);
-    int *who = malloc((size_t)total * sizeof *who), *tix = malloc((size_t)total * sizeof *tix);
+        left += sq[i].n;
     mla_status st = MLA_OK;
-    for (int left = total; st == MLA_OK && left > 0;) {
-        int take[3] = {0, 0, 0}, k = 0, any = 0;
+    while (st == MLA_OK && left > 0) {
+        int any = 0;
         for (int i = 0; i < c->ns; i++) {
-            int rest = sq[i].n - done[i];
-            if (rest == 0 || pick(s, 0, 4) == 0)
-                continue;
-            take[i] = pick(s, 0, 1) ? 1 : pick(s, 1, 48);
-            take[i] = take[i] < rest ? take[i] : rest;
-            any = 1;
+            int rest = sq[i].n - from[i], take = 0;
+            if (rest > 0 && pick(s, 0, 4) > 0) {
+                take = pick(s, 0, 1) ? 1 : pick(s, 1, 48);
+                take = take < rest ? take : rest;
+            }
+            to[i] = from[i] + take;
+            any |= take > 0;
         }
         for (int i = 0; !any && i < c->ns; i++)
-            if (sq[i].n > done[i]) {
-                take[i] = 1;
+            if (sq[i].n > from[i]) {
+                to[i] = from[i] + 1;
                 any = 1;
             }
-        int most = take[0] > take[1] ? take[0] : take[1];
-        most = most > take[2] ? most : take[2];
-        for (int outer = 0; outer < (c->grouped ? c->ns : most); outer++)
-            for (int inner = 0; inner < (c->grouped ? most : c->ns); inner++) {
-                int i = c->grouped ? outer : inner, u = c->grouped ? inner : outer;
-                if (u >= take[i])
-                    continue;
-                int t = done[i] + u;
-                memcpy(x + (size_t)k * d, sq[i].x + (size_t)t * d, (size_t)d * sizeof *x);
-                ids[k] = sq[i].id;
-                ps[k] = sq[i].pos[t];
-                who[k] = i;
-                tix[k] = t;
-                k++;
-            }
-        st = mla_attn_forward(a, l, cache, 0, x, k, ids, ps, o);
-        for (int q = 0; st == MLA_OK && q < k; q++)
-            memcpy(sq[who[q]].out + (size_t)tix[q] * d, o + (size_t)q * d, (size_t)d * sizeof *o);
-        for (int i = 0; i < c->ns; i++)
-            done[i] += take[i];
-        left -= k;
+        st = run_range_in(a, l, cache, 0, sq, c->ns, c->d, from, to, c->grouped);
+        for (int i = 0; i < c->ns; i++) {
+            left -= to[i] - from[i];
+            from[i] = to[i];
+        }
     }
-    free(x);
-    free(o);
-    free(ids);
-    free(ps);
-    free(who);
-    free(tix);
     return st;
 }
 
@@ -237,7 +168,7 @@ static double worst_error(const rcase *c, const mla_layer *l, const src_layer *s
             MLA_OK) {
             worst = INFINITY;
         } else if (c->mha) {
-            ref_mha_cached(src, sq[i].x, sq[i].pos, sq[i].n, rope, lat, sq[i].ref);
+            ref_mha(src, sq[i].x, sq[i].pos, sq[i].n, rope, lat, sq[i].ref);
         } else {
             ref_mla_forward(&m, sq[i].x, sq[i].pos, sq[i].n, lat, rope, sq[i].ref);
             if (bf)
@@ -278,7 +209,7 @@ static void ref_tail(const rcase *c, const mla_layer *l, const src_layer *src, m
     memcpy(x + (size_t)(n - m) * d, xm, (size_t)m * d * sizeof *x);
     mla_cache_seq_read(cache, 0, id, 0, n, lat, W ? rope : NULL, pos);
     if (c->mha)
-        ref_mha_cached(src, x, pos, n, rope, lat, ref);
+        ref_mha(src, x, pos, n, rope, lat, ref);
     else
         ref_mla_forward(&rm, x, pos, n, lat, rope, ref);
     memcpy(out, ref + (size_t)(n - m) * d, (size_t)m * d * sizeof *out);

@@ -134,10 +134,12 @@ static inline void attend(const double *q, const double *k, const double *v, con
 
 /*
  * The original MHA/GQA layer with full RoPE: out (n × d) for the n tokens of one sequence (x rows,
- * positions pos), each attending to the tokens at or before its position.
+ * positions pos), each attending to the tokens at or before its position. When keys and vals are
+ * given (n × n_kv·d_h each, as an MHA layer's cache holds them: keys rotated, values W_v x
+ * without b_v), they replace the keys and values computed from x; the queries always come from x.
  */
 static inline void ref_mha(const src_layer *s, const float *x, const int64_t *pos, int n,
-                           double *out)
+                           const float *keys, const float *vals, double *out)
 {
     int d = s->g.d_model, n_h = s->g.n_heads, n_kv = s->g.n_kv_heads, d_h = s->g.head_dim;
     int g = n_h / n_kv, half = d_h / 2;
@@ -150,12 +152,20 @@ static inline void ref_mha(const src_layer *s, const float *x, const int64_t *po
     for (int t = 0; t < n; t++) {
         const float *xt = x + (size_t)t * d;
         matvec(s->wq, s->bq, xt, n_h * d_h, d, q + (size_t)t * n_h * d_h);
-        matvec(s->wk, s->bk, xt, n_kv * d_h, d, k + (size_t)t * n_kv * d_h);
-        matvec(s->wv, s->bv, xt, n_kv * d_h, d, v + (size_t)t * n_kv * d_h);
         for (int h = 0; h < n_h; h++)
             rotate(q + ((size_t)t * n_h + h) * d_h, half, theta, (double)pos[t]);
+        double *kt = k + (size_t)t * n_kv * d_h, *vt = v + (size_t)t * n_kv * d_h;
+        if (keys) {
+            for (int i = 0; i < n_kv * d_h; i++) {
+                kt[i] = keys[(size_t)t * n_kv * d_h + i];
+                vt[i] = vals[(size_t)t * n_kv * d_h + i] + (s->bv ? s->bv[i] : 0.0);
+            }
+            continue;
+        }
+        matvec(s->wk, s->bk, xt, n_kv * d_h, d, kt);
+        matvec(s->wv, s->bv, xt, n_kv * d_h, d, vt);
         for (int j = 0; j < n_kv; j++)
-            rotate(k + ((size_t)t * n_kv + j) * d_h, half, theta, (double)pos[t]);
+            rotate(kt + (size_t)j * d_h, half, theta, (double)pos[t]);
     }
     double *kj = malloc((size_t)n * d_h * sizeof *kj), *vj = malloc((size_t)n * d_h * sizeof *vj);
     double *o = malloc((size_t)n_h * d_h * sizeof *o);
