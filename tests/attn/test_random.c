@@ -143,21 +143,46 @@ static mla_status run_schedule(const rcase *c, mla_attn *a, const mla_layer *l, 
     return st;
 }
 
+/* What the references need of the layer under test, read once a case. */
+typedef struct lref {
+    const rcase *c;
+    const src_layer *src; /* the MHA baseline's weights */
+    ref_mla m;            /* a converted layer's tensors */
+    int L, W;             /* widths of the cached latent and RoPE part */
+} lref;
+
+static lref lref_make(const rcase *c, const mla_layer *l, const src_layer *src)
+{
+    lref r;
+    memset(&r, 0, sizeof r);
+    r.c = c;
+    r.src = src;
+    if (!c->mha)
+        ref_mla_init(&r.m, l);
+    r.L = c->mha ? c->n_kv * c->d_h : r.m.split ? 2 * r.m.R : r.m.R;
+    r.W = c->mha ? c->n_kv * c->d_h : r.m.n_kv * r.m.r;
+    return r;
+}
+
+/* The formula for n tokens (inputs x, positions pos) over cached latents and RoPE parts. */
+static void ref_forward(const lref *r, const float *x, const int64_t *pos, int n,
+                        const float *lat, const float *rope, double *out)
+{
+    if (r->c->mha)
+        ref_mha(r->src, x, pos, n, rope, lat, out);
+    else
+        ref_mla_forward(&r->m, x, pos, n, lat, rope, out);
+}
+
 /*
  * Worst error of the outputs over the tolerance: 1e-4 of max|ref| against the formula on the
  * cached values, or, for a BF16 latent with BF16 RoPE keys or none (whose absorbed path
  * multiplies in bf16), the bound of util.h's bf16 model plus that slack. ≤ 1 passes.
  */
-static double worst_error(const rcase *c, const mla_layer *l, const src_layer *src,
-                          mla_cache *cache, seqdata *sq)
+static double worst_error(const lref *r, mla_cache *cache, seqdata *sq)
 {
-    ref_mla m;
-    memset(&m, 0, sizeof m);
-    if (!c->mha)
-        ref_mla_init(&m, l);
-    int L = c->mha ? c->n_kv * c->d_h : m.split ? 2 * m.R : m.R;
-    int W = c->mha ? c->n_kv * c->d_h : m.n_kv * m.r, d = c->d;
-    int bf = bf16_products(c);
+    const rcase *c = r->c;
+    int L = r->L, W = r->W, d = c->d, bf = bf16_products(c);
     double worst = 0;
     for (int i = 0; i < c->ns; i++) {
         size_t n = (size_t)sq[i].n, nd = n * (size_t)d;
@@ -167,12 +192,10 @@ static double worst_error(const rcase *c, const mla_layer *l, const src_layer *s
         if (mla_cache_seq_read(cache, 0, sq[i].id, 0, sq[i].n, lat, W ? rope : NULL, NULL) !=
             MLA_OK) {
             worst = INFINITY;
-        } else if (c->mha) {
-            ref_mha(src, sq[i].x, sq[i].pos, sq[i].n, rope, lat, sq[i].ref);
         } else {
-            ref_mla_forward(&m, sq[i].x, sq[i].pos, sq[i].n, lat, rope, sq[i].ref);
+            ref_forward(r, sq[i].x, sq[i].pos, sq[i].n, lat, rope, sq[i].ref);
             if (bf)
-                ref_mla_forward_bf16(&m, sq[i].x, sq[i].pos, sq[i].n, lat, rope, refq, bound);
+                ref_mla_forward_bf16(&r->m, sq[i].x, sq[i].pos, sq[i].n, lat, rope, refq, bound);
         }
         double rmax = 0;
         for (size_t q = 0; q < nd; q++)
@@ -193,25 +216,18 @@ static double worst_error(const rcase *c, const mla_layer *l, const src_layer *s
 
 /* The attention formula for the last m of a sequence's n cached tokens, whose inputs are xm
  * (m × d): what a forward of those m tokens must give over what the cache holds. */
-static void ref_tail(const rcase *c, const mla_layer *l, const src_layer *src, mla_cache *cache,
-                     int32_t id, int n, int m, const float *xm, double *out)
+static void ref_tail(const lref *r, mla_cache *cache, int32_t id, int n, int m, const float *xm,
+                     double *out)
 {
-    ref_mla rm;
-    memset(&rm, 0, sizeof rm);
-    if (!c->mha)
-        ref_mla_init(&rm, l);
-    int L = c->mha ? c->n_kv * c->d_h : rm.split ? 2 * rm.R : rm.R;
-    int W = c->mha ? c->n_kv * c->d_h : rm.n_kv * rm.r, d = c->d;
-    float *lat = malloc((size_t)n * L * sizeof *lat), *rope = malloc(((size_t)n * W + 1) * 4);
+    int L = r->L, W = r->W, d = r->c->d;
+    float *lat = malloc((size_t)n * L * sizeof *lat);
+    float *rope = malloc(((size_t)n * W + 1) * sizeof *rope);
     float *x = calloc((size_t)n * d, sizeof *x); /* only the queries come from x */
     int64_t *pos = malloc((size_t)n * sizeof *pos);
     double *ref = malloc((size_t)n * d * sizeof *ref);
     memcpy(x + (size_t)(n - m) * d, xm, (size_t)m * d * sizeof *x);
     mla_cache_seq_read(cache, 0, id, 0, n, lat, W ? rope : NULL, pos);
-    if (c->mha)
-        ref_mha(src, x, pos, n, rope, lat, ref);
-    else
-        ref_mla_forward(&rm, x, pos, n, lat, rope, ref);
+    ref_forward(r, x, pos, n, lat, rope, ref);
     memcpy(out, ref + (size_t)(n - m) * d, (size_t)m * d * sizeof *out);
     free(lat);
     free(rope);
@@ -227,23 +243,21 @@ static void ref_tail(const rcase *c, const mla_layer *l, const src_layer *src, m
  * passes. This is what mla_cache_seq_shift must leave behind, which the attention check alone,
  * computed on the cached values, cannot see.
  */
-static double rope_error(const rcase *c, const mla_layer *l, const src_layer *src,
-                         mla_cache *cache, int32_t id, const float *x, int n)
+static double rope_error(const lref *rf, mla_cache *cache, int32_t id, const float *x, int n)
 {
-    ref_mla rm;
-    memset(&rm, 0, sizeof rm);
-    if (!c->mha)
-        ref_mla_init(&rm, l);
-    int n_kv = c->n_kv, d_h = c->d_h, d = c->d, r = c->mha ? d_h : rm.r, half = r / 2;
+    const rcase *c = rf->c;
+    const src_layer *src = rf->src;
+    int n_kv = c->n_kv, d_h = c->d_h, d = c->d, r = c->mha ? d_h : rf->m.r, half = r / 2;
     if (r == 0)
         return 0;
-    int W = n_kv * r;
-    const float *wk = c->mha ? src->wk : rm.wkr, *bk = c->mha ? src->bk : rm.bkr;
+    int W = rf->W;
+    const float *wk = c->mha ? src->wk : rf->m.wkr, *bk = c->mha ? src->bk : rf->m.bkr;
     double *theta = malloc((size_t)n_kv * half * sizeof *theta), *k = malloc(W * sizeof *k);
     for (int j = 0; j < n_kv; j++)
         for (int i = 0; i < half; i++)
             theta[j * half + i] = c->mha ? pow(src->g.rope_theta, -2.0 * i / d_h)
-                                         : pow(rm.rope_theta, -2.0 * rm.dims[j * r + i] / d_h);
+                                         : pow(rf->m.rope_theta,
+                                               -2.0 * rf->m.dims[j * r + i] / d_h);
     float *rope = malloc((size_t)n * W * sizeof *rope);
     int64_t *pos = malloc((size_t)n * sizeof *pos);
     double u = c->rope == MLA_DTYPE_F16 ? ldexp(1.0, -11) : c->rope == MLA_DTYPE_BF16
@@ -276,11 +290,11 @@ static double rope_error(const rcase *c, const mla_layer *l, const src_layer *sr
  * bound: these are compared with the unrounded formula, which decode tokens over BF16 caches
  * with bf16 products do not meet, so such cases skip this phase). what: the operation.
  */
-static double after_operation(const rcase *c, mla_attn *a, const mla_layer *l,
-                              const src_layer *src, mla_cache *cache, const seqdata *s0,
-                              unsigned long long *s, char *what, size_t what_size,
-                              double *rope_worst)
+static double after_operation(const lref *r, mla_attn *a, const mla_layer *l, mla_cache *cache,
+                              const seqdata *s0, unsigned long long *s, char *what,
+                              size_t what_size, double *rope_worst)
 {
+    const rcase *c = r->c;
     int32_t ids[2] = {s0->id, 7};
     int n_seq = 1, n = s0->n, op = pick(s, 0, 2), k = n > 1 ? pick(s, 1, n - 1) : 0;
     int first = 0; /* the first of s0's tokens still cached */
@@ -334,7 +348,7 @@ static double after_operation(const rcase *c, mla_attn *a, const mla_layer *l,
             worst = INFINITY;
             break;
         }
-        ref_tail(c, l, src, cache, ids[q], (int)len[q], m, xm, ref);
+        ref_tail(r, cache, ids[q], (int)len[q], m, xm, ref);
         double e = rel_diff_d(om, ref, (size_t)m * d) / 1e-4;
         worst = e > worst || e != e ? e : worst;
         /* the inputs of every cached token: s0's that are left, then the new ones */
@@ -342,7 +356,7 @@ static double after_operation(const rcase *c, mla_attn *a, const mla_layer *l,
         float *xa = malloc((size_t)len[q] * d * sizeof *xa);
         memcpy(xa, s0->x + (size_t)first * d, (size_t)old_n * d * sizeof *xa);
         memcpy(xa + (size_t)old_n * d, xm, (size_t)m * d * sizeof *xa);
-        double er = rope_error(c, l, src, cache, ids[q], xa, (int)len[q]);
+        double er = rope_error(r, cache, ids[q], xa, (int)len[q]);
         *rope_worst = er > *rope_worst || er != er ? er : *rope_worst;
         free(xa);
     }
@@ -405,13 +419,14 @@ static void run_case(int idx)
         seq_init(&sq[i], 2 * i + 1, c.n[i], c.n[i], c.d, c.pos0[i], s + (unsigned)i);
     if (st == MLA_OK)
         st = run_schedule(&c, a, l, cache, sq, &s);
-    double e = st == MLA_OK ? worst_error(&c, l, &src, cache, sq) : INFINITY;
+    lref r = l ? lref_make(&c, l, &src) : (lref){0};
+    double e = st == MLA_OK ? worst_error(&r, cache, sq) : INFINITY;
     CHECK(st == MLA_OK && e <= 1.0, "%s: error / tolerance %.3f%s%s", what, e,
           st == MLA_OK ? "" : ": ", st == MLA_OK ? "" : mla_last_error());
     if (st == MLA_OK && !bf16_products(&c)) {
         char op[200];
         double er = 0;
-        double e2 = after_operation(&c, a, l, &src, cache, &sq[0], &s, op, sizeof op, &er);
+        double e2 = after_operation(&r, a, l, cache, &sq[0], &s, op, sizeof op, &er);
         CHECK(e2 <= 1.0 && er <= 1.0, "case %d, sequence %d@%d %s: error / tolerance %.3f, "
               "cached RoPE keys against their inputs' at their positions %.3f", idx, c.n[0],
               c.pos0[0], op, e2, er);
