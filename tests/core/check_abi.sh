@@ -3,9 +3,10 @@
 # any change to a public function or struct shows up in review. After an intended change, refresh
 # the dump with `ninja -C build abi-update` and commit it. Prints TAP.
 set -u
-lib=$1 dump=$2 src_inc=$3 build_inc=$4
-out=$(abidiff --drop-private-types --headers-dir2 "$src_inc" --headers-dir2 "$build_inc" \
-      "$dump" "$lib" 2>&1)
+lib=$1 dump=$2
+# What the exported functions reach, as the dump holds it (lib/meson.build, abi-update). The dump
+# carries no source locations: abidiff counts those differences as harmless and filters them.
+out=$(abidiff --exported-interfaces-only "$dump" "$lib" 2>&1)
 rc=$?
 if [ $rc -eq 0 ]; then
     echo "ok 1 - the library's ABI equals lib/libmla.abi"
