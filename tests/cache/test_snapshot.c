@@ -15,9 +15,12 @@
 #include <dirent.h>
 #include <float.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <mla/mla.h>
@@ -418,6 +421,95 @@ static int count_files(const char *dir)
     return n;
 }
 
+/* The bytes of a file (NULL if it cannot be read). */
+static unsigned char *read_all(const char *path, size_t *size)
+{
+    FILE *h = fopen(path, "rb");
+    if (!h)
+        return NULL;
+    unsigned char *buf = NULL;
+    size_t n = 0, cap = 0, k;
+    do {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 4096;
+            unsigned char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(h);
+                return NULL;
+            }
+            buf = nb;
+        }
+        k = fread(buf + n, 1, cap - n, h);
+        n += k;
+    } while (k > 0);
+    fclose(h);
+    *size = n;
+    return buf;
+}
+
+/* A save that fails after its temporary file exists leaves the target as it was and no
+ * temporary behind: the writer's promise (snapshot_file.c). Two failures a test can cause
+ * without privileges: the write (a file size limit: EFBIG) and the rename (over a directory). */
+static void file_failures(const mla_cache *a, const char *dir)
+{
+    char path[256], sub[256];
+    snprintf(path, sizeof path, "%s/kept.mlac", dir);
+    snprintf(sub, sizeof sub, "%s/a_directory", dir);
+    mla_status st = mla_cache_save_file(a, 2, path);
+    CHECK(st == MLA_OK, "a one-sequence snapshot saved (%s)", st ? mla_last_error() : "ok");
+    size_t old_size = 0, full_size = 0, now_size = 0;
+    unsigned char *old = read_all(path, &old_size);
+    CHECK(old != NULL && old_size > 0, "the first snapshot reads back");
+    st = mla_cache_save_size(a, -1, &full_size);
+    CHECK(st == MLA_OK && full_size > old_size,
+          "the whole cache's snapshot is larger than one sequence's (%zu > %zu)", full_size,
+          old_size);
+
+    /* The write: files may not grow past half the new snapshot. */
+    struct rlimit saved;
+    CHECK(getrlimit(RLIMIT_FSIZE, &saved) == 0, "getrlimit");
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = saved;
+    small.rlim_cur = (rlim_t)(full_size / 2);
+    CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0, "setrlimit");
+    st = mla_cache_save_file(a, -1, path);
+    setrlimit(RLIMIT_FSIZE, &saved);
+    signal(SIGXFSZ, old_handler);
+    CHECK(st == MLA_ERR_IO && strstr(mla_last_error(), "write failed") &&
+          strstr(mla_last_error(), path) && strstr(mla_last_error(), "too large"),
+          "a write past the file size limit: IO, naming the step, the file and the cause (%s)",
+          mla_last_error());
+    unsigned char *now = read_all(path, &now_size);
+    CHECK(now && now_size == old_size && memcmp(now, old, old_size) == 0,
+          "after the failed write the target holds the previous snapshot, byte for byte");
+    free(now);
+    CHECK(count_files(dir) == 1, "no temporary file is left (%d files)", count_files(dir));
+
+    /* The rename: the target is a directory, which rename(2) will not replace by a file. */
+    CHECK(mkdir(sub, 0700) == 0, "mkdir");
+    st = mla_cache_save_file(a, -1, sub);
+    CHECK(st == MLA_ERR_IO && strstr(mla_last_error(), "rename failed") &&
+          strstr(mla_last_error(), sub), "a rename over a directory: IO, naming the step and "
+          "the target (%s)", mla_last_error());
+    CHECK(count_files(dir) == 2, "no temporary file is left beside the directory (%d files)",
+          count_files(dir));
+
+    /* Loading a directory: an IO error, the cache unchanged. */
+    mla_cache *f = make(BASE);
+    put(f, 0, 0, 3);
+    print pf = fingerprint(f);
+    st = mla_cache_load_file(f, 0, sub);
+    CHECK(st == MLA_ERR_IO && strstr(mla_last_error(), sub) && same(f, &pf),
+          "loading a directory: IO naming it, the cache unchanged (%s)", mla_last_error());
+    free(pf.bytes);
+    mla_cache_destroy(f);
+
+    rmdir(sub);
+    unlink(path);
+    free(old);
+}
+
 int main(void)
 {
     /* CRC-32 */
@@ -571,6 +663,7 @@ int main(void)
           "a truncated file: BAD_FORMAT naming the file, unchanged (%s)", mla_last_error());
     free(pf.bytes);
     unlink(path);
+    file_failures(a, dir);
     rmdir(dir);
 
     free(snap);
