@@ -436,6 +436,60 @@ static mla_status do_op(mla_cache *c, model *m, int op, int *expect)
     return MLA_ERR_INTERNAL;
 }
 
+/* mla__cache_check is the oracle of the test above (agrees() calls it after every operation):
+ * each kind of corruption it looks for, made by hand, must be reported, and undone, not. */
+static int caught(const mla_cache *c, const char *needle)
+{
+    return mla__cache_check(c) != 0 && strstr(mla_last_error(), needle) != NULL;
+}
+
+static void checker_catches(const mla_cache_params *p)
+{
+    mla_cache *c = NULL;
+    CHECK(mla_cache_create(p, &c) == MLA_OK, "create: %s", mla_last_error());
+    /* Sequence 0: 6 tokens over 2 blocks; 1 shares them; 2 owns a block of its own. */
+    CHECK(mla_cache_reserve(c, 0, 0, 6) == MLA_OK && mla_cache_seq_fork(c, 0, 1) == MLA_OK &&
+          mla_cache_reserve(c, 2, 10, 3) == MLA_OK && mla__cache_check(c) == 0,
+          "a consistent cache passes the check");
+    mla_cache_seq *s = &c->seqs[0];
+    int32_t b = s->e[0].block;
+
+    c->rc[b]++;
+    CHECK(caught(c, "references"), "a block's reference count off by one (%s)",
+          mla_last_error());
+    c->rc[b]--;
+    s->n_tokens++;
+    CHECK(caught(c, "tokens in its entries"), "a sequence's token count off by one (%s)",
+          mla_last_error());
+    s->n_tokens--;
+    int64_t w1 = s->written[1];
+    s->written[1] = s->n_tokens + 1;
+    CHECK(caught(c, "written of"), "a layer written past the sequence's end (%s)",
+          mla_last_error());
+    s->written[1] = w1;
+    int32_t n0 = s->e[0].n;
+    s->e[0].n = c->block_tokens + 1;
+    CHECK(caught(c, "slots"), "an entry longer than its block (%s)", mla_last_error());
+    s->e[0].n = n0;
+    int64_t *pos = mla__cache_block_pos(c, b) + s->e[0].off;
+    int64_t p1 = pos[1];
+    pos[1] = pos[0];
+    CHECK(caught(c, "position"), "a repeated position (%s)", mla_last_error());
+    pos[1] = p1;
+    CHECK(c->n_free > 0, "the cache has free blocks");
+    int32_t f0 = c->free_stack[0];
+    c->free_stack[0] = b;
+    CHECK(caught(c, "free list holds block"), "a used block on the free list (%s)",
+          mla_last_error());
+    c->free_stack[0] = f0;
+    c->n_free--;
+    CHECK(caught(c, "unreferenced blocks"), "a free block missing from the free list (%s)",
+          mla_last_error());
+    c->n_free++;
+    CHECK(mla__cache_check(c) == 0, "every corruption undone, the check passes again");
+    mla_cache_destroy(c);
+}
+
 int main(void)
 {
     mla_cache_layer_desc layers[NL];
@@ -457,8 +511,10 @@ int main(void)
     p.block_tokens = BT;
     p.capacity_tokens = CAP;
     p.n_seq_max = NSEQ;
+    checker_catches(&p);
     mla_cache *c = NULL;
-    CHECK(mla_cache_create(&p, &c) == MLA_OK, "create: %s", mla_last_error());
+    mla_status cs = mla_cache_create(&p, &c);
+    CHECK(cs == MLA_OK, "create: %s", cs ? mla_last_error() : "ok");
     static model m;
     int failed_at = -1, max_tokens = 0, shared_seen = 0;
     for (int i = 0; i < N_OPS && failed_at < 0; i++) {
