@@ -617,6 +617,83 @@ static void test_sgemm_one_row(void)
           "mla__sgemm one row (gemv): max error %.2e of k·max|ref| (float32 sums)", worst);
 }
 
+/* One part of a split-K softmax over scores s[0..n) and values v (n × dv): its running max, sum
+ * and unnormalized output, as the kernels leave them (max −inf and sum 0 over no token). */
+static void part_state(const double *s, const double *v, int n, int dv, float *mx, float *l,
+                       float *o)
+{
+    double m = -INFINITY, sum = 0;
+    for (int t = 0; t < n; t++)
+        m = fmax(m, s[t]);
+    for (int j = 0; j < dv; j++)
+        o[j] = 0;
+    for (int t = 0; t < n; t++) {
+        double e = exp(s[t] - m);
+        sum += e;
+        for (int j = 0; j < dv; j++)
+            o[j] += (float)(e * v[t * dv + j]);
+    }
+    *mx = (float)m;
+    *l = (float)sum;
+}
+
+/* mla__softmax_merge (split-K, forward.c) against the softmax over both parts' tokens in
+ * float64: parts of several sizes, either or both empty (the forward always merges a later
+ * range into an earlier one, so an empty first part with a non-empty second is reached here
+ * only), and maxima far apart, where one part's weights underflow. */
+static void test_softmax_merge(void)
+{
+    enum { DV = 5, NMAX = 12 };
+    static const int na[] = {7, 0, 4, 0, 1, 9};
+    static const int nb[] = {5, 6, 0, 0, 12, 3};
+    static const double shift_b[] = {0, 0, 0, 0, 80, -80};
+    const int rows = (int)(sizeof na / sizeof na[0]);
+    unsigned long long seed = 0x5eed5eedULL;
+    float mx_a[6], l_a[6], o_a[6 * DV], mx_b[6], l_b[6], o_b[6 * DV];
+    double worst = 0;
+    int max_ok = 1;
+    for (int i = 0; i < rows; i++) {
+        double s[2 * NMAX], v[2 * NMAX * DV];
+        int n = na[i] + nb[i];
+        for (int t = 0; t < n; t++) {
+            s[t] = 3 * tap_rand(&seed) + (t >= na[i] ? shift_b[i] : 0);
+            for (int j = 0; j < DV; j++)
+                v[t * DV + j] = tap_rand(&seed);
+        }
+        part_state(s, v, na[i], DV, &mx_a[i], &l_a[i], o_a + i * DV);
+        part_state(s + na[i], v + na[i] * DV, nb[i], DV, &mx_b[i], &l_b[i], o_b + i * DV);
+        if (n == 0)
+            continue;
+        /* The reference: the softmax-weighted mean over all n tokens. */
+        double m = -INFINITY, sum = 0, ref[DV] = {0};
+        for (int t = 0; t < n; t++)
+            m = fmax(m, s[t]);
+        for (int t = 0; t < n; t++) {
+            sum += exp(s[t] - m);
+            for (int j = 0; j < DV; j++)
+                ref[j] += exp(s[t] - m) * v[t * DV + j];
+        }
+        for (int j = 0; j < DV; j++)
+            ref[j] /= sum;
+        float ma = mx_a[i], la = l_a[i], oa[DV];
+        memcpy(oa, o_a + i * DV, sizeof oa);
+        mla__softmax_merge(1, DV, &ma, &la, oa, DV, &mx_b[i], &l_b[i], o_b + i * DV, DV);
+        for (int j = 0; j < DV; j++)
+            worst = fmax(worst, fabs(oa[j] / la - ref[j]));
+        max_ok &= ma == (float)m;
+    }
+    /* Both parts empty: the row keeps max −inf, sum 0 and output 0. */
+    float ma = mx_a[3], la = l_a[3], oa[DV];
+    memcpy(oa, o_a + 3 * DV, sizeof oa);
+    mla__softmax_merge(1, DV, &ma, &la, oa, DV, &mx_b[3], &l_b[3], o_b + 3 * DV, DV);
+    int empty_ok = ma == -INFINITY && la == 0;
+    for (int j = 0; j < DV; j++)
+        empty_ok &= oa[j] == 0;
+    CHECK(worst < 1e-5 && max_ok, "split-K merge equals the softmax over both parts (max error "
+          "%.1e; empty parts, maxima 80 apart), and keeps the larger maximum", worst);
+    CHECK(empty_ok, "two empty parts merge to an empty row");
+}
+
 int main(void)
 {
     const mla__attn_kernels *p = &mla__attn_kernels_portable;
@@ -627,6 +704,7 @@ int main(void)
           "kernel table chosen (%s)", best ? best->name : "none");
     test_src_get();
     test_sgemm_one_row();
+    test_softmax_merge();
     test_gemm_bf16(p);
     test_pack_pairs(p);
     test_to_bf16(p);
