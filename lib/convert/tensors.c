@@ -1,4 +1,5 @@
 /* mla_layer_from_tensors: rebuild a layer from the tensors of a checkpoint. */
+#include <stdio.h>
 #include <string.h>
 
 #include <mla/convert.h>
@@ -109,11 +110,17 @@ static mla_status take(spec *e)
     for (int i = e->ndim; i < t->ndim && i < MLA_TENSOR_MAX_DIMS; i++)
         extra |= t->shape[i] != 1;
     if (t->ndim < 1 || t->ndim > MLA_TENSOR_MAX_DIMS || extra || got0 != e->d0 ||
-        (e->ndim > 1 && got1 != e->d1) || (e->ndim == 1 && t->ndim > 1 && got1 != 1))
-        return mla_fail(MLA_ERR_SHAPE_MISMATCH,
-                        "tensor %s: expected shape [%lld, %lld], got ndim %d [%lld, %lld]",
-                        e->name, (long long)e->d0, (long long)e->d1, (int)t->ndim,
-                        (long long)got0, (long long)got1);
+        (e->ndim > 1 && got1 != e->d1) || (e->ndim == 1 && t->ndim > 1 && got1 != 1)) {
+        /* The given shape whole: a wrong third dimension is as much the error as a wrong first. */
+        char got[24 * MLA_TENSOR_MAX_DIMS] = "";
+        size_t used = 0;
+        for (int i = 0; i < t->ndim && i < MLA_TENSOR_MAX_DIMS && used < sizeof got; i++)
+            used += (size_t)snprintf(got + used, sizeof got - used, "%s%lld", i ? ", " : "",
+                                     (long long)t->shape[i]);
+        return mla_fail(MLA_ERR_SHAPE_MISMATCH, "tensor %s: expected shape [%lld, %lld], got "
+                        "ndim %d [%s]", e->name, (long long)e->d0, (long long)e->d1,
+                        (int)t->ndim, got);
+    }
     size_t count = (size_t)e->d0 * (size_t)e->d1;
     if (e->index_tensor) {
         if (t->dtype != MLA_DTYPE_I32)
@@ -167,8 +174,10 @@ MLA_API mla_status mla_layer_from_tensors(const mla_geometry *g_in, int32_t rope
     mla_status st = mla__geometry_read(g_in, &g);
     if (st != MLA_OK)
         return st;
-    if (n_tensors < 0 || (n_tensors > 0 && !tensors))
-        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "tensors is NULL or n_tensors (%d) < 0",
+    if (n_tensors < 0)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "n_tensors is %d, must be ≥ 0", (int)n_tensors);
+    if (n_tensors > 0 && !tensors)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "tensors is NULL with n_tensors %d",
                         (int)n_tensors);
     for (int32_t i = 0; i < n_tensors; i++)
         if (!tensors[i].name)

@@ -135,6 +135,67 @@ static void bad_checkpoints(void)
               strstr(mla_last_error(), "q_proj.weight[1][36]") && !out,
           "NaN: %s", mla_last_error());
     free(nan_copy);
+
+    /* Each remaining check of mla_layer_from_tensors: the status, a message naming what was
+     * wrong, and no layer. */
+    memcpy(bad, t, sizeof bad);
+    bad[iu].dtype = MLA_DTYPE_I32;
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "kv_proj.up_k.weight: dtype i32") && !out,
+          "a weight of integers: %s", mla_last_error());
+    memcpy(bad, t, sizeof bad);
+    bad[ir].dtype = MLA_DTYPE_F32;
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "rope_dims: dtype f32, expected i32") && !out,
+          "rope_dims of floats: %s", mla_last_error());
+    memcpy(bad, t, sizeof bad);
+    bad[iu].data = NULL;
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "kv_proj.up_k.weight: data is NULL") && !out,
+          "no data: %s", mla_last_error());
+    memcpy(bad, t, sizeof bad);
+    bad[iu].ndim = 3;
+    bad[iu].shape[2] = 2;
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_SHAPE_MISMATCH &&
+              strstr(mla_last_error(), "kv_proj.up_k.weight") &&
+              strstr(mla_last_error(), "ndim 3 [24, 6, 2]") && !out,
+          "a third dimension that is not 1: %s", mla_last_error());
+    memcpy(bad, t, sizeof bad);
+    bad[2].name = NULL;
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "tensors[2].name is NULL") && !out,
+          "a nameless tensor: %s", mla_last_error());
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, t, -1, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "n_tensors is -1") && !out,
+          "a negative count: %s", mla_last_error());
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, NULL, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "tensors is NULL with n_tensors 7") && !out,
+          "no array: %s", mla_last_error());
+    memcpy(bad, t, sizeof bad);
+    bad[n] = t[iu];
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n + 1, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "tensor kv_proj.up_k.weight is given twice") && !out,
+          "a tensor given twice: %s", mla_last_error());
+    float zeros[2 * 12] = {0};
+    memcpy(bad, t, sizeof bad);
+    bad[n] = (mla_tensor){.name = "kv_proj.up_k.bias", .dtype = MLA_DTYPE_F32, .ndim = 1,
+                          .shape = {2 * 12}, .data = zeros};
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n + 1, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "kv_proj.up_k.bias is given but geometry.qkv_bias "
+                                       "is 0") && !out,
+          "a bias the geometry does not have: %s", mla_last_error());
+    memcpy(bad, t, sizeof bad);
+    bad[n] = (mla_tensor){.name = "k_proj.weight", .dtype = MLA_DTYPE_F32, .ndim = 2,
+                          .shape = {32, 64}, .data = zeros};
+    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n + 1, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "need exactly one of") && !out,
+          "MHA and MLA tensors together: %s", mla_last_error());
+    CHECK(mla_layer_from_tensors(&s.g, 3, 3, t, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "rope_dim is 3") && !out,
+          "an odd rope_dim: %s", mla_last_error());
+    CHECK(mla_layer_from_tensors(&s.g, 4, 0, t, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "d_kv is 0") && !out,
+          "d_kv 0: %s", mla_last_error());
     mla_layer_destroy(l);
     src_free(&s);
 }
