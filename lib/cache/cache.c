@@ -59,8 +59,9 @@ static size_t align_up(size_t x)
 static mla_status check_params(const mla_cache_params *p)
 {
     if (p->n_layers < 1 || p->n_layers > MAX_DIM)
-        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache params: n_layers is %d, expected ≥ 1",
-                        (int)p->n_layers);
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "cache params: n_layers is %d, expected 1 .. %d", (int)p->n_layers,
+                        MAX_DIM);
     if (!p->layers)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache params: layers is NULL");
     if (!is_latent_dtype(p->latent_dtype))
@@ -169,8 +170,9 @@ static mla_status check_layers(const mla_cache_params *p)
     for (int32_t l = 0; l < p->n_layers; l++) {
         const mla_cache_layer_desc *d = &p->layers[l];
         if (d->latent_dim < 1 || d->latent_dim > MAX_DIM)
-            return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache params: layer %d: latent_dim is %d",
-                            (int)l, (int)d->latent_dim);
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "cache params: layer %d: latent_dim is %d, expected 1 .. %d", (int)l,
+                            (int)d->latent_dim, MAX_DIM);
         /* quant_group 0: resolve_group picks one that divides every width */
         if (is_quant(p->latent_dtype) && p->quant_group > 0 && d->latent_dim % p->quant_group)
             return mla_fail(MLA_ERR_INVALID_ARGUMENT,
@@ -181,8 +183,8 @@ static mla_status check_layers(const mla_cache_params *p)
             (int64_t)d->rope_heads * d->rope_dim > MAX_DIM)
             return mla_fail(MLA_ERR_INVALID_ARGUMENT,
                             "cache params: layer %d: rope_heads %d, rope_dim %d (rope_dim must be "
-                            "even; both 0 or both positive)", (int)l, (int)d->rope_heads,
-                            (int)d->rope_dim);
+                            "even; both 0 or both positive; at most %d values a token)", (int)l,
+                            (int)d->rope_heads, (int)d->rope_dim, MAX_DIM);
         if (d->rope_dim > 0 && !d->rope_freqs)
             return mla_fail(MLA_ERR_INVALID_ARGUMENT,
                             "cache params: layer %d: rope_freqs is NULL with rope_dim %d",
@@ -197,8 +199,9 @@ static mla_status check_layers(const mla_cache_params *p)
                             "cache params: layer %d: rope_position_scale is %g", (int)l,
                             d->rope_position_scale);
         if (d->mha_kv_dim < 0 || d->mha_kv_dim > MAX_DIM)
-            return mla_fail(MLA_ERR_INVALID_ARGUMENT, "cache params: layer %d: mha_kv_dim is %d",
-                            (int)l, (int)d->mha_kv_dim);
+            return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                            "cache params: layer %d: mha_kv_dim is %d, expected 0 .. %d", (int)l,
+                            (int)d->mha_kv_dim, MAX_DIM);
     }
     return MLA_OK;
 }

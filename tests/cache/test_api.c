@@ -70,13 +70,21 @@ static void bad_params(void)
               strstr(mla_last_error(), cases[i].field),
               "bad %s refused, out untouched: %s", cases[i].field, mla_last_error());
     }
-    mla_cache_layer_desc bad[5] = {layer(0, 1, 4), layer(16, 1, 3), layer(16, 0, 4),
-                                   layer(16, 1, 4), layer(16, 1, 4)};
+    static const float nan_freqs[2] = {1.0f, NAN};
+    mla_cache_layer_desc bad[9] = {layer(0, 1, 4), layer(16, 1, 3), layer(16, 0, 4),
+                                   layer(16, 1, 4), layer(16, 1, 4), layer(16, 1, 4),
+                                   layer(16, 1, 4), layer((1 << 24) + 1, 1, 4), layer(16, 4096, 8192)};
     bad[3].rope_freqs = NULL;
     bad[4].rope_position_scale = -1;
-    const char *what[5] = {"latent_dim", "rope_dim", "rope_heads", "rope_freqs",
-                           "rope_position_scale"};
-    for (int i = 0; i < 5; i++) {
+    bad[5].rope_freqs = nan_freqs;
+    bad[6].mha_kv_dim = -1;
+    /* Each message names the field, and where there is a range, the range. */
+    const char *what[9] = {"latent_dim is 0, expected 1 .. 16777216", "rope_dim", "rope_heads",
+                           "rope_freqs", "rope_position_scale", "rope_freqs[1] is not finite",
+                           "mha_kv_dim is -1, expected 0 .. 16777216",
+                           "latent_dim is 16777217, expected 1 .. 16777216",
+                           "at most 16777216 values a token"};
+    for (int i = 0; i < 9; i++) {
         mla_cache_layer_desc two[2] = {layer(16, 1, 4), bad[i]};
         mla_cache_params q = params(two, 2);
         mla_status st = mla_cache_create(&q, &c);
@@ -84,6 +92,16 @@ static void bad_params(void)
               strstr(mla_last_error(), "layer 1") && strstr(mla_last_error(), what[i]),
               "bad %s of layer 1 refused: %s", what[i], mla_last_error());
     }
+    mla_cache_params huge = p;
+    huge.n_layers = 1 << 30;
+    CHECK(mla_cache_create(&huge, &c) == MLA_ERR_INVALID_ARGUMENT && c == sentinel &&
+              strstr(mla_last_error(), "n_layers is 1073741824, expected 1 .. 16777216"),
+          "too many layers refused, the limit named: %s", mla_last_error());
+    huge = p;
+    huge.capacity_tokens = INT64_MAX;
+    CHECK(mla_cache_create(&huge, &c) == MLA_ERR_INVALID_ARGUMENT && c == sentinel &&
+              strstr(mla_last_error(), "do not fit in memory"),
+          "a capacity beyond memory refused: %s", mla_last_error());
     CHECK(mla_cache_create(NULL, &c) == MLA_ERR_INVALID_ARGUMENT, "NULL params refused");
     CHECK(mla_cache_create(&p, NULL) == MLA_ERR_INVALID_ARGUMENT, "NULL out refused");
     mla_cache_destroy(NULL);
@@ -269,6 +287,17 @@ static void write_rules(void)
           "a run that crosses the gap is refused");
     CHECK(mla_cache_reserve(c, 0, 16, 1) == MLA_ERR_INVALID_ARGUMENT,
           "reserve not after the last position refused");
+    mla_cache_stats gs;
+    mla_status g1 = mla_cache_get_stats(NULL, &gs, sizeof gs);
+    int n1 = strstr(mla_last_error(), "cache is NULL") != NULL;
+    mla_status g2 = mla_cache_get_stats(c, NULL, sizeof gs);
+    int n2 = strstr(mla_last_error(), "stats is NULL") != NULL;
+    mla_status g3 = mla_cache_get_stats(c, &gs, 3);
+    int n3 = strstr(mla_last_error(), "struct_size is 3") != NULL;
+    CHECK(g1 == MLA_ERR_INVALID_ARGUMENT && g2 == MLA_ERR_INVALID_ARGUMENT &&
+              g3 == MLA_ERR_INVALID_ARGUMENT && n1 && n2 && n3,
+          "mla_cache_get_stats refuses a NULL cache, NULL stats and a struct_size too small "
+          "for its own field, each by name");
     /* Written prefixes: layer 0 skipped slot 10 (reserved, never written), layer 1 wrote
      * 10..14; writing 10 in layer 0 extends its prefix by that write only. */
     int64_t w0 = -1, w1 = -1;
