@@ -44,6 +44,11 @@ MLA_INTERNAL void *mla_calloc(size_t count, size_t size);
 MLA_INTERNAL void mla_free(void *p);
 /* An aligned copy of n floats; NULL on failure. */
 MLA_INTERNAL float *mla_dup_f32(const float *src, size_t n);
+/* Fault injection for tests: after n more successful mla_alloc calls (in any thread) the next
+ * one returns NULL, once; n < 0 turns it off. _pending: the count left, negative once it fired
+ * (or when off). */
+MLA_INTERNAL void mla__alloc_fail_after(long long n);
+MLA_INTERNAL long long mla__alloc_fail_pending(void);
 
 /* a·b without overflow: returns 1 and stores the product, or 0 on overflow. */
 MLA_INTERNAL int mla_mul_size(size_t a, size_t b, size_t *out);
