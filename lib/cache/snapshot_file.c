@@ -73,7 +73,7 @@ MLA_API mla_status mla_cache_save_file(const mla_cache *c, int32_t seq, const ch
     if (st != MLA_OK)
         return st;
     size_t len = strlen(path);
-    char *tmp = malloc(len + sizeof ".tmp.XXXXXX");
+    char *tmp = mla_alloc(len + sizeof ".tmp.XXXXXX");
     if (!tmp)
         return mla_fail(MLA_ERR_OUT_OF_MEMORY, "mla_cache_save_file: %s", path);
     memcpy(tmp, path, len);
@@ -84,7 +84,7 @@ MLA_API mla_status mla_cache_save_file(const mla_cache *c, int32_t seq, const ch
         int err = errno;
         st = mla_fail(MLA_ERR_IO, "mla_cache_save_file: cannot create a temporary file for %s: "
                       "%s", path, errno_text(err, msg, sizeof msg));
-        free(tmp);
+        mla_free(tmp);
         return st;
     }
     fd_sink sink = {fd, 0};
@@ -105,7 +105,7 @@ MLA_API mla_status mla_cache_save_file(const mla_cache *c, int32_t seq, const ch
     }
     if (st == MLA_OK && !err) {
         sync_dir(path);
-        free(tmp);
+        mla_free(tmp);
         return MLA_OK;
     }
     unlink(tmp);
@@ -114,7 +114,7 @@ MLA_API mla_status mla_cache_save_file(const mla_cache *c, int32_t seq, const ch
                       path, tmp, err ? errno_text(err, msg, sizeof msg) : "unknown error");
     else
         st = mla_fail_context(st, "mla_cache_save_file: %s: ", path);
-    free(tmp);
+    mla_free(tmp);
     return st;
 }
 

@@ -6,10 +6,12 @@
  * leak nothing (LeakSanitizer and valgrind in CI). A run in which the failure was absorbed (a
  * fallback that needs no memory) must give the result of the run without it.
  */
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mla/mla.h>
 
@@ -317,6 +319,56 @@ static mla_status snapshot_load(state *s, float *result, size_t *n_result)
     return st;
 }
 
+/* Saving to a file over an earlier snapshot: a failed save leaves that file, byte for byte, and
+ * no temporary beside it (checked here: a difference turns the status into INTERNAL). */
+static char dir[64], target[96];
+
+static unsigned char *file_bytes(size_t *n)
+{
+    FILE *h = fopen(target, "rb");
+    unsigned char *b = malloc(1 << 16);
+    *n = h ? fread(b, 1, 1 << 16, h) : 0;
+    if (h)
+        fclose(h);
+    return b;
+}
+
+static int files_in_dir(void)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static void setup_save(state *s)
+{
+    mla_cache_save_file(s->cache, 1, target);
+}
+
+static mla_status save_file(state *s, float *result, size_t *n_result)
+{
+    (void)result;
+    *n_result = 0;
+    size_t n0, n1;
+    unsigned char *before = file_bytes(&n0);
+    mla_status st = mla_cache_save_file(s->cache, -1, target);
+    unsigned char *after = file_bytes(&n1);
+    if (st != MLA_OK && (n0 != n1 || memcmp(before, after, n0) != 0 || files_in_dir() != 1)) {
+        char why[256]; /* mla_fail writes the buffer mla_last_error reads */
+        snprintf(why, sizeof why, "%s", mla_last_error());
+        st = mla_fail(MLA_ERR_INTERNAL, "the failed save changed %s or left a temporary (%s)",
+                      target, why);
+    }
+    free(before);
+    free(after);
+    return st;
+}
+
 /* ---- the driver ----------------------------------------------------------------------------- */
 
 /* A layer converted without injection, and a cache holding sequence 0 (20 tokens) and its fork,
@@ -430,6 +482,12 @@ int main(void)
     run("a copy of part of a sequence", cache_cp);
     run_after("a context shift of a forked sequence", setup_shift, cache_shift);
     run("a snapshot saved and loaded", snapshot_load);
+    strcpy(dir, "/tmp/mla_oom.XXXXXX");
+    CHECK(mkdtemp(dir) != NULL, "a scratch directory");
+    snprintf(target, sizeof target, "%s/seq.mlac", dir);
+    run_after("a snapshot saved over an earlier file", setup_save, save_file);
+    unlink(target);
+    rmdir(dir);
     src_free(&src);
     return tap_done();
 }
