@@ -144,21 +144,28 @@ int tool_demo(int argc, char **argv)
 {
     const shape sh = {576, 9, 3, 64}; /* SmolLM-135M attention */
     int n_tokens = 512, prefill = 448, n_calib = 2048, r = 8, d_kv = 16;
+    static const char usage[] = "usage: mla demo [--tokens N] [--rope-dim R] [--d-kv K]\n";
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--tokens") == 0 && i + 1 < argc)
-            n_tokens = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--rope-dim") == 0 && i + 1 < argc)
-            r = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--d-kv") == 0 && i + 1 < argc)
-            d_kv = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "usage: mla demo [--tokens N] [--rope-dim R] [--d-kv K]\n");
+        /* Values are checked whole here; what they mean for the layer (an odd rope_dim, a
+         * d_kv above head_dim) the library checks and explains. */
+        const char *o = argv[i];
+        if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        int *dst = strcmp(o, "--tokens") == 0 ? &n_tokens : strcmp(o, "--rope-dim") == 0 ? &r
+                 : strcmp(o, "--d-kv") == 0 ? &d_kv : NULL;
+        if (!dst) {
+            fprintf(stderr, "mla demo: unknown option '%s'\n%s", o, usage);
             return 2;
         }
-    }
-    if (n_tokens < 2) {
-        fprintf(stderr, "mla demo: --tokens must be at least 2\n");
-        return 2;
+        if (i + 1 >= argc) {
+            fprintf(stderr, "mla demo: %s needs a value\n%s", o, usage);
+            return 2;
+        }
+        long lo = dst == &n_tokens ? 2 : dst == &d_kv ? 1 : 0;
+        if (!tool_int_option("demo", o, argv[++i], lo, 1 << 20, dst))
+            return 2;
     }
     if (prefill >= n_tokens)
         prefill = n_tokens * 7 / 8;
@@ -297,13 +304,20 @@ int tool_demo(int argc, char **argv)
             s = run_in_new_cache(attn, full, MLA_DTYPE_F32, x, n_tokens, prefill, sh.d, out_full);
         if (s == MLA_OK)
             s = run_in_new_cache(attn, mha, MLA_DTYPE_F32, x, n_tokens, prefill, sh.d, ref);
+        double full_err = s == MLA_OK ? rel_diff(out_full, ref, (size_t)n_tokens * sh.d) : 0;
         if (s == MLA_OK)
             printf("  full-rank conversion (r = %d, d_kv = %d) vs MHA, f32 caches: relative "
-                   "error %.2e\n", sh.d_h, sh.d_h, rel_diff(out_full, ref, (size_t)n_tokens * sh.d));
+                   "error %.2e\n", sh.d_h, sh.d_h, full_err);
         free(ref);
         mla_layer_destroy(full);
         free(out_full);
         TRY(s);
+        /* The method's identity (../shared/mha2mla.md): float32 rounding, far below 1e-4. */
+        if (!(full_err <= 1e-4)) {
+            fprintf(stderr, "mla demo: the full-rank conversion does not reproduce the MHA "
+                    "layer (relative error %.2e > 1e-4)\n", full_err);
+            goto done;
+        }
     }
 
     /* 4. the saving */
@@ -362,13 +376,20 @@ int tool_demo(int argc, char **argv)
             s = mla_attn_forward(attn, layer, cache, 0, xn, 1, &sq, &p, o1);
         if (s == MLA_OK)
             s = mla_attn_forward(attn, layer, restored, 0, xn, 1, &sq, &p, out_back);
+        double snap_diff = s == MLA_OK ? rel_diff(out_back, o1, (size_t)sh.d) : 0;
         if (s == MLA_OK)
             printf("\nsnapshot: sequence 0 saved to a file and restored (%lld tokens); the next "
                    "token's output differs by %.1e between original and restored\n",
-                   (long long)len, rel_diff(out_back, o1, (size_t)sh.d));
+                   (long long)len, snap_diff);
         free(xn);
         free(o1);
         TRY(s);
+        /* A snapshot holds the cache's bytes: the restored cache continues bit for bit. */
+        if (snap_diff != 0) {
+            fprintf(stderr, "mla demo: the restored cache does not continue like the original "
+                    "(relative difference %.1e)\n", snap_diff);
+            goto done;
+        }
     }
     rc = 0;
 done:
