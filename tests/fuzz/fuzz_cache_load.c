@@ -7,10 +7,11 @@
  *
  * Built with -DMLA_FUZZING and -fsanitize=fuzzer it is a libFuzzer target. Built normally (as
  * meson does) it is a program:
- *   fuzz_cache_load FILE...           replay inputs
+ *   fuzz_cache_load FILE|DIR...       replay inputs (a directory: each file in it)
  *   fuzz_cache_load --write-seeds DIR write a seed corpus (valid snapshots of several shapes)
  *   fuzz_cache_load --self-test       seeds and random mutations of them, as a TAP test
  */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,6 +242,38 @@ static int write_seeds(const char *dir)
     return 0;
 }
 
+/* Replay one input file, or every file of a directory (a corpus the fuzzer minimized). */
+static int replay(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        int rc = 0, n = 0;
+        struct dirent *e;
+        char sub[4096];
+        while (rc == 0 && (e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            rc = replay(sub);
+            n++;
+        }
+        closedir(d);
+        printf("%s: %d inputs\n", path, n);
+        return rc;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        return 1;
+    }
+    unsigned char *b = malloc(1 << 20);
+    size_t n = fread(b, 1, 1 << 20, f);
+    fclose(f);
+    LLVMFuzzerTestOneInput(b, n);
+    free(b);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int rc = 0;
@@ -249,19 +282,8 @@ int main(int argc, char **argv)
     else if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0)
         rc = write_seeds(argv[2]);
     else
-        for (int i = 1; i < argc; i++) {
-            FILE *f = fopen(argv[i], "rb");
-            if (!f) {
-                perror(argv[i]);
-                return 1;
-            }
-            unsigned char *b = malloc(1 << 20);
-            size_t n = fread(b, 1, 1 << 20, f);
-            fclose(f);
-            LLVMFuzzerTestOneInput(b, n);
-            free(b);
-            printf("%s: ok\n", argv[i]);
-        }
+        for (int i = 1; i < argc && rc == 0; i++)
+            rc = replay(argv[i]);
     mla_cache_destroy(cache);
     free(initial);
     return rc;
