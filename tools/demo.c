@@ -145,17 +145,23 @@ int tool_demo(int argc, char **argv)
     const shape sh = {576, 9, 3, 64}; /* SmolLM-135M attention */
     int n_tokens = 512, prefill = 448, n_calib = 2048, r = 8, d_kv = 16;
     static const char usage[] = "usage: mla demo [--tokens N] [--rope-dim R] [--d-kv K]\n";
+    /* Values are read whole here; what they mean for the layer (an odd rope_dim, a latent wider
+     * than the rank of [W_k_nope; W_v]) the library checks and explains. */
+    const struct {
+        const char *name;
+        int *value;
+        long lo;
+    } opts[] = {{"--tokens", &n_tokens, 2}, {"--rope-dim", &r, 0}, {"--d-kv", &d_kv, 1}};
     for (int i = 1; i < argc; i++) {
-        /* Values are checked whole here; what they mean for the layer (an odd rope_dim, a
-         * d_kv above head_dim) the library checks and explains. */
         const char *o = argv[i];
         if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
             fputs(usage, stdout);
             return 0;
         }
-        int *dst = strcmp(o, "--tokens") == 0 ? &n_tokens : strcmp(o, "--rope-dim") == 0 ? &r
-                 : strcmp(o, "--d-kv") == 0 ? &d_kv : NULL;
-        if (!dst) {
+        size_t k = 0;
+        while (k < sizeof opts / sizeof opts[0] && strcmp(o, opts[k].name) != 0)
+            k++;
+        if (k == sizeof opts / sizeof opts[0]) {
             fprintf(stderr, "mla demo: unknown option '%s'\n%s", o, usage);
             return 2;
         }
@@ -163,8 +169,7 @@ int tool_demo(int argc, char **argv)
             fprintf(stderr, "mla demo: %s needs a value\n%s", o, usage);
             return 2;
         }
-        long lo = dst == &n_tokens ? 2 : dst == &d_kv ? 1 : 0;
-        if (!tool_int_option("demo", o, argv[++i], lo, 1 << 20, dst))
+        if (!tool_int_option("demo", o, argv[++i], opts[k].lo, 1 << 20, opts[k].value))
             return 2;
     }
     if (prefill >= n_tokens)
