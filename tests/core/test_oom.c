@@ -89,6 +89,19 @@ static int print_same(const print *a, const print *b)
 
 typedef mla_status (*scenario_fn)(state *s, float *result, size_t *n_result);
 
+/* A layer's tensor as a scenario's result. */
+static mla_status copy_tensor(const mla_layer *l, const char *name, float *result,
+                              size_t *n_result)
+{
+    mla_tensor t;
+    mla_status st = mla_layer_tensor_by_name(l, name, &t);
+    if (st == MLA_OK) {
+        *n_result = (size_t)(t.shape[0] * t.shape[1]);
+        memcpy(result, t.data, *n_result * sizeof *result);
+    }
+    return st;
+}
+
 static mla_status convert_2norm(state *s, float *result, size_t *n_result)
 {
     (void)s;
@@ -105,14 +118,8 @@ static mla_status convert_2norm(state *s, float *result, size_t *n_result)
     p.factorization = MLA_FACTOR_ACTIVATION_JOINT;
     if (st == MLA_OK)
         st = mla_layer_convert(&src.g, &src.w, cal, &p, &l);
-    if (st == MLA_OK) {
-        mla_tensor t;
-        st = mla_layer_tensor_by_name(l, "kv_proj.up_v.weight", &t);
-        if (st == MLA_OK) {
-            *n_result = (size_t)(t.shape[0] * t.shape[1]);
-            memcpy(result, t.data, *n_result * sizeof *result);
-        }
-    }
+    if (st == MLA_OK)
+        st = copy_tensor(l, "kv_proj.up_v.weight", result, n_result);
     mla_layer_destroy(l);
     mla_calib_destroy(cal);
     return st;
@@ -129,14 +136,8 @@ static mla_status convert_split(state *s, float *result, size_t *n_result)
     p.d_kv = 3;
     p.factorization = MLA_FACTOR_SPLIT;
     mla_status st = mla_layer_convert(&src.g, &src.w, NULL, &p, &l);
-    if (st == MLA_OK) {
-        mla_tensor t;
-        st = mla_layer_tensor_by_name(l, "kv_proj.up_k.weight", &t);
-        if (st == MLA_OK) {
-            *n_result = (size_t)(t.shape[0] * t.shape[1]);
-            memcpy(result, t.data, *n_result * sizeof *result);
-        }
-    }
+    if (st == MLA_OK)
+        st = copy_tensor(l, "kv_proj.up_k.weight", result, n_result);
     mla_layer_destroy(l);
     return st;
 }
@@ -151,12 +152,8 @@ static mla_status rebuild_from_tensors(state *s, float *result, size_t *n_result
     mla_layer *l = NULL;
     mla_status st = mla_layer_from_tensors(&src.g, info.rope_dim, info.d_kv, t, info.n_tensors,
                                            &l);
-    if (st == MLA_OK) {
-        mla_tensor u;
-        mla_layer_tensor_by_name(l, "q_proj.weight", &u);
-        *n_result = 16;
-        memcpy(result, u.data, 16 * sizeof *result);
-    }
+    if (st == MLA_OK)
+        st = copy_tensor(l, "kv_proj.up_k.weight", result, n_result);
     mla_layer_destroy(l);
     return st;
 }
