@@ -7,7 +7,6 @@
  * fallback that needs no memory) must give the result of the run without it.
  */
 #include <dirent.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +34,8 @@ typedef struct state {
     mla_cache *cache;
 } state;
 
-/* Everything a cache holds that a caller can read: per sequence its positions and, per layer,
- * its written count and values. */
+/* Everything a caller can read of the cache (one layer here): per sequence its length, written
+ * count, positions and cached values. */
 typedef struct print {
     double *v;
     size_t n;
