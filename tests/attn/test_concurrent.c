@@ -6,7 +6,8 @@
  * another on a cache of its own are the reference: every output must agree with it (to float32
  * rounding: the blocks the threads interleave may group a sum differently), and each sequence's
  * cached positions and values must be the same bit for bit. CI also runs it under
- * ThreadSanitizer (suite "threads").
+ * ThreadSanitizer (suite "threads"), with one thread a forward; MLA_TEST_FORWARD_THREADS=n gives
+ * each forward n OpenMP threads (attn/concurrent-omp: 2, four handles on two cores).
  */
 #include <math.h>
 #include <pthread.h>
@@ -36,11 +37,13 @@ typedef struct job {
     mla_status st;
 } job;
 
-static mla_attn *attn_one_thread(void)
+static int forward_threads = 1;
+
+static mla_attn *attn_new(void)
 {
     mla_attn_params p;
     mla_attn_default_params(&p, sizeof p);
-    p.n_threads = 1;
+    p.n_threads = forward_threads;
     mla_attn *a = NULL;
     return mla_attn_create(&p, &a) == MLA_OK ? a : NULL;
 }
@@ -59,7 +62,7 @@ static mla_status prompt(mla_attn *a, mla_cache *c, int32_t seq, float *out)
 static void *run_seq(void *arg)
 {
     job *jb = arg;
-    mla_attn *a = attn_one_thread();
+    mla_attn *a = attn_new();
     jb->st = a ? MLA_OK : MLA_ERR_OUT_OF_MEMORY;
     if (jb->st == MLA_OK && jb->prompt)
         jb->st = prompt(a, jb->cache, jb->seq, jb->out);
@@ -86,7 +89,7 @@ static mla_cache *start(float *out0)
     p.capacity_tokens = N_SEQ * N_IN + 16;
     p.n_seq_max = N_SEQ;
     mla_cache *c = NULL;
-    mla_attn *a = attn_one_thread();
+    mla_attn *a = attn_new();
     mla_status st = a ? mla_cache_create(&p, &c) : MLA_ERR_OUT_OF_MEMORY;
     if (st == MLA_OK)
         st = prompt(a, c, 0, out0);
@@ -126,6 +129,8 @@ static int same_contents(const mla_cache *a, const mla_cache *b)
 
 int main(void)
 {
+    const char *ft = getenv("MLA_TEST_FORWARD_THREADS");
+    forward_threads = ft && atoi(ft) > 0 ? atoi(ft) : 1;
     src_layer src;
     src_layer_init(&src, D, 8, 2, 16, 1, 77, 0.3);
     mla_convert_params cp;
