@@ -2,10 +2,12 @@
  * Row storage: float32 in, the cache's types out (f32, f16, bf16, i8 and i4 with per-group
  * scales), and back (the portable kernel of mla__cache_span_to_f32, the oracle of the others).
  *
- * Quantization is symmetric per group of quant_group values: scale = max|x| / 127 (i8) or / 7
- * (i4), q = round(x / scale), stored value q·scale. The ratio is taken in double, so q is the
- * nearest integer to x/scale and |x − q·scale| ≤ scale/2 up to the rounding of the product.
- * i4 uses [−7, 7] (symmetric); −8 is still decoded should a snapshot hold it.
+ * Quantization is symmetric per group of quant_group values, q = round(x / scale), stored value
+ * q·scale. i8: scale = max|x| / 127, codes in [−127, 127]. i4 uses all 16 codes, [−8, 7]:
+ * scale = max(max x / 7, max −x / 8), the smallest step that keeps every value of the group in
+ * range, so a group whose largest magnitude is negative gets a step 8/7 finer (5–6% less error
+ * on Gaussian groups of 8 to 32). The ratio is taken in double, so q is the nearest integer to
+ * x/scale and |x − q·scale| ≤ scale/2 up to the rounding of the product.
  */
 #include <math.h>
 #include <string.h>
@@ -27,24 +29,31 @@ int64_t mla__cache_check_values(const float *x, int64_t n, mla_dtype dtype)
     return -1;
 }
 
-static int qround(float x, float scale, int qmax)
+/* The code of x: the nearest integer to x / scale, in [qneg, qpos] (the scale keeps it there;
+ * the clamp only guards the rounding of a scale taken next to FLT_MAX). */
+static int qround(float x, float scale, int qneg, int qpos)
 {
     long v = scale > 0 ? lrint((double)x / (double)scale) : 0;
-    return v > qmax ? qmax : v < -qmax ? -qmax : (int)v;
+    return v > qpos ? qpos : v < qneg ? qneg : (int)v;
 }
 
-/* Scales of a row: max|x| / qmax per group. */
-static void group_scales(const float *x, int32_t n, int32_t group, int qmax, float *scales)
+/* Scales of a row, per group: max(max x / qpos, max −x / −qneg), for i8 (qneg = −qpos) max|x| /
+ * qpos. */
+static void group_scales(const float *x, int32_t n, int32_t group, int qneg, int qpos,
+                         float *scales)
 {
     for (int32_t g = 0; g < n / group; g++) {
-        float amax = 0;
-        for (int32_t i = 0; i < group; i++)
-            if (fabsf(x[(size_t)g * (size_t)group + (size_t)i]) > amax)
-                amax = fabsf(x[(size_t)g * (size_t)group + (size_t)i]);
-        float sc = amax / (float)qmax;
-        /* amax near FLT_MAX: the quotient may round up so that qmax · scale overflows to
-         * infinity on reading; the next float down keeps it finite (codes are clamped). */
-        if (isinf(sc * (float)qmax))
+        const float *xg = x + (size_t)g * (size_t)group;
+        float pmax = 0, nmax = 0;
+        for (int32_t i = 0; i < group; i++) {
+            pmax = xg[i] > pmax ? xg[i] : pmax;
+            nmax = -xg[i] > nmax ? -xg[i] : nmax;
+        }
+        float sp = pmax / (float)qpos, sn = nmax / (float)-qneg;
+        float sc = sp > sn ? sp : sn;
+        /* max near FLT_MAX: the quotient may round up so that the largest code times the scale
+         * overflows to infinity on reading; the next float down keeps it finite. */
+        if (isinf(sc * (float)-qneg) || isinf(sc * (float)qpos))
             sc = nextafterf(sc, 0.0f);
         scales[g] = sc;
     }
@@ -62,19 +71,19 @@ void mla__cache_encode_latent(const mla_cache_layer_format *f, const float *x, v
         break;
     case MLA_DTYPE_I8: {
         int8_t *q = row;
-        group_scales(x, d, f->quant_group, 127, scales);
+        group_scales(x, d, f->quant_group, -127, 127, scales);
         for (int32_t i = 0; i < d; i++)
-            q[i] = (int8_t)qround(x[i], scales[i / f->quant_group], 127);
+            q[i] = (int8_t)qround(x[i], scales[i / f->quant_group], -127, 127);
         break;
     }
     case MLA_DTYPE_I4: {
         /* groups have even size, so a byte never straddles two scales */
         unsigned char *q = row;
-        group_scales(x, d, f->quant_group, 7, scales);
+        group_scales(x, d, f->quant_group, -8, 7, scales);
         for (int32_t i = 0; i < d; i += 2) {
             float sc = scales[i / f->quant_group];
-            unsigned lo = (unsigned)qround(x[i], sc, 7) & 0xf;
-            unsigned hi = (unsigned)qround(x[i + 1], sc, 7) & 0xf;
+            unsigned lo = (unsigned)qround(x[i], sc, -8, 7) & 0xf;
+            unsigned hi = (unsigned)qround(x[i + 1], sc, -8, 7) & 0xf;
             q[i / 2] = (unsigned char)(lo | hi << 4);
         }
         break;

@@ -1,8 +1,8 @@
 /*
  * Storage types of the latent cache:
- * - i8 and i4: every value read back is within scale/2 of what was written, with scale =
- *   max|x| / 127 (or / 7) of its group, computed here; the stored codes stay in [−127, 127] and
- *   [−7, 7]; and the error is really that of 8 or 4 bits (not smaller).
+ * - i8 and i4: every value read back is within scale/2 of what was written, with scale computed
+ *   here per group: max|x| / 127 for i8, max(max x / 7, max −x / 8) for i4; the stored codes stay
+ *   in [−127, 127] and [−8, 7], i4 using all 16; and the error is really that of 8 or 4 bits.
  * - f16, bf16 latents read back as the round-to-nearest conversion of the input; f32 exactly.
  * - the RoPE part is exact in f32 and the nearest f16/bf16 otherwise, whatever the latent type.
  * - the AVX-512 dequantization equals the portable one bit for bit (when the CPU has it).
@@ -73,10 +73,23 @@ static float rounded(float x, mla_dtype t)
     return x;
 }
 
+
+/* The scale of a group as doc/cache.md defines it: the smallest that keeps every value's code
+ * in [qneg, qpos], max(max x / qpos, max −x / −qneg). */
+static double group_scale(const float *x, int n, int qneg, int qpos)
+{
+    double pmax = 0, nmax = 0;
+    for (int i = 0; i < n; i++) {
+        pmax = fmax(pmax, x[i]);
+        nmax = fmax(nmax, -x[i]);
+    }
+    return fmax(pmax / qpos, nmax / -qneg);
+}
 static void quantized(mla_dtype lt, int group)
 {
     static float lat[NTOK * D], rope[NTOK * RW], lat2[NTOK * D], rope2[NTOK * RW];
-    const int qmax = lt == MLA_DTYPE_I8 ? 127 : 7;
+    /* codes in [qneg, qpos] */
+    const int qpos = lt == MLA_DTYPE_I8 ? 127 : 7, qneg = lt == MLA_DTYPE_I8 ? -127 : -8;
     const char *name = mla_dtype_name(lt);
     mla_cache *c = make(lt, MLA_DTYPE_F32, group, D);
     data(lat, NTOK * D, group);
@@ -89,10 +102,7 @@ static void quantized(mla_dtype lt, int group)
     double worst_ratio = 0; /* max over elements of |x − x̂| / (scale/2) */
     for (int t = 0; t < NTOK; t++)
         for (int g = 0; g < D / group; g++) {
-            double amax = 0;
-            for (int i = 0; i < group; i++)
-                amax = fmax(amax, fabs(lat[t * D + g * group + i]));
-            double scale = amax / qmax;
+            double scale = group_scale(lat + t * D + g * group, group, qneg, qpos);
             for (int i = 0; i < group; i++) {
                 int k = t * D + g * group + i;
                 double err = fabs((double)lat[k] - (double)lat2[k]);
@@ -108,12 +118,12 @@ static void quantized(mla_dtype lt, int group)
     CHECK(within, "%s g%d: |x − x̂| ≤ scale/2 for every value (worst %.4f of the bound)", name,
           group, worst_ratio);
     CHECK(worst_ratio > 0.9, "%s g%d: the error reaches the bound (%.4f): really %d levels",
-          name, group, worst_ratio, 2 * qmax + 1);
+          name, group, worst_ratio, qpos - qneg + 1);
     CHECK(rope_exact, "%s g%d: the f32 RoPE part reads back exactly", name, group);
 
     /* the raw codes, through the span reader */
     int64_t n_spans;
-    int codes_ok = 1, scales_ok = 1;
+    int codes_ok = 1, scales_ok = 1, lowest_used = 0;
     mla__cache_seq_span_count(c, 0, &n_spans);
     for (int64_t s = 0, t0 = 0; s < n_spans; s++) {
         mla_cache_span sp;
@@ -124,20 +134,21 @@ static void quantized(mla_dtype lt, int group)
                 int v = lt == MLA_DTYPE_I8 ? (int8_t)row[i] : ((row[i / 2] >> (4 * (i % 2))) & 15);
                 if (lt == MLA_DTYPE_I4 && v >= 8)
                     v -= 16;
-                codes_ok &= v >= -qmax && v <= qmax;
+                codes_ok &= v >= qneg && v <= qpos;
+                lowest_used |= v == qneg;
             }
             for (int g = 0; g < D / group; g++) {
-                double amax = 0;
-                for (int i = 0; i < group; i++)
-                    amax = fmax(amax, fabs(lat[(t0 + t) * D + g * group + i]));
+                double want = group_scale(lat + (t0 + t) * D + g * group, group, qneg, qpos);
                 float sc = sp.latent_scale[t * (D / group) + g];
-                scales_ok &= fabs(sc - amax / qmax) <= 1e-6 * amax / qmax;
+                scales_ok &= fabs(sc - want) <= 1e-6 * want;
             }
         }
         t0 += sp.n_tokens;
     }
-    CHECK(codes_ok, "%s g%d: codes within ±%d", name, group, qmax);
-    CHECK(scales_ok, "%s g%d: stored scales are max|x|/%d per group", name, group, qmax);
+    CHECK(codes_ok && lowest_used, "%s g%d: codes within [%d, %d], %d among them", name, group,
+          qneg, qpos, qneg);
+    CHECK(scales_ok, "%s g%d: stored scales are %s per group", name, group,
+          lt == MLA_DTYPE_I8 ? "max|x| / 127" : "max(max x / 7, max −x / 8)");
     mla_cache_destroy(c);
 }
 
