@@ -272,8 +272,8 @@ static double rope_error(const lref *rf, mla_cache *cache, int32_t id, const flo
     const float *wk = c->mha ? src->wk : rf->m.wkr, *bk = c->mha ? src->bk : rf->m.bkr;
     double *theta = malloc((size_t)n_kv * half * sizeof *theta), *k = malloc(W * sizeof *k);
     /* The frequencies as the layer holds them, float32 (lib/convert/layer.c, as Hugging Face's
-     * inv_freq): over an F32 RoPE part the double ones differ by pos·θ·2⁻²⁴, past the bound
-     * below once positions reach a few hundred (a 10 000-case soak failed 3 that way). */
+     * inv_freq): angles from the double ones would differ by up to pos·θ·2⁻²⁴, which an F32
+     * RoPE part shows at long positions. */
     for (int j = 0; j < n_kv; j++)
         for (int i = 0; i < half; i++)
             theta[j * half + i] = (float)(c->mha ? pow(src->g.rope_theta, -2.0 * i / d_h)
