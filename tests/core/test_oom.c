@@ -168,22 +168,29 @@ static mla_status from_mha(state *s, float *result, size_t *n_result)
     return st;
 }
 
-static mla_status cache_create(state *s, float *result, size_t *n_result)
+/* A cache for layer l alone, in blocks of 8 tokens. */
+static mla_status one_layer_cache(const mla_layer *l, mla_dtype latent, int64_t capacity,
+                                  int32_t n_seq, mla_cache **out)
 {
-    (void)result;
-    *n_result = 0;
     mla_cache_layer_desc d;
-    mla_layer_cache_desc(s->layer, &d, sizeof d);
+    mla_status st = mla_layer_cache_desc(l, &d, sizeof d);
     mla_cache_params p;
     mla_cache_default_params(&p, sizeof p);
     p.n_layers = 1;
     p.layers = &d;
-    p.latent_dtype = MLA_DTYPE_I8;
+    p.latent_dtype = latent;
     p.block_tokens = 8;
-    p.capacity_tokens = 256;
-    p.n_seq_max = 3;
+    p.capacity_tokens = capacity;
+    p.n_seq_max = n_seq;
+    return st == MLA_OK ? mla_cache_create(&p, out) : st;
+}
+
+static mla_status cache_create(state *s, float *result, size_t *n_result)
+{
+    (void)result;
+    *n_result = 0;
     mla_cache *c = NULL;
-    mla_status st = mla_cache_create(&p, &c);
+    mla_status st = one_layer_cache(s->layer, MLA_DTYPE_I8, 256, 3, &c);
     mla_cache_stats cs;
     if (st == MLA_OK)
         st = mla_cache_get_stats(c, &cs, sizeof cs);
@@ -261,18 +268,8 @@ static mla_status mha_baseline(state *s, float *result, size_t *n_result)
     (void)s;
     state m = {NULL, NULL};
     mla_status st = mla_layer_from_mha(&src.g, &src.w, &m.layer);
-    mla_cache_layer_desc d;
     if (st == MLA_OK)
-        st = mla_layer_cache_desc(m.layer, &d, sizeof d);
-    mla_cache_params cp;
-    mla_cache_default_params(&cp, sizeof cp);
-    cp.n_layers = 1;
-    cp.layers = &d;
-    cp.block_tokens = 8;
-    cp.capacity_tokens = 64;
-    cp.n_seq_max = 1;
-    if (st == MLA_OK)
-        st = mla_cache_create(&cp, &m.cache);
+        st = one_layer_cache(m.layer, MLA_DTYPE_F16, 64, 1, &m.cache);
     if (st == MLA_OK)
         st = forward(&m, 1, MLA_ATTN_PATH_AUTO, 0, 0, 10, result, n_result);
     state_free(&m);
@@ -380,16 +377,7 @@ static void state_make(state *s)
     s->cache = NULL;
     if (mla_layer_convert(&src.g, &src.w, NULL, &p, &s->layer) != MLA_OK)
         return;
-    mla_cache_layer_desc d;
-    mla_layer_cache_desc(s->layer, &d, sizeof d);
-    mla_cache_params cp;
-    mla_cache_default_params(&cp, sizeof cp);
-    cp.n_layers = 1;
-    cp.layers = &d;
-    cp.block_tokens = 8;
-    cp.capacity_tokens = 256;
-    cp.n_seq_max = 3;
-    if (mla_cache_create(&cp, &s->cache) != MLA_OK)
+    if (one_layer_cache(s->layer, MLA_DTYPE_F16, 256, 3, &s->cache) != MLA_OK)
         return;
     static float out[N_TOK * D];
     size_t n;
