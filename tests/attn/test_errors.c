@@ -206,8 +206,11 @@ int main(void)
     /* Finite input large enough that the scores overflow float32 (F32 cache, so the latents
      * still fit): NUMERICAL naming a token by the caller's index (the huge tokens are the
      * caller's 0..3 of sequence 2, sorted after sequence 0's two), a column and "overflow",
-     * nothing appended, out untouched. */
-    {
+     * nothing appended, out untouched; on either path (the materialized one once returned
+     * finite, wrong output: its vectorized exp turned the NaN of inf − inf into 0). */
+    for (int path = MLA_ATTN_PATH_ABSORBED; path <= MLA_ATTN_PATH_MATERIALIZED; path++) {
+        mla_attn *save_attn = attn;
+        attn = make_attn(1, (mla_attn_path)path);
         mla_cache *save_cache = cache;
         cache = make_cache(&layer, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 64, 16);
         unsigned long long seed_h = 11;
@@ -216,21 +219,27 @@ int main(void)
             xh[i] *= 1e20f;
         int32_t sq[6] = {2, 2, 2, 2, 0, 0};
         int64_t ps[6] = {0, 1, 2, 3, 0, 1};
-        expect_fail("finite input overflowing inside the layer", MLA_ERR_NUMERICAL, xh, 6, sq, ps);
+        const char *pn = path == MLA_ATTN_PATH_ABSORBED ? "absorbed" : "materialized";
+        char what[96];
+        snprintf(what, sizeof what, "%s: finite input overflowing inside the layer", pn);
+        expect_fail(what, MLA_ERR_NUMERICAL, xh, 6, sq, ps);
         const char *msg = mla_last_error(), *tp = strstr(msg, "token ");
         long tok_i = tp ? strtol(tp + 6, NULL, 10) : -1;
         CHECK(tok_i >= 0 && tok_i <= 3 && strstr(msg, "column") &&
                   strstr(msg, "overflow inside the layer"),
-              "overflow: the message names one of the caller's huge tokens 0..3, the column and "
-              "the overflow (%s)", msg);
+              "%s overflow: the message names one of the caller's huge tokens 0..3, the column "
+              "and the overflow (%s)", pn, msg);
         /* The cache is as before: the same sequences at normal scale run. */
         for (int i = 0; i < 4 * D; i++)
             xh[i] *= 1e-20f;
         CHECK(mla_attn_forward(attn, layer, cache, 0, xh, 6, sq, ps, out) == MLA_OK,
-              "overflow: afterwards the batch at normal scale runs (%s)", mla_last_error());
+              "%s overflow: afterwards the batch at normal scale runs (%s)", pn,
+              mla_last_error());
         free(xh);
         mla_cache_destroy(cache);
         cache = save_cache;
+        mla_attn_destroy(attn);
+        attn = save_attn;
     }
 
     /* out and x in one array: overlapping by one float is rejected, adjacent is not. */

@@ -120,6 +120,39 @@ static void test_softmax(const mla__attn_kernels *v, const mla__attn_kernels *p,
           v->name, columns ? "column" : "row", worst);
 }
 
+/* A score that overflowed (+inf, or NaN from inf − inf) must leave its row's sum NaN, so that
+ * the forward's output check reports it; other rows stay finite. The vectorized exp once
+ * clamped NaN to its lower bound and turned an overflowed row into finite, wrong output. */
+static void test_softmax_overflow(const mla__attn_kernels *k, int columns)
+{
+    enum { ROWS = 6, T = 21, DV = 5 };
+    ptrdiff_t s_row = columns ? 1 : T, s_col = columns ? ROWS : 1;
+    float s[ROWS * T], mx[ROWS], l[ROWS], o[ROWS * DV];
+    unsigned long long seed = 17;
+    for (int i = 0; i < ROWS * T; i++)
+        s[i] = (float)tap_rand(&seed) * 4.0f;
+    int64_t nvis[ROWS] = {T, T, T, 7, T, 1};
+    /* Row 1 +inf, row 2 NaN, row 4 +inf in a later tile's max, row 5 +inf alone. */
+    s[1 * s_row + 3 * s_col] = INFINITY;
+    s[2 * s_row + 20 * s_col] = NAN;
+    s[4 * s_row + 0 * s_col] = INFINITY;
+    s[4 * s_row + 1 * s_col] = INFINITY;
+    s[5 * s_row] = INFINITY;
+    for (int i = 0; i < ROWS; i++) {
+        mx[i] = i % 2 ? -INFINITY : 1.0f;
+        l[i] = i % 2 ? 0.0f : 1.5f;
+    }
+    for (int i = 0; i < ROWS * DV; i++)
+        o[i] = 0.25f;
+    k->softmax_step(ROWS, T, s, s_row, s_col, nvis, 1, mx, l, 1, o, DV, DV);
+    int ok = isfinite(l[0]) && isfinite(l[3]);
+    for (int i = 1; i < ROWS; i++)
+        ok &= i == 3 || isnan(l[i]);
+    CHECK(ok, "%s softmax step, %s layout: +inf or NaN scores leave the row's sum NaN, other rows "
+          "finite (sums %g %g %g %g %g %g)", k->name, columns ? "column" : "row", l[0], l[1],
+          l[2], l[3], l[4], l[5]);
+}
+
 /* A source of `rows` rows of width w in storage type t (row stride padded by a few bytes), whose
  * values are exactly representable (multiples of 1/64 below 4 in magnitude; I8 values times
  * per-group scales), so the exact float32 value of each element is known: exact[t·w + k]. */
@@ -705,6 +738,8 @@ int main(void)
     test_src_get();
     test_sgemm_one_row();
     test_softmax_merge();
+    test_softmax_overflow(p, 1);
+    test_softmax_overflow(p, 0);
     test_gemm_bf16(p);
     test_pack_pairs(p);
     test_to_bf16(p);
@@ -786,6 +821,8 @@ int main(void)
         test_products(&mla__attn_kernels_avx2, p);
         test_softmax(&mla__attn_kernels_avx2, p, 1);
         test_softmax(&mla__attn_kernels_avx2, p, 0);
+        test_softmax_overflow(&mla__attn_kernels_avx2, 1);
+        test_softmax_overflow(&mla__attn_kernels_avx2, 0);
         test_src_kernels(&mla__attn_kernels_avx2, p, NULL);
         test_gemm_bf16(&mla__attn_kernels_avx2);
         test_to_bf16(&mla__attn_kernels_avx2);
@@ -797,6 +834,8 @@ int main(void)
         test_products(&mla__attn_kernels_avx512, p);
         test_softmax(&mla__attn_kernels_avx512, p, 1);
         test_softmax(&mla__attn_kernels_avx512, p, 0);
+        test_softmax_overflow(&mla__attn_kernels_avx512, 1);
+        test_softmax_overflow(&mla__attn_kernels_avx512, 0);
         /* With the AMD variant of gemm_bc_src (kernels.c), wherever AVX-512 runs. */
         mla__attn_kernels w48 = mla__attn_kernels_avx512;
         w48.name = "avx512 (9 x 48 blocks)";

@@ -394,7 +394,8 @@ static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a,
  * exponent bits. */
 INL __m256 exp_neg8(__m256 x)
 {
-    x = _mm256_max_ps(x, _mm256_set1_ps(MLA__EXP_MIN));
+    /* MIN first: a NaN stays NaN (as in exp_neg, avx512.c). */
+    x = _mm256_max_ps(_mm256_set1_ps(MLA__EXP_MIN), x);
     __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(MLA__EXP_LOG2E));
     __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 f = _mm256_sub_ps(t, n);

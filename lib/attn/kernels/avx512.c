@@ -174,7 +174,9 @@ static TGT void gemm_dot(int64_t m, int64_t n, int64_t k, const float *a, ptrdif
 INL __m512 exp_neg(__m512 x)
 {
     const __m512 log2e = _mm512_set1_ps(MLA__EXP_LOG2E);
-    x = _mm512_max_ps(x, _mm512_set1_ps(MLA__EXP_MIN));
+    /* MIN first: maxps returns its second operand when either is NaN, so a NaN (a score that
+     * overflowed, inf − inf) stays NaN and reaches the output check instead of becoming 0. */
+    x = _mm512_max_ps(_mm512_set1_ps(MLA__EXP_MIN), x);
     __m512 t = _mm512_mul_ps(x, log2e);
     __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(t, n); /* in [−0.5, 0.5] */
