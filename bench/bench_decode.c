@@ -1,14 +1,18 @@
 /*
  * Per-layer decode time of MLA (absorbed path) against this library's MHA baseline, at several
- * context lengths, for SmolLM-135M and Llama-2-7B attention shapes; and the absorbed/materialized
- * crossover for prefill chunks. Prints the machine's measured roofs beside every figure.
+ * context lengths, for SmolLM-135M and Llama-2-7B attention shapes; the absorbed/materialized
+ * crossover for prefill chunks (--crossover: a chunk of m tokens after --ctx cached ones, default
+ * 4096, 0 for a fresh prompt; d_kv --dkv, default 16; beside each m the path AUTO takes); and
+ * the prefill of fresh prompts of 512, 2048 and 4096 tokens (--prefill: the whole forward on
+ * path AUTO, MLA against the MHA baseline, GFLOP/s against the sgemm rate). Prints the machine's
+ * measured roofs beside every figure.
  *
- *   bench_decode [--quick] [--threads N] [--crossover] [--shape NAME] [--ctx N] [--mha]
- *                [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N] [--reps N]
+ *   bench_decode [--quick] [--threads N] [--crossover] [--prefill] [--shape NAME] [--ctx N]
+ *                [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N] [--reps N]
  *                [--rounds N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
- * length (for profiling one case), --mha only the MHA baseline, --mla only the MLA layers, --dkv
+ * length (for profiling one case; with --prefill one prompt length), --mha only the MHA baseline, --mla only the MLA layers, --dkv
  * one MLA d_kv; --dtype the cache's storage type for latent and RoPE part, MHA and MLA alike
  * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); i8 and i4
  * quantize the MLA latents only (groups of --group values, default the cache's choice for
@@ -65,6 +69,7 @@ static const shape shapes[] = {
 
 static const char *only_shape; /* --shape */
 static int64_t only_ctx;        /* --ctx */
+static int ctx_given;           /* --ctx was given (--crossover: 0 is a fresh prompt) */
 static int only_mha;            /* --mha */
 static int only_mla;            /* --mla */
 static int only_dkv;            /* --dkv */
@@ -533,19 +538,108 @@ static void decode_table(int threads, int rounds)
     }
 }
 
+/* The path MLA_ATTN_PATH_AUTO takes by default for a chunk of m tokens after len0 cached ones
+ * of MLA layer li (≥ 1): doc/attention.md's cost model with its weight of 1.3, restated here
+ * (tests/attn/test_handle.c checks that the library computes the same). */
+static int auto_materialized(const shape *s, size_t li, double len0, double m)
+{
+    double lat = (double)dkvs[li - 1] * s->n_kv, d_h = s->d_h, r = s->r;
+    if (2 * lat + r <= 2 * d_h)
+        return 0;
+    double pairs = m * len0 + m * (m + 1) / 2, up = (d_h - r) * lat + d_h * lat;
+    double absorbed = s->n_h * ((2 * lat + r) * pairs + m * up);
+    double materialized = s->n_kv * (len0 + m) * up + 2 * s->n_h * d_h * pairs;
+    return 1.3 * materialized < absorbed;
+}
+
+/* Flops of a fresh prefill of m tokens through layer li (0: MHA), the whole forward: the
+ * projections and the causal attention's m(m+1)/2 query-key pairs, on the path AUTO takes. */
+static double prefill_flops(const shape *s, size_t li, double m, const char **path_name)
+{
+    double d = s->d, n_h = s->n_h, n_kv = s->n_kv, d_h = s->d_h, r = s->r;
+    double pairs = m * (m + 1) / 2;
+    if (li == 0) {
+        *path_name = "-";
+        return 2 * m * d * (2 * n_h * d_h + 2 * n_kv * d_h) + 4 * n_h * d_h * pairs;
+    }
+    double lat = (double)dkvs[li - 1] * n_kv, up = (d_h - r) * lat + d_h * lat;
+    double proj = 2 * m * d * (n_h * d_h + n_kv * r + lat) + 2 * m * n_h * d_h * d;
+    if (auto_materialized(s, li, 0, m)) {
+        *path_name = "material.";
+        return proj + 2 * m * n_kv * up + 4 * n_h * d_h * pairs;
+    }
+    *path_name = "absorbed";
+    return proj + 2 * m * n_h * up + 2 * n_h * (2 * lat + r) * pairs;
+}
+
+/* A fresh prompt of m tokens through one layer: the MHA baseline and MLA at each d_kv, path
+ * AUTO; the median of --reps prefills (default 3, 1 with --quick) after a warm-up, against the
+ * sgemm rate measured before each figure. */
+static void bench_prefill(int quick, int threads)
+{
+    static const int64_t ms[] = {512, 2048, 4096};
+    enum { N_M = sizeof ms / sizeof ms[0] };
+    int reps = reps_opt > 0 ? reps_opt : quick ? 1 : 3;
+    printf("\n## prefill of a fresh prompt, one layer, %d thread(s), %s cache, path AUTO; median "
+           "of %d after a warm-up; GFLOP/s of the whole forward (projections and causal "
+           "attention) against the sgemm rate measured before each figure\n", threads,
+           mla_dtype_name(latent_quant ? latent_quant : cache_dtype), reps);
+    printf("%-12s %-9s %6s %-9s %10s %9s %8s %7s %6s %7s\n", "shape", "layer", "tokens", "path",
+           "ms", "tok/s", "GFLOP/s", "%sgemm", "vsMHA", "sgemmGF");
+    for (size_t si = 0; si < N_SHAPES; si++) {
+        const shape *s = &shapes[si];
+        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+            continue;
+        double t_mha[N_M] = {0};
+        for (size_t li = 0; li < N_LAYERS; li++) {
+            if (!want_layer(quick, li))
+                continue;
+            mla_layer *l = li == 0 ? mha_layer(s) : mla_layer_random(s, dkvs[li - 1]);
+            mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
+            for (size_t mi = 0; mi < N_M; mi++) {
+                if ((quick && ms[mi] > 512) || (ctx_given && ms[mi] != only_ctx))
+                    continue;
+                double gf = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
+                mla_cache *c = filled_cache(l, li > 0, 0, ms[mi]);
+                double t = time_forward(a, l, c, s->d, 0, ms[mi], reps);
+                mla_cache_destroy(c);
+                const char *path;
+                double fl = prefill_flops(s, li, (double)ms[mi], &path);
+                char lname[16], vs[16] = "";
+                if (li == 0) {
+                    snprintf(lname, sizeof lname, "MHA");
+                    t_mha[mi] = t;
+                } else {
+                    snprintf(lname, sizeof lname, "MLA d%d", dkvs[li - 1]);
+                    if (t_mha[mi] > 0)
+                        snprintf(vs, sizeof vs, "%5.2fx", t_mha[mi] / t);
+                }
+                printf("%-12s %-9s %6lld %-9s %10.2f %9.0f %8.1f %6.0f%% %6s %7.1f\n", s->name,
+                       lname, (long long)ms[mi], path, t * 1e3, (double)ms[mi] / t,
+                       fl / t * 1e-9, 100 * fl / t * 1e-9 / gf, vs, gf);
+                fflush(stdout);
+            }
+            mla_attn_destroy(a);
+            mla_layer_destroy(l);
+        }
+    }
+}
+
 /* Absorbed vs materialized for a chunk of m new tokens after `ctx` cached ones. */
 static void bench_crossover(int quick, int threads)
 {
     static const int64_t ms[] = {16, 32, 64, 96, 128, 160, 192, 256, 384, 512};
-    int64_t ctx = quick ? 1024 : 4096;
+    int64_t ctx = ctx_given && only_ctx >= 0 ? only_ctx : quick ? 1024 : 4096;
     int reps = quick ? 1 : 3;
     printf("\n## prefill chunk after %lld cached tokens, %d thread(s): absorbed vs materialized\n",
            (long long)ctx, threads);
-    printf("%-12s %5s %5s %12s %12s %8s\n", "shape", "d_kv", "m", "absorbed ms", "materal. ms",
-           "faster");
+    printf("%-12s %5s %5s %12s %12s %9s %9s\n", "shape", "d_kv", "m", "absorbed ms",
+           "materal. ms", "faster", "AUTO");
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const shape *s = &shapes[si];
-        int d_kv = 16;
+        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+            continue;
+        int d_kv = only_dkv ? only_dkv : 16;
         mla_layer *l = mla_layer_random(s, d_kv);
         mla_cache *c = filled_cache(l, 1, ctx, 512);
         mla_attn *aa = attn_new(threads, MLA_ATTN_PATH_ABSORBED);
@@ -562,8 +656,15 @@ static void bench_crossover(int quick, int threads)
                 cross = -1;
             else if (cross < 0)
                 cross = ms[mi];
-            printf("%-12s %5d %5lld %12.3f %12.3f %8s\n", s->name, d_kv, (long long)ms[mi],
-                   ta * 1e3, tm * 1e3, ta <= tm ? "absorbed" : "material.");
+            size_t li = 0;
+            while (li + 1 < N_LAYERS && dkvs[li] != d_kv)
+                li++;
+            const char *au = dkvs[li] != d_kv ? "?"
+                             : auto_materialized(s, li + 1, (double)ctx, (double)ms[mi])
+                                 ? "material."
+                                 : "absorbed";
+            printf("%-12s %5d %5lld %12.3f %12.3f %9s %9s\n", s->name, d_kv, (long long)ms[mi],
+                   ta * 1e3, tm * 1e3, ta <= tm ? "absorbed" : "material.", au);
             fflush(stdout);
         }
         if (cross < 0)
@@ -597,18 +698,20 @@ static int dtype_arg(const char *s)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, threads = 2, crossover = 0, rounds = 1;
+    int quick = 0, threads = 2, crossover = 0, prefill = 0, rounds = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
         else if (strcmp(argv[i], "--crossover") == 0)
             crossover = 1;
+        else if (strcmp(argv[i], "--prefill") == 0)
+            prefill = 1;
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc)
             only_shape = argv[++i];
         else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc)
-            only_ctx = atoll(argv[++i]);
+            only_ctx = atoll(argv[++i]), ctx_given = 1;
         else if (strcmp(argv[i], "--mha") == 0)
             only_mha = 1;
         else if (strcmp(argv[i], "--mla") == 0)
@@ -624,7 +727,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--group") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             group_opt = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--shape NAME] "
+            fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] [--shape NAME] "
                     "[--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] "
                     "[--group N] [--reps N] [--rounds N]\n", argv[0]);
             return 2;
@@ -636,6 +739,10 @@ int main(int argc, char **argv)
                roofs_sgemm_gflops(threads, quick ? 1024 : 2048),
                roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30)));
         bench_crossover(quick, threads);
+        return 0;
+    }
+    if (prefill) {
+        bench_prefill(quick, threads);
         return 0;
     }
     for (int r = 0; r < rounds; r++) {

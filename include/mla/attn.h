@@ -21,7 +21,7 @@ extern "C" {
 typedef struct mla_attn mla_attn;
 
 typedef enum mla_attn_path {
-    MLA_ATTN_PATH_AUTO = 0,         /* materialized for chunks of ≥ crossover_tokens queries */
+    MLA_ATTN_PATH_AUTO = 0,         /* per sequence chunk, by crossover_tokens */
     MLA_ATTN_PATH_ABSORBED = 1,
     MLA_ATTN_PATH_MATERIALIZED = 2,
 } mla_attn_path;
@@ -30,8 +30,11 @@ typedef struct mla_attn_params {
     size_t struct_size;
     int32_t n_threads;        /* worker threads including the caller (default 1; 0: all cores) */
     mla_attn_path path;       /* default MLA_ATTN_PATH_AUTO */
-    int32_t crossover_tokens; /* AUTO's switch point in query tokens per sequence chunk
-                                 (default: the measured value documented in doc/attention.md) */
+    int32_t crossover_tokens; /* AUTO: 0 (default) compares the two paths' multiply-adds for
+                                 each chunk's length and context, weighted as measured
+                                 (doc/attention.md, "Crossover"); N > 0 takes materialized for
+                                 chunks of ≥ N query tokens. Either way only where the latent
+                                 is wider than a head's key and value together. */
 } mla_attn_params;
 
 MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_size);

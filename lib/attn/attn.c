@@ -32,7 +32,7 @@ MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_siz
     d.struct_size = sizeof d;
     d.n_threads = 1;
     d.path = MLA_ATTN_PATH_AUTO;
-    d.crossover_tokens = MLA_ATTN_DEFAULT_CROSSOVER;
+    d.crossover_tokens = 0;
     return mla_params_write(p, struct_size, &d, sizeof d, "attn params");
 }
 
@@ -55,9 +55,9 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
         p.path != MLA_ATTN_PATH_MATERIALIZED)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT, "attn params: path is %d, unknown",
                         (int)p.path);
-    if (p.crossover_tokens < 1)
+    if (p.crossover_tokens < 0)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT,
-                        "attn params: crossover_tokens is %d, must be ≥ 1",
+                        "attn params: crossover_tokens is %d, must be ≥ 0 (0: by the cost model)",
                         (int)p.crossover_tokens);
     mla_attn *a = mla_calloc(1, sizeof *a);
     if (!a)

@@ -204,6 +204,31 @@ static mla_status scratch_reserve(mla_attn *attn, size_t bytes)
     return MLA_OK;
 }
 
+/* ---- the path AUTO takes ---------------------------------------------------------------------- */
+
+/*
+ * Per cached token and query head the absorbed path multiplies lat_k + lat_v + r times, the
+ * materialized one 2·d_h, after up-projecting every token of the sequence for each KV head
+ * ((d_h − r)·lat_k + d_h·lat_v); absorbed folds W_uk and W_uv into each query head instead.
+ * Where the latent is narrower than a head's key and value, absorbed wins at every length.
+ * Otherwise the default compares the two counts for the chunk's own context, the materialized
+ * one weighted by how much slower its products ran (doc/attention.md, "Crossover").
+ */
+int mla__attn_auto_materialized(int32_t crossover_tokens, int64_t n_h, int64_t n_kv, int64_t d_h,
+                                int64_t r, int64_t lat_k, int64_t lat_v, int64_t len0, int64_t m)
+{
+    if (lat_k + lat_v + r <= 2 * d_h)
+        return 0;
+    if (crossover_tokens > 0)
+        return m >= crossover_tokens;
+    double pairs = (double)m * (double)len0 + 0.5 * (double)m * (double)(m + 1);
+    double up = (double)(d_h - r) * (double)lat_k + (double)d_h * (double)lat_v;
+    double absorbed = (double)n_h * ((double)(lat_k + lat_v + r) * pairs + (double)m * up);
+    double materialized = (double)n_kv * (double)(len0 + m) * up +
+                          2.0 * (double)n_h * (double)d_h * pairs;
+    return MLA_ATTN_MAT_WEIGHT * materialized < absorbed;
+}
+
 /* ---- validation ------------------------------------------------------------------------------ */
 
 static mla_status layer_dims(const struct mla_layer *ly, const mla_cache_layer_format *fmt,
@@ -862,11 +887,6 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     if (st != MLA_OK)
         goto done;
     int mat_path = attn->p.path == MLA_ATTN_PATH_MATERIALIZED;
-    /* Per cached token and query head the absorbed path costs 2R + r multiply-adds, the
-     * materialized one 2·d_h (after a per-token up-projection shared by all queries): when the
-     * latent is narrower than a head's key and value, absorbed wins at every chunk length
-     * (doc/attention.md). */
-    int mat_pays = 2 * dm.lat_k + dm.r > 2 * dm.d_h;
     for (int64_t c = 0; c < p.n_chunks; c++) {
         int64_t n_spans;
         st = mla__cache_seq_span_count(cache, ch[c].seq, &n_spans);
@@ -876,14 +896,20 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
             goto done;
         }
         st = mla_cache_seq_length(cache, ch[c].seq, &ch[c].len0);
+        /* The tokens before the chunk, for AUTO (place_chunk checks that they are these). */
+        int64_t before = 0;
+        if (st == MLA_OK)
+            st = mla_cache_seq_written(cache, cache_layer, ch[c].seq, &before);
         if (st != MLA_OK)
             goto done;
         /* Appending m tokens adds at most m spans (at least one token each); a copy-on-write
          * of a shared block does not add spans. */
         ch[c].max_spans = n_spans + ch[c].m + 1;
         ch[c].absorbed = !dm.mha && (attn->p.path == MLA_ATTN_PATH_ABSORBED ||
-                                     (!mat_path && (ch[c].m < attn->p.crossover_tokens ||
-                                                    !mat_pays)));
+                                     (!mat_path && !mla__attn_auto_materialized(
+                                                       attn->p.crossover_tokens, dm.n_h, dm.n_kv,
+                                                       dm.d_h, dm.r, dm.lat_k, dm.lat_v,
+                                                       before, ch[c].m)));
         p.any_abs |= ch[c].absorbed;
         p.any_mat |= !ch[c].absorbed;
     }

@@ -32,8 +32,10 @@
  * their next tile (absorbed.c; on AMD CPUs by default). */
 #define MLA_ATTN_STREAM_BYTES ((int64_t)8 << 20)
 
-/* The crossover measured on the development machine (doc/attention.md). */
-#define MLA_ATTN_DEFAULT_CROSSOVER 224
+/* AUTO's default (crossover_tokens 0) weighs the materialized path's multiply-adds by this:
+ * measured at the switch after 4096 cached tokens, 1.25–1.47 for Llama-2-7B d_kv 8, 16, 32 and
+ * SmolLM-135M d_kv 32 (doc/attention.md, "Crossover"). */
+#define MLA_ATTN_MAT_WEIGHT 1.3
 
 struct mla_attn {
     mla_attn_params p;
@@ -185,6 +187,11 @@ MLA_INTERNAL int mla__absorbed_rows_wide(int64_t rows);
  * "BF16 caches"); F32/F16/I8/I4 caches keep the float32 products. */
 MLA_INTERNAL int mla__absorbed_bf16(const mla_cache_layer_format *fmt, int32_t lat_k,
                                     int32_t lat_v, int32_t r);
+/* 1 when MLA_ATTN_PATH_AUTO takes the materialized path for a chunk of m query tokens after
+ * len0 cached ones (crossover_tokens: the handle's parameter, 0 for the cost model). */
+MLA_INTERNAL int mla__attn_auto_materialized(int32_t crossover_tokens, int64_t n_h, int64_t n_kv,
+                                             int64_t d_h, int64_t r, int64_t lat_k, int64_t lat_v,
+                                             int64_t len0, int64_t m);
 MLA_INTERNAL void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 MLA_INTERNAL void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 

@@ -363,7 +363,7 @@ int main(void)
     mla_attn_params p;
     mla_attn *a2 = (mla_attn *)&p;
     CHECK(mla_attn_default_params(&p, sizeof p) == MLA_OK && p.n_threads == 1 &&
-              p.path == MLA_ATTN_PATH_AUTO && p.crossover_tokens > 0,
+              p.path == MLA_ATTN_PATH_AUTO && p.crossover_tokens == 0,
           "default params");
     p.n_threads = -1;
     CHECK(mla_attn_create(&p, &a2) == MLA_ERR_INVALID_ARGUMENT && a2 == (mla_attn *)&p,
@@ -372,8 +372,10 @@ int main(void)
     p.path = (mla_attn_path)7;
     CHECK(mla_attn_create(&p, &a2) == MLA_ERR_INVALID_ARGUMENT, "unknown path rejected");
     p.path = MLA_ATTN_PATH_AUTO;
-    p.crossover_tokens = 0;
-    CHECK(mla_attn_create(&p, &a2) == MLA_ERR_INVALID_ARGUMENT, "crossover 0 rejected");
+    p.crossover_tokens = -1;
+    CHECK(mla_attn_create(&p, &a2) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "crossover_tokens is -1"),
+          "negative crossover rejected (%s)", mla_last_error());
     CHECK(mla_attn_create(NULL, NULL) == MLA_ERR_INVALID_ARGUMENT, "NULL out rejected");
     mla_attn_destroy(NULL);
 

@@ -275,8 +275,90 @@ static void planner_cuts(void)
           "parts on 2 threads: 1 block 2, 2 blocks 1, 3 blocks 2, 9 blocks 1");
 }
 
+/* AUTO's path for a chunk of m tokens after len0 cached ones, on layer shape sh. */
+typedef struct shape_t {
+    const char *name;
+    int64_t n_h, n_kv, d_h, r, lat;
+} shape_t;
+
+static int auto_mat(const shape_t *sh, int32_t crossover, int64_t len0, int64_t m)
+{
+    return mla__attn_auto_materialized(crossover, sh->n_h, sh->n_kv, sh->d_h, sh->r, sh->lat,
+                                       sh->lat, len0, m);
+}
+
+/*
+ * The default crossover against the model solved another way: with S = 2·lat + r, U the
+ * up-projection of a token for one KV head and P = m·len0 + m(m+1)/2 query-key pairs,
+ * materialized is taken when w·(n_kv·(len0 + m)·U + 2·n_h·d_h·P) < n_h·(S·P + m·U): a
+ * quadratic in m whose positive root is the switch. Then the measured facts the weight was
+ * fitted to (doc/attention.md, "Crossover"), and the rules that need no weight.
+ */
+static void test_auto_path(void)
+{
+    static const shape_t shapes[] = {
+        {"Llama-2-7B d_kv 8", 32, 32, 128, 4, 256},   {"Llama-2-7B d_kv 16", 32, 32, 128, 4, 512},
+        {"Llama-2-7B d_kv 32", 32, 32, 128, 4, 1024}, {"SmolLM-135M d_kv 32", 9, 3, 64, 8, 96},
+        {"GQA 8 of 2, d_h 16", 8, 2, 16, 4, 40},
+    };
+    static const int64_t lens[] = {0, 100, 4096, 32768};
+    const double w = MLA_ATTN_MAT_WEIGHT;
+    int bad = 0, checked = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) {
+            const shape_t *sh = &shapes[i];
+            double L0 = (double)lens[j], S = 2.0 * sh->lat + sh->r;
+            double U = (double)(sh->d_h - sh->r) * sh->lat + (double)sh->d_h * sh->lat;
+            double k = sh->n_h * S - w * 2.0 * sh->n_h * sh->d_h; /* per pair */
+            double qa = k / 2, qb = k * (L0 + 0.5) + U * (sh->n_h - w * sh->n_kv),
+                   qc = -w * sh->n_kv * U * L0;
+            if (qa <= 0)
+                continue; /* not one of these shapes */
+            double root = (-qb + sqrt(qb * qb - 4 * qa * qc)) / (2 * qa);
+            int64_t below = (int64_t)floor(root) - 1, above = (int64_t)ceil(root) + 1;
+            if (below >= 1) {
+                bad += auto_mat(sh, 0, lens[j], below) != 0;
+                checked++;
+            }
+            bad += auto_mat(sh, 0, lens[j], above) != 1;
+            checked++;
+        }
+    CHECK(bad == 0 && checked > 30,
+          "default crossover = the quadratic's root within a token (%d of %d off)", bad, checked);
+
+    const shape_t *l8 = &shapes[0], *l16 = &shapes[1], *l32 = &shapes[2], *s32 = &shapes[3];
+    /* After 4096 cached tokens (bench_decode --crossover --dkv N): Llama-2-7B d_kv 16 switched
+     * between 160 and 384 over six runs, d_kv 8 between 384 and 512 (absorbed 13-14% faster at
+     * 256 and 384), d_kv 32 between 192 and 256; SmolLM-135M d_kv 32 between 96 and 192. */
+    CHECK(!auto_mat(l16, 0, 4096, 160) && auto_mat(l16, 0, 4096, 384),
+          "Llama-2-7B d_kv 16 after 4096: absorbed at 160, materialized at 384");
+    CHECK(!auto_mat(l8, 0, 4096, 384) && auto_mat(l8, 0, 4096, 512),
+          "Llama-2-7B d_kv 8 after 4096: absorbed at 384, materialized at 512");
+    CHECK(!auto_mat(l32, 0, 4096, 160) && auto_mat(l32, 0, 4096, 256),
+          "Llama-2-7B d_kv 32 after 4096: absorbed at 160, materialized at 256");
+    CHECK(!auto_mat(s32, 0, 4096, 64) && auto_mat(s32, 0, 4096, 224),
+          "SmolLM-135M d_kv 32 after 4096: absorbed at 64, materialized at 224");
+    /* A fresh prompt (--ctx 0): materialized ran faster at every m from 128 for d_kv 16 and 32. */
+    CHECK(auto_mat(l16, 0, 0, 192) && auto_mat(l32, 0, 0, 128),
+          "Llama-2-7B fresh prompts: d_kv 16 materialized at 192, d_kv 32 at 128");
+
+    /* No weight needed: a decode token is absorbed at any context; a latent narrower than a
+     * head's key and value (SmolLM-135M d_kv 16: 2·48 + 8 ≤ 128) is absorbed at any length,
+     * explicit crossover or not; an explicit crossover switches exactly there otherwise. */
+    const shape_t s16 = {"SmolLM-135M d_kv 16", 9, 3, 64, 8, 48};
+    int ok = 1;
+    for (int64_t len0 = 0; len0 <= (1 << 20); len0 = len0 ? len0 * 4 : 1) {
+        ok &= !auto_mat(l32, 0, len0, 1) && !auto_mat(l8, 0, len0, 1);
+        ok &= !auto_mat(&s16, 0, len0, 100000) && !auto_mat(&s16, 1, len0, 100000);
+        ok &= !auto_mat(l16, 224, len0, 223) && auto_mat(l16, 224, len0, 224);
+    }
+    CHECK(ok, "decode tokens absorbed; narrow latents absorbed; crossover_tokens 224 exact");
+}
+
 int main(void)
 {
+    test_auto_path();
+
     src_layer src;
     src_init(&src, D, 4, 2, 8, 0, 7);
     mla_layer *layer = convert(&src, 4, 4, MLA_FACTOR_JOINT);

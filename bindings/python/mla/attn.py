@@ -31,7 +31,9 @@ class Attn(Handle):
     def __init__(self, *, n_threads: Optional[int] = None,
                  path: Optional[Union[AttnPath, str]] = None,
                  crossover_tokens: Optional[int] = None) -> None:
-        """Parameters left None take mla_attn_default_params's defaults (1 thread, AUTO path)."""
+        """Parameters left None take mla_attn_default_params's defaults (1 thread, AUTO path,
+        crossover_tokens 0: AUTO weighs both paths' multiply-adds for each chunk; N > 0 takes
+        materialized for chunks of N or more query tokens)."""
         lib = library()
         p = _defaults(lib, _ffi.mla_attn_params, "mla_attn_default_params")
         if n_threads is not None:

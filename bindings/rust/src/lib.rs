@@ -1374,6 +1374,8 @@ impl AttnParams {
         self.raw.path = p.code();
         self
     }
+    /// Path AUTO's switch: 0 (the default) weighs both paths' multiply-adds for each chunk,
+    /// `n > 0` takes materialized for chunks of `n` or more query tokens (doc/attention.md).
     pub fn crossover_tokens(mut self, n: i32) -> Self {
         self.raw.crossover_tokens = n;
         self
