@@ -539,17 +539,23 @@ static void decode_table(int threads, int rounds)
 }
 
 /* The path MLA_ATTN_PATH_AUTO takes by default for a chunk of m tokens after len0 cached ones
- * of MLA layer li (≥ 1): doc/attention.md's cost model with its weight of 1.3, restated here
- * (tests/attn/test_handle.c checks that the library computes the same). */
+ * of MLA layer li (≥ 1): doc/attention.md's cost model, restated here (tests/attn/test_handle.c
+ * checks that the library computes the same), with its weight of 1.3, or 2.6 where a BF16
+ * cache's absorbed products run on vdpbf16ps or AMX tiles (mla_build_info names them). */
 static int auto_materialized(const shape *s, size_t li, double len0, double m)
 {
+    const char *info = mla_build_info();
+    int bf16_native = cache_dtype == MLA_DTYPE_BF16 && !latent_quant &&
+                      (strstr(info, "bf16 products: vdpbf16ps") ||
+                       strstr(info, "bf16 products: amx"));
+    double w = bf16_native ? 2.6 : 1.3;
     double lat = (double)dkvs[li - 1] * s->n_kv, d_h = s->d_h, r = s->r;
     if (2 * lat + r <= 2 * d_h)
         return 0;
     double pairs = m * len0 + m * (m + 1) / 2, up = (d_h - r) * lat + d_h * lat;
     double absorbed = s->n_h * ((2 * lat + r) * pairs + m * up);
     double materialized = s->n_kv * (len0 + m) * up + 2 * s->n_h * d_h * pairs;
-    return 1.3 * materialized < absorbed;
+    return w * materialized < absorbed;
 }
 
 /* Flops of a fresh prefill of m tokens through layer li (0: MHA), the whole forward: the

@@ -212,10 +212,12 @@ static mla_status scratch_reserve(mla_attn *attn, size_t bytes)
  * ((d_h − r)·lat_k + d_h·lat_v); absorbed folds W_uk and W_uv into each query head instead.
  * Where the latent is narrower than a head's key and value, absorbed wins at every length.
  * Otherwise the default compares the two counts for the chunk's own context, the materialized
- * one weighted by how much slower its products ran (doc/attention.md, "Crossover").
+ * one weighted by how much slower its products ran, more where the absorbed ones are bf16
+ * products the CPU does natively (doc/attention.md, "Crossover").
  */
-int mla__attn_auto_materialized(int32_t crossover_tokens, int64_t n_h, int64_t n_kv, int64_t d_h,
-                                int64_t r, int64_t lat_k, int64_t lat_v, int64_t len0, int64_t m)
+int mla__attn_auto_materialized(int32_t crossover_tokens, int bf16_native, int64_t n_h,
+                                int64_t n_kv, int64_t d_h, int64_t r, int64_t lat_k,
+                                int64_t lat_v, int64_t len0, int64_t m)
 {
     if (lat_k + lat_v + r <= 2 * d_h)
         return 0;
@@ -226,7 +228,8 @@ int mla__attn_auto_materialized(int32_t crossover_tokens, int64_t n_h, int64_t n
     double absorbed = (double)n_h * ((double)(lat_k + lat_v + r) * pairs + (double)m * up);
     double materialized = (double)n_kv * (double)(len0 + m) * up +
                           2.0 * (double)n_h * (double)d_h * pairs;
-    return MLA_ATTN_MAT_WEIGHT * materialized < absorbed;
+    return (bf16_native ? MLA_ATTN_MAT_WEIGHT_BF16 : MLA_ATTN_MAT_WEIGHT) * materialized <
+           absorbed;
 }
 
 /* ---- validation ------------------------------------------------------------------------------ */
@@ -887,6 +890,14 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     if (st != MLA_OK)
         goto done;
     int mat_path = attn->p.path == MLA_ATTN_PATH_MATERIALIZED;
+    /* Absorbed products in bf16 on vdpbf16ps or AMX tiles run at twice the float32 rate or
+     * more, which moves AUTO's switch. */
+    int bf16_native = !dm.mha &&
+                      mla__absorbed_bf16(&fmt, (int32_t)dm.lat_k, (int32_t)dm.lat_v,
+                                         (int32_t)dm.r) &&
+                      attn->k->bf16_products &&
+                      (strcmp(attn->k->bf16_products, "vdpbf16ps") == 0 ||
+                       strcmp(attn->k->bf16_products, "amx") == 0);
     for (int64_t c = 0; c < p.n_chunks; c++) {
         int64_t n_spans;
         st = mla__cache_seq_span_count(cache, ch[c].seq, &n_spans);
@@ -907,9 +918,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         ch[c].max_spans = n_spans + ch[c].m + 1;
         ch[c].absorbed = !dm.mha && (attn->p.path == MLA_ATTN_PATH_ABSORBED ||
                                      (!mat_path && !mla__attn_auto_materialized(
-                                                       attn->p.crossover_tokens, dm.n_h, dm.n_kv,
-                                                       dm.d_h, dm.r, dm.lat_k, dm.lat_v,
-                                                       before, ch[c].m)));
+                                                       attn->p.crossover_tokens, bf16_native,
+                                                       dm.n_h, dm.n_kv, dm.d_h, dm.r, dm.lat_k,
+                                                       dm.lat_v, before, ch[c].m)));
         p.any_abs |= ch[c].absorbed;
         p.any_mat |= !ch[c].absorbed;
     }
