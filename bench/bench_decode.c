@@ -583,8 +583,10 @@ static double prefill_flops(const shape *s, size_t li, double m, const char **pa
  * sgemm rate measured before each figure. */
 static void bench_prefill(int quick, int threads)
 {
-    static const int64_t ms[] = {512, 2048, 4096};
+    int64_t ms[] = {512, 2048, 4096};
     enum { N_M = sizeof ms / sizeof ms[0] };
+    if (ctx_given) /* --ctx: that one prompt length */
+        ms[0] = ms[1] = ms[2] = only_ctx;
     int reps = reps_opt > 0 ? reps_opt : quick ? 1 : 3;
     printf("\n## prefill of a fresh prompt, one layer, %d thread(s), %s cache, path AUTO; median "
            "of %d after a warm-up; GFLOP/s of the whole forward (projections and causal "
@@ -603,7 +605,7 @@ static void bench_prefill(int quick, int threads)
             mla_layer *l = li == 0 ? mha_layer(s) : mla_layer_random(s, dkvs[li - 1]);
             mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
             for (size_t mi = 0; mi < N_M; mi++) {
-                if ((quick && ms[mi] > 512) || (ctx_given && ms[mi] != only_ctx))
+                if ((quick && ms[mi] > 512 && !ctx_given) || (ctx_given && mi > 0))
                     continue;
                 double gf = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
                 mla_cache *c = filled_cache(l, li > 0, 0, ms[mi]);
