@@ -206,8 +206,7 @@ int main(void)
     /* Finite input large enough that the scores overflow float32 (F32 cache, so the latents
      * still fit): NUMERICAL naming a token by the caller's index (the huge tokens are the
      * caller's 0..3 of sequence 2, sorted after sequence 0's two), a column and "overflow",
-     * nothing appended, out untouched; on either path (the materialized one once returned
-     * finite, wrong output: its vectorized exp turned the NaN of inf − inf into 0). */
+     * nothing appended, out untouched; on either path (test_overflow.c tries every size). */
     for (int path = MLA_ATTN_PATH_ABSORBED; path <= MLA_ATTN_PATH_MATERIALIZED; path++) {
         mla_attn *save_attn = attn;
         attn = make_attn(1, (mla_attn_path)path);
