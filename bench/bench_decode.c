@@ -12,7 +12,8 @@
  *                [--rounds N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
- * length (for profiling one case; with --prefill one prompt length), --mha only the MHA baseline, --mla only the MLA layers, --dkv
+ * length (for profiling one case; with --prefill one prompt length, of any size), --mha only the
+ * MHA baseline, --mla only the MLA layers, --dkv
  * one MLA d_kv; --dtype the cache's storage type for latent and RoPE part, MHA and MLA alike
  * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); i8 and i4
  * quantize the MLA latents only (groups of --group values, default the cache's choice for
@@ -735,11 +736,23 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--group") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             group_opt = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] [--shape NAME] "
-                    "[--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] "
-                    "[--group N] [--reps N] [--rounds N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] "
+                    "[--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] "
+                    "[--dtype f16|bf16|f32|i8|i4] [--group N] [--reps N] [--rounds N]\n",
+                    argv[0]);
             return 2;
         }
+    }
+    /* --ctx: a decode context of the table, a prompt of ≥ 1 token, or ≥ 0 cached tokens. */
+    int ctx_ok = !ctx_given || (crossover ? only_ctx >= 0 : prefill ? only_ctx >= 1 : 0);
+    for (int i = 0; i < N_CTX && !ctx_ok; i++)
+        ctx_ok = ctxs[i] == only_ctx;
+    if (!ctx_ok) {
+        fprintf(stderr, "--ctx %lld: %s\n", (long long)only_ctx,
+                crossover ? "cached tokens must be >= 0"
+                : prefill ? "a prompt needs >= 1 token"
+                          : "the decode table has contexts 1024, 4096, 16384 and 32768");
+        return 2;
     }
     printf("libmla %s\n%s\n", mla_version_string(), mla_build_info());
     if (crossover) {
