@@ -679,10 +679,13 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
         t = t1 < t ? t1 : t;
     }
     t = t / 16 * 16;
-    /* Materialized tiles feed BLIS products of tile × (n_kv·d_h) × R: below 64 rows its
-     * per-call overhead dominates, so wide layers accept tiles that spill L2. */
-    int64_t lo = up ? 64 : 16;
-    return t < lo ? lo : t > 256 ? 256 : t;
+    /* Materialized tiles feed BLIS products of tile × (n_kv·d_h) × R and, per head, value
+     * products whose depth is the tile: where a tile of TILE_BYTES would hold under 64 tokens
+     * (Llama-2-7B: 35 KB a token), BLIS's per-call overhead dominates, and 256-token tiles
+     * that spill L2 ran 7–15% faster than 64 after 4096 cached tokens (doc/attention.md). */
+    if (up && t < 64)
+        t = 256;
+    return t < 16 ? 16 : t > 256 ? 256 : t;
 }
 
 /* Query tokens per block of a chunk: ABSORBED_ROWS rows or MATERIALIZED_TOKENS tokens. */
