@@ -6,7 +6,8 @@
  * - decoding token by token equals one prefill of the whole sequence (several tiles and spans,
  *   1 and 2 threads: split-K merging);
  * - a forked sequence continues exactly like an unforked copy;
- * - two layers sharing one cache (the second writes slots the first reserved).
+ * - two layers sharing one cache (the second writes slots the first reserved);
+ * - a layer wide enough for the materialized path's 256-token tiles.
  */
 #include "run.h"
 
@@ -252,5 +253,22 @@ int main(void)
         two_layers(keep[0], keep[1]);
     mla_layer_destroy(keep[0]);
     mla_layer_destroy(keep[1]);
+
+    /* A layer so wide (4 KV heads of 128: 4.2 KB of tile a token) that the materialized path
+     * takes 256-token tiles (forward.c, tile_tokens): a 272-token prefill spans two of them. */
+    src_layer wsrc;
+    src_init(&wsrc, 64, 4, 4, 128, 1, 250);
+    mla_layer *wide = convert(&wsrc, 4, 8, MLA_FACTOR_JOINT);
+    CHECK(wide != NULL, "wide heads: conversion (%s)", wide ? "" : mla_last_error());
+    if (wide) {
+        double em = run_ref(wide, 1, MLA_ATTN_PATH_MATERIALIZED, 272, 272, 11, 3, 16);
+        CHECK(em < 1e-4, "wide heads, 256-token tiles: materialized equals the MLA formula over "
+              "272 tokens (rel %.2e)", em);
+        double e2 = run_ref(wide, 2, MLA_ATTN_PATH_MATERIALIZED, 40, 30, 11, 3, 64);
+        CHECK(e2 < 1e-4, "wide heads, 256-token tiles: 30-token prefill and 10 decode steps on "
+              "2 threads (rel %.2e)", e2);
+        mla_layer_destroy(wide);
+    }
+    src_free(&wsrc);
     return tap_done();
 }
