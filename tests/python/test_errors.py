@@ -113,6 +113,11 @@ def test_cache_and_attn_errors(w):
         expect(mla.Status.CAPACITY, attn.forward, layer, cache, 0,
                np.ones((15, G.d_model), np.float32), 0, 2)
     expect(mla.Status.INVALID_ARGUMENT, mla.Attn, n_threads=-1)
+    # crossover_tokens: 0 is the cost model (the default), N > 0 a fixed switch, < 0 refused
+    expect(mla.Status.INVALID_ARGUMENT, mla.Attn, crossover_tokens=-1,
+           match="crossover_tokens is -1")
+    for n in (0, 224):
+        mla.Attn(crossover_tokens=n).close()
 
 
 def test_errors_are_per_thread(w):
