@@ -68,6 +68,10 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
     a->k = mla__attn_kernels_best();
     a->stream_bytes = env_count("MLA_ATTN_STREAM_BYTES", MLA_ATTN_STREAM_BYTES, INT64_MAX);
     a->stream_prefetch = (int)env_count("MLA_ATTN_STREAM_PREFETCH", mla_cpu()->amd, 1);
+    /* Absorbed products in bf16 on vdpbf16ps or AMX tiles run at twice the float32 rate or
+     * more, which moves AUTO's switch (forward.c). */
+    a->bf16_native = a->k->bf16_products && (strcmp(a->k->bf16_products, "vdpbf16ps") == 0 ||
+                                             strcmp(a->k->bf16_products, "amx") == 0);
     *out = a;
     return MLA_OK;
 }

@@ -893,14 +893,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     if (st != MLA_OK)
         goto done;
     int mat_path = attn->p.path == MLA_ATTN_PATH_MATERIALIZED;
-    /* Absorbed products in bf16 on vdpbf16ps or AMX tiles run at twice the float32 rate or
-     * more, which moves AUTO's switch. */
-    int bf16_native = !dm.mha &&
-                      mla__absorbed_bf16(&fmt, (int32_t)dm.lat_k, (int32_t)dm.lat_v,
-                                         (int32_t)dm.r) &&
-                      attn->k->bf16_products &&
-                      (strcmp(attn->k->bf16_products, "vdpbf16ps") == 0 ||
-                       strcmp(attn->k->bf16_products, "amx") == 0);
+    /* Whether absorbed jobs multiply in bf16 (a BF16 cache), and on native bf16 products. */
+    int abs_bf16 = !dm.mha && mla__absorbed_bf16(&fmt, (int32_t)dm.lat_k, (int32_t)dm.lat_v,
+                                                 (int32_t)dm.r);
     for (int64_t c = 0; c < p.n_chunks; c++) {
         int64_t n_spans;
         st = mla__cache_seq_span_count(cache, ch[c].seq, &n_spans);
@@ -921,7 +916,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         ch[c].max_spans = n_spans + ch[c].m + 1;
         ch[c].absorbed = !dm.mha && (attn->p.path == MLA_ATTN_PATH_ABSORBED ||
                                      (!mat_path && !mla__attn_auto_materialized(
-                                                       attn->p.crossover_tokens, bf16_native,
+                                                       attn->p.crossover_tokens,
+                                                       abs_bf16 && attn->bf16_native,
                                                        dm.n_h, dm.n_kv, dm.d_h, dm.r, dm.lat_k,
                                                        dm.lat_v, before, ch[c].m)));
         p.any_abs |= ch[c].absorbed;
@@ -935,8 +931,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     for (int64_t c = 0; c < p.n_chunks; c++)
         p.need_f32 |= (dm.mha && ch[c].m >= MLA_ATTN_SMALL_M) ||
                       (ch[c].absorbed && mla__absorbed_rows_wide(ch[c].m * dm.n_h));
-    p.bf16 = p.any_abs && mla__absorbed_bf16(&fmt, (int32_t)dm.lat_k, (int32_t)dm.lat_v,
-                                             (int32_t)dm.r);
+    p.bf16 = p.any_abs && abs_bf16;
     int keys16 = (fmt.latent_dtype == MLA_DTYPE_F16 || fmt.latent_dtype == MLA_DTYPE_BF16) &&
                  (dm.W == 0 || fmt.rope_dtype == fmt.latent_dtype);
     /* The kernel table's tile for 9 query rows suits the blocks of its gemm_bc_src, which the

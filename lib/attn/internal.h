@@ -47,6 +47,7 @@ struct mla_attn {
     const mla__attn_kernels *k;
     int64_t stream_bytes;        /* MLA_ATTN_STREAM_BYTES or its environment override */
     int stream_prefetch;         /* see MLA_ATTN_STREAM_BYTES */
+    int bf16_native;             /* k's bf16 products run on vdpbf16ps or AMX tiles (AUTO) */
     void *scratch;               /* grow-only arena, reused by every forward */
     size_t scratch_size;
 };
