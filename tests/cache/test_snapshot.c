@@ -12,7 +12,6 @@
  * - format versions: a version 1 snapshot (no written counts) loads with every token written;
  *   version 2's written counts round-trip, one beyond the tokens is refused, and so is version 3.
  */
-#include <dirent.h>
 #include <float.h>
 #include <math.h>
 #include <signal.h>
@@ -26,6 +25,7 @@
 #include <mla/mla.h>
 
 #include "cache/internal.h"
+#include "../files.h"
 #include "../tap.h"
 
 static unsigned long long rng = 0xabcdef12345ULL;
@@ -407,45 +407,6 @@ static void hand_made(void)
     free(b.p);
     free(ids);
     mla_cache_destroy(c);
-}
-
-static int count_files(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        n += e->d_name[0] != '.';
-    if (d)
-        closedir(d);
-    return n;
-}
-
-/* The bytes of a file (NULL if it cannot be read). */
-static unsigned char *read_all(const char *path, size_t *size)
-{
-    FILE *h = fopen(path, "rb");
-    if (!h)
-        return NULL;
-    unsigned char *buf = NULL;
-    size_t n = 0, cap = 0, k;
-    do {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 4096;
-            unsigned char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(h);
-                return NULL;
-            }
-            buf = nb;
-        }
-        k = fread(buf + n, 1, cap - n, h);
-        n += k;
-    } while (k > 0);
-    fclose(h);
-    *size = n;
-    return buf;
 }
 
 /* A save that fails after its temporary file exists leaves the target as it was and no

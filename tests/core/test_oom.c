@@ -6,7 +6,6 @@
  * leak nothing (LeakSanitizer and valgrind in CI). A run in which the failure was absorbed (a
  * fallback that needs no memory) must give the result of the run without it.
  */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include <mla/mla.h>
 
 #include "core/core.h"
+#include "../files.h"
 #include "../src_layer.h"
 #include "../tap.h"
 
@@ -316,28 +316,6 @@ static mla_status snapshot_load(state *s, float *result, size_t *n_result)
  * no temporary beside it (checked here: a difference turns the status into INTERNAL). */
 static char dir[64], target[96];
 
-static unsigned char *file_bytes(size_t *n)
-{
-    FILE *h = fopen(target, "rb");
-    unsigned char *b = malloc(1 << 16);
-    *n = h ? fread(b, 1, 1 << 16, h) : 0;
-    if (h)
-        fclose(h);
-    return b;
-}
-
-static int files_in_dir(void)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        n += e->d_name[0] != '.';
-    if (d)
-        closedir(d);
-    return n;
-}
-
 static void setup_save(state *s)
 {
     mla_cache_save_file(s->cache, 1, target);
@@ -348,10 +326,11 @@ static mla_status save_file(state *s, float *result, size_t *n_result)
     (void)result;
     *n_result = 0;
     size_t n0, n1;
-    unsigned char *before = file_bytes(&n0);
+    unsigned char *before = read_all(target, &n0);
     mla_status st = mla_cache_save_file(s->cache, -1, target);
-    unsigned char *after = file_bytes(&n1);
-    if (st != MLA_OK && (n0 != n1 || memcmp(before, after, n0) != 0 || files_in_dir() != 1)) {
+    unsigned char *after = read_all(target, &n1);
+    if (st != MLA_OK && (!before || !after || n0 != n1 || memcmp(before, after, n0) != 0 ||
+                         count_files(dir) != 1)) {
         char why[256]; /* mla_fail writes the buffer mla_last_error reads */
         snprintf(why, sizeof why, "%s", mla_last_error());
         st = mla_fail(MLA_ERR_INTERNAL, "the failed save changed %s or left a temporary (%s)",
