@@ -80,6 +80,19 @@ static void round_trip(const char *what, int bias, mla_factorization f, int r, i
     src_free(&s);
 }
 
+/* mla_layer_from_tensors(g, r, d_kv, t, n) refused: status want, a message holding part (and
+ * part2 unless NULL), and no layer. */
+static void refused(const mla_geometry *g, int r, int d_kv, const mla_tensor *t, int n,
+                    mla_status want, const char *part, const char *part2, const char *what)
+{
+    mla_layer *out = NULL;
+    mla_status st = mla_layer_from_tensors(g, r, d_kv, t, n, &out);
+    CHECK(st == want && strstr(mla_last_error(), part) &&
+              (!part2 || strstr(mla_last_error(), part2)) && !out,
+          "%s: %s", what, mla_last_error());
+    mla_layer_destroy(out);
+}
+
 static void bad_checkpoints(void)
 {
     src_layer s;
@@ -88,7 +101,7 @@ static void bad_checkpoints(void)
     mla_convert_default_params(&p, sizeof p);
     p.rope_dim = 4;
     p.d_kv = 3;
-    mla_layer *l = NULL, *out = NULL;
+    mla_layer *l = NULL;
     mla_layer_convert(&s.g, &s.w, NULL, &p, &l);
     mla_tensor t[16];
     mla_layer_info info;
@@ -107,95 +120,73 @@ static void bad_checkpoints(void)
     mla_tensor bad[16];
     memcpy(bad, t, sizeof bad);
     bad[iu].shape[1] = 5;
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_SHAPE_MISMATCH &&
-              strstr(mla_last_error(), "kv_proj.up_k.weight") && !out,
-          "wrong shape: %s", mla_last_error());
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, t, n - 1, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "missing tensor rope_dims") && !out,
-          "missing rope_dims: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_SHAPE_MISMATCH, "kv_proj.up_k.weight", NULL,
+            "wrong shape");
+    refused(&s.g, 4, 3, t, n - 1, MLA_ERR_INVALID_ARGUMENT, "missing tensor rope_dims", NULL,
+            "missing rope_dims");
     memcpy(bad, t, sizeof bad);
     bad[0].name = "q_proj.weights";
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "q_proj.weights") && !out,
-          "unknown name: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_INVALID_ARGUMENT, "q_proj.weights", NULL, "unknown name");
     int32_t dims[2 * 4] = {0, 1, 8, 9, 0, 0, 8, 8};
     memcpy(bad, t, sizeof bad);
     bad[ir].data = dims;
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "rope_dims, KV head 1") && !out,
-          "invalid rope dims: %s", mla_last_error());
-    CHECK(mla_layer_from_tensors(&s.g, 4, 4, t, n, &out) == MLA_ERR_SHAPE_MISMATCH && !out,
-          "d_kv disagreeing with the tensors: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_INVALID_ARGUMENT, "rope_dims, KV head 1", NULL,
+            "invalid rope dims");
+    refused(&s.g, 4, 4, t, n, MLA_ERR_SHAPE_MISMATCH, "", NULL,
+            "d_kv disagreeing with the tensors");
     float *nan_copy = malloc(sizeof(float) * 64 * 96);
     memcpy(nan_copy, t[0].data, sizeof(float) * 64 * 96);
     nan_copy[100] = NAN;
     memcpy(bad, t, sizeof bad);
     bad[0].data = nan_copy;
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_NUMERICAL &&
-              strstr(mla_last_error(), "q_proj.weight[1][36]") && !out,
-          "NaN: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_NUMERICAL, "q_proj.weight[1][36]", NULL, "NaN");
     free(nan_copy);
 
     /* Each remaining check of mla_layer_from_tensors: the status, a message naming what was
      * wrong, and no layer. */
     memcpy(bad, t, sizeof bad);
     bad[iu].dtype = MLA_DTYPE_I32;
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "kv_proj.up_k.weight: dtype i32") && !out,
-          "a weight of integers: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_INVALID_ARGUMENT, "kv_proj.up_k.weight: dtype i32", NULL,
+            "a weight of integers");
     memcpy(bad, t, sizeof bad);
     bad[ir].dtype = MLA_DTYPE_F32;
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "rope_dims: dtype f32, expected i32") && !out,
-          "rope_dims of floats: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_INVALID_ARGUMENT, "rope_dims: dtype f32, expected i32",
+            NULL, "rope_dims of floats");
     memcpy(bad, t, sizeof bad);
     bad[iu].data = NULL;
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "kv_proj.up_k.weight: data is NULL") && !out,
-          "no data: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_INVALID_ARGUMENT, "kv_proj.up_k.weight: data is NULL",
+            NULL, "no data");
     memcpy(bad, t, sizeof bad);
     bad[iu].ndim = 3;
     bad[iu].shape[2] = 2;
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_SHAPE_MISMATCH &&
-              strstr(mla_last_error(), "kv_proj.up_k.weight") &&
-              strstr(mla_last_error(), "ndim 3 [24, 6, 2]") && !out,
-          "a third dimension that is not 1: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_SHAPE_MISMATCH, "kv_proj.up_k.weight",
+            "ndim 3 [24, 6, 2]", "a third dimension that is not 1");
     memcpy(bad, t, sizeof bad);
     bad[2].name = NULL;
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "tensors[2].name is NULL") && !out,
-          "a nameless tensor: %s", mla_last_error());
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, t, -1, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "n_tensors is -1") && !out,
-          "a negative count: %s", mla_last_error());
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, NULL, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "tensors is NULL with n_tensors 7") && !out,
-          "no array: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n, MLA_ERR_INVALID_ARGUMENT, "tensors[2].name is NULL", NULL,
+            "a nameless tensor");
+    refused(&s.g, 4, 3, t, -1, MLA_ERR_INVALID_ARGUMENT, "n_tensors is -1", NULL,
+            "a negative count");
+    refused(&s.g, 4, 3, NULL, n, MLA_ERR_INVALID_ARGUMENT, "tensors is NULL with n_tensors 7",
+            NULL, "no array");
     memcpy(bad, t, sizeof bad);
     bad[n] = t[iu];
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n + 1, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "tensor kv_proj.up_k.weight is given twice") && !out,
-          "a tensor given twice: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n + 1, MLA_ERR_INVALID_ARGUMENT,
+            "tensor kv_proj.up_k.weight is given twice", NULL, "a tensor given twice");
     float zeros[2 * 12] = {0};
     memcpy(bad, t, sizeof bad);
     bad[n] = (mla_tensor){.name = "kv_proj.up_k.bias", .dtype = MLA_DTYPE_F32, .ndim = 1,
                           .shape = {2 * 12}, .data = zeros};
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n + 1, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "kv_proj.up_k.bias is given but geometry.qkv_bias "
-                                       "is 0") && !out,
-          "a bias the geometry does not have: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n + 1, MLA_ERR_INVALID_ARGUMENT,
+            "kv_proj.up_k.bias is given but geometry.qkv_bias is 0", NULL,
+            "a bias the geometry does not have");
     memcpy(bad, t, sizeof bad);
     bad[n] = (mla_tensor){.name = "k_proj.weight", .dtype = MLA_DTYPE_F32, .ndim = 2,
                           .shape = {32, 64}, .data = zeros};
-    CHECK(mla_layer_from_tensors(&s.g, 4, 3, bad, n + 1, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "need exactly one of") && !out,
-          "MHA and MLA tensors together: %s", mla_last_error());
-    CHECK(mla_layer_from_tensors(&s.g, 3, 3, t, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "rope_dim is 3") && !out,
-          "an odd rope_dim: %s", mla_last_error());
-    CHECK(mla_layer_from_tensors(&s.g, 4, 0, t, n, &out) == MLA_ERR_INVALID_ARGUMENT &&
-              strstr(mla_last_error(), "d_kv is 0") && !out,
-          "d_kv 0: %s", mla_last_error());
+    refused(&s.g, 4, 3, bad, n + 1, MLA_ERR_INVALID_ARGUMENT, "need exactly one of", NULL,
+            "MHA and MLA tensors together");
+    refused(&s.g, 3, 3, t, n, MLA_ERR_INVALID_ARGUMENT, "rope_dim is 3", NULL, "an odd rope_dim");
+    refused(&s.g, 4, 0, t, n, MLA_ERR_INVALID_ARGUMENT, "d_kv is 0", NULL, "d_kv 0");
     mla_layer_destroy(l);
     src_free(&s);
 }
