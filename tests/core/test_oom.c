@@ -101,6 +101,18 @@ static mla_status copy_tensor(const mla_layer *l, const char *name, float *resul
     return st;
 }
 
+/* The conversion every scenario uses: r 4, d_kv 3, with the given strategy and factorization. */
+static mla_convert_params convert_params(mla_rope_strategy strategy, mla_factorization f)
+{
+    mla_convert_params p;
+    mla_convert_default_params(&p, sizeof p);
+    p.rope_strategy = strategy;
+    p.rope_dim = 4;
+    p.d_kv = 3;
+    p.factorization = f;
+    return p;
+}
+
 static mla_status convert_2norm(state *s, float *result, size_t *n_result)
 {
     (void)s;
@@ -109,12 +121,7 @@ static mla_status convert_2norm(state *s, float *result, size_t *n_result)
     mla_status st = mla_calib_create(&src.g, &src.w, NULL, &cal);
     if (st == MLA_OK)
         st = mla_calib_feed(cal, x, N_TOK);
-    mla_convert_params p;
-    mla_convert_default_params(&p, sizeof p);
-    p.rope_strategy = MLA_ROPE_2NORM;
-    p.rope_dim = 4;
-    p.d_kv = 3;
-    p.factorization = MLA_FACTOR_ACTIVATION_JOINT;
+    mla_convert_params p = convert_params(MLA_ROPE_2NORM, MLA_FACTOR_ACTIVATION_JOINT);
     if (st == MLA_OK)
         st = mla_layer_convert(&src.g, &src.w, cal, &p, &l);
     if (st == MLA_OK)
@@ -128,12 +135,7 @@ static mla_status convert_split(state *s, float *result, size_t *n_result)
 {
     (void)s;
     mla_layer *l = NULL;
-    mla_convert_params p;
-    mla_convert_default_params(&p, sizeof p);
-    p.rope_strategy = MLA_ROPE_UNIFORM;
-    p.rope_dim = 4;
-    p.d_kv = 3;
-    p.factorization = MLA_FACTOR_SPLIT;
+    mla_convert_params p = convert_params(MLA_ROPE_UNIFORM, MLA_FACTOR_SPLIT);
     mla_status st = mla_layer_convert(&src.g, &src.w, NULL, &p, &l);
     if (st == MLA_OK)
         st = copy_tensor(l, "kv_proj.up_k.weight", result, n_result);
@@ -347,11 +349,7 @@ static mla_status save_file(state *s, float *result, size_t *n_result)
  * sequence 1. */
 static void state_make(state *s)
 {
-    mla_convert_params p;
-    mla_convert_default_params(&p, sizeof p);
-    p.rope_strategy = MLA_ROPE_UNIFORM;
-    p.rope_dim = 4;
-    p.d_kv = 3;
+    mla_convert_params p = convert_params(MLA_ROPE_UNIFORM, MLA_FACTOR_JOINT);
     s->layer = NULL;
     s->cache = NULL;
     if (mla_layer_convert(&src.g, &src.w, NULL, &p, &s->layer) != MLA_OK)
