@@ -246,8 +246,9 @@ static void job_bf16(const mla__ctx *c, const mla__job *job, mla__work *w)
 /*
  * Few rows over a cache out of the CPU's caches: each tile is loaded (load_t, load_t16) and
  * then multiplied, and while it is multiplied nothing is read. On AMD CPUs (c->stream_prefetch)
- * a job of more than PF_MIN_BYTES of rows therefore hints the next tile's rows into L2, 16 of
- * them for every 16 rows it loads, so that they arrive while this tile is multiplied.
+ * a job hints the next tile's rows into L2, 16 of them for every 16 rows it loads, so that they
+ * arrive while this tile is multiplied, where the call reads more than PF_MIN_BYTES of rows a
+ * thread (mla__attn_thread_bytes: a batch of sequences counts all of theirs).
  * SmolLM-135M d_kv 32 F16 on an AMD EPYC, 2 threads, one process alternating both ways,
  * median of 40 decodes: 32K 1.145 → 1.019 ms, 48K 2.316 → 1.613 ms. Jobs that stay in cache
  * pay 3–5% for the hints (d_kv 8 at 64K, 3 MiB a job; d_kv 16 at 32K), hence the threshold
@@ -314,11 +315,9 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     mla__rtile *rt = &w->rt;
     pf_cursor pc = {b->view, 0, job->c0 + T, job->c1};
     int pf = 0;
-    if (c->stream_prefetch && job->c1 - job->c0 > T) {
-        const mla_cache_span *s0 = &b->view->spans[0];
-        int64_t row_bytes = (int64_t)s0->latent_row_bytes + (int64_t)s0->rope_row_bytes;
-        pf = (job->c1 - job->c0) * row_bytes > PF_MIN_BYTES;
-        pc.si = pf ? mla__span_of(b->view, pc.next) : 0;
+    if (c->stream_prefetch && job->c1 - job->c0 > T && c->thread_bytes > PF_MIN_BYTES) {
+        pf = 1;
+        pc.si = mla__span_of(b->view, pc.next);
     }
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;

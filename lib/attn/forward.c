@@ -113,7 +113,7 @@ typedef struct dims {
 /* Everything one forward allocates, carved from the arena. */
 typedef struct plan {
     int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
-    int64_t n_works;     /* per-thread work areas: the most threads run_jobs may use */
+    int64_t n_works;     /* per-thread work areas: the most threads the jobs may use (job_threads) */
     int any_abs, any_mat;
     int need_f32;        /* some job reads a float32 tile (BLIS products, many query rows) */
     int i4;              /* I4 latents, read in place as int8 codes (mla__rtile_map) */
@@ -541,22 +541,40 @@ static void prepare_queries(const struct mla_layer *ly, const dims *dm, const pl
         k->round_bf16(p->qt, dm->lat_k * ldq);
 }
 
-static void run_jobs(mla_attn *attn, const mla__ctx *ctx, const plan *p, int nt)
+/* Threads for the plan's jobs: none beyond the first for little work, at most one a work area
+ * (plan_bounds carved n_works) and one a job. */
+static int job_threads(const dims *dm, const plan *p, int nt)
 {
-    int64_t nj = p->n_jobs;
     double flops = 0;
-    for (int64_t i = 0; i < nj; i++) {
+    for (int64_t i = 0; i < p->n_jobs; i++) {
         const mla__qblock *b = &p->blocks[p->jobs[i].block];
-        double width = b->absorbed ? 2.0 * ctx->lat_k + ctx->r : 2.0 * ctx->d_h;
-        flops += 2.0 * (double)(b->m * ctx->n_h) * (double)(p->jobs[i].c1 - p->jobs[i].c0) *
+        double width = b->absorbed ? 2.0 * dm->lat_k + dm->r : 2.0 * dm->d_h;
+        flops += 2.0 * (double)(b->m * dm->n_h) * (double)(p->jobs[i].c1 - p->jobs[i].c0) *
                  width;
     }
     nt = threads_for(nt, flops);
-    /* One work area per thread was carved (plan_bounds). */
     if (nt > p->n_works)
         nt = (int)p->n_works;
-    if (nt > nj)
-        nt = (int)nj;
+    if (nt > p->n_jobs)
+        nt = (int)p->n_jobs;
+    return nt > 1 ? nt : 1;
+}
+
+int64_t mla__attn_thread_bytes(const mla_cache_layer_format *f, const mla__job *jobs,
+                               int64_t n_jobs, int nt)
+{
+    int64_t groups = f->quant_group > 0 ? f->latent_dim / f->quant_group : 0;
+    int64_t row = (int64_t)f->latent_dim * mla_dtype_bits(f->latent_dtype) / 8 + 4 * groups +
+                  (int64_t)f->rope_width * mla_dtype_bits(f->rope_dtype) / 8;
+    int64_t tokens = 0;
+    for (int64_t i = 0; i < n_jobs; i++)
+        tokens += jobs[i].c1 - jobs[i].c0;
+    return tokens * row / (nt > 1 ? nt : 1);
+}
+
+static void run_jobs(const mla__ctx *ctx, const plan *p, int nt)
+{
+    int64_t nj = p->n_jobs;
     if (nt <= 1 || nj <= 1) {
         for (int64_t i = 0; i < nj; i++) {
             const mla__job *job = &p->jobs[i];
@@ -567,7 +585,6 @@ static void run_jobs(mla_attn *attn, const mla__ctx *ctx, const plan *p, int nt)
         }
         return;
     }
-    (void)attn;
     /* Last jobs first: in a chunk's causal prefill the later blocks see the longer contexts, and
      * handing out the largest jobs first leaves the smallest to even out the threads' ends. */
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
@@ -736,7 +753,7 @@ static int64_t parts_for(const plan *p, int64_t parts, int64_t n_ctx)
  * Bounds for the carve, before the cache writes: the blocks, the longest block's query rows, and
  * per block a bound of its context (the sequence's tokens before the call plus the block's end
  * within the chunk), hence its parts, the split-K state and the flops that decide whether
- * run_jobs uses more than one thread (threads_for is monotonic, and run_jobs never uses more
+ * the jobs use more than one thread (threads_for is monotonic, and job_threads never gives more
  * than n_works).
  */
 static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena *a)
@@ -981,6 +998,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     prepare_queries(layer, &dm, &p, nt, attn->k);
     plan_blocks(&dm, &p, ch);
     plan_jobs(&dm, &p, nt);
+    int nt_jobs = job_threads(&dm, &p, nt);
     mla__ctx ctx = {
         .layer = layer, .fmt = &fmt, .k = attn->k,
         .n_h = (int32_t)dm.n_h, .n_kv = (int32_t)dm.n_kv, .g = (int32_t)dm.g,
@@ -990,8 +1008,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         .stream_prefetch = attn->stream_prefetch, .qg = p.qg, .qt = p.qt,
         .qrt = p.qrt, .ldq = n_tokens * dm.n_h, .blocks = p.blocks, .bf16 = p.bf16,
         .keys16 = keys16, .bf16_few_rows = bf16_few_rows,
+        .thread_bytes = mla__attn_thread_bytes(&fmt, p.jobs, p.n_jobs, nt_jobs),
     };
-    run_jobs(attn, &ctx, &p, nt);
+    run_jobs(&ctx, &p, nt_jobs);
     finish_rows(layer, &dm, &p);
     if (p.any_abs)
         absorbed_output(layer, &dm, &p, nt, attn->k);

@@ -24,9 +24,10 @@
  * instead of BLIS on a float32 tile. */
 #define MLA_ATTN_SMALL_M 16
 
-/* One-token MHA decode jobs reading more than this many bytes of cached rows take the loop
- * for rows out of DRAM (materialized.c: 8-row steps for rows of a page or more; for smaller
- * ones, on AMD CPUs, prefetching 4-row steps); MLA_ATTN_STREAM_BYTES in the environment
+/* One-token MHA decode jobs take the loop for rows out of DRAM (materialized.c: 8-row steps for
+ * rows of a page or more; for smaller ones, on AMD CPUs, prefetching 4-row steps) where the
+ * call's jobs read more than this many bytes of cached rows a thread (mla__attn_thread_bytes:
+ * a batch of sequences counts all of theirs); MLA_ATTN_STREAM_BYTES in the environment
  * overrides it (tests run that loop on small caches with 0), MLA_ATTN_STREAM_PREFETCH=0 or 1
  * whether small rows are prefetched (tests run both), and whether few-rows absorbed jobs hint
  * their next tile (absorbed.c; on AMD CPUs by default). */
@@ -172,6 +173,8 @@ typedef struct mla__ctx {
     int64_t tile_tokens;
     int64_t stream_bytes;        /* see MLA_ATTN_STREAM_BYTES */
     int stream_prefetch;         /* mla_attn's */
+    int64_t thread_bytes;        /* cached bytes the call's jobs read, per thread running them:
+                                  * whether the rows stay in the CPU's caches between calls */
     const float *qg;             /* materialized / MHA queries */
     const float *qt, *qrt;       /* absorbed queries, transposed, ld = ldq */
     int64_t ldq;
@@ -192,6 +195,13 @@ MLA_INTERNAL int mla__absorbed_rows_wide(int64_t rows);
  * "BF16 caches"); F32/F16/I8/I4 caches keep the float32 products. */
 MLA_INTERNAL int mla__absorbed_bf16(const mla_cache_layer_format *fmt, int32_t lat_k,
                                     int32_t lat_v, int32_t r);
+/* Bytes of cached rows (latents or values with their I8/I4 scales, RoPE parts or keys) that
+ * n_jobs jobs read, per thread of the nt running them: whether the rows stay in the CPU's
+ * caches from one call to the next, which decides the loops for rows out of DRAM (the MHA
+ * baseline's streaming decode, the absorbed path's hints; MLA_ATTN_STREAM_BYTES). A batch of
+ * sequences reads all of theirs in one call, though each job reads only its own. */
+MLA_INTERNAL int64_t mla__attn_thread_bytes(const mla_cache_layer_format *f, const mla__job *jobs,
+                                            int64_t n_jobs, int nt);
 /* 1 when MLA_ATTN_PATH_AUTO takes the materialized path for a chunk of m query tokens after
  * len0 cached ones (crossover_tokens: the handle's parameter, 0 for the cost model;
  * bf16_native: the absorbed products are bf16 ones on vdpbf16ps or AMX tiles). */

@@ -74,8 +74,9 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
  *
  * Out of DRAM the loop is latency-bound: the kernels' loads wait behind their FMAs in the
  * out-of-order window, and the hardware prefetchers stop at 4 KiB pages. What helps depends on
- * the row size, for a job reading more than MLA_ATTN_STREAM_BYTES of rows (more than stays in
- * this machine's caches between two decodes):
+ * the row size, where the call reads more than MLA_ATTN_STREAM_BYTES of rows a thread (more
+ * than stays in this machine's caches between two decodes; a batch of sequences counts all of
+ * theirs, mla__attn_thread_bytes):
  * - rows of a page or more (Llama-2-7B: 8 KiB): steps of 8 rows, no software prefetch. Each
  *   row of the step is its own page, so the hardware prefetchers follow 8 streams at once;
  *   prefetch instructions only queued behind them (Llama-2-7B 32K, 6 alternating runs: median
@@ -179,8 +180,7 @@ static void mha_in_place(const mla__ctx *c, const mla__job *job, mla__work *w)
         mla__rtile_visible(rt, b->p0 + t_from, b->m - t_from, w->nvis + t_from);
         int64_t rows = b->m - t_from;
         if (rows == 1) {
-            int64_t row_bytes = (int64_t)rt->seg[0].latent.ld + (int64_t)rt->seg[0].rope.ld;
-            mha_one(c, job, w, n, t_from, (job->c1 - job->c0) * row_bytes > c->stream_bytes);
+            mha_one(c, job, w, n, t_from, c->thread_bytes > c->stream_bytes);
             continue;
         }
         for (int64_t h = 0; h < c->n_h; h++) {

@@ -5,7 +5,9 @@
  * read only when they are whole non-negative integers, and over a BF16 cache the few-rows
  * float32 loop multiplies what the bf16 products do (the kernel table's threshold both ways),
  * the AMD few-rows blocks and tiles give the portable decode, next-tile hints change no result,
- * and the cut of a forward's work into blocks and split-K parts keeps its promises.
+ * the loops for rows out of DRAM are chosen by what the whole call reads (a batch of sequences
+ * streams where each alone would not, with the same result), and the cut of a forward's work
+ * into blocks and split-K parts keeps its promises.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -238,6 +240,103 @@ static void few_rows_prefetch_same(void)
     src_free(&src);
 }
 
+/*
+ * The loops for rows out of DRAM are chosen by the cached bytes the whole call reads a thread
+ * (mla__attn_thread_bytes), not by one job's: a batch of sequences reads all of theirs. Closed
+ * forms of the count, then a batch decode of an MHA (GQA) layer whose call passes the threshold
+ * while each sequence alone stays under it: the batch (streaming loop) gives what each sequence
+ * decoded alone (cache-resident loop) does.
+ */
+static void thread_bytes_rule(void)
+{
+    mla__job jobs[16];
+    memset(jobs, 0, sizeof jobs);
+    for (int i = 0; i < 16; i++)
+        jobs[i].c1 = 4096;
+    /* SmolLM-135M's MHA baseline: values 3 × 64 and keys 3 × 64 wide, F16: 768 bytes a token. */
+    mla_cache_layer_format f = {192, 192, MLA_DTYPE_F16, MLA_DTYPE_F16, 0};
+    CHECK(mla__attn_thread_bytes(&f, jobs, 16, 2) == 16 * 4096 * 768 / 2 &&
+              mla__attn_thread_bytes(&f, jobs, 1, 2) == 4096 * 768 / 2 &&
+              mla__attn_thread_bytes(&f, jobs, 16, 1) == 16 * 4096 * 768 &&
+              mla__attn_thread_bytes(&f, jobs, 16, 0) == 16 * 4096 * 768,
+          "16 sequences of 4096 tokens of 768 bytes: all of them a thread (%lld on 2 threads)",
+          (long long)mla__attn_thread_bytes(&f, jobs, 16, 2));
+    /* One sequence of 16384 tokens cut in two parts (split-K): each thread reads its part. */
+    jobs[0].c1 = 8192;
+    jobs[1].c0 = 8192;
+    jobs[1].c1 = 16384;
+    CHECK(mla__attn_thread_bytes(&f, jobs, 2, 2) == 8192 * 768,
+          "one sequence of 16384 tokens in two parts on 2 threads: 8192 × 768 bytes a thread");
+    /* I8 latents of 96 in groups of 32 (3 float scales), F16 RoPE part of 24: 156 bytes; I4 in
+     * groups of 16: 48 + 6 · 4 + 48 = 120. */
+    mla_cache_layer_format i8 = {96, 24, MLA_DTYPE_I8, MLA_DTYPE_F16, 32};
+    mla_cache_layer_format i4 = {96, 24, MLA_DTYPE_I4, MLA_DTYPE_F16, 16};
+    CHECK(mla__attn_thread_bytes(&i8, jobs, 1, 1) == 8192 * 156 &&
+              mla__attn_thread_bytes(&i4, jobs, 1, 1) == 8192 * 120,
+          "I8 latents 156 bytes a token with their scales, I4 120 (%lld, %lld for 8192 tokens)",
+          (long long)mla__attn_thread_bytes(&i8, jobs, 1, 1),
+          (long long)mla__attn_thread_bytes(&i4, jobs, 1, 1));
+
+    enum { DM = 32, NSEQ = 6, CTX = 300 };
+    src_layer src;
+    src_init(&src, DM, 4, 2, 16, 0, 71);
+    mla_layer *mha = NULL;
+    mla_status st = mla_layer_from_mha(&src.g, &src.w, &mha);
+    mla_cache *c = st == MLA_OK ? make_cache(&mha, 1, MLA_DTYPE_F16, MLA_DTYPE_F16,
+                                             NSEQ * (CTX + 16), 16) : NULL;
+    mla_attn *a = make_attn(1, MLA_ATTN_PATH_AUTO);
+    unsigned long long seed = 23;
+    float *x = rand_floats((size_t)(CTX + 1) * DM, &seed, 1.0);
+    float batch[NSEQ][DM], alone[NSEQ][DM];
+    int32_t seq[NSEQ];
+    int64_t pos[NSEQ];
+    st = c && a ? MLA_OK : MLA_ERR_INTERNAL;
+    /* The same prompt in every sequence, shifted by s tokens: different contexts. */
+    for (int s = 0; s < NSEQ && st == MLA_OK; s++) {
+        float *o = malloc((size_t)CTX * DM * sizeof *o);
+        int32_t *sq = malloc(CTX * sizeof *sq);
+        int64_t *ps = malloc(CTX * sizeof *ps);
+        for (int i = 0; i < CTX; i++) {
+            sq[i] = s;
+            ps[i] = i;
+        }
+        st = o && sq && ps ? mla_attn_forward(a, mha, c, 0, x + s * DM, CTX - s, sq, ps, o)
+                           : MLA_ERR_OUT_OF_MEMORY;
+        seq[s] = s;
+        pos[s] = CTX - s;
+        free(o);
+        free(sq);
+        free(ps);
+    }
+    /* Keys and values: 2 heads of 16, F16. One sequence reads at most 300 · 128 bytes, the
+     * batch about 6 times that: the threshold between the two. */
+    int64_t row = 2 * 2 * 16 * 2;
+    for (int pf = 0; pf < 2 && st == MLA_OK; pf++) {
+        a->stream_bytes = 2 * CTX * row;
+        a->stream_prefetch = pf;
+        st = mla_attn_forward(a, mha, c, 0, x + CTX * DM - NSEQ * DM, NSEQ, seq, pos,
+                              &batch[0][0]);
+        for (int s = 0; s < NSEQ && st == MLA_OK; s++)
+            st = mla_cache_seq_rm(c, s, pos[s], -1);
+        for (int s = 0; s < NSEQ && st == MLA_OK; s++) {
+            st = mla_attn_forward(a, mha, c, 0, x + CTX * DM - (NSEQ - s) * DM, 1, &seq[s],
+                                  &pos[s], alone[s]);
+            if (st == MLA_OK)
+                st = mla_cache_seq_rm(c, s, pos[s], -1);
+        }
+        double e = st == MLA_OK ? tap_rel_diff(&batch[0][0], &alone[0][0], NSEQ * DM) : 1.0;
+        CHECK(st == MLA_OK && e < 1e-5,
+              "%d sequences of ~%d tokens decoded in one call (the call over the streaming "
+              "threshold, each sequence under it; prefetch %d) = each decoded alone: relative "
+              "difference %.2e (%s)", NSEQ, CTX, pf, e, st == MLA_OK ? "" : mla_last_error());
+    }
+    free(x);
+    mla_attn_destroy(a);
+    mla_cache_destroy(c);
+    mla_layer_destroy(mha);
+    src_free(&src);
+}
+
 /* How a forward cuts its work (internal.h), against the properties it promises: a chunk's blocks
  * cover it in order, hold at most qb tokens each, are as few as that allows and equal within one
  * token; split-K parts are the fewest that fill rounds of nt threads to within an eighth. */
@@ -443,6 +542,7 @@ int main(void)
     bf16_paths_agree();
     few_rows_w48_agrees();
     few_rows_prefetch_same();
+    thread_bytes_rule();
     planner_cuts();
 
     free(x);
