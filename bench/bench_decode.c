@@ -1,6 +1,8 @@
 /*
  * Per-layer decode time of MLA (absorbed path) against this library's MHA baseline, at several
- * context lengths, for SmolLM-135M and Llama-2-7B attention shapes; the absorbed/materialized
+ * context lengths, for SmolLM-135M and Llama-2-7B attention shapes, of one sequence or of
+ * --batch N sequences decoding together (one call with a token for each; contexts where the
+ * batch would cache more than 65536 tokens are left out); the absorbed/materialized
  * crossover for prefill chunks (--crossover: a chunk of m tokens after --ctx cached ones, default
  * 4096, 0 for a fresh prompt; d_kv --dkv, default 16; beside each m the path AUTO takes); and
  * the prefill of fresh prompts of 512, 2048 and 4096 tokens (--prefill: the whole forward on
@@ -8,8 +10,8 @@
  * measured roofs beside every figure.
  *
  *   bench_decode [--quick] [--threads N] [--crossover] [--prefill] [--shape NAME] [--ctx N]
- *                [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N] [--reps N]
- *                [--rounds N]
+ *                [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N]
+ *                [--batch N] [--reps N] [--rounds N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
  * length (for profiling one case; with --prefill one prompt length, of any size), --mha only the
@@ -78,6 +80,7 @@ static int reps_opt;            /* --reps */
 static mla_dtype cache_dtype = MLA_DTYPE_F16; /* --dtype: every cached value, or the f16 rest */
 static mla_dtype latent_quant;                 /* --dtype i8|i4: the MLA latents' type, else 0 */
 static int group_opt;                          /* --group */
+static int batch = 1;                          /* --batch: sequences decoding together */
 
 /* Values per scale of a quantized latent of width L, for the byte count: --group, else the
  * cache's own choice for quant_group 0 (filled_cache checks that they agree). */
@@ -195,9 +198,10 @@ static mla_layer *mla_layer_random(const shape *s, int d_kv)
     return l;
 }
 
-/* A cache of ctx tokens (room for extra more) for layer l; mla: an MLA layer, whose latents
- * take --dtype i8|i4 (the MHA baseline's cache never does). */
-static mla_cache *filled_cache(mla_layer *l, int mla, int64_t ctx, int64_t extra)
+/* A cache of n_seq sequences (0 .. n_seq−1) of ctx tokens each (room for extra more each) for
+ * layer l; mla: an MLA layer, whose latents take --dtype i8|i4 (the MHA baseline's cache never
+ * does). */
+static mla_cache *filled_cache(mla_layer *l, int mla, int n_seq, int64_t ctx, int64_t extra)
 {
     mla_cache_layer_desc desc;
     if (mla_layer_cache_desc(l, &desc, sizeof desc) != MLA_OK)
@@ -209,8 +213,8 @@ static mla_cache *filled_cache(mla_layer *l, int mla, int64_t ctx, int64_t extra
     p.latent_dtype = mla && latent_quant ? latent_quant : cache_dtype;
     p.rope_dtype = cache_dtype;
     p.quant_group = group_opt;
-    p.capacity_tokens = ctx + extra + 64;
-    p.n_seq_max = 2;
+    p.capacity_tokens = n_seq * (ctx + extra + 64);
+    p.n_seq_max = n_seq > 2 ? n_seq : 2;
     mla_cache *c = NULL;
     mla_cache_stats st;
     if (mla_cache_create(&p, &c) != MLA_OK || mla_cache_get_stats(c, &st, sizeof st) != MLA_OK)
@@ -219,27 +223,30 @@ static mla_cache *filled_cache(mla_layer *l, int mla, int64_t ctx, int64_t extra
         die("the cache's quant_group differs from the byte count's");
     int64_t L = desc.latent_dim, W = (int64_t)desc.rope_heads * desc.rope_dim, chunk = 1024;
     float *lat = rand_buf((size_t)(chunk * L), 1.0f), *rope = rand_buf((size_t)(chunk * W + 1), 1.0f);
-    for (int64_t p0 = 0; p0 < ctx; p0 += chunk) {
-        int64_t n = ctx - p0 < chunk ? ctx - p0 : chunk;
-        if (mla_cache_write(c, 0, 0, p0, n, lat, W ? rope : NULL) != MLA_OK)
-            die("mla_cache_write");
-    }
+    for (int32_t sq = 0; sq < n_seq; sq++)
+        for (int64_t p0 = 0; p0 < ctx; p0 += chunk) {
+            int64_t n = ctx - p0 < chunk ? ctx - p0 : chunk;
+            if (mla_cache_write(c, 0, sq, p0, n, lat, W ? rope : NULL) != MLA_OK)
+                die("mla_cache_write");
+        }
     free(lat);
     free(rope);
     return c;
 }
 
-/* Seconds of one forward of m tokens at positions pos (from ctx on) of a ctx-token sequence,
- * removed again afterwards. */
+/* Seconds of one forward of m tokens at positions pos (from ctx on) of sequences 0 .. n_seq−1
+ * of ctx tokens each, removed again afterwards. */
 static double forward_once(mla_attn *a, mla_layer *l, mla_cache *c, const float *x, int64_t m,
-                           const int32_t *seq, const int64_t *pos, float *out, int64_t ctx)
+                           const int32_t *seq, const int64_t *pos, float *out, int n_seq,
+                           int64_t ctx)
 {
     double t0 = roofs_now();
     if (mla_attn_forward(a, l, c, 0, x, m, seq, pos, out) != MLA_OK)
         die("mla_attn_forward");
     double dt = roofs_now() - t0;
-    if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
-        die("mla_cache_seq_rm");
+    for (int32_t sq = 0; sq < n_seq; sq++)
+        if (mla_cache_seq_rm(c, sq, ctx, -1) != MLA_OK)
+            die("mla_cache_seq_rm");
     return dt;
 }
 
@@ -256,7 +263,7 @@ static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64
     double t[64];
     int kept = reps < 64 ? reps : 64; /* more runs only for profiling: the first 64 count */
     for (int r = 0; r <= reps; r++) {
-        double dt = forward_once(a, l, c, x, m, seq, pos, out, ctx);
+        double dt = forward_once(a, l, c, x, m, seq, pos, out, 1, ctx);
         if (r > 0 && r <= kept)
             t[r - 1] = dt; /* the first run warms up scratch memory and threads */
     }
@@ -289,7 +296,8 @@ static mla_attn *attn_new(int threads, mla_attn_path path)
  * The fastest of reps decodes at context 16 (the fixed cost: projections) and at ctx, taken in
  * alternation, so that the two figures subtracted from each other come from the same seconds of
  * a machine whose speed drifts (measured one after the other, a 2× drift between them made
- * "attn" negative or several times the roof).
+ * "attn" negative or several times the roof). A decode is one call with a token for each of
+ * the --batch sequences.
  */
 #define PAIR_BUDGET_S 0.05
 #define PAIR_MAX 400
@@ -297,15 +305,22 @@ static mla_attn *attn_new(int threads, mla_attn_path path)
 static void decode_pair(mla_layer *l, int mla, int d, int64_t ctx, int threads, int reps,
                         double *fixed, double *t)
 {
-    mla_cache *c16 = filled_cache(l, mla, 16, 1), *c = filled_cache(l, mla, ctx, 1);
+    mla_cache *c16 = filled_cache(l, mla, batch, 16, 1), *c = filled_cache(l, mla, batch, ctx, 1);
     mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
-    float *x = rand_buf((size_t)d, 1.0f), *out = malloc((size_t)d * sizeof *out);
+    float *x = rand_buf((size_t)d * batch, 1.0f), *out = malloc((size_t)d * batch * sizeof *out);
+    int32_t *seq = malloc((size_t)batch * sizeof *seq);
+    int64_t *p16 = malloc((size_t)batch * sizeof *p16), *pctx = malloc((size_t)batch * sizeof *pctx);
+    if (!out || !seq || !p16 || !pctx)
+        die("out of memory");
+    for (int i = 0; i < batch; i++) {
+        seq[i] = i;
+        p16[i] = 16;
+        pctx[i] = ctx;
+    }
     *fixed = *t = INFINITY;
-    int32_t seq = 0;
-    int64_t p16 = 16, pctx = ctx;
     for (int r = 0; r <= reps; r++) {
-        double f = forward_once(a, l, c16, x, 1, &seq, &p16, out, 16);
-        double v = forward_once(a, l, c, x, 1, &seq, &pctx, out, ctx);
+        double f = forward_once(a, l, c16, x, batch, seq, p16, out, batch, 16);
+        double v = forward_once(a, l, c, x, batch, seq, pctx, out, batch, ctx);
         if (r == 0) {
             /* The first pair warms up scratch memory and threads. Without --reps, short
              * decodes get as many pairs as fit in PAIR_BUDGET_S: the fastest of 9 decodes of
@@ -320,6 +335,9 @@ static void decode_pair(mla_layer *l, int mla, int d, int64_t ctx, int threads, 
     }
     free(x);
     free(out);
+    free(seq);
+    free(p16);
+    free(pctx);
     mla_attn_destroy(a);
     mla_cache_destroy(c);
     mla_cache_destroy(c16);
@@ -330,6 +348,9 @@ static void decode_pair(mla_layer *l, int mla, int d, int64_t ctx, int threads, 
 #define N_CTX 4
 static const int64_t ctxs[N_CTX] = {1024, 4096, 16384, 32768};
 static const int dkvs[] = {8, 16, 32};
+/* --batch leaves out the contexts where the batch would cache more tokens than this (Llama-2-7B's
+ * MHA baseline: 1 GiB over F16). */
+#define MAX_BATCH_TOKENS 65536
 #define N_LAYERS (1 + sizeof dkvs / sizeof dkvs[0])
 
 /* One decode figure: the time and fixed cost from the round whose decode was fastest (a time is
@@ -351,10 +372,12 @@ static double elem_bytes(void)
     return cache_dtype == MLA_DTYPE_F32 ? 4.0 : 2.0;
 }
 
-/* The context-dependent work of layer li (0: MHA) at context ctx: flops and cached bytes. */
+/* The context-dependent work of layer li (0: MHA) at context ctx: flops and cached bytes of a
+ * decode (of all --batch sequences). */
 static void layer_cost(const shape *s, size_t li, double ctx, double *flops, double *bytes)
 {
     double eb = elem_bytes();
+    ctx *= batch;
     if (li == 0) {
         *flops = 4.0 * s->n_h * s->d_h * ctx;
         *bytes = 2.0 * s->n_kv * s->d_h * eb * ctx;
@@ -446,7 +469,7 @@ static void decode_round(int quick, int threads)
             size_t wb = weight_bytes(l);
             double gf = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
             for (int ci = 0; ci < n_ctx; ci++) {
-                if (only_ctx && ctxs[ci] != only_ctx)
+                if ((only_ctx && ctxs[ci] != only_ctx) || batch * ctxs[ci] > MAX_BATCH_TOKENS)
                     continue;
                 double fl, by, mfl, mby;
                 layer_cost(s, li, (double)ctxs[ci], &fl, &by);
@@ -491,11 +514,15 @@ static void decode_table(int threads, int rounds)
                  mla_dtype_name(latent_quant));
     else
         snprintf(what, sizeof what, "%s", mla_dtype_name(cache_dtype));
-    printf("\n## decode, one token, %d thread(s), %s cache, fastest of %d round(s); attn = time "
+    char seqs[96] = "one token";
+    if (batch > 1)
+        snprintf(seqs, sizeof seqs, "one call with a token for each of %d sequences of ctx tokens "
+                 "(tok/s all of them)", batch);
+    printf("\n## decode, %s, %d thread(s), %s cache, fastest of %d round(s); attn = time "
            "minus the fixed cost at context 16 measured in alternation with it; %% of the "
            "highest roofs measured next to it over the rounds (sgemm %.1f-%.1f GFLOP/s; read, "
            "over as many bytes as the layer caches, at most 256 MiB, after as many as it has "
-           "weights: %.1f-%.1f GB/s)\n", threads,
+           "weights: %.1f-%.1f GB/s)\n", seqs, threads,
            what, rounds, gf_lo, gf_hi, gb_lo, gb_hi);
     printf("%-12s %-9s %6s %9s %9s %8s %8s %7s %7s %5s %6s %6s %7s %7s %6s\n", "shape", "layer",
            "ctx", "ms", "tok/s", "attnGF/s", "attnGB/s", "%sgemm", "%bw", "bound", "%roof",
@@ -531,7 +558,7 @@ static void decode_table(int threads, int rounds)
                 double roof_pct = 100 * roof_time(s, li, ctx, c->gf, c->gb, &fb) / at;
                 printf("%-12s %-9s %6lld %9.3f %9.1f %8.1f %8.1f %6.0f%% %6.0f%% %5s %5.0f%% %6s "
                        "%7s %7.1f %6.1f\n",
-                       s->name, lname, (long long)ctxs[ci], c->t * 1e3, 1.0 / c->t,
+                       s->name, lname, (long long)ctxs[ci], c->t * 1e3, batch / c->t,
                        fl / at * 1e-9, by / at * 1e-9, 100 * fl / at * 1e-9 / c->gf,
                        100 * by / at * 1e-9 / c->gb, fb ? "flops" : "bytes", roof_pct, vs, at_roofs,
                        c->gf, c->gb);
@@ -609,7 +636,7 @@ static void bench_prefill(int quick, int threads)
                 if ((quick && ms[mi] > 512 && !ctx_given) || (ctx_given && mi > 0))
                     continue;
                 double gf = roofs_sgemm_gflops(threads, quick ? 1024 : 2048);
-                mla_cache *c = filled_cache(l, li > 0, 0, ms[mi]);
+                mla_cache *c = filled_cache(l, li > 0, 1, 0, ms[mi]);
                 double t = time_forward(a, l, c, s->d, 0, ms[mi], reps);
                 mla_cache_destroy(c);
                 const char *path;
@@ -650,7 +677,7 @@ static void bench_crossover(int quick, int threads)
             continue;
         int d_kv = only_dkv ? only_dkv : 16;
         mla_layer *l = mla_layer_random(s, d_kv);
-        mla_cache *c = filled_cache(l, 1, ctx, 512);
+        mla_cache *c = filled_cache(l, 1, 1, ctx, 512);
         mla_attn *aa = attn_new(threads, MLA_ATTN_PATH_ABSORBED);
         mla_attn *am = attn_new(threads, MLA_ATTN_PATH_MATERIALIZED);
         /* The crossover: the smallest m from which materialized is faster at every m measured
@@ -735,10 +762,13 @@ int main(int argc, char **argv)
             i++;
         else if (strcmp(argv[i], "--group") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             group_opt = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0 &&
+                 atoi(argv[i + 1]) <= 1024)
+            batch = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] "
                     "[--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] "
-                    "[--dtype f16|bf16|f32|i8|i4] [--group N] [--reps N] [--rounds N]\n",
+                    "[--dtype f16|bf16|f32|i8|i4] [--group N] [--batch N] [--reps N] [--rounds N]\n",
                     argv[0]);
             return 2;
         }
@@ -747,6 +777,16 @@ int main(int argc, char **argv)
     int ctx_ok = !ctx_given || (crossover ? only_ctx >= 0 : prefill ? only_ctx >= 1 : 0);
     for (int i = 0; i < N_CTX && !ctx_ok; i++)
         ctx_ok = ctxs[i] == only_ctx;
+    if (batch > 1 && (crossover || prefill)) {
+        fprintf(stderr, "--batch is for the decode table, not --%s\n",
+                crossover ? "crossover" : "prefill");
+        return 2;
+    }
+    if (ctx_ok && only_ctx > 0 && !crossover && !prefill && batch * only_ctx > MAX_BATCH_TOKENS) {
+        fprintf(stderr, "--batch %d --ctx %lld: more than %d cached tokens\n", batch,
+                (long long)only_ctx, MAX_BATCH_TOKENS);
+        return 2;
+    }
     if (!ctx_ok) {
         fprintf(stderr, "--ctx %lld: %s\n", (long long)only_ctx,
                 crossover ? "cached tokens must be >= 0"
