@@ -426,18 +426,17 @@ static void add_bias(float *y, int64_t n, int64_t w, const float *b)
 }
 
 static void project(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
-                    const int64_t *spos)
+                    const int64_t *spos, const mla__attn_kernels *kt)
 {
     int64_t n = p->n, qw = dm->n_h * dm->d_h;
     nt = threads_for(nt, 2.0 * (double)n * (double)dm->d * (double)(qw + dm->W + dm->L));
-    mla__sgemm(nt, n, qw, dm->d, p->xp, dm->d, 1, ly->wq, 1, dm->d, 0.0f, p->q, qw, 1);
+    mla__sgemm_wt(kt, nt, n, qw, dm->d, p->xp, dm->d, ly->wq, dm->d, p->q, qw);
     add_bias(p->q, n, qw, ly->bq);
     if (dm->W > 0) {
-        mla__sgemm(nt, n, dm->W, dm->d, p->xp, dm->d, 1, ly->wkr, 1, dm->d, 0.0f, p->kr, dm->W,
-                   1);
+        mla__sgemm_wt(kt, nt, n, dm->W, dm->d, p->xp, dm->d, ly->wkr, dm->d, p->kr, dm->W);
         add_bias(p->kr, n, dm->W, ly->bkr);
     }
-    mla__sgemm(nt, n, dm->L, dm->d, p->xp, dm->d, 1, ly->wdkv, 1, dm->d, 0.0f, p->lat, dm->L, 1);
+    mla__sgemm_wt(kt, nt, n, dm->L, dm->d, p->xp, dm->d, ly->wdkv, dm->d, p->lat, dm->L);
     double ps = ly->rope_position_scale > 0 ? ly->rope_position_scale : 1.0;
     mla__rope_rotate(p->q, qw, n, spos, (int32_t)dm->n_h, (int32_t)dm->g, (int32_t)dm->r,
                      ly->rope_freqs, (int32_t)dm->n_kv, ps, p->rope_work);
@@ -983,7 +982,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         memcpy(p.xp + i * dm.d, x + tk[i].idx * dm.d, (size_t)dm.d * sizeof(float));
         spos[i] = tk[i].pos;
     }
-    project(layer, &dm, &p, nt, spos);
+    project(layer, &dm, &p, nt, spos, attn->k);
     st = write_cache(cache, cache_layer, &dm, &p, ch);
     if (st != MLA_OK)
         goto done;
@@ -1015,8 +1014,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     if (p.any_abs)
         absorbed_output(layer, &dm, &p, nt, attn->k);
     int64_t hd = dm.n_h * dm.d_h;
-    mla__sgemm(threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd), n_tokens,
-               dm.d, hd, p.ao, hd, 1, layer->wo, 1, hd, 0.0f, p.outp, dm.d, 1);
+    mla__sgemm_wt(attn->k, threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd),
+                  n_tokens, dm.d, hd, p.ao, hd, layer->wo, hd, p.outp, dm.d);
     /* Finite input can still overflow float32 inside the layer (scores of |x| ~ 1e20 give
      * exp(inf − inf) = NaN): fail rather than return non-finite output. out is written only
      * on success. */

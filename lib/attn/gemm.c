@@ -34,6 +34,21 @@ static void gemv_rows(int n_threads, int64_t n, int64_t k, const float *a, ptrdi
     }
 }
 
+static void blis_gemm(int n_threads, int sup, int64_t m, int64_t n, int64_t k, const float *a,
+                      ptrdiff_t rsa, ptrdiff_t csa, const float *b, ptrdiff_t rsb, ptrdiff_t csb,
+                      float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc)
+{
+    float one = 1.0f;
+    rntm_t rntm = BLIS_RNTM_INITIALIZER;
+    bli_rntm_set_num_threads(n_threads, &rntm);
+    if (!sup)
+        bli_rntm_disable_l3_sup(&rntm);
+    /* BLIS only reads a and b; its typed API is not const-qualified. */
+    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, (dim_t)m, (dim_t)n, (dim_t)k, &one,
+                 (float *)a, (inc_t)rsa, (inc_t)csa, (float *)b, (inc_t)rsb, (inc_t)csb, &beta,
+                 c, (inc_t)rsc, (inc_t)csc, NULL, &rntm);
+}
+
 void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
                 ptrdiff_t csa, const float *b, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *c,
                 ptrdiff_t rsc, ptrdiff_t csc)
@@ -44,11 +59,67 @@ void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a, 
         gemv_rows(n_threads, n, k, a, csa, b, rsb, csb, beta, c, csc);
         return;
     }
-    float one = 1.0f;
-    rntm_t rntm = BLIS_RNTM_INITIALIZER;
-    bli_rntm_set_num_threads(n_threads, &rntm);
-    /* BLIS only reads a and b; its typed API is not const-qualified. */
-    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, (dim_t)m, (dim_t)n, (dim_t)k, &one,
-                 (float *)a, (inc_t)rsa, (inc_t)csa, (float *)b, (inc_t)rsb, (inc_t)csb, &beta,
-                 c, (inc_t)rsc, (inc_t)csc, NULL, &rntm);
+    blis_gemm(n_threads, 1, m, n, k, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+}
+
+/*
+ * From this inner dimension, products of MLA_SGEMM_WT_DOT_M rows or more skip BLIS's code for
+ * small matrices ("sup", which BLIS takes below 512 rows here) for its packed one: with the
+ * weights of Llama-2-7B (k = 4096; n = 4096, 512 and 128 columns) sup ran at 63–84 GFLOP/s
+ * from 64 to 511 rows, packed at 102–161 for n = 4096 and 512 (2 threads, AMD EPYC). At
+ * SmolLM-135M's k = 576 sup was the faster.
+ */
+#define SUP_MAX_K 2048
+
+/*
+ * A few rows times the weights: BLIS's gemm packs all of W on every call, and below 512 rows its
+ * sup code ran the 4096 × 4096 product at 19–70 GFLOP/s for 2–64 rows. gemm_dot_src reads each
+ * W row in place, once per call, and takes its dot products with every row of A while it is in
+ * L2 (16 W rows at a time): 28–167 GFLOP/s for the same rows, and 1.1–3.3 times BLIS for
+ * SmolLM-135M's and Llama-2-7B's projections below 64 rows (doc/attention.md, "Batched decode").
+ * The threads split the columns in multiples of 16, or the rows in multiples of 4 where the
+ * columns are too few (a narrow down-projection). Each C element is the same sum whatever the
+ * split.
+ */
+static void dot_weights(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
+                        int64_t k, const float *a, ptrdiff_t lda, const float *w, ptrdiff_t ldw,
+                        float *c, ptrdiff_t ldc)
+{
+    int64_t pn = n_threads, pm = 1;
+    if (n < 64 * (int64_t)n_threads) {
+        pn = 1;
+        pm = m / 4 < n_threads ? (m / 4 > 0 ? m / 4 : 1) : n_threads;
+    }
+    int64_t parts = pn * pm;
+#pragma omp parallel for num_threads((int)parts) schedule(static, 1) if (parts > 1)
+    for (int64_t t = 0; t < parts; t++) {
+        int64_t j0 = 0, j1 = n, i0 = 0, i1 = m;
+        if (pn > 1) {
+            j0 = n * t / pn / 16 * 16;
+            j1 = t + 1 == pn ? n : n * (t + 1) / pn / 16 * 16;
+        } else if (pm > 1) {
+            i0 = m * t / pm / 4 * 4;
+            i1 = t + 1 == pm ? m : m * (t + 1) / pm / 4 * 4;
+        }
+        for (int64_t j = j0; j < j1 && i1 > i0; j += 16) {
+            mla__src rows = {(const unsigned char *)(w + j * ldw), ldw * (ptrdiff_t)sizeof(float),
+                             MLA_DTYPE_F32, NULL, 0, 0};
+            kt->gemm_dot_src(i1 - i0, j1 - j < 16 ? j1 - j : 16, k, a + i0 * lda, lda, &rows, 0,
+                             0, 0.0f, c + i0 * ldc + j, ldc);
+        }
+    }
+}
+
+void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n, int64_t k,
+                   const float *a, ptrdiff_t lda, const float *w, ptrdiff_t ldw, float *c,
+                   ptrdiff_t ldc)
+{
+    if (m == 0 || n == 0)
+        return;
+    if (m == 1)
+        gemv_rows(n_threads, n, k, a, 1, w, 1, ldw, 0.0f, c, 1);
+    else if (m < MLA_SGEMM_WT_DOT_M && kt->dot_weights)
+        dot_weights(kt, n_threads, m, n, k, a, lda, w, ldw, c, ldc);
+    else
+        blis_gemm(n_threads, k < SUP_MAX_K, m, n, k, a, lda, 1, w, 1, ldw, 0.0f, c, ldc, 1);
 }

@@ -61,6 +61,15 @@ MLA_INTERNAL void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, con
                              ptrdiff_t rsa, ptrdiff_t csa, const float *b, ptrdiff_t rsb,
                              ptrdiff_t csb, float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc);
 
+/* C = A·Wᵀ for a layer's weights W (n × k, rows contiguous along k, ldw floats apart) and m
+ * rows of A (lda), C rows ldc apart, on n_threads threads. Few rows read W in place (one row:
+ * BLIS's gemv; up to MLA_SGEMM_WT_DOT_M through the table's gemm_dot_src where dot_weights),
+ * more go through BLIS. */
+#define MLA_SGEMM_WT_DOT_M 64
+MLA_INTERNAL void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
+                                int64_t k, const float *a, ptrdiff_t lda, const float *w,
+                                ptrdiff_t ldw, float *c, ptrdiff_t ldc);
+
 /* ---- rope.c ----------------------------------------------------------------------------------- */
 
 /*

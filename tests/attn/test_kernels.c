@@ -4,7 +4,8 @@
  * score layouts with rows seeing different numbers of tokens, including none; the kernels that
  * read cached rows in place (every storage type, odd widths and offsets for the vector tails)
  * against the portable conversion, which is itself checked against exactly representable values.
- * Also the one-row case of mla__sgemm (BLIS gemv, rows split across threads) against float64.
+ * Also the one-row case of mla__sgemm (BLIS gemv, rows split across threads) and the weights
+ * products of mla__sgemm_wt (few rows through gemm_dot_src, more through BLIS) against float64.
  */
 #include <math.h>
 #include <string.h>
@@ -650,6 +651,61 @@ static void test_sgemm_one_row(void)
           "mla__sgemm one row (gemv): max error %.2e of k·max|ref| (float32 sums)", worst);
 }
 
+/*
+ * C = A·Wᵀ for m rows against weights W (n × k, rows along k) through kernel table t, against
+ * float64: m from 1 (gemv) through the rows that read W with gemm_dot_src (below
+ * MLA_SGEMM_WT_DOT_M where t->dot_weights) to BLIS beyond, n with and without whole blocks of 16
+ * columns, thread counts that split the columns or (too few of them) the rows; every operand
+ * with a stride wider than its row, the padding of C left as it was.
+ */
+static void test_sgemm_wt(const mla__attn_kernels *t)
+{
+    static const int64_t ms[] = {1, 2, 3, 5, 17, MLA_SGEMM_WT_DOT_M - 1, MLA_SGEMM_WT_DOT_M,
+                                 MLA_SGEMM_WT_DOT_M + 1};
+    static const int64_t ns[] = {1, 15, 16, 17, 48, 130};
+    static const int64_t ks[] = {1, 7, 33, 300};
+    static const int threads[] = {1, 2, 3};
+    unsigned long long seed = 31;
+    double worst = 0;
+    int pad_changed = 0;
+    for (size_t a = 0; a < sizeof ms / sizeof ms[0]; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+            for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++)
+                for (size_t th = 0; th < sizeof threads / sizeof threads[0]; th++) {
+                    int64_t m = ms[a], n = ns[b], k = ks[c];
+                    ptrdiff_t lda = k + 1, ldw = k + 2, ldc = n + 3;
+                    float *A = randv((size_t)(m * lda), &seed);
+                    float *W = randv((size_t)(n * ldw), &seed);
+                    float *C = malloc((size_t)(m * ldc) * sizeof *C);
+                    for (int64_t i = 0; i < m * ldc; i++)
+                        C[i] = i % ldc < n ? NAN : -7.0f; /* beta 0: NaN overwritten */
+                    mla__sgemm_wt(t, threads[th], m, n, k, A, lda, W, ldw, C, ldc);
+                    double big = 0, e = 0;
+                    for (int64_t i = 0; i < m; i++)
+                        for (int64_t j = 0; j < ldc; j++) {
+                            if (j >= n) {
+                                pad_changed |= C[i * ldc + j] != -7.0f;
+                                continue;
+                            }
+                            double ref = 0;
+                            for (int64_t kk = 0; kk < k; kk++)
+                                ref += (double)A[i * lda + kk] * W[j * ldw + kk];
+                            big = fmax(big, fabs(ref));
+                            double d = fabs(C[i * ldc + j] - ref);
+                            e = d > e || d != d ? d : e;
+                        }
+                    e /= (big > 0 ? big : 1) * (double)k;
+                    worst = e > worst || e != e ? e : worst;
+                    free(A);
+                    free(W);
+                    free(C);
+                }
+    CHECK(worst < 1e-6 && !pad_changed,
+          "%s mla__sgemm_wt (weights in place below %d rows%s): max error %.2e of k·max|ref|, "
+          "padding of C %s", t->name, MLA_SGEMM_WT_DOT_M, t->dot_weights ? "" : ": BLIS here",
+          worst, pad_changed ? "changed" : "kept");
+}
+
 /* One part of a split-K softmax over scores s[0..n) and values v (n × dv): its running max, sum
  * and unnormalized output, as the kernels leave them (max −inf and sum 0 over no token). */
 static void part_state(const double *s, const double *v, int n, int dv, float *mx, float *l,
@@ -737,6 +793,8 @@ int main(void)
           "kernel table chosen (%s)", best ? best->name : "none");
     test_src_get();
     test_sgemm_one_row();
+    test_sgemm_wt(p);
+    test_sgemm_wt(best);
     test_softmax_merge();
     test_softmax_overflow(p, 1);
     test_softmax_overflow(p, 0);
@@ -827,6 +885,7 @@ int main(void)
         test_gemm_bf16(&mla__attn_kernels_avx2);
         test_to_bf16(&mla__attn_kernels_avx2);
         test_round_bf16(&mla__attn_kernels_avx2);
+        test_sgemm_wt(&mla__attn_kernels_avx2);
     } else {
         printf("ok %d # SKIP this CPU has no AVX2, FMA and F16C\n", ++tap_count);
     }

@@ -143,6 +143,10 @@ typedef struct mla__attn_kernels {
      * rows: as many as keep the transposed keys in 32 KiB (forward.c). Set by kernels.c with
      * the gemm_bc_src whose blocks it suits. */
     int64_t nine_rows_tile;
+    /* gemm_dot_src is vectorized: products of a few rows with weights take it, reading the
+     * weights in place (gemm.c, mla__sgemm_wt); 0 in the portable table, which leaves them to
+     * BLIS. */
+    int dot_weights;
 } mla__attn_kernels;
 
 /*
