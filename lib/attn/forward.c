@@ -656,8 +656,8 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
                 k->gemm_dot(t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v,
                             ly->wuv + j * dm->d_h * dm->lat_v, dm->lat_v, 0.0f, o, hd);
             else
-                mla__sgemm(ntu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v, 1,
-                           ly->wuv + j * dm->d_h * dm->lat_v, 1, dm->lat_v, 0.0f, o, hd, 1);
+                mla__sgemm_wt(k, ntu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v,
+                              ly->wuv + j * dm->d_h * dm->lat_v, dm->lat_v, o, hd);
             if (ly->buv)
                 for (int64_t t = 0; t < t1 - t0; t++)
                     for (int64_t i = 0; i < dm->d_h; i++)

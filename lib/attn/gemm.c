@@ -63,23 +63,22 @@ void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a, 
 }
 
 /*
- * From this inner dimension, products of MLA_SGEMM_WT_DOT_M rows or more skip BLIS's code for
- * small matrices ("sup", which BLIS takes below 512 rows here) for its packed one: with the
- * weights of Llama-2-7B (k = 4096; n = 4096, 512 and 128 columns) sup ran at 63–84 GFLOP/s
- * from 64 to 511 rows, packed at 102–161 for n = 4096 and 512 (2 threads, AMD EPYC). At
- * SmolLM-135M's k = 576 sup was the faster.
+ * From this inner dimension BLIS's code for small matrices ("sup", which BLIS takes below 512
+ * rows here) is skipped for its packed one: with the weights of Llama-2-7B (k = 4096; n = 4096
+ * and 512 columns) sup ran at 63–84 GFLOP/s from 64 to 511 rows, packed at 102–161 (2
+ * threads, AMD EPYC). At SmolLM-135M's k = 576 sup was the faster. Only the AVX2 table sends
+ * such rows to BLIS (dot_weights_max_m).
  */
 #define SUP_MAX_K 2048
 
 /*
- * A few rows times the weights: BLIS's gemm packs all of W on every call, and below 512 rows its
- * sup code ran the 4096 × 4096 product at 19–70 GFLOP/s for 2–64 rows. gemm_dot_src reads each
- * W row in place, once per call, and takes its dot products with every row of A while it is in
- * L2 (16 W rows at a time): 28–167 GFLOP/s for the same rows, and 1.1–3.3 times BLIS for
- * SmolLM-135M's and Llama-2-7B's projections below 64 rows (doc/attention.md, "Batched decode").
- * The threads split the columns in multiples of 16, or the rows in multiples of 4 where the
- * columns are too few (a narrow down-projection). Each C element is the same sum whatever the
- * split.
+ * Rows times the weights, W read in place: BLIS's gemm packs all of W on every call, and below
+ * 512 rows its sup code ran the 4096 × 4096 product at 19–71 GFLOP/s. gemm_dot_src reads each W
+ * row in place, once per call, and takes its dot products with every row of A while it is in
+ * L2 (16 W rows at a time): 28–173 GFLOP/s for the same rows (doc/attention.md, "Batched
+ * decode"). The threads split the columns in multiples of 16, or the rows in multiples of 4
+ * where the columns are too few (a narrow down-projection). Each C element is the same sum
+ * whatever the split.
  */
 static void dot_weights(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
                         int64_t k, const float *a, ptrdiff_t lda, const float *w, ptrdiff_t ldw,
@@ -118,7 +117,7 @@ void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_
         return;
     if (m == 1)
         gemv_rows(n_threads, n, k, a, 1, w, 1, ldw, 0.0f, c, 1);
-    else if (m < MLA_SGEMM_WT_DOT_M && kt->dot_weights)
+    else if (m < kt->dot_weights_max_m)
         dot_weights(kt, n_threads, m, n, k, a, lda, w, ldw, c, ldc);
     else
         blis_gemm(n_threads, k < SUP_MAX_K, m, n, k, a, lda, 1, w, 1, ldw, 0.0f, c, ldc, 1);

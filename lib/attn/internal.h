@@ -63,9 +63,8 @@ MLA_INTERNAL void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, con
 
 /* C = A·Wᵀ for a layer's weights W (n × k, rows contiguous along k, ldw floats apart) and m
  * rows of A (lda), C rows ldc apart, on n_threads threads. Few rows read W in place (one row:
- * BLIS's gemv; up to MLA_SGEMM_WT_DOT_M through the table's gemm_dot_src where dot_weights),
- * more go through BLIS. */
-#define MLA_SGEMM_WT_DOT_M 64
+ * BLIS's gemv; fewer than kt->dot_weights_max_m through the table's gemm_dot_src), more go
+ * through BLIS. */
 MLA_INTERNAL void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
                                 int64_t k, const float *a, ptrdiff_t lda, const float *w,
                                 ptrdiff_t ldw, float *c, ptrdiff_t ldc);

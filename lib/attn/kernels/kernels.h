@@ -143,10 +143,11 @@ typedef struct mla__attn_kernels {
      * rows: as many as keep the transposed keys in 32 KiB (forward.c). Set by kernels.c with
      * the gemm_bc_src whose blocks it suits. */
     int64_t nine_rows_tile;
-    /* gemm_dot_src is vectorized: products of a few rows with weights take it, reading the
-     * weights in place (gemm.c, mla__sgemm_wt); 0 in the portable table, which leaves them to
-     * BLIS. */
-    int dot_weights;
+    /* Products of fewer rows than this with a layer's weights take gemm_dot_src, which reads
+     * the weights in place (gemm.c, mla__sgemm_wt), instead of BLIS: 512 with AVX-512 (below
+     * BLIS's small-matrix threshold), 64 with AVX2 (half the vector width: BLIS's packed
+     * product is faster from there), 0 in the portable table. */
+    int64_t dot_weights_max_m;
 } mla__attn_kernels;
 
 /*
