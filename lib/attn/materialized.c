@@ -20,9 +20,9 @@ static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, floa
                    (size_t)c->r * sizeof(float));
         if (c->nope == 0)
             continue;
-        mla__sgemm(1, n, c->nope, c->lat_k, tile->latent, L, 1,
-                   ly->wuk + (int64_t)j * c->nope * c->lat_k, 1, c->lat_k, 0.0f,
-                   kb + (int64_t)j * c->d_h + c->r, kw, 1);
+        mla__sgemm_wt(c->k, 1, n, c->nope, c->lat_k, tile->latent, L,
+                      ly->wuk + (int64_t)j * c->nope * c->lat_k, c->lat_k,
+                      kb + (int64_t)j * c->d_h + c->r, kw);
         if (ly->buk)
             for (int64_t t = 0; t < n; t++) {
                 float *kt = kb + t * kw + (int64_t)j * c->d_h + c->r;
@@ -30,8 +30,7 @@ static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, floa
                     kt[i] += ly->buk[(int64_t)j * c->nope + i];
             }
     }
-    mla__sgemm(1, n, kw, c->lat_v, tile->latent + c->off_v, L, 1, ly->wuv, 1, c->lat_v, 0.0f, vb,
-               kw, 1);
+    mla__sgemm_wt(c->k, 1, n, kw, c->lat_v, tile->latent + c->off_v, L, ly->wuv, c->lat_v, vb, kw);
     if (ly->buv)
         for (int64_t t = 0; t < n; t++)
             for (int64_t i = 0; i < kw; i++)
@@ -229,7 +228,7 @@ void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w)
             float *o = job->o + row0 * job->ldo;
             ptrdiff_t ldo = (ptrdiff_t)c->n_h * job->ldo;
             if (rows >= SMALL_M)
-                mla__sgemm(1, rows, n, c->d_h, q, ldq, 1, kj, 1, kw, 0.0f, w->s, lds, 1);
+                mla__sgemm_wt(k, 1, rows, n, c->d_h, q, ldq, kj, kw, w->s, lds);
             else
                 k->gemm_dot(rows, n, c->d_h, q, ldq, kj, kw, 0.0f, w->s, lds);
             k->softmax_step(rows, n, w->s, lds, 1, w->nvis + t_from, 1, job->mx + row0,
