@@ -568,7 +568,7 @@ static void decode_table(int threads, int rounds)
 
 /* The path MLA_ATTN_PATH_AUTO takes by default for a chunk of m tokens after len0 cached ones
  * of MLA layer li (≥ 1): doc/attention.md's cost model, restated here (tests/attn/test_handle.c
- * checks that the library computes the same), with its weight of 1.3, or 2.6 where a BF16
+ * checks that the library computes the same), with its weight of 0.9, or 1.8 where a BF16
  * cache's absorbed products run on vdpbf16ps or AMX tiles (mla_build_info names them). */
 static int auto_materialized(const shape *s, size_t li, double len0, double m)
 {
@@ -576,7 +576,7 @@ static int auto_materialized(const shape *s, size_t li, double len0, double m)
     int bf16_native = cache_dtype == MLA_DTYPE_BF16 && !latent_quant &&
                       (strstr(info, "bf16 products: vdpbf16ps") ||
                        strstr(info, "bf16 products: amx"));
-    double w = bf16_native ? 2.6 : 1.3;
+    double w = bf16_native ? 1.8 : 0.9;
     double lat = (double)dkvs[li - 1] * s->n_kv, d_h = s->d_h, r = s->r;
     if (2 * lat + r <= 2 * d_h)
         return 0;

@@ -34,13 +34,15 @@
 #define MLA_ATTN_STREAM_BYTES ((int64_t)8 << 20)
 
 /* AUTO's default (crossover_tokens 0) weighs the materialized path's multiply-adds by this:
- * measured at the switch after 4096 cached tokens, 1.25–1.47 for Llama-2-7B d_kv 8, 16, 32 and
- * SmolLM-135M d_kv 32 (doc/attention.md, "Crossover"). */
-#define MLA_ATTN_MAT_WEIGHT 1.3
+ * since its products read the weights and keys in place (mla__sgemm_wt) they run faster than
+ * the absorbed path's; 0.9 took the faster path at 133 of 140 measured chunks (Llama-2-7B d_kv
+ * 8, 16, 32 and SmolLM-135M d_kv 32, after 4096 cached tokens and fresh; doc/attention.md,
+ * "Crossover"). */
+#define MLA_ATTN_MAT_WEIGHT 0.9
 /* The same where the absorbed path multiplies in bf16 on vdpbf16ps or AMX tiles (a BF16 cache):
  * twice the float32 weight, as vdpbf16ps takes two products a lane. Over the AMD EPYC's
- * vdpbf16ps it cut the time over the faster path from 19% to 4% on 40 measured chunks. */
-#define MLA_ATTN_MAT_WEIGHT_BF16 2.6
+ * vdpbf16ps it took the faster path at 31 of 40 measured chunks, the float32 weight at 18. */
+#define MLA_ATTN_MAT_WEIGHT_BF16 1.8
 
 struct mla_attn {
     mla_attn_params p;
