@@ -63,20 +63,22 @@ void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a, 
 }
 
 /*
- * From this inner dimension BLIS's code for small matrices ("sup", which BLIS takes below 512
- * rows here) is skipped for its packed one: with the weights of Llama-2-7B (k = 4096; n = 4096
- * and 512 columns) sup ran at 63–84 GFLOP/s from 64 to 511 rows, packed at 102–161 (2
- * threads, AMD EPYC). At SmolLM-135M's k = 576 sup was the faster. Only the AVX2 table sends
- * such rows to BLIS (dot_weights_max_m).
+ * From this inner dimension and SUP_MIN_M rows BLIS's code for small matrices ("sup", which BLIS
+ * takes below 512 rows here) is skipped for its packed one: with the weights of Llama-2-7B
+ * (k = 4096; n = 4096 and 512 columns) sup ran at 60–84 GFLOP/s from 64 to 511 rows, packed at
+ * 102–161 (2 threads, AMD EPYC); below 64 rows packing all of W cost more. At SmolLM-135M's
+ * k = 576 sup was the faster. Only the AVX2 and portable tables send such rows to BLIS
+ * (dot_weights_max_m).
  */
 #define SUP_MAX_K 2048
+#define SUP_MIN_M 64
 
 /*
  * Rows times the weights, W read in place: BLIS's gemm packs all of W on every call, and below
- * 512 rows its sup code ran the 4096 × 4096 product at 19–71 GFLOP/s. gemm_dot_src reads each W
- * row in place, once per call, and takes its dot products with every row of A while it is in
- * L2 (16 W rows at a time): 28–173 GFLOP/s for the same rows (doc/attention.md, "Batched
- * decode"). The threads split the columns in multiples of 16, or the rows in multiples of 4
+ * 512 rows its sup code ran the 4096 × 4096 product at 18–68 GFLOP/s (2 threads, AMD EPYC).
+ * gemm_dot_src reads each W row in place, once per call, and takes its dot products with every
+ * row of A while it is in L2 (16 W rows at a time): 27–166 GFLOP/s for the same rows
+ * (doc/attention.md, "Batched decode"). The threads split the columns in multiples of 16, or the rows in multiples of 4
  * where the columns are too few (a narrow down-projection). Each C element is the same sum
  * whatever the split.
  */
@@ -120,5 +122,6 @@ void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_
     else if (m < kt->dot_weights_max_m)
         dot_weights(kt, n_threads, m, n, k, a, lda, w, ldw, c, ldc);
     else
-        blis_gemm(n_threads, k < SUP_MAX_K, m, n, k, a, lda, 1, w, 1, ldw, 0.0f, c, ldc, 1);
+        blis_gemm(n_threads, k < SUP_MAX_K || m < SUP_MIN_M, m, n, k, a, lda, 1, w, 1, ldw, 0.0f,
+                  c, ldc, 1);
 }
