@@ -27,9 +27,14 @@
 /* Work below this many flops runs on the calling thread: waking a team costs more than it saves,
  * and far more when the cores are shared with other processes. */
 #define PARALLEL_MIN_FLOPS 4e6
-/* Up to this many tokens the absorbed path's per-head products (W_uk into the queries, W_uv out)
- * use the attention kernels instead of BLIS (decode: BLIS packs the weights on every call). */
+/* Up to this many tokens the absorbed path's W_uv product of each head (absorbed_output) stays on
+ * the calling thread in gemm_dot (decode: BLIS packs the weights on every call). */
 #define SMALL_PRODUCT_TOKENS 4
+/* Below this many tokens W_uk is folded into the queries (prepare_queries) by the kernels'
+ * gemm_bc, the heads across the threads, instead of one BLIS product a head: BLIS's per-call
+ * packing of W_uk and small-matrix code cost more (16 tokens: Llama-2-7B's fixed cost 6–14%
+ * lower, SmolLM-135M's 27–32%; 48 tokens within 1%). */
+#define QUERY_KERNEL_TOKENS 64
 
 static int threads_for(int nt, double flops)
 {
@@ -512,13 +517,16 @@ static void prepare_queries(const struct mla_layer *ly, const dims *dm, const pl
     if (dm->nope == 0)
         return;
     /* q̃_h = W_uk^{(j)ᵀ} q_nope_h for every token at once, written transposed. */
-    if (n <= SMALL_PRODUCT_TOKENS) {
-        /* Decode: per head a product of a few rows, where BLIS's per-call packing of W_uk
-         * costs more than the product; the kernels write rows into obar (scratch until
-         * plan_jobs zeroes it, see the caller; lat_v = lat_k), scattered transposed. */
-        float *row = p->obar;
+    if (n < QUERY_KERNEL_TOKENS) {
+        /* Decode and small batches: per head a product of a few rows. Head h's rows go to its
+         * n × lat_k slice of obar (scratch until plan_jobs zeroes it, see the caller; lat_v =
+         * lat_k), then scattered transposed. */
+        int ntq = threads_for(nt, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k *
+                                      (double)dm->n_h);
+#pragma omp parallel for num_threads(ntq) schedule(static) if (ntq > 1)
         for (int64_t h = 0; h < dm->n_h; h++) {
             int64_t j = h / dm->g;
+            float *row = p->obar + h * n * dm->lat_k;
             k->gemm_bc(n, dm->lat_k, dm->nope, p->q + dm->n_h * dm->r + h * dm->nope, qw, 1,
                        ly->wuk + j * dm->nope * dm->lat_k, dm->lat_k, 0.0f, row, dm->lat_k);
             for (int64_t t = 0; t < n; t++)
@@ -652,7 +660,7 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
             int64_t j = h / dm->g;
             float *o = p->ao + t0 * hd + h * dm->d_h;
             const float *ob = p->obar + (t0 * dm->n_h + h) * dm->lat_v;
-            if (t1 - t0 <= SMALL_PRODUCT_TOKENS) /* as in prepare_queries */
+            if (t1 - t0 <= SMALL_PRODUCT_TOKENS)
                 k->gemm_dot(t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v,
                             ly->wuv + j * dm->d_h * dm->lat_v, dm->lat_v, 0.0f, o, hd);
             else

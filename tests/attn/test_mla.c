@@ -7,7 +7,8 @@
  *   1 and 2 threads: split-K merging);
  * - a forked sequence continues exactly like an unforked copy;
  * - two layers sharing one cache (the second writes slots the first reserved);
- * - a layer wide enough for the materialized path's 256-token tiles.
+ * - a layer wide enough for the materialized path's 256-token tiles, and for the absorbed
+ *   path's query fold to split its heads across threads.
  */
 #include "run.h"
 
@@ -269,6 +270,21 @@ int main(void)
               "2 threads (rel %.2e)", e2);
         mla_layer_destroy(wide);
     }
+    /* Wider latents (d_model 256, d_kv 32: 128 a token) and a first call of 56 tokens (40 +
+     * 16): W_uk is folded into the queries by the kernels, the heads across 2 threads
+     * (forward.c, QUERY_KERNEL_TOKENS; 7 MFLOP); then decode steps of two tokens. */
+    src_layer fsrc;
+    src_init(&fsrc, 256, 4, 4, 128, 0, 251);
+    mla_layer *fold = convert(&fsrc, 4, 32, MLA_FACTOR_JOINT);
+    CHECK(fold != NULL, "d_kv 32 of 4 heads of 128: conversion (%s)",
+          fold ? "" : mla_last_error());
+    if (fold) {
+        double ea = run_ref(fold, 2, MLA_ATTN_PATH_ABSORBED, 48, 40, 24, 16, 16);
+        CHECK(ea < 1e-4, "d_kv 32, absorbed: a 56-token call (the query fold's heads on 2 "
+              "threads) and decode steps equal the MLA formula (rel %.2e)", ea);
+        mla_layer_destroy(fold);
+    }
+    src_free(&fsrc);
     src_free(&wsrc);
     return tap_done();
 }
