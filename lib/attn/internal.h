@@ -35,13 +35,14 @@
 
 /* AUTO's default (crossover_tokens 0) weighs the materialized path's multiply-adds by this:
  * since its products read the weights and keys in place (mla__sgemm_wt) they run faster than
- * the absorbed path's; 0.9 took the faster path at 133 of 140 measured chunks (Llama-2-7B d_kv
- * 8, 16, 32 and SmolLM-135M d_kv 32, after 4096 cached tokens and fresh; doc/attention.md,
- * "Crossover"). */
+ * the absorbed path's; 0.9 took the faster path at 131 and 133 of 140 measured chunks in two
+ * rounds (Llama-2-7B d_kv 8, 16, 32 and SmolLM-135M d_kv 32, after 4096 cached tokens and fresh;
+ * doc/attention.md, "Crossover"). */
 #define MLA_ATTN_MAT_WEIGHT 0.9
 /* The same where the absorbed path multiplies in bf16 on vdpbf16ps or AMX tiles (a BF16 cache):
  * twice the float32 weight, as vdpbf16ps takes two products a lane. Over the AMD EPYC's
- * vdpbf16ps it took the faster path at 31 of 40 measured chunks, the float32 weight at 18. */
+ * vdpbf16ps it took the faster path at 31 and 34 of 40 measured chunks, the float32 weight at
+ * 27 and 22. */
 #define MLA_ATTN_MAT_WEIGHT_BF16 1.8
 
 struct mla_attn {
