@@ -46,7 +46,8 @@ typedef void (*mla__gemm_bc_src_fn)(int64_t m, int64_t n, int64_t k, const float
                                     ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b, int64_t t0,
                                     int64_t col0, float beta, float *c, ptrdiff_t ldc);
 /* gemm_dot with B's rows read from a source: C(i, j) = beta·C + Σ_kk A(i, kk)·element
- * (t0 + j, col0 + kk); A rows contiguous along k (lda). Scores against cached keys rows. */
+ * (t0 + j, col0 + kk); A rows contiguous along k (lda). Scores against cached keys rows, and
+ * products with a layer's weights read in place (gemm.c, mla__sgemm_wt). */
 typedef void (*mla__gemm_dot_src_fn)(int64_t m, int64_t n, int64_t k, const float *a,
                                      ptrdiff_t lda, const mla__src *b, int64_t t0, int64_t col0,
                                      float beta, float *c, ptrdiff_t ldc);
