@@ -120,7 +120,7 @@ typedef struct plan {
     int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
     int64_t n_works;     /* per-thread work areas: the most threads the jobs may use (job_threads) */
     int any_abs, any_mat;
-    int need_f32;        /* some job reads a float32 tile (BLIS products, many query rows) */
+    int need_f32;        /* some job reads a float32 tile (whole-tile products, many query rows) */
     int i4;              /* I4 latents, read in place as int8 codes (mla__rtile_map) */
     int bf16;            /* absorbed products in bf16 (BF16 cache, mla__absorbed_bf16) */
     float *xp, *q, *kr, *lat, *qg, *qt, *qrt, *obar, *ao, *mx, *l, *outp;
@@ -703,10 +703,11 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
         t = t1 < t ? t1 : t;
     }
     t = t / 16 * 16;
-    /* Materialized tiles feed BLIS products of tile × (n_kv·d_h) × R and, per head, value
-     * products whose depth is the tile: where a tile of TILE_BYTES would hold under 64 tokens
-     * (Llama-2-7B: 35 KB a token), BLIS's per-call overhead dominates, and 256-token tiles
-     * that spill L2 ran 7–15% faster than 64 after 4096 cached tokens (doc/attention.md). */
+    /* Materialized tiles feed products of tile × (n_kv·d_h) × R and, per head, value products
+     * whose depth is the tile: where a tile of TILE_BYTES would hold under 64 tokens
+     * (Llama-2-7B: 35 KB a token), the per-call overhead dominated (measured when these were
+     * BLIS products), and 256-token tiles that spill L2 ran 7–15% faster than 64 after 4096
+     * cached tokens (doc/attention.md). */
     if (up && t < 64)
         t = 256;
     return t < 16 ? 16 : t > 256 ? 256 : t;
@@ -948,7 +949,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         p.any_mat |= !ch[c].absorbed;
     }
     int nt = attn->n_threads;
-    /* Float32 tiles: the materialized path's up-projections and the MHA baseline's BLIS
+    /* Float32 tiles: the materialized path's up-projections and the MHA baseline's whole-tile
      * products; absorbed blocks of many query rows (absorbed.c). */
     p.need_f32 = p.any_mat && !dm.mha;
     p.i4 = fmt.latent_dtype == MLA_DTYPE_I4;

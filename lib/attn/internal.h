@@ -20,8 +20,8 @@
 #include "convert/layer.h"
 #include "core/core.h"
 
-/* Below this many query tokens the MHA baseline uses the kernels (reading the cache in place)
- * instead of BLIS on a float32 tile. */
+/* Below this many query tokens the MHA baseline reads the cache in place (decode kernels);
+ * from it on it multiplies whole float32 tiles (materialized.c). */
 #define MLA_ATTN_SMALL_M 16
 
 /* One-token MHA decode jobs take the loop for rows out of DRAM (materialized.c: 8-row steps for
@@ -164,7 +164,7 @@ typedef struct mla__job {
 
 /* Per-thread scratch for the job loops. */
 typedef struct mla__work {
-    mla__tile tile;              /* float32 tile (materialized path, BLIS, I4) */
+    mla__tile tile;              /* float32 tile (materialized path, many rows, I4) */
     mla__rtile rt;               /* the tile read in place */
     float *ct;                   /* transposed keys / latents of an in-place tile */
     float *s;                    /* scores / probabilities */
