@@ -151,6 +151,11 @@ typedef struct mla__qblock {
     int64_t n_ctx;               /* cached tokens with position ≤ the last query's position */
     const mla__seq_view *view;
     int absorbed;                /* 1: absorbed path; 0: materialized (or MHA) */
+    /* Materialized blocks of a chunk whose context is up-projected once for all its blocks
+     * (forward.c, share_up): that context's keys and values, n_kv·d_h floats a token as the
+     * per-tile up-projection lays them out, and its positions; else NULL. */
+    const float *up_k, *up_v;
+    int64_t *up_pos;
 } mla__qblock;
 
 /* Partial softmax state of one query block over tokens [c0, c1) of its context. */
@@ -222,6 +227,11 @@ MLA_INTERNAL int mla__attn_auto_materialized(int32_t crossover_tokens, int bf16_
                                              int64_t m);
 MLA_INTERNAL void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w);
 MLA_INTERNAL void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w);
+/* Tokens [first, first+n) of v up-projected (the materialized path's keys and values, rows of
+ * n_kv·d_h floats at kb and vb) through tile, their positions copied to pos. */
+MLA_INTERNAL void mla__materialized_up(const mla__ctx *c, const mla__seq_view *v, int64_t first,
+                                       int64_t n, mla__tile *tile, float *kb, float *vb,
+                                       int64_t *pos);
 
 /*
  * How a forward's work is cut into jobs (forward.c). A chunk of m query tokens becomes

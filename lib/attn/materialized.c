@@ -37,6 +37,14 @@ static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, floa
                 vb[t * kw + i] += ly->buv[i];
 }
 
+void mla__materialized_up(const mla__ctx *c, const mla__seq_view *v, int64_t first, int64_t n,
+                          mla__tile *tile, float *kb, float *vb, int64_t *pos)
+{
+    mla__tile_fill(c->fmt, v, first, n, tile);
+    up_project(c, tile, kb, vb);
+    memcpy(pos, tile->pos, (size_t)n * sizeof(int64_t));
+}
+
 /*
  * Attention of n_rows query rows of KV head j over an in-place tile (several query tokens, one
  * head): query row i at q + i·rsq, its softmax state at index row0 + i·rs of the job's,
@@ -203,8 +211,11 @@ void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     int64_t ldq = (int64_t)c->n_h * c->d_h;
     for (int64_t first = job->c0; first < job->c1; first += c->tile_tokens) {
         int64_t n = job->c1 - first < c->tile_tokens ? job->c1 - first : c->tile_tokens;
-        mla__tile *tile = &w->tile;
-        mla__tile_fill(c->fmt, b->view, first, n, tile);
+        /* A chunk's context up-projected once for all its blocks (b->up_k), or this tile's. */
+        mla__tile shared = {.n = n, .pos = b->up_pos ? b->up_pos + first : NULL};
+        mla__tile *tile = b->up_k ? &shared : &w->tile;
+        if (!b->up_k)
+            mla__tile_fill(c->fmt, b->view, first, n, tile);
         /* Queries before the tile's first position see none of it (causal prefill). */
         int64_t t_from = tile->pos[0] - b->p0;
         if (t_from < 0)
@@ -213,7 +224,10 @@ void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w)
             continue;
         mla__tile_visible(tile, b->p0 + t_from, b->m - t_from, w->nvis + t_from);
         const float *keys = tile->rope, *vals = tile->latent;
-        if (!mha) {
+        if (b->up_k) {
+            keys = b->up_k + first * kw;
+            vals = b->up_v + first * kw;
+        } else if (!mha) {
             up_project(c, tile, w->kbuf, w->vbuf);
             keys = w->kbuf;
             vals = w->vbuf;

@@ -247,10 +247,12 @@ static inline void ref_mla_init(ref_mla *m, const mla_layer *l)
  * The converted layer's forward of ../shared/mha2mla.md, steps 1–5, with explicit up-projection:
  * out (n × d) for the n tokens of one sequence. When lat and rope are given (n × latent and
  * n × n_kv·r, the RoPE part already rotated, as read back from a cache), they replace the keys'
- * and values' inputs computed from x; the queries always come from x.
+ * and values' inputs computed from x; the queries always come from x. Only the rows t with
+ * want[t] set are computed (every row where want is NULL); the others of out are left as they are.
  */
-static inline void ref_mla_forward(const ref_mla *m, const float *x, const int64_t *pos, int n,
-                                   const float *lat, const float *rope, double *out)
+static inline void ref_mla_forward_rows(const ref_mla *m, const float *x, const int64_t *pos,
+                                        int n, const float *lat, const float *rope,
+                                        const unsigned char *want, double *out)
 {
     int d = m->d, n_h = m->n_h, n_kv = m->n_kv, d_h = m->d_h, r = m->r, nope = m->nope;
     int R = m->R, g = n_h / n_kv, half = r / 2, L = m->split ? 2 * R : R;
@@ -305,6 +307,8 @@ static inline void ref_mla_forward(const ref_mla *m, const float *x, const int64
     double *kj = malloc((size_t)n * d_h * sizeof *kj), *vj = malloc((size_t)n * d_h * sizeof *vj);
     double *qh = malloc((size_t)d_h * sizeof *qh), *o = malloc((size_t)n_h * d_h * sizeof *o);
     for (int t = 0; t < n; t++) {
+        if (want && !want[t])
+            continue;
         for (int h = 0; h < n_h; h++) {
             int j = h / g;
             const double *qt = q + (size_t)t * n_h * d_h;
@@ -339,6 +343,13 @@ static inline void ref_mla_forward(const ref_mla *m, const float *x, const int64
     free(vj);
     free(qh);
     free(o);
+}
+
+/* Every row. */
+static inline void ref_mla_forward(const ref_mla *m, const float *x, const int64_t *pos, int n,
+                                   const float *lat, const float *rope, double *out)
+{
+    ref_mla_forward_rows(m, x, pos, n, lat, rope, NULL, out);
 }
 
 /* x rounded to float32, then to bf16 (8 significant bits, nearest, ties to even): finite x. */
