@@ -15,9 +15,12 @@
 #include "attn/internal.h"
 
 /* Query rows (tokens × heads) per absorbed block and query tokens per materialized block: large
- * enough to keep the products efficient, small enough that a tile's scores stay in L2. */
+ * enough to keep the products efficient, small enough that a tile's scores stay in L2. A
+ * materialized chunk at least as long as the context before it takes CAUSAL_BLOCK_TOKENS
+ * (block_tokens). */
 #define ABSORBED_ROWS 512
 #define MATERIALIZED_TOKENS 1024
+#define CAUSAL_BLOCK_TOKENS 256
 /* Float32 bytes of one tile's data; the tile length follows from the per-token width. */
 #define TILE_BYTES (256 * 1024)
 /* Bytes of float32 transposed keys above which a few-rows absorbed tile halves (tile_tokens). */
@@ -67,6 +70,7 @@ typedef struct chunk {
     int64_t written0;    /* of them, those the cache layer had written (place_chunk) */
     mla__seq_view view;
     int absorbed;
+    int64_t qb;          /* query tokens per block (block_tokens) */
     int64_t up_tokens;   /* context tokens up-projected once for all blocks (share_up), or 0 */
     float *up_k, *up_v;
     int64_t *up_pos;
@@ -722,11 +726,22 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
     return t < 16 ? 16 : t > 256 ? 256 : t;
 }
 
-/* Query tokens per block of a chunk: ABSORBED_ROWS rows or MATERIALIZED_TOKENS tokens. */
-static int64_t block_tokens(const dims *dm, int absorbed)
+/*
+ * Query tokens per block of a chunk of m tokens after `before` cached ones: ABSORBED_ROWS rows
+ * on the absorbed path. Materialized (and MHA) blocks of a chunk at least as long as the context
+ * before it take CAUSAL_BLOCK_TOKENS: in a causal prompt the blocks see contexts of rising length,
+ * and with few large blocks the threads' shares came out unequal (a fresh 2048-token prompt in
+ * blocks of 1024: one job a quarter of the attention, the other three quarters), while their
+ * tiles are up-projected once for all blocks (share_up), so smaller blocks cost no flops. After a
+ * longer context every block sees nearly the same tokens, and an MLA block up-projects each tile
+ * it sees itself: MATERIALIZED_TOKENS.
+ */
+static int64_t block_tokens(const dims *dm, int absorbed, int64_t before, int64_t m)
 {
     int64_t qb_abs = ABSORBED_ROWS / dm->n_h > 0 ? ABSORBED_ROWS / dm->n_h : 1;
-    return absorbed ? qb_abs : MATERIALIZED_TOKENS;
+    if (absorbed)
+        return qb_abs;
+    return before <= m ? CAUSAL_BLOCK_TOKENS : MATERIALIZED_TOKENS;
 }
 
 /* Equal blocks, not full ones and a remainder: 64 tokens of SmolLM-135M's 9 heads were blocks
@@ -777,7 +792,7 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
 {
     int64_t nb = 0, m_abs = 0, m_mat = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
-        int64_t cb = mla__chunk_blocks(ch[c].m, block_tokens(dm, ch[c].absorbed));
+        int64_t cb = mla__chunk_blocks(ch[c].m, ch[c].qb);
         int64_t m = mla__block_start(ch[c].m, cb, 1); /* the longest block: the first */
         nb += cb;
         if (ch[c].absorbed)
@@ -793,7 +808,7 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
     size_t extra = 0;
     double flops = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
-        int64_t cb = mla__chunk_blocks(ch[c].m, block_tokens(dm, ch[c].absorbed));
+        int64_t cb = mla__chunk_blocks(ch[c].m, ch[c].qb);
         int64_t dv = ch[c].absorbed ? dm->lat_v : dm->d_h;
         double width = ch[c].absorbed ? 2.0 * dm->lat_k + dm->r : 2.0 * dm->d_h;
         for (int64_t i = 0; i < cb; i++) {
@@ -815,7 +830,7 @@ static void plan_blocks(const dims *dm, plan *p, chunk *ch)
 {
     int64_t nb = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
-        int64_t cb = mla__chunk_blocks(ch[c].m, block_tokens(dm, ch[c].absorbed));
+        int64_t cb = mla__chunk_blocks(ch[c].m, ch[c].qb);
         if (ch[c].up_tokens > 0) {
             /* The context the chunk's last block sees: what the carve provided for (the tokens
              * the layer had written, then the chunk), else no sharing. */
@@ -844,13 +859,12 @@ static void plan_blocks(const dims *dm, plan *p, chunk *ch)
 
 /* Parts per block (split-K) and the state each part accumulates into. */
 /*
- * A materialized chunk of several blocks (more than MATERIALIZED_TOKENS tokens) up-projects its
- * context once, into the call's scratch, before the jobs: each block's jobs would otherwise
- * up-project every tile they see, and a 4096-token prompt's four blocks up-projected 2.5 times
- * its tokens (Llama-2-7B d_kv 16: 13–14% of the prefill's time). The keys and values take
- * 2·n_kv·d_h floats a context token, so only chunks at least as long as the context before
- * them share (the scratch then grows by at most twice the chunk's own keys and values); longer
- * contexts keep the per-tile up-projection.
+ * A materialized chunk of several blocks up-projects its context once, into the call's scratch,
+ * before the jobs: each block's jobs would otherwise up-project every tile they see (a
+ * 4096-token prompt in four blocks of 1024 up-projected 2.5 times its tokens; Llama-2-7B d_kv 16:
+ * 13–14% of the prefill's time). The keys and values take 2·n_kv·d_h floats a context token, so
+ * only chunks at least as long as the context before them share (the scratch then grows by at
+ * most twice the chunk's own keys and values); longer contexts keep the per-tile up-projection.
  */
 static void share_up(const mla__ctx *ctx, const dims *dm, const plan *p, const chunk *ch, int nt)
 {
@@ -997,9 +1011,10 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
                                                        dm.lat_v, before, ch[c].m)));
         p.any_abs |= ch[c].absorbed;
         p.any_mat |= !ch[c].absorbed;
+        ch[c].qb = block_tokens(&dm, ch[c].absorbed, before, ch[c].m);
         /* Materialized chunks of several blocks up-project their context once (share_up). */
-        if (!dm.mha && !ch[c].absorbed &&
-            mla__chunk_blocks(ch[c].m, MATERIALIZED_TOKENS) > 1 && before <= ch[c].m)
+        if (!dm.mha && !ch[c].absorbed && mla__chunk_blocks(ch[c].m, ch[c].qb) > 1 &&
+            before <= ch[c].m)
             ch[c].up_tokens = before + ch[c].m;
     }
     int nt = attn->n_threads;
