@@ -857,7 +857,6 @@ static void plan_blocks(const dims *dm, plan *p, chunk *ch)
     p->n_blocks = nb;
 }
 
-/* Parts per block (split-K) and the state each part accumulates into. */
 /*
  * A materialized chunk of several blocks up-projects its context once, into the call's scratch,
  * before the jobs: each block's jobs would otherwise up-project every tile they see (a
@@ -887,6 +886,7 @@ static void share_up(const mla__ctx *ctx, const dims *dm, const plan *p, const c
     }
 }
 
+/* Parts per block (split-K) and the state each part accumulates into. */
 static void plan_jobs(const dims *dm, plan *p, int nt)
 {
     int64_t parts = mla__block_parts(p->n_blocks, nt);
