@@ -734,8 +734,9 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
  * length, and with few large blocks the threads' shares came out unequal (a fresh 2048-token
  * prompt in blocks of 1024: one job a quarter of the attention, the other three quarters), while
  * their tiles are up-projected once for all blocks (share_up), so small blocks cost no flops.
- * At least 4 blocks a thread, of CAUSAL_BLOCK_MIN to CAUSAL_BLOCK_MAX tokens: from 1024 tokens on
- * 64, 128 and 256 ran within 2% of each other, below it the smaller were 5–12% faster. After a
+ * At least 4 blocks a thread, that bound kept between CAUSAL_BLOCK_MIN and CAUSAL_BLOCK_MAX
+ * tokens: from 1024 tokens on 64, 128 and 256 ran within 2% of each other, below it the smaller
+ * were 5–12% faster. After a
  * longer context every block sees nearly the same tokens, and an MLA block up-projects each tile
  * it sees itself: MATERIALIZED_TOKENS.
  */

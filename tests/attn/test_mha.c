@@ -5,7 +5,8 @@
  *   on both paths, for MHA and GQA geometries, with and without biases.
  * Each run is a mixed prefill batch of two sequences followed by decode steps; the MHA
  * baseline also with its streaming decode loop forced (MLA_ATTN_STREAM_BYTES=0), with and
- * without its software prefetch (MLA_ATTN_STREAM_PREFETCH).
+ * without its software prefetch (MLA_ATTN_STREAM_PREFETCH), and both with prompts long enough
+ * to be cut into several query blocks on 2 threads.
  */
 #include "run.h"
 
@@ -20,15 +21,18 @@ static const struct {
     {64, 8, 8, 128, "MHA 4 KiB rows", 1},
 };
 
-static double run_case(const src_layer *src, mla_layer *l, int n_threads, mla_attn_path path)
+/* Two sequences: n0 and n1 tokens, of which the first p0 and p1 are one mixed prefill batch,
+ * the rest decoded one by one. */
+static double run_seqs_of(const src_layer *src, mla_layer *l, int n_threads,
+                          mla_attn_path path, int n0, int p0, int n1, int p1)
 {
     int d = src->g.d_model;
     seqdata s[2];
-    seq_init(&s[0], 0, 23, 17, d, 0, 11);
-    seq_init(&s[1], 3, 9, 4, d, 0, 12);
+    seq_init(&s[0], 0, n0, p0, d, 0, 11);
+    seq_init(&s[1], 3, n1, p1, d, 0, 12);
     for (int i = 0; i < 2; i++)
         ref_mha(src, s[i].x, s[i].pos, s[i].n, NULL, NULL, s[i].ref);
-    mla_cache *c = make_cache(&l, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 256, 8);
+    mla_cache *c = make_cache(&l, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 512, 8);
     mla_attn *a = make_attn(n_threads, path);
     mla_status st = c && a ? run_seqs(a, l, c, 0, s, 2, d) : MLA_ERR_INTERNAL;
     double e = st == MLA_OK ? seqs_diff(s, 2, d) : INFINITY;
@@ -39,6 +43,19 @@ static double run_case(const src_layer *src, mla_layer *l, int n_threads, mla_at
     for (int i = 0; i < 2; i++)
         seq_free(&s[i]);
     return e;
+}
+
+static double run_case(const src_layer *src, mla_layer *l, int n_threads, mla_attn_path path)
+{
+    return run_seqs_of(src, l, n_threads, path, 23, 17, 9, 4);
+}
+
+/* Prompts of 290 and 140 tokens: on 2 threads cut into 5 and 3 query blocks (forward.c,
+ * block_tokens), whose context a full-rank MLA layer's materialized path up-projects once for
+ * all (share_up). */
+static double run_long(const src_layer *src, mla_layer *l, mla_attn_path path)
+{
+    return run_seqs_of(src, l, 2, path, 300, 290, 150, 140);
 }
 
 int main(void)
@@ -59,6 +76,11 @@ int main(void)
                       e1);
                 double e2 = run_case(&src, mha, 2, MLA_ATTN_PATH_AUTO);
                 CHECK(e2 < 1e-4, "%s %s: MHA baseline on 2 threads (rel %.2e)", gn, bn, e2);
+                if (!geoms[gi].baseline_only) {
+                    double el = run_long(&src, mha, MLA_ATTN_PATH_AUTO);
+                    CHECK(el < 1e-4, "%s %s: MHA baseline, prompts of 290 and 140 tokens in "
+                          "blocks, 2 threads (rel %.2e)", gn, bn, el);
+                }
                 /* Decode's streaming loop (prefetching 4-row steps, or 8-row steps for rows of
                  * a page), normally taken only for contexts of megabytes, forced for this
                  * small cache. */
@@ -90,6 +112,10 @@ int main(void)
                 double em = run_case(&src, full, 2, MLA_ATTN_PATH_MATERIALIZED);
                 CHECK(em < 1e-4, "%s %s: full-rank MLA, materialized, equals MHA (rel %.2e)",
                       gn, bn, em);
+                double el = run_long(&src, full, MLA_ATTN_PATH_MATERIALIZED);
+                CHECK(el < 1e-4, "%s %s: full-rank MLA, materialized, prompts of 290 and 140 "
+                      "tokens (up-projected once for their blocks), equals MHA (rel %.2e)", gn,
+                      bn, el);
             }
             mla_layer_destroy(full);
             src_free(&src);
