@@ -14,12 +14,12 @@
 
 #include "attn/internal.h"
 
-/* Query rows (tokens × heads) per absorbed block and query tokens per materialized block: large
- * enough to keep the products efficient, small enough that a tile's scores stay in L2. A
- * materialized chunk at least as long as the context before it takes blocks of
- * CAUSAL_BLOCK_MIN to CAUSAL_BLOCK_MAX tokens (block_tokens). */
+/* Query rows (tokens × heads) per absorbed block: large enough to keep the products efficient,
+ * small enough that a tile's scores stay in L2. Query tokens per materialized block
+ * (block_tokens): CAUSAL_BLOCK_MIN to CAUSAL_BLOCK_MAX for a chunk at least as long as the
+ * context before it, else MATERIALIZED_TOKENS (its jobs take MLA_ATTN_MAT_ROWS at a time). */
 #define ABSORBED_ROWS 512
-#define MATERIALIZED_TOKENS 1024
+#define MATERIALIZED_TOKENS 4096
 #define CAUSAL_BLOCK_MIN 64
 #define CAUSAL_BLOCK_MAX 256
 /* Float32 bytes of one tile's data; the tile length follows from the per-token width. */
@@ -126,6 +126,8 @@ typedef struct dims {
 /* Everything one forward allocates, carved from the arena. */
 typedef struct plan {
     int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
+    int64_t tokens_mat;  /* query tokens of the longest materialized block (rows_mat: of them,
+                          * those a job multiplies at once) */
     int64_t n_works;     /* per-thread work areas: the most threads the jobs may use (job_threads) */
     int any_abs, any_mat;
     int need_f32;        /* some job reads a float32 tile (whole-tile products, many query rows) */
@@ -182,7 +184,8 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
         int up = p->any_mat && !dm->mha;
         w.kbuf = up ? take(a, kvw, sizeof(float)) : NULL;
         w.vbuf = up ? take(a, kvw, sizeof(float)) : NULL;
-        w.nvis = take(a, max_m, sizeof(int64_t));
+        w.nvis = take(a, max_m > (size_t)p->tokens_mat ? max_m : (size_t)p->tokens_mat,
+                      sizeof(int64_t));
         if (p->bf16) {
             size_t ra = (size_t)p->rows_abs;
             /* q̃, the RoPE queries, and for many rows those block-diagonal (absorbed.c) */
@@ -738,7 +741,9 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
  * tokens: from 1024 tokens on 64, 128 and 256 ran within 2% of each other, below it the smaller
  * were 5–12% faster. After a
  * longer context every block sees nearly the same tokens, and an MLA block up-projects each tile
- * it sees itself: MATERIALIZED_TOKENS.
+ * it sees itself, so blocks are large, MATERIALIZED_TOKENS, split across the threads by their
+ * work (mla__block_part_end): Llama-2-7B d_kv 16, 4096 tokens after 8192, 7.0 s against 8.1 in blocks of
+ * 1024 (which up-projected the context four times), 2048 after 4096 2.31 against 2.67 s.
  */
 static int64_t block_tokens(const dims *dm, int absorbed, int64_t before, int64_t m, int nt)
 {
@@ -809,6 +814,9 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
     }
     p->n_blocks = nb;
     p->rows_abs = m_abs * dm->n_h;
+    p->tokens_mat = m_mat;
+    if (m_mat > MLA_ATTN_MAT_ROWS)
+        m_mat = MLA_ATTN_MAT_ROWS;
     /* The one-query MHA loop keeps all heads' scores (materialized.c). */
     p->rows_mat = m_mat > 0 ? (m_mat > dm->n_h ? m_mat : dm->n_h) : 0;
     int64_t parts = mla__block_parts(p->n_blocks, nt), nj = 0;
@@ -893,6 +901,35 @@ static void share_up(const mla__ctx *ctx, const dims *dm, const plan *p, const c
     }
 }
 
+/* Equal parts in whole vectors of tokens, not whole tiles (4096 tokens in tiles of 336 split
+ * 2352 + 1744: SmolLM-135M d_kv 8, 2 threads). Materialized blocks of many queries take equal
+ * shares of the causal work instead: equal token counts gave the first part up to three times
+ * the second's work (a fresh 1024-token prompt in one block: 3/8 against 1/8 of m², the first
+ * range seen by every query). */
+int64_t mla__block_part_end(const mla__qblock *b, int64_t k, int64_t np)
+{
+    int64_t n_ctx = b->n_ctx;
+    if (k + 1 >= np)
+        return n_ctx;
+    int64_t end;
+    if (b->absorbed || b->m < MLA_ATTN_SMALL_M) {
+        int64_t per = (n_ctx + np - 1) / np;
+        end = (k + 1) * ((per + 15) / 16 * 16);
+    } else {
+        double m = (double)(b->m < n_ctx ? b->m : n_ctx), pre = (double)n_ctx - m;
+        double share = (m * pre + 0.5 * m * (m + 1)) * (double)(k + 1) / (double)np, c;
+        if (share <= m * pre) {
+            c = share / m;
+        } else {
+            /* m·j − j(j − 1)/2 = share − m·pre, the smaller root */
+            double b2 = 2 * m + 1, disc = b2 * b2 - 8 * (share - m * pre);
+            c = pre + 0.5 * (b2 - sqrt(disc > 0 ? disc : 0));
+        }
+        end = ((int64_t)c + 8) / 16 * 16;
+    }
+    return end < n_ctx ? end : n_ctx;
+}
+
 /* Parts per block (split-K) and the state each part accumulates into. */
 static void plan_jobs(const dims *dm, plan *p, int nt)
 {
@@ -905,15 +942,14 @@ static void plan_jobs(const dims *dm, plan *p, int nt)
         int64_t dv = b->absorbed ? dm->lat_v : dm->d_h;
         int64_t n_ctx = b->n_ctx;
         int64_t np = parts_for(p, parts, n_ctx);
+        int64_t c0 = 0;
         for (int64_t k = 0; k < np; k++) {
             mla__job *j = &p->jobs[nj];
-            /* Equal parts in whole vectors of tokens, not whole tiles: 4096 tokens in tiles of
-             * 336 split 2352 + 1744 (SmolLM-135M d_kv 8, 2 threads). */
-            int64_t per = (n_ctx + np - 1) / np;
-            per = (per + 15) / 16 * 16;
+            int64_t c1 = mla__block_part_end(b, k, np);
             j->block = bi;
-            j->c0 = k * per < n_ctx ? k * per : n_ctx;
-            j->c1 = (k + 1) * per < n_ctx ? (k + 1) * per : n_ctx;
+            j->c0 = c0;
+            j->c1 = c1 > c0 ? c1 : c0;
+            c0 = j->c1;
             if (k == 0) {
                 j->mx = p->mx + b->t0 * dm->n_h;
                 j->l = p->l + b->t0 * dm->n_h;

@@ -24,6 +24,10 @@
  * from it on it multiplies whole float32 tiles (materialized.c). */
 #define MLA_ATTN_SMALL_M 16
 
+/* Query tokens a materialized job multiplies against a tile at once (materialized.c): a head's
+ * scores, this many rows of a tile, stay in L2. */
+#define MLA_ATTN_MAT_ROWS 1024
+
 /* One-token MHA decode jobs take the loop for rows out of DRAM (materialized.c: 8-row steps for
  * rows of a page or more; for smaller ones, on AMD CPUs, prefetching 4-row steps) where the
  * call's jobs read more than this many bytes of cached rows a thread (mla__attn_thread_bytes:
@@ -243,6 +247,11 @@ MLA_INTERNAL void mla__materialized_up(const mla__ctx *c, const mla__seq_view *v
 MLA_INTERNAL int64_t mla__chunk_blocks(int64_t m, int64_t qb);
 MLA_INTERNAL int64_t mla__block_start(int64_t m, int64_t nb, int64_t i);
 MLA_INTERNAL int64_t mla__block_parts(int64_t n_blocks, int nt);
+/* Where part k of np of block b's context ends (parts cover [0, n_ctx) in order; each ends on a
+ * multiple of 16 tokens, the last at n_ctx): equal token counts, except that materialized blocks
+ * of MLA_ATTN_SMALL_M queries or more cut equal shares of their causal work, the b->m queries
+ * seeing all n_ctx − m tokens before them and the block's own token j seen by m − j of them. */
+MLA_INTERNAL int64_t mla__block_part_end(const mla__qblock *b, int64_t k, int64_t np);
 
 /* Merge job b's state into job a's (same block): log-sum-exp of the two partial softmaxes. */
 MLA_INTERNAL void mla__softmax_merge(int64_t rows, int64_t dv, float *mx_a, float *l_a,

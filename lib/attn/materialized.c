@@ -232,25 +232,31 @@ void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w)
             keys = w->kbuf;
             vals = w->vbuf;
         }
-        int64_t rows = b->m - t_from;
         int64_t lds = c->tile_tokens;
-        for (int32_t h = 0; h < c->n_h; h++) {
-            int64_t j = h / c->g;
-            const float *q = c->qg + ((b->t0 + t_from) * c->n_h + h) * (int64_t)c->d_h;
-            const float *kj = keys + j * c->d_h, *vj = vals + j * c->d_h;
-            int64_t row0 = t_from * c->n_h + h;
-            float *o = job->o + row0 * job->ldo;
-            ptrdiff_t ldo = (ptrdiff_t)c->n_h * job->ldo;
-            if (rows >= SMALL_M)
-                mla__sgemm_wt(k, 1, rows, n, c->d_h, q, ldq, kj, kw, w->s, lds);
-            else
-                k->gemm_dot(rows, n, c->d_h, q, ldq, kj, kw, 0.0f, w->s, lds);
-            k->softmax_step(rows, n, w->s, lds, 1, w->nvis + t_from, 1, job->mx + row0,
-                            job->l + row0, c->n_h, o, ldo, c->d_h);
-            /* The values by gemm_bc at any row count: BLIS's small-matrix code, which does not
-             * pack them, ran Llama-2-7B's (128 wide, rows 16 KB apart) at 26–48 GFLOP/s on one
-             * thread, gemm_bc at 91–111; SmolLM-135M's 64-wide at 43–111 against 101–116. */
-            k->gemm_bc(rows, c->d_h, n, w->s, lds, 1, vj, kw, 1.0f, o, ldo);
+        /* At most MLA_ATTN_MAT_ROWS queries at a time, so that a head's scores stay in L2 in
+         * blocks of more queries (chunks after a longer context), which up-project the tile
+         * once for all of them. */
+        for (int64_t r0 = t_from; r0 < b->m; r0 += MLA_ATTN_MAT_ROWS) {
+            int64_t rows = b->m - r0 < MLA_ATTN_MAT_ROWS ? b->m - r0 : MLA_ATTN_MAT_ROWS;
+            for (int32_t h = 0; h < c->n_h; h++) {
+                int64_t j = h / c->g;
+                const float *q = c->qg + ((b->t0 + r0) * c->n_h + h) * (int64_t)c->d_h;
+                const float *kj = keys + j * c->d_h, *vj = vals + j * c->d_h;
+                int64_t row0 = r0 * c->n_h + h;
+                float *o = job->o + row0 * job->ldo;
+                ptrdiff_t ldo = (ptrdiff_t)c->n_h * job->ldo;
+                if (rows >= SMALL_M)
+                    mla__sgemm_wt(k, 1, rows, n, c->d_h, q, ldq, kj, kw, w->s, lds);
+                else
+                    k->gemm_dot(rows, n, c->d_h, q, ldq, kj, kw, 0.0f, w->s, lds);
+                k->softmax_step(rows, n, w->s, lds, 1, w->nvis + r0, 1, job->mx + row0,
+                                job->l + row0, c->n_h, o, ldo, c->d_h);
+                /* The values by gemm_bc at any row count: BLIS's small-matrix code, which does
+                 * not pack them, ran Llama-2-7B's (128 wide, rows 16 KB apart) at 26–48
+                 * GFLOP/s on one thread, gemm_bc at 91–111; SmolLM-135M's 64-wide at 43–111
+                 * against 101–116. */
+                k->gemm_bc(rows, c->d_h, n, w->s, lds, 1, vj, kw, 1.0f, o, ldo);
+            }
         }
     }
 }

@@ -372,6 +372,52 @@ static void planner_cuts(void)
     CHECK(mla__block_parts(1, 2) == 2 && mla__block_parts(2, 2) == 1 &&
               mla__block_parts(3, 2) == 2 && mla__block_parts(9, 2) == 1,
           "parts on 2 threads: 1 block 2, 2 blocks 1, 3 blocks 2, 9 blocks 1");
+
+    /* Split-K boundaries: in order, on multiples of 16, covering the context. A materialized
+     * block of m queries after pre tokens: each part's causal work (token i < pre seen by all
+     * m queries, the block's own token pre + j by m − j), summed token by token, within 16
+     * tokens' worth of the mean; absorbed and decode blocks: equal token counts as before. */
+    static const int64_t shapes[][2] = {{1024, 0}, {4096, 0}, {2048, 4096}, {300, 20},
+                                        {64, 0},   {1040, 1060}, {16, 5000}, {4096, 9000}};
+    bad = 0;
+    double worst = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int64_t np = 1; np <= 5; np++) {
+            mla__qblock b;
+            memset(&b, 0, sizeof b);
+            b.m = shapes[i][0];
+            b.n_ctx = shapes[i][0] + shapes[i][1];
+            double total = 0;
+            for (int64_t t = 0; t < b.n_ctx; t++)
+                total += t < shapes[i][1] ? b.m : b.m - (t - shapes[i][1]);
+            int64_t c0 = 0;
+            for (int64_t k = 0; k < np; k++) {
+                int64_t c1 = mla__block_part_end(&b, k, np);
+                bad += c1 < c0 || (c1 % 16 != 0 && c1 != b.n_ctx) ||
+                       (k == np - 1 && c1 != b.n_ctx);
+                double work = 0;
+                for (int64_t t = c0; t < c1; t++)
+                    work += t < shapes[i][1] ? b.m : b.m - (t - shapes[i][1]);
+                double off = fabs(work - total / np) / (16.0 * b.m);
+                worst = off > worst ? off : worst;
+                c0 = c1;
+            }
+        }
+    CHECK(bad == 0 && worst <= 1.0,
+          "materialized split-K parts: in order, on multiples of 16, equal causal work to "
+          "within 16 tokens of a full row (%d violations, worst %.2f)", bad, worst);
+    mla__qblock d;
+    memset(&d, 0, sizeof d);
+    d.m = 1;
+    d.n_ctx = 16384;
+    mla__qblock ab = d;
+    ab.absorbed = 1;
+    ab.m = 56;
+    ab.n_ctx = 4096 + 56;
+    CHECK(mla__block_part_end(&d, 0, 2) == 8192 && mla__block_part_end(&ab, 0, 2) == 2080 &&
+              mla__block_part_end(&ab, 1, 2) == 4152,
+          "decode and absorbed blocks: equal parts of whole vectors (16384 tokens: 8192 + "
+          "8192; 4152: 2080 + 2072, not the causal shares, 2064 + 2088)");
 }
 
 /* AUTO's path for a chunk of m tokens after len0 cached ones, on layer shape sh. */
