@@ -17,7 +17,8 @@
 /* Query rows (tokens × heads) per absorbed block: large enough to keep the products efficient,
  * small enough that a tile's scores stay in L2. Query tokens per materialized block
  * (block_tokens): CAUSAL_BLOCK_MIN to CAUSAL_BLOCK_MAX for a chunk at least as long as the
- * context before it, else MATERIALIZED_TOKENS (its jobs take MLA_ATTN_MAT_ROWS at a time). */
+ * context before it, else up to MATERIALIZED_TOKENS (its jobs take MLA_ATTN_MAT_ROWS at a
+ * time). */
 #define ABSORBED_ROWS 512
 #define MATERIALIZED_TOKENS 4096
 #define CAUSAL_BLOCK_MIN 64
@@ -739,19 +740,27 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
  * their tiles are up-projected once for all blocks (share_up), so small blocks cost no flops.
  * At least 4 blocks a thread, that bound kept between CAUSAL_BLOCK_MIN and CAUSAL_BLOCK_MAX
  * tokens: from 1024 tokens on 64, 128 and 256 ran within 2% of each other, below it the smaller
- * were 5–12% faster. After a
- * longer context every block sees nearly the same tokens, and an MLA block up-projects each tile
- * it sees itself, so blocks are large, MATERIALIZED_TOKENS, split across the threads by their
- * work (mla__block_part_end): Llama-2-7B d_kv 16, 4096 tokens after 8192, 7.0 s against 8.1 in blocks of
- * 1024 (which up-projected the context four times), 2048 after 4096 2.31 against 2.67 s.
+ * were 5–12% faster. After a longer context every block sees nearly the same tokens, and an MLA
+ * block up-projects each tile it sees itself, so blocks are large, split across the threads by
+ * their work
+ * (mla__block_part_end): Llama-2-7B d_kv 16, 4096 tokens after 8192, 7.0 s against 8.1 in blocks
+ * of 1024 (which up-projected the context four times), 2048 after 4096 2.31 against 2.67 s.
+ * Every split-K part after a block's first keeps a state as large as the block's output, so the
+ * blocks are the chunk cut for nt/2 threads, between MLA_ATTN_MAT_ROWS and MATERIALIZED_TOKENS
+ * tokens: where neither bound binds and the thread count is even, two parts a block, whose extra
+ * states total one chunk's output however many threads run (on 8 threads one block of 4096
+ * tokens would keep 7).
  */
 static int64_t block_tokens(const dims *dm, int absorbed, int64_t before, int64_t m, int nt)
 {
     int64_t qb_abs = ABSORBED_ROWS / dm->n_h > 0 ? ABSORBED_ROWS / dm->n_h : 1;
     if (absorbed)
         return qb_abs;
-    if (before > m)
-        return MATERIALIZED_TOKENS;
+    if (before > m) {
+        int64_t pairs = nt > 1 ? nt / 2 : 1, q = (m + pairs - 1) / pairs;
+        return q < MLA_ATTN_MAT_ROWS ? MLA_ATTN_MAT_ROWS
+               : q > MATERIALIZED_TOKENS ? MATERIALIZED_TOKENS : q;
+    }
     int64_t q = (m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt);
     return q < CAUSAL_BLOCK_MIN ? CAUSAL_BLOCK_MIN : q > CAUSAL_BLOCK_MAX ? CAUSAL_BLOCK_MAX : q;
 }
