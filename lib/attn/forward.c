@@ -742,9 +742,9 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
  * tokens: from 1024 tokens on 64, 128 and 256 ran within 2% of each other, below it the smaller
  * were 5–12% faster. After a longer context every block sees nearly the same tokens, and an MLA
  * block up-projects each tile it sees itself, so blocks are large, split across the threads by
- * their work
- * (mla__block_part_end): Llama-2-7B d_kv 16, 4096 tokens after 8192, 7.0 s against 8.1 in blocks
- * of 1024 (which up-projected the context four times), 2048 after 4096 2.31 against 2.67 s.
+ * their work (mla__block_part_end): Llama-2-7B d_kv 16, 4096 tokens after 8192, 7.0 s against
+ * 8.1 in blocks of 1024 (which up-projected the context four times), 2048 after 4096 2.31
+ * against 2.67 s.
  * Every split-K part after a block's first keeps a state as large as the block's output, so the
  * blocks are the chunk cut for nt/2 threads, between MLA_ATTN_MAT_ROWS and MATERIALIZED_TOKENS
  * tokens: where neither bound binds and the thread count is even, two parts a block, whose extra
@@ -859,8 +859,10 @@ static void plan_blocks(const dims *dm, plan *p, chunk *ch)
             /* The context the chunk's last block sees: what the carve provided for (the tokens
              * the layer had written, then the chunk), else no sharing. */
             int64_t n_ctx = mla__seq_view_count_le(&ch[c].view, ch[c].p0 + ch[c].m - 1);
-            if (n_ctx > ch[c].up_tokens)
-                ch[c].up_k = ch[c].up_v = NULL, ch[c].up_pos = NULL;
+            if (n_ctx > ch[c].up_tokens) {
+                ch[c].up_k = ch[c].up_v = NULL;
+                ch[c].up_pos = NULL;
+            }
             ch[c].up_tokens = ch[c].up_k ? n_ctx : 0;
         }
         for (int64_t i = 0; i < cb; i++) {
