@@ -131,6 +131,7 @@ typedef struct plan {
                           * those a job multiplies at once) */
     int64_t n_works;     /* per-thread work areas: the most threads the jobs may use (job_threads) */
     int any_abs, any_mat;
+    int up_tiles;        /* some materialized MLA chunk up-projects tile by tile (not share_up) */
     int need_f32;        /* some job reads a float32 tile (whole-tile products, many query rows) */
     int i4;              /* I4 latents, read in place as int8 codes (mla__rtile_map) */
     int bf16;            /* absorbed products in bf16 (BF16 cache, mla__absorbed_bf16) */
@@ -182,7 +183,7 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
         size_t ctw = (size_t)(dm->lat_k + dm->W > dm->d_h ? dm->lat_k + dm->W : dm->d_h);
         w.ct = take(a, mul(a, ctw, T), sizeof(float));
         w.s = take(a, s_floats, sizeof(float));
-        int up = p->any_mat && !dm->mha;
+        int up = p->up_tiles;
         w.kbuf = up ? take(a, kvw, sizeof(float)) : NULL;
         w.vbuf = up ? take(a, kvw, sizeof(float)) : NULL;
         w.nvis = take(a, max_m > (size_t)p->tokens_mat ? max_m : (size_t)p->tokens_mat,
@@ -850,21 +851,21 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
     p->n_works = threads_for(nt, flops) <= 1 ? 1 : nj < nt ? nj : nt;
 }
 
-static void plan_blocks(const dims *dm, plan *p, chunk *ch)
+static mla_status plan_blocks(const dims *dm, plan *p, chunk *ch)
 {
     int64_t nb = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
         int64_t cb = mla__chunk_blocks(ch[c].m, ch[c].qb);
-        if (ch[c].up_tokens > 0) {
-            /* The context the chunk's last block sees: what the carve provided for (the tokens
-             * the layer had written, then the chunk), else no sharing. */
-            int64_t n_ctx = mla__seq_view_count_le(&ch[c].view, ch[c].p0 + ch[c].m - 1);
-            if (n_ctx > ch[c].up_tokens) {
-                ch[c].up_k = ch[c].up_v = NULL;
-                ch[c].up_pos = NULL;
-            }
-            ch[c].up_tokens = ch[c].up_k ? n_ctx : 0;
-        }
+        /* A shared up-projection holds the context the chunk's last block sees: the tokens the
+         * layer had written before it (place_chunk checked that they precede it), then it. */
+        int64_t p_last = ch[c].p0 + ch[c].m - 1, n_ctx;
+        if (ch[c].up_tokens > 0 &&
+            (n_ctx = mla__seq_view_count_le(&ch[c].view, p_last)) != ch[c].up_tokens)
+            return mla_fail(MLA_ERR_INTERNAL,
+                            "attention: sequence %d: %lld tokens up to position %lld, where "
+                            "%lld were planned",
+                            (int)ch[c].seq, (long long)n_ctx, (long long)p_last,
+                            (long long)ch[c].up_tokens);
         for (int64_t i = 0; i < cb; i++) {
             int64_t s = mla__block_start(ch[c].m, cb, i);
             mla__qblock *b = &p->blocks[nb];
@@ -881,6 +882,7 @@ static void plan_blocks(const dims *dm, plan *p, chunk *ch)
         }
     }
     p->n_blocks = nb;
+    return MLA_OK;
 }
 
 /*
@@ -1070,6 +1072,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         if (!dm.mha && !ch[c].absorbed && mla__chunk_blocks(ch[c].m, ch[c].qb) > 1 &&
             before <= ch[c].m)
             ch[c].up_tokens = before + ch[c].m;
+        p.up_tiles |= !dm.mha && !ch[c].absorbed && ch[c].up_tokens == 0;
     }
     int nt = attn->n_threads;
     /* Float32 tiles: the materialized path's up-projections and the MHA baseline's whole-tile
@@ -1127,7 +1130,11 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     }
     /* Before plan_jobs, which zeroes the jobs' output states: decode uses obar as scratch. */
     prepare_queries(layer, &dm, &p, nt, attn->k);
-    plan_blocks(&dm, &p, ch);
+    st = plan_blocks(&dm, &p, ch);
+    if (st != MLA_OK) {
+        rollback(cache, cache_layer, p.n_chunks, ch);
+        goto done;
+    }
     plan_jobs(&dm, &p, nt);
     int nt_jobs = job_threads(&dm, &p, nt);
     mla__ctx ctx = {
