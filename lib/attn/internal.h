@@ -160,6 +160,8 @@ typedef struct mla__qblock {
      * per-tile up-projection lays them out, and its positions; else NULL. */
     const float *up_k, *up_v;
     int64_t *up_pos;
+    double up_rows;              /* what up-projecting one of its tokens costs (materialized, not
+                                  * shared), in query rows of attention over it */
 } mla__qblock;
 
 /* Partial softmax state of one query block over tokens [c0, c1) of its context. */
@@ -249,8 +251,9 @@ MLA_INTERNAL int64_t mla__block_start(int64_t m, int64_t nb, int64_t i);
 MLA_INTERNAL int64_t mla__block_parts(int64_t n_blocks, int nt);
 /* Where part k of np of block b's context ends (parts cover [0, n_ctx) in order; each ends on a
  * multiple of 16 tokens, the last at n_ctx): equal token counts, except that materialized blocks
- * of MLA_ATTN_SMALL_M queries or more cut equal shares of their causal work, the b->m queries
- * seeing all n_ctx − m tokens before them and the block's own token j seen by m − j of them. */
+ * of MLA_ATTN_SMALL_M queries or more cut equal shares of their work, the b->m queries seeing
+ * all n_ctx − m tokens before them, the block's own token j seen by m − j of them, and every
+ * token costing b->up_rows more. */
 MLA_INTERNAL int64_t mla__block_part_end(const mla__qblock *b, int64_t k, int64_t np);
 
 /* Merge job b's state into job a's (same block): log-sum-exp of the two partial softmaxes. */
