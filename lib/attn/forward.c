@@ -936,8 +936,8 @@ static double block_work(const mla__qblock *b, double c)
 /* Equal parts in whole vectors of tokens, not whole tiles (4096 tokens in tiles of 336 split
  * 2352 + 1744: SmolLM-135M d_kv 8, 2 threads). Materialized blocks of many queries take equal
  * shares of their work instead: equal token counts gave the first part up to three times the
- * second's attention (a fresh 1024-token prompt in one block: 3/8 against 1/8 of m², the first
- * range seen by every query). The work counts each token's up-projection too: for Llama-2-7B
+ * second's attention (a fresh 1024-token prompt in one block: 3/8 against 1/8 of m², each
+ * token of the first range seen by more queries). The work counts each token's up-projection too: for Llama-2-7B
  * d_kv 16 it costs as much as 506 query rows, and shares of the attention alone ran a 1024-token
  * chunk after 1100 cached ones slower than equal token counts (873 against 834 ms). */
 int64_t mla__block_part_end(const mla__qblock *b, int64_t k, int64_t np)
