@@ -733,9 +733,9 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
 }
 
 /*
- * Query tokens per block of a chunk of m tokens after `before` cached ones, for nt threads:
- * ABSORBED_ROWS rows on the absorbed path. Materialized (and MHA) blocks of a chunk at least as
- * long as the context before it are small: in a causal prompt the blocks see contexts of rising
+ * Query tokens per block of a chunk of m tokens, for nt threads: ABSORBED_ROWS rows on the
+ * absorbed path. Materialized (and MHA) blocks of a causal chunk, one at least as long as the
+ * context before it, are small: in a causal prompt the blocks see contexts of rising
  * length, and with few large blocks the threads' shares came out unequal (a fresh 2048-token
  * prompt in blocks of 1024: one job a quarter of the attention, the other three quarters), while
  * their tiles are up-projected once for all blocks (share_up), so small blocks cost no flops.
@@ -752,12 +752,12 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
  * states total one chunk's output however many threads run (on 8 threads one block of 4096
  * tokens would keep 7).
  */
-static int64_t block_tokens(const dims *dm, int absorbed, int64_t before, int64_t m, int nt)
+static int64_t block_tokens(const dims *dm, int absorbed, int causal, int64_t m, int nt)
 {
     int64_t qb_abs = ABSORBED_ROWS / dm->n_h > 0 ? ABSORBED_ROWS / dm->n_h : 1;
     if (absorbed)
         return qb_abs;
-    if (before > m) {
+    if (!causal) {
         int64_t pairs = nt > 1 ? nt / 2 : 1, q = (m + pairs - 1) / pairs;
         return q < MLA_ATTN_MAT_ROWS ? MLA_ATTN_MAT_ROWS
                : q > MATERIALIZED_TOKENS ? MATERIALIZED_TOKENS : q;
@@ -851,6 +851,12 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
     p->n_works = threads_for(nt, flops) <= 1 ? 1 : nj < nt ? nj : nt;
 }
 
+/* Flops of up-projecting one token's latent to every KV head's keys and values. */
+static double up_flops(const dims *dm)
+{
+    return 2.0 * (double)(dm->n_kv * dm->nope * dm->lat_k + dm->n_kv * dm->d_h * dm->lat_v);
+}
+
 static mla_status plan_blocks(const dims *dm, plan *p, chunk *ch)
 {
     int64_t nb = 0;
@@ -880,9 +886,7 @@ static mla_status plan_blocks(const dims *dm, plan *p, chunk *ch)
             /* Split-K work of a token's up-projection, in query rows (mla__block_part_end). */
             b->up_rows = dm->mha || ch[c].absorbed || ch[c].up_k
                              ? 0.0
-                             : 2.0 * (double)(dm->n_kv * dm->nope * dm->lat_k +
-                                              dm->n_kv * dm->d_h * dm->lat_v) /
-                                   (4.0 * (double)(dm->n_h * dm->d_h));
+                             : up_flops(dm) / (4.0 * (double)(dm->n_h * dm->d_h));
             b->n_ctx = mla__seq_view_count_le(&ch[c].view, b->p0 + b->m - 1);
             nb++;
         }
@@ -907,8 +911,7 @@ static void share_up(const mla__ctx *ctx, const dims *dm, const plan *p, const c
             continue;
         int64_t T = p->tile, tiles = (k->up_tokens + T - 1) / T;
         int64_t kw = dm->n_kv * dm->d_h;
-        double per = 2.0 * (double)(dm->n_kv * dm->nope * dm->lat_k + kw * dm->lat_v);
-        int th = threads_for(nt, per * (double)k->up_tokens);
+        int th = threads_for(nt, up_flops(dm) * (double)k->up_tokens);
         th = th < p->n_works ? th : (int)p->n_works;
         th = th < tiles ? th : (int)tiles;
 #pragma omp parallel for num_threads(th > 1 ? th : 1) schedule(dynamic, 1) if (th > 1)
@@ -1089,10 +1092,11 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
                                                        dm.lat_v, before, ch[c].m)));
         p.any_abs |= ch[c].absorbed;
         p.any_mat |= !ch[c].absorbed;
-        ch[c].qb = block_tokens(&dm, ch[c].absorbed, before, ch[c].m, attn->n_threads);
-        /* Materialized chunks of several blocks up-project their context once (share_up). */
-        if (!dm.mha && !ch[c].absorbed && mla__chunk_blocks(ch[c].m, ch[c].qb) > 1 &&
-            before <= ch[c].m)
+        /* A causal chunk takes small blocks, which its shared up-projection makes cheap:
+         * block_tokens and share_up decide on the same test. */
+        int causal = before <= ch[c].m;
+        ch[c].qb = block_tokens(&dm, ch[c].absorbed, causal, ch[c].m, attn->n_threads);
+        if (causal && !dm.mha && !ch[c].absorbed && mla__chunk_blocks(ch[c].m, ch[c].qb) > 1)
             ch[c].up_tokens = before + ch[c].m;
         p.up_tiles |= !dm.mha && !ch[c].absorbed && ch[c].up_tokens == 0;
     }
