@@ -685,6 +685,117 @@ static void bench_prefill(int quick, int threads)
                100 * row[i].fl / row[i].t * 1e-9 / gf_max, row[i].vs, row[i].gf);
 }
 
+/* Milliseconds of a fresh m-token prompt sent in chunks of q tokens (the median of reps after
+ * a warm-up), and the scratch the handle then holds; or a negative time if a chunk failed (the
+ * error left in mla_last_error). */
+static double time_chunked(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t m, int64_t q,
+                           int reps, int64_t *scratch)
+{
+    float *x = rand_buf((size_t)(m * d), 1.0f), *out = malloc((size_t)(m * d) * sizeof *out);
+    int32_t *seq = calloc((size_t)m, sizeof *seq);
+    int64_t *pos = malloc((size_t)m * sizeof *pos);
+    for (int64_t i = 0; i < m; i++)
+        pos[i] = i;
+    double t[64];
+    int kept = reps < 64 ? reps : 64, failed = 0;
+    for (int r = 0; r <= kept && !failed; r++) {
+        double t0 = roofs_now();
+        for (int64_t p0 = 0; p0 < m && !failed; p0 += q) {
+            int64_t n = m - p0 < q ? m - p0 : q;
+            failed = mla_attn_forward(a, l, c, 0, x + p0 * d, n, seq, pos + p0, out) != MLA_OK;
+        }
+        if (r > 0)
+            t[r - 1] = roofs_now() - t0;
+        if (mla_cache_seq_rm(c, 0, 0, -1) != MLA_OK)
+            die("mla_cache_seq_rm");
+    }
+    for (int i = 1; i < kept && !failed; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            double s = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = s;
+        }
+    if (mla_attn_scratch_bytes(a, scratch) != MLA_OK)
+        die("mla_attn_scratch_bytes");
+    free(x);
+    free(out);
+    free(seq);
+    free(pos);
+    return failed ? -1.0 : t[kept / 2] * 1e3;
+}
+
+/*
+ * The memory a fresh prompt's prefill keeps in the handle's scratch, and what less costs: the
+ * prompt in one call without a limit; then under max_scratch_bytes one byte below the scratch
+ * the previous row kept, down to the need the CAPACITY error names; then sent in chunks.
+ */
+static void bench_scratch(int quick, int threads)
+{
+    int64_t m = ctx_given ? only_ctx : quick ? 1024 : 4096;
+    int reps = reps_opt > 0 ? reps_opt : quick ? 1 : 3;
+    printf("\n## scratch memory of a fresh %lld-token prompt, one MLA layer, %d thread(s), %s "
+           "cache, path AUTO; ms the median of %d after a warm-up, against the one call without "
+           "a limit\n", (long long)m, threads,
+           mla_dtype_name(latent_quant ? latent_quant : cache_dtype), reps);
+    printf("%-12s %-9s %-32s %10s %7s %12s\n", "shape", "layer", "sent as", "ms", "vsOne",
+           "scratch MB");
+    for (size_t si = 0; si < N_SHAPES; si++) {
+        const shape *s = &shapes[si];
+        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+            continue;
+        for (size_t li = 1; li < N_LAYERS; li++) {
+            if (!want_layer(quick, li))
+                continue;
+            mla_layer *l = mla_layer_random(s, dkvs[li - 1]);
+            mla_cache *c = filled_cache(l, 1, 1, 0, m);
+            char name[16], how[64];
+            snprintf(name, sizeof name, "MLA d%d", dkvs[li - 1]);
+            double t_one = 0;
+            int64_t limit = 0, kept = 0;
+            for (int row = 0; row < 4; row++) {
+                mla_attn_params p;
+                mla_attn_default_params(&p, sizeof p);
+                p.n_threads = threads;
+                p.max_scratch_bytes = limit;
+                mla_attn *a = NULL;
+                if (mla_attn_create(&p, &a) != MLA_OK)
+                    die("mla_attn_create");
+                double t = time_chunked(a, l, c, s->d, m, m, reps, &kept);
+                mla_attn_destroy(a);
+                if (limit)
+                    snprintf(how, sizeof how, "one call, limit %lld B", (long long)limit);
+                else
+                    snprintf(how, sizeof how, "one call");
+                if (t < 0) {
+                    const char *need = strstr(mla_last_error(), "needs ");
+                    printf("%-12s %-9s %-32s %10s %7s %12.3f (CAPACITY: the need named)\n",
+                           s->name, name, how, "-", "-",
+                           need ? (double)atoll(need + 6) * 1e-6 : -1.0);
+                    break;
+                }
+                t_one = limit ? t_one : t;
+                printf("%-12s %-9s %-32s %10.2f %6.2fx %12.3f\n", s->name, name, how, t,
+                       t_one / t, (double)kept * 1e-6);
+                fflush(stdout);
+                limit = kept - 1;
+            }
+            for (int64_t q = m / 2; q >= 512 && q >= m / 8; q /= 2) {
+                mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
+                double t = time_chunked(a, l, c, s->d, m, q, reps, &kept);
+                mla_attn_destroy(a);
+                if (t < 0)
+                    die("chunked prefill");
+                snprintf(how, sizeof how, "chunks of %lld", (long long)q);
+                printf("%-12s %-9s %-32s %10.2f %6.2fx %12.3f\n", s->name, name, how, t,
+                       t_one / t, (double)kept * 1e-6);
+                fflush(stdout);
+            }
+            mla_cache_destroy(c);
+            mla_layer_destroy(l);
+        }
+    }
+}
+
 /* Absorbed vs materialized for a chunk of m new tokens after `ctx` cached ones. */
 static void bench_crossover(int quick, int threads)
 {
@@ -758,7 +869,7 @@ static int dtype_arg(const char *s)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, threads = 2, crossover = 0, prefill = 0, rounds = 1;
+    int quick = 0, threads = 2, crossover = 0, prefill = 0, scratch = 0, rounds = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
@@ -766,6 +877,8 @@ int main(int argc, char **argv)
             crossover = 1;
         else if (strcmp(argv[i], "--prefill") == 0)
             prefill = 1;
+        else if (strcmp(argv[i], "--scratch") == 0)
+            scratch = prefill = 1;
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc)
@@ -790,7 +903,7 @@ int main(int argc, char **argv)
                  atoi(argv[i + 1]) <= 1024)
             batch = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] "
+            fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] [--scratch] "
                     "[--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] "
                     "[--dtype f16|bf16|f32|i8|i4] [--group N] [--batch N] [--reps N] [--rounds N]\n",
                     argv[0]);
@@ -824,6 +937,10 @@ int main(int argc, char **argv)
                roofs_sgemm_gflops(threads, quick ? 1024 : 2048),
                roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30)));
         bench_crossover(quick, threads);
+        return 0;
+    }
+    if (scratch) {
+        bench_scratch(quick, threads);
         return 0;
     }
     if (prefill) {

@@ -2,9 +2,10 @@
  * A converted layer through prefill and decode: random MHA weights are converted to MLA
  * (partial RoPE + joint SVD), a latent cache is created for the layer, a prompt is prefilled in
  * one call, then tokens are decoded one at a time. The MHA layer runs beside it on its own cache,
- * and the example prints how far the converted layer's outputs are from the original's and how
- * much smaller its cache is. Last, it rewinds: a position the layer already holds is refused,
- * so the last tokens (a rejected draft, say) are removed and decoded again.
+ * and the example prints how far the converted layer's outputs are from the original's, how
+ * much smaller its cache is, and the scratch memory the attention handle kept after the prompt
+ * (released before the decodes). Last, it rewinds: a position the layer already holds is
+ * refused, so the last tokens (a rejected draft, say) are removed and decoded again.
  */
 #include <math.h>
 #include <stdio.h>
@@ -91,7 +92,8 @@ int main(void)
         return fail("mla_cache_create", st);
     mla_attn_params ap;
     mla_attn_default_params(&ap, sizeof ap);
-    ap.n_threads = 0; /* all cores */
+    ap.n_threads = 0;                   /* all cores */
+    ap.max_scratch_bytes = 64 << 20;    /* a guard: a batch that needs more fails (CAPACITY) */
     mla_attn *attn = NULL;
     if ((st = mla_attn_create(&ap, &attn)) != MLA_OK)
         return fail("mla_attn_create", st);
@@ -109,6 +111,12 @@ int main(void)
     if ((st = mla_attn_forward(attn, mla, cache, 0, x, PROMPT, seq, pos, y)) != MLA_OK ||
         (st = mla_attn_forward(attn, mha, mha_cache, 0, x, PROMPT, seq, pos, ym)) != MLA_OK)
         return fail("prefill", st);
+    /* The handle keeps the prompt's scratch for the next call; decodes need less, so release
+     * it (a host holding many handles would). */
+    int64_t held = 0, after = 0;
+    mla_attn_scratch_bytes(attn, &held);
+    if ((st = mla_attn_release_scratch(attn)) != MLA_OK)
+        return fail("mla_attn_release_scratch", st);
     for (int t = PROMPT; t < PROMPT + DECODE; t++) {
         int64_t p = t;
         if ((st = mla_attn_forward(attn, mla, cache, 0, x + t * D, 1, seq, &p, y + t * D)) !=
@@ -117,6 +125,9 @@ int main(void)
                 MLA_OK)
             return fail("decode", st);
     }
+    mla_attn_scratch_bytes(attn, &after);
+    printf("scratch memory: %lld bytes after the prefill, released, %lld after the decodes\n",
+           (long long)held, (long long)after);
 
     /* Rewind: decoding a position again is refused (the cache layer already holds it); remove
      * the last REWIND positions, then decode them again, with the same result. */

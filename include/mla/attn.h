@@ -35,6 +35,11 @@ typedef struct mla_attn_params {
                                  (doc/attention.md, "Crossover"); N > 0 takes materialized for
                                  chunks of ≥ N query tokens. Either way only where the latent
                                  is wider than a head's key and value together. */
+    int64_t max_scratch_bytes; /* the most scratch memory the handle keeps between calls;
+                                  0 (default): no limit. A batch whose plan needs more takes
+                                  the plan of least scratch (no shared up-projection), and
+                                  fails with CAPACITY if that needs more too (doc/attention.md,
+                                  "Memory"). */
 } mla_attn_params;
 
 MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_size);
@@ -42,6 +47,15 @@ MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_siz
 /* Errors: INVALID_ARGUMENT, OUT_OF_MEMORY. params may be NULL for defaults. */
 MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out);
 MLA_API void mla_attn_destroy(mla_attn *attn);
+
+/* The scratch memory the handle holds now, in bytes: forwards grow it to the largest batch's
+ * need (within max_scratch_bytes) and keep it for the next call. Errors: INVALID_ARGUMENT. */
+MLA_API mla_status mla_attn_scratch_bytes(const mla_attn *attn, int64_t *bytes);
+
+/* Frees the handle's scratch memory (the next forward allocates what it needs again), for
+ * example after a long prompt. Not concurrently with a forward on the same handle.
+ * Errors: INVALID_ARGUMENT. */
+MLA_API mla_status mla_attn_release_scratch(mla_attn *attn);
 
 /*
  * Run layer `layer` (cache layer index cache_layer) for n_tokens tokens.
@@ -58,7 +72,7 @@ MLA_API void mla_attn_destroy(mla_attn *attn);
  * out: n_tokens × d_model float32 (the o_proj output), may not alias x.
  * Errors: INVALID_ARGUMENT (unknown sequence, position gap or repeat, in the batch or against
  * the cache, layer/cache mismatch), NUMERICAL (NaN/Inf input, or overflow inside the layer),
- * CAPACITY (cache full), OUT_OF_MEMORY. On error no position is added to any sequence and the
+ * CAPACITY (cache full, or the batch needs more than max_scratch_bytes), OUT_OF_MEMORY. On error no position is added to any sequence and the
  * layer's written slots are as before (a shared block may have been copied, and the unwritten
  * slots after them hold this call's values), and out is not written.
  * Not thread-safe on one mla_attn; distinct mla_attn handles may run on distinct sequences of

@@ -33,6 +33,7 @@ MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_siz
     d.n_threads = 1;
     d.path = MLA_ATTN_PATH_AUTO;
     d.crossover_tokens = 0;
+    d.max_scratch_bytes = 0;
     return mla_params_write(p, struct_size, &d, sizeof d, "attn params");
 }
 
@@ -59,6 +60,10 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
         return mla_fail(MLA_ERR_INVALID_ARGUMENT,
                         "attn params: crossover_tokens is %d, must be ≥ 0 (0: by the cost model)",
                         (int)p.crossover_tokens);
+    if (p.max_scratch_bytes < 0)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attn params: max_scratch_bytes is %lld, must be ≥ 0 (0: no limit)",
+                        (long long)p.max_scratch_bytes);
     mla_attn *a = mla_calloc(1, sizeof *a);
     if (!a)
         return mla_fail(MLA_ERR_OUT_OF_MEMORY, "mla_attn_create: %zu bytes", sizeof *a);
@@ -82,4 +87,23 @@ MLA_API void mla_attn_destroy(mla_attn *attn)
         return;
     mla_free(attn->scratch);
     mla_free(attn);
+}
+
+MLA_API mla_status mla_attn_scratch_bytes(const mla_attn *attn, int64_t *bytes)
+{
+    if (!attn || !bytes)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_scratch_bytes: %s is NULL",
+                        !attn ? "attn" : "bytes");
+    *bytes = (int64_t)attn->scratch_size;
+    return MLA_OK;
+}
+
+MLA_API mla_status mla_attn_release_scratch(mla_attn *attn)
+{
+    if (!attn)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_release_scratch: attn is NULL");
+    mla_free(attn->scratch);
+    attn->scratch = NULL;
+    attn->scratch_size = 0;
+    return MLA_OK;
 }

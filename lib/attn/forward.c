@@ -73,7 +73,9 @@ typedef struct chunk {
     mla__seq_view view;
     int absorbed;
     int64_t qb;          /* query tokens per block (block_tokens) */
-    int64_t up_tokens;   /* context tokens up-projected once for all blocks (share_up), or 0 */
+    int64_t share_tokens; /* context tokens the chunk can up-project once for all its blocks
+                           * (share_up), or 0 */
+    int64_t up_tokens;   /* of them, those it does (plan_sharing), or 0 */
     float *up_k, *up_v;
     int64_t *up_pos;
 } chunk;
@@ -1011,6 +1013,34 @@ static void plan_jobs(const dims *dm, plan *p, int nt)
     p->n_jobs = nj;
 }
 
+/* The scratch bytes of the plan the chunks now have (plan_bounds and a dry run of carve). */
+static size_t plan_bytes(const dims *dm, plan *p, chunk *ch, int nt, arena *a)
+{
+    *a = (arena){NULL, 0, 0};
+    plan_bounds(dm, p, ch, nt, a);
+    carve(a, p, dm, ch);
+    return add(a, a->off, 64); /* 64 for the base's alignment */
+}
+
+/* How the chunks that can share their up-projection (share_up) are planned, fastest first:
+ * SHARED; or each block up-projecting the tiles it sees, in the large blocks of a chunk after a
+ * longer context (UNSHARED_LARGE: one block up-projects each tile once; its scores and split-K
+ * states take more scratch) or in the chunk's small blocks (UNSHARED_SMALL: each block
+ * up-projects its whole context again). The scratch of each depends on the shape. */
+enum { SHARED, UNSHARED_LARGE, UNSHARED_SMALL, SHARING_MODES };
+
+static void plan_sharing(const dims *dm, plan *p, chunk *ch, int nt, int mode)
+{
+    p->up_tiles = 0;
+    for (int64_t c = 0; c < p->n_chunks; c++) {
+        if (ch[c].share_tokens > 0) {
+            ch[c].up_tokens = mode == SHARED ? ch[c].share_tokens : 0;
+            ch[c].qb = block_tokens(dm, 0, mode != UNSHARED_LARGE, ch[c].m, nt);
+        }
+        p->up_tiles |= !dm->mha && !ch[c].absorbed && ch[c].up_tokens == 0;
+    }
+}
+
 MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_cache *cache,
                                     int32_t cache_layer, const float *x, int64_t n_tokens,
                                     const int32_t *seq, const int64_t *pos, float *out)
@@ -1062,7 +1092,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     st = make_chunks(seq, pos, n_tokens, tk, ch, &p.n_chunks);
     if (st != MLA_OK)
         goto done;
-    int mat_path = attn->p.path == MLA_ATTN_PATH_MATERIALIZED;
+    int mat_path = attn->p.path == MLA_ATTN_PATH_MATERIALIZED, any_share = 0;
     /* Whether absorbed jobs multiply in bf16 (a BF16 cache), and on native bf16 products. */
     int abs_bf16 = !dm.mha && mla__absorbed_bf16(&fmt, (int32_t)dm.lat_k, (int32_t)dm.lat_v,
                                                  (int32_t)dm.r);
@@ -1097,10 +1127,11 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         int causal = before <= ch[c].m;
         ch[c].qb = block_tokens(&dm, ch[c].absorbed, causal, ch[c].m, attn->n_threads);
         if (causal && !dm.mha && !ch[c].absorbed && mla__chunk_blocks(ch[c].m, ch[c].qb) > 1)
-            ch[c].up_tokens = before + ch[c].m;
-        p.up_tiles |= !dm.mha && !ch[c].absorbed && ch[c].up_tokens == 0;
+            ch[c].share_tokens = before + ch[c].m;
+        any_share |= ch[c].share_tokens > 0;
     }
     int nt = attn->n_threads;
+    plan_sharing(&dm, &p, ch, nt, SHARED);
     /* Float32 tiles: the materialized path's up-projections and the MHA baseline's whole-tile
      * products; absorbed blocks of many query rows (absorbed.c). */
     p.need_f32 = p.any_mat && !dm.mha;
@@ -1117,16 +1148,41 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     int bf16_few_rows = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16,
                          dm.n_h == 9 && !bf16_few_rows ? attn->k->nine_rows_tile : 0);
-    arena a = {NULL, 0, 0};
-    plan_bounds(&dm, &p, ch, nt, &a);
-    carve(&a, &p, &dm, ch);
+    arena a;
+    size_t need = plan_bytes(&dm, &p, ch, nt, &a);
+    /* Over the handle's limit: the fastest plan within it, else the one of least scratch (the
+     * error names its need). */
+    size_t limit = (size_t)attn->p.max_scratch_bytes;
+    if (!a.overflow && limit > 0 && need > limit && any_share) {
+        size_t least = need;
+        int least_mode = SHARED;
+        for (int mode = UNSHARED_LARGE; mode < SHARING_MODES && need > limit; mode++) {
+            plan_sharing(&dm, &p, ch, nt, mode);
+            need = plan_bytes(&dm, &p, ch, nt, &a);
+            if (!a.overflow && need < least) {
+                least = need;
+                least_mode = mode;
+            }
+        }
+        if (need > limit) {
+            plan_sharing(&dm, &p, ch, nt, least_mode);
+            need = plan_bytes(&dm, &p, ch, nt, &a);
+        }
+    }
     if (a.overflow) {
         st = mla_fail(MLA_ERR_INVALID_ARGUMENT,
                       "mla_attn_forward: %lld tokens need more memory than can be addressed",
                       (long long)n_tokens);
         goto done;
     }
-    st = scratch_reserve(attn, a.off + 64);
+    if (limit > 0 && need > limit) {
+        st = mla_fail(MLA_ERR_CAPACITY,
+                      "mla_attn_forward: cache layer %d: a batch of %lld tokens needs %zu bytes "
+                      "of scratch memory, over max_scratch_bytes %zu: send fewer tokens a call",
+                      (int)cache_layer, (long long)n_tokens, need, limit);
+        goto done;
+    }
+    st = scratch_reserve(attn, need);
     if (st != MLA_OK)
         goto done;
     a.base = (char *)(((uintptr_t)attn->scratch + 63) & ~(uintptr_t)63);

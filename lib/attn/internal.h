@@ -56,7 +56,8 @@ struct mla_attn {
     int64_t stream_bytes;        /* MLA_ATTN_STREAM_BYTES or its environment override */
     int stream_prefetch;         /* see MLA_ATTN_STREAM_BYTES */
     int bf16_native;             /* k's bf16 products run on vdpbf16ps or AMX tiles (AUTO) */
-    void *scratch;               /* grow-only arena, reused by every forward */
+    void *scratch;               /* grow-only arena (within p.max_scratch_bytes), reused by
+                                  * every forward until mla_attn_release_scratch */
     size_t scratch_size;
 };
 

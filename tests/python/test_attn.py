@@ -185,3 +185,48 @@ def test_positions_with_a_gap_are_attended_by_position(data, kind):
     assert_close(step, want[16:], 2e-3, f"{kind}: decode after the gap")
     # Not vacuous: without the gap the outputs differ.
     assert np.max(np.abs(step - want_of(np.arange(21))[-1:])) > 1e-2
+
+
+def test_scratch_limit_and_release(data):
+    """max_scratch_bytes bounds the handle's scratch (a prompt over the fastest plan's need takes
+    one of less scratch, same numbers); below every plan's need: MlaError CAPACITY naming it,
+    nothing appended; release_scratch frees it and the next forward computes the same."""
+    w, _, _, _, _ = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_strategy="high", rope_dim=4, d_kv=4)
+    t = layer_tensors(layer)
+    x = np.random.default_rng(5).standard_normal((301, G.d_model)).astype(np.float32)
+    want = ref.mla_forward(t, G, x, np.arange(len(x)))
+    n = 300  # materialized, several blocks: the fastest plan shares its up-projection
+
+    def run(attn, seq):
+        with mla.Cache([layer], latent_dtype="f32", rope_dtype="f32", capacity_tokens=512,
+                       block_tokens=16) as cache:
+            got = attn.forward(layer, cache, 0, x[:n], seq, 0)
+            return got, cache.seq_length(seq)
+
+    with mla.Attn(path="materialized") as free:
+        assert free.scratch_bytes == 0
+        got, _ = run(free, 0)
+        full = free.scratch_bytes
+        assert full > 0
+        assert_close(got, want[:n], 1e-4, "unlimited")
+        free.release_scratch()
+        assert free.scratch_bytes == 0
+    with mla.Attn(path="materialized", max_scratch_bytes=full - 1) as low:
+        got, _ = run(low, 1)
+        least = low.scratch_bytes
+        assert 0 < least < full
+        assert_close(got, want[:n], 1e-4, "least scratch")
+    with mla.Attn(path="materialized", max_scratch_bytes=least - 1) as tiny:
+        with mla.Cache([layer], capacity_tokens=512, block_tokens=16) as cache:
+            with pytest.raises(mla.MlaError) as e:
+                tiny.forward(layer, cache, 0, x[:n], 0, 0)
+            assert e.value.status == mla.Status.CAPACITY
+            assert f"needs {least} bytes" in str(e.value)
+            assert cache.seq_length(0) == 0
+        assert tiny.scratch_bytes == 0
+    with pytest.raises(ValueError):
+        mla.Attn(max_scratch_bytes=2**63)
+    with pytest.raises(mla.MlaError) as e:
+        mla.Attn(max_scratch_bytes=-1)
+    assert "max_scratch_bytes" in str(e.value)

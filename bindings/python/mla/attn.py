@@ -30,10 +30,13 @@ class Attn(Handle):
 
     def __init__(self, *, n_threads: Optional[int] = None,
                  path: Optional[Union[AttnPath, str]] = None,
-                 crossover_tokens: Optional[int] = None) -> None:
+                 crossover_tokens: Optional[int] = None,
+                 max_scratch_bytes: Optional[int] = None) -> None:
         """Parameters left None take mla_attn_default_params's defaults (1 thread, AUTO path,
         crossover_tokens 0: AUTO weighs both paths' multiply-adds for each chunk; N > 0 takes
-        materialized for chunks of N or more query tokens)."""
+        materialized for chunks of N or more query tokens; max_scratch_bytes 0: no limit on the
+        scratch memory the handle keeps, else a batch that needs more fails with MlaError
+        CAPACITY, naming its need)."""
         lib = library()
         p = _defaults(lib, _ffi.mla_attn_params, "mla_attn_default_params")
         if n_threads is not None:
@@ -42,12 +45,31 @@ class Attn(Handle):
             p.path = to_enum(AttnPath, path, "path")
         if crossover_tokens is not None:
             set_int(p, "crossover_tokens", crossover_tokens)
+        if max_scratch_bytes is not None:
+            set_int(p, "max_scratch_bytes", max_scratch_bytes)
         out = ctypes.POINTER(_ffi.mla_attn)()
         check(lib, lib.mla_attn_create(ctypes.byref(p), ctypes.byref(out)))
         super().__init__(Owned(lib, out, "mla_attn_destroy"))
         # mla_attn is one thread at a time, and forward grows its scratch memory: a second
         # forward on the same handle would write into memory the first just freed.
         self._busy = threading.Lock()
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The scratch memory this handle holds now (mla_attn_scratch_bytes): forwards grow it
+        to the largest batch's need and keep it."""
+        o = self._own()
+        out = ctypes.c_int64()
+        with self._busy:
+            check(o.lib, o.lib.mla_attn_scratch_bytes(o.ptr, ctypes.byref(out)))
+        return out.value
+
+    def release_scratch(self) -> None:
+        """Free the scratch memory (mla_attn_release_scratch), for example after a long prompt;
+        the next forward allocates what it needs again."""
+        o = self._own()
+        with self._busy:
+            check(o.lib, o.lib.mla_attn_release_scratch(o.ptr))
 
     def forward(self, layer: Layer, cache: Cache, cache_layer: int, x: np.ndarray,
                 seq: Union[int, np.ndarray], pos: Union[int, np.ndarray],

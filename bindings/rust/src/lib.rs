@@ -1380,6 +1380,12 @@ impl AttnParams {
         self.raw.crossover_tokens = n;
         self
     }
+    /// The most scratch memory the handle keeps; 0 (the default): no limit. A batch that
+    /// needs more than any plan within it fails with [`Status::Capacity`], naming its need.
+    pub fn max_scratch_bytes(mut self, bytes: i64) -> Self {
+        self.raw.max_scratch_bytes = bytes;
+        self
+    }
 }
 
 /// Worker threads and scratch memory for forward passes (`mla_attn`). `Send`, not `Sync`:
@@ -1400,6 +1406,21 @@ impl Attn {
         Ok(Attn {
             raw: NonNull::new(out).expect("mla_attn_create gave NULL"),
         })
+    }
+
+    /// The scratch memory the handle holds now, in bytes: forwards grow it to the largest
+    /// batch's need and keep it.
+    pub fn scratch_bytes(&self) -> Result<i64> {
+        let mut b = 0i64;
+        // SAFETY: live handle, valid pointer.
+        check(unsafe { sys::mla_attn_scratch_bytes(self.raw.as_ptr(), &mut b) })?;
+        Ok(b)
+    }
+
+    /// Frees the scratch memory (the next forward allocates what it needs again).
+    pub fn release_scratch(&mut self) -> Result<()> {
+        // SAFETY: live handle; &mut self: no forward runs on it meanwhile.
+        check(unsafe { sys::mla_attn_release_scratch(self.raw.as_ptr()) })
     }
 
     /// Run `layer` (cache layer `cache_layer`) for n tokens: x n × d_model, seq and pos n

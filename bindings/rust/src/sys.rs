@@ -230,6 +230,7 @@ pub struct mla_attn_params {
     pub n_threads: i32,
     pub path: mla_attn_path,
     pub crossover_tokens: i32,
+    pub max_scratch_bytes: i64,
 }
 
 extern "C" {
@@ -416,6 +417,8 @@ extern "C" {
     pub fn mla_attn_default_params(p: *mut mla_attn_params, struct_size: usize) -> mla_status;
     pub fn mla_attn_create(params: *const mla_attn_params, out: *mut *mut mla_attn) -> mla_status;
     pub fn mla_attn_destroy(attn: *mut mla_attn);
+    pub fn mla_attn_scratch_bytes(attn: *const mla_attn, bytes: *mut i64) -> mla_status;
+    pub fn mla_attn_release_scratch(attn: *mut mla_attn) -> mla_status;
     pub fn mla_attn_forward(
         attn: *mut mla_attn,
         layer: *const mla_layer,

@@ -88,3 +88,72 @@ fn full_rank_conversion_is_the_mha_layer() {
     );
     assert_eq!(low.rope_dims(1).unwrap(), vec![3, 7]);
 }
+
+/// max_scratch_bytes bounds the scratch a handle keeps: one byte under the fastest plan's need,
+/// a 300-token prompt takes a plan of less scratch and still equals the MHA layer (full rank);
+/// under every plan's need it fails with Capacity, naming the need, and appends nothing;
+/// release_scratch frees it.
+#[test]
+fn scratch_limit_and_release() {
+    let mut rng = SplitMix64::new();
+    let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
+    let (wq, wk, wv, wo) = (
+        rng.fill(48 * 48, 0.25),
+        rng.fill(16 * 48, 0.25),
+        rng.fill(16 * 48, 0.25),
+        rng.fill(48 * 48, 0.25),
+    );
+    let w = Weights::new(&wq, &wk, &wv, &wo);
+    let n = 300;
+    let x = rng.fill(n * 48, 1.0);
+    let mha = Layer::from_mha(&g, &w).unwrap();
+    let full = Layer::convert(
+        &g,
+        &w,
+        None,
+        &ConvertParams::new().unwrap().rope_dim(8).d_kv(8),
+    )
+    .unwrap();
+    let cp = CacheParams::new()
+        .unwrap()
+        .latent_dtype(DType::F32)
+        .rope_dtype(DType::F32)
+        .capacity_tokens(512);
+    let run = |layer: &Layer, attn: &mut Attn| {
+        let mut cache = Cache::new(&[layer.cache_desc().unwrap()], &cp).unwrap();
+        let y = attn.forward_seq(layer, &mut cache, 0, &x, 0, 0);
+        (y, cache.seq_length(0).unwrap())
+    };
+    let params = AttnParams::new().unwrap().path(AttnPath::Materialized);
+    let want = run(&mha, &mut Attn::new(&params).unwrap()).0.unwrap();
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+
+    let mut free = Attn::new(&params).unwrap();
+    assert_eq!(free.scratch_bytes().unwrap(), 0);
+    let got = run(&full, &mut free).0.unwrap();
+    assert!(max_abs_diff(&got, &want) < 1e-4 * scale);
+    let most = free.scratch_bytes().unwrap();
+    free.release_scratch().unwrap();
+    assert_eq!(free.scratch_bytes().unwrap(), 0);
+
+    let mut low = Attn::new(&params.max_scratch_bytes(most - 1)).unwrap();
+    let got = run(&full, &mut low).0.unwrap();
+    let least = low.scratch_bytes().unwrap();
+    assert!(0 < least && least < most, "{least} vs {most}");
+    assert!(max_abs_diff(&got, &want) < 1e-4 * scale);
+
+    let mut tiny = Attn::new(&params.max_scratch_bytes(least - 1)).unwrap();
+    let (y, len) = run(&full, &mut tiny);
+    let e = y.unwrap_err();
+    assert_eq!(e.status(), Status::Capacity);
+    assert!(
+        e.message().contains(&format!("needs {least} bytes")),
+        "{}",
+        e.message()
+    );
+    assert_eq!(len, 0);
+    assert_eq!(tiny.scratch_bytes().unwrap(), 0);
+
+    let e = Attn::new(&params.max_scratch_bytes(-1)).unwrap_err();
+    assert_eq!(e.status(), Status::InvalidArgument);
+}

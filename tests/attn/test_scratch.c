@@ -1,0 +1,169 @@
+/*
+ * The handle's scratch memory through the public API: mla_attn_scratch_bytes reports what a
+ * forward kept, max_scratch_bytes bounds it (a batch over the limit takes the plan of least
+ * scratch, with the same result as the float64 formula; below that plan's need the call fails
+ * with CAPACITY, names the need, and appends nothing), and mla_attn_release_scratch frees it
+ * without changing what the next forward computes.
+ */
+#include "util.h"
+
+#define D 64
+#define N 300 /* a fresh materialized prompt of several blocks: it shares its up-projection */
+
+static mla_attn *attn_limited(int64_t limit)
+{
+    mla_attn_params p;
+    mla_attn_default_params(&p, sizeof p);
+    p.path = MLA_ATTN_PATH_MATERIALIZED;
+    p.max_scratch_bytes = limit;
+    mla_attn *a = NULL;
+    return mla_attn_create(&p, &a) == MLA_OK ? a : NULL;
+}
+
+static int64_t scratch_of(const mla_attn *a)
+{
+    int64_t b = -1;
+    return mla_attn_scratch_bytes(a, &b) == MLA_OK ? b : -1;
+}
+
+/* n tokens of sequence seq from position pos0. */
+static mla_status run(mla_attn *a, mla_layer *layer, mla_cache *c, int32_t seq, int64_t pos0,
+                      const float *x, int n, float *out)
+{
+    int32_t sq[N];
+    int64_t ps[N];
+    for (int i = 0; i < n; i++) {
+        sq[i] = seq;
+        ps[i] = pos0 + i;
+    }
+    return mla_attn_forward(a, layer, c, 0, x, n, sq, ps, out);
+}
+
+static double rel_to(const float *o, const double *ref, int row0, int rows)
+{
+    return rel_diff_d(o, ref + (size_t)row0 * D, (size_t)rows * D);
+}
+
+int main(void)
+{
+    src_layer src;
+    src_init(&src, D, 4, 2, 16, 0, 11);
+    mla_layer *layer = convert(&src, 4, 8, MLA_FACTOR_JOINT);
+    mla_cache *c = layer ? make_cache(&layer, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 4 * 512, 16) : NULL;
+    CHECK(layer && c, "layer and cache (%s)", mla_last_error());
+    if (!layer || !c)
+        return tap_done();
+    unsigned long long seed = 3;
+    float *x = rand_floats((size_t)(N + 1) * D, &seed, 1.0);
+    float *o_full = malloc((size_t)N * D * sizeof(float)), *o = malloc((size_t)N * D * sizeof(float));
+    double *ref = malloc((size_t)(N + 1) * D * sizeof *ref);
+    int64_t pos[N + 1];
+    for (int i = 0; i <= N; i++)
+        pos[i] = i;
+    ref_mla rm;
+    ref_mla_init(&rm, layer);
+    ref_mla_forward(&rm, x, pos, N + 1, NULL, NULL, ref);
+    mla_clear_error(); /* ref_mla_init's lookups of absent biases */
+
+    /* No limit: the plan of most speed; the handle keeps its scratch. */
+    mla_attn *full = attn_limited(0);
+    CHECK(full && scratch_of(full) == 0, "a new handle holds no scratch");
+    mla_status st = run(full, layer, c, 0, 0, x, N, o_full);
+    int64_t s_full = scratch_of(full);
+    CHECK(st == MLA_OK && s_full > 0, "unlimited prefill of %d tokens: %lld bytes of scratch (%s)",
+          N, (long long)s_full, mla_last_error());
+    CHECK(rel_to(o_full, ref, 0, N) < 1e-4, "unlimited prefill vs float64: rel %.3g",
+          rel_to(o_full, ref, 0, N));
+
+    /* A limit at the need changes nothing: the same plan, the same bits. */
+    mla_attn *at = attn_limited(s_full);
+    st = at ? run(at, layer, c, 1, 0, x, N, o) : MLA_ERR_INTERNAL;
+    CHECK(st == MLA_OK && scratch_of(at) == s_full &&
+              memcmp(o, o_full, (size_t)N * D * sizeof(float)) == 0,
+          "limit = need (%lld): the unlimited plan and output (%s)", (long long)s_full,
+          mla_last_error());
+    mla_attn_destroy(at);
+
+    /* One byte less: the plan of least scratch, within the limit, still the formula. */
+    mla_attn *low = attn_limited(s_full - 1);
+    st = low ? run(low, layer, c, 2, 0, x, N, o) : MLA_ERR_INTERNAL;
+    int64_t s_low = low ? scratch_of(low) : -1;
+    CHECK(st == MLA_OK && s_low > 0 && s_low < s_full,
+          "limit %lld: prefill kept %lld bytes (%s)", (long long)(s_full - 1), (long long)s_low,
+          mla_last_error());
+    CHECK(rel_to(o, ref, 0, N) < 1e-4, "least-scratch prefill vs float64: rel %.3g",
+          rel_to(o, ref, 0, N));
+    /* A decode on the same handle stays within it too. */
+    st = low ? run(low, layer, c, 2, N, x + (size_t)N * D, 1, o) : MLA_ERR_INTERNAL;
+    CHECK(st == MLA_OK && scratch_of(low) <= s_full - 1 && rel_to(o, ref, N, 1) < 1e-4,
+          "decode under the limit: %lld bytes, rel %.3g (%s)", (long long)scratch_of(low),
+          rel_to(o, ref, N, 1), mla_last_error());
+    mla_attn_destroy(low);
+
+    /* Below the least plan's need: CAPACITY, naming the need; nothing appended or written. */
+    mla_attn *tiny = attn_limited(s_low - 1);
+    for (int i = 0; i < N * D; i++)
+        o[i] = 7.0f;
+    st = tiny ? run(tiny, layer, c, 3, 0, x, N, o) : MLA_ERR_INTERNAL;
+    const char *need_at = strstr(mla_last_error(), "needs ");
+    long long need = need_at ? atoll(need_at + 6) : -1;
+    CHECK(st == MLA_ERR_CAPACITY && need > s_low - 1 && need <= s_low &&
+              strstr(mla_last_error(), "max_scratch_bytes"),
+          "limit %lld: CAPACITY naming the need (status %d: %s)", (long long)(s_low - 1), (int)st,
+          mla_last_error());
+    int64_t len = -1;
+    mla_cache_seq_length(c, 3, &len);
+    int untouched = 1;
+    for (int i = 0; i < N * D; i++)
+        untouched &= o[i] == 7.0f;
+    CHECK(len == 0 && untouched && scratch_of(tiny) == 0,
+          "refused batch: sequence length %lld, out untouched %d, scratch %lld", (long long)len,
+          untouched, (long long)scratch_of(tiny));
+    /* Exactly the need it named: accepted. */
+    mla_attn_destroy(tiny);
+    tiny = attn_limited(need);
+    st = tiny ? run(tiny, layer, c, 3, 0, x, N, o) : MLA_ERR_INTERNAL;
+    CHECK(st == MLA_OK && scratch_of(tiny) == need && rel_to(o, ref, 0, N) < 1e-4,
+          "limit = the need named (%lld): accepted, rel %.3g (%s)", need, rel_to(o, ref, 0, N),
+          mla_last_error());
+    mla_attn_destroy(tiny);
+
+    /* Release: no scratch held, and the next forward computes what it would have. */
+    st = full ? mla_attn_release_scratch(full) : MLA_ERR_INTERNAL;
+    CHECK(st == MLA_OK && scratch_of(full) == 0, "released: %lld bytes",
+          (long long)scratch_of(full));
+    st = full ? run(full, layer, c, 0, N, x + (size_t)N * D, 1, o) : MLA_ERR_INTERNAL;
+    CHECK(st == MLA_OK && scratch_of(full) > 0 && rel_to(o, ref, N, 1) < 1e-4,
+          "decode after release: %lld bytes, rel %.3g (%s)", (long long)scratch_of(full),
+          rel_to(o, ref, N, 1), mla_last_error());
+    mla_attn_destroy(full);
+
+    /* Arguments. */
+    mla_attn *bad = NULL;
+    mla_attn_params p;
+    mla_attn_default_params(&p, sizeof p);
+    CHECK(p.max_scratch_bytes == 0, "default max_scratch_bytes %lld", (long long)p.max_scratch_bytes);
+    p.max_scratch_bytes = -1;
+    st = mla_attn_create(&p, &bad);
+    CHECK(st == MLA_ERR_INVALID_ARGUMENT && !bad && strstr(mla_last_error(), "max_scratch_bytes"),
+          "max_scratch_bytes -1: %d (%s)", (int)st, mla_last_error());
+    int64_t b;
+    st = mla_attn_scratch_bytes(NULL, &b);
+    CHECK(st == MLA_ERR_INVALID_ARGUMENT && strstr(mla_last_error(), "attn"),
+          "scratch_bytes(NULL): %s", mla_last_error());
+    mla_attn *a = attn_limited(0);
+    st = mla_attn_scratch_bytes(a, NULL);
+    CHECK(st == MLA_ERR_INVALID_ARGUMENT && strstr(mla_last_error(), "bytes"),
+          "scratch_bytes(attn, NULL): %s", mla_last_error());
+    CHECK(mla_attn_release_scratch(NULL) == MLA_ERR_INVALID_ARGUMENT, "release_scratch(NULL)");
+    CHECK(mla_attn_release_scratch(a) == MLA_OK, "releasing an empty handle");
+    mla_attn_destroy(a);
+
+    free(x);
+    free(o_full);
+    free(o);
+    free(ref);
+    mla_cache_destroy(c);
+    mla_layer_destroy(layer);
+    return tap_done();
+}
