@@ -6,15 +6,17 @@
  * crossover for prefill chunks (--crossover: a chunk of m tokens after --ctx cached ones, default
  * 4096, 0 for a fresh prompt; d_kv --dkv, default 16; beside each m the path AUTO takes); and
  * the prefill of fresh prompts of 512, 2048 and 4096 tokens (--prefill: the whole forward on
- * path AUTO, MLA against the MHA baseline, GFLOP/s against the sgemm rate). Prints the machine's
- * measured roofs beside every figure.
+ * path AUTO, MLA against the MHA baseline, GFLOP/s against the sgemm rate); and the scratch
+ * memory a fresh 4096-token prompt keeps in the attention handle (--scratch: in one call, under
+ * max_scratch_bytes limits, and in chunks, each with its time). Prints the machine's measured
+ * roofs beside every figure.
  *
- *   bench_decode [--quick] [--threads N] [--crossover] [--prefill] [--shape NAME] [--ctx N]
- *                [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N]
+ *   bench_decode [--quick] [--threads N] [--crossover] [--prefill] [--scratch] [--shape NAME]
+ *                [--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N]
  *                [--batch N] [--reps N] [--rounds N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
- * length (for profiling one case; with --prefill one prompt length, of any size), --mha only the
+ * length (for profiling one case; with --prefill and --scratch one prompt length, of any size), --mha only the
  * MHA baseline, --mla only the MLA layers, --dkv
  * one MLA d_kv; --dtype the cache's storage type for latent and RoPE part, MHA and MLA alike
  * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); i8 and i4
@@ -733,6 +735,9 @@ static void bench_scratch(int quick, int threads)
 {
     int64_t m = ctx_given ? only_ctx : quick ? 1024 : 4096;
     int reps = reps_opt > 0 ? reps_opt : quick ? 1 : 3;
+    printf("roofs (%d thread(s)): sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s\n", threads,
+           roofs_sgemm_gflops(threads, quick ? 1024 : 2048),
+           roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30)));
     printf("\n## scratch memory of a fresh %lld-token prompt, one MLA layer, %d thread(s), %s "
            "cache, path AUTO; ms the median of %d after a warm-up, against the one call without "
            "a limit\n", (long long)m, threads,
