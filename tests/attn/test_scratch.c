@@ -51,8 +51,10 @@ int main(void)
     mla_layer *layer = convert(&src, 4, 8, MLA_FACTOR_JOINT);
     mla_cache *c = layer ? make_cache(&layer, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 4 * 512, 16) : NULL;
     CHECK(layer && c, "layer and cache (%s)", mla_last_error());
-    if (!layer || !c)
+    if (!layer || !c) {
+        src_free(&src);
         return tap_done();
+    }
     unsigned long long seed = 3;
     float *x = rand_floats((size_t)(N + 1) * D, &seed, 1.0);
     float *o_full = malloc((size_t)N * D * sizeof(float)), *o = malloc((size_t)N * D * sizeof(float));
@@ -165,5 +167,6 @@ int main(void)
     free(ref);
     mla_cache_destroy(c);
     mla_layer_destroy(layer);
+    src_free(&src);
     return tap_done();
 }
