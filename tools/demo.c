@@ -269,6 +269,10 @@ int tool_demo(int argc, char **argv)
            n_dec ? 1e3 * dec_mla / n_dec : 0.0);
     printf("  MHA: prefill %.2f ms, decode %.3f ms/token\n", 1e3 * pf_mha,
            n_dec ? 1e3 * dec_mha / n_dec : 0.0);
+    int64_t scratch = 0;
+    TRY(mla_attn_scratch_bytes(attn, &scratch));
+    printf("  scratch memory the attention handle keeps (the larger prefill's): %.2f MB\n",
+           (double)scratch * 1e-6);
     printf("  MLA output vs the original MHA layer, before any fine-tuning: relative error %.4f\n",
            rel_diff(out_mla, out_mha, (size_t)n_tokens * sh.d));
 
