@@ -3,8 +3,8 @@
  * (partial RoPE + joint SVD), a latent cache is created for the layer, a prompt is prefilled in
  * one call, then tokens are decoded one at a time. The MHA layer runs beside it on its own cache,
  * and the example prints how far the converted layer's outputs are from the original's, how
- * much smaller its cache is, and the scratch memory the attention handle kept after the prompt
- * (released before the decodes). Last, it rewinds: a position the layer already holds is
+ * much smaller its cache is, the prefill's progress reports, and the scratch memory the
+ * attention handle kept after the prompt (released before the decodes). Last, it rewinds: a position the layer already holds is
  * refused, so the last tokens (a rejected draft, say) are removed and decoded again.
  */
 #include <math.h>
@@ -26,6 +26,21 @@ static float frand(void)
 {
     state = state * 6364136223846793005ULL + 1442695040888963407ULL;
     return (float)((double)(state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* Progress of a long forward: a host would update a bar here, or return nonzero to cancel. */
+typedef struct prompt_progress {
+    int reports;
+    int64_t done, total;
+} prompt_progress;
+
+static int on_progress(void *user, int64_t done, int64_t total)
+{
+    prompt_progress *pp = user;
+    pp->reports++;
+    pp->done = done;
+    pp->total = total;
+    return 0;
 }
 
 static int fail(const char *what, mla_status st)
@@ -107,10 +122,15 @@ int main(void)
     for (int i = 0; i < PROMPT; i++)
         pos[i] = i;
 
-    /* Prefill the prompt in one call, then decode one token per call. */
-    if ((st = mla_attn_forward(attn, mla, cache, 0, x, PROMPT, seq, pos, y)) != MLA_OK ||
+    /* Prefill the prompt in one call (reporting its progress), then decode one token per call. */
+    prompt_progress pp = {0, 0, 0};
+    if ((st = mla_attn_set_progress(attn, on_progress, &pp)) != MLA_OK ||
+        (st = mla_attn_forward(attn, mla, cache, 0, x, PROMPT, seq, pos, y)) != MLA_OK ||
+        (st = mla_attn_set_progress(attn, NULL, NULL)) != MLA_OK ||
         (st = mla_attn_forward(attn, mha, mha_cache, 0, x, PROMPT, seq, pos, ym)) != MLA_OK)
         return fail("prefill", st);
+    printf("prefill progress: %d report(s), the last %lld of %lld (query, context token) pairs\n",
+           pp.reports, (long long)pp.done, (long long)pp.total);
     /* The handle keeps the prompt's scratch for the next call; decodes need less, so release
      * it (a host holding many handles would). */
     int64_t held = 0, after = 0;

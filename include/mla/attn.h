@@ -58,6 +58,18 @@ MLA_API mla_status mla_attn_scratch_bytes(const mla_attn *attn, int64_t *bytes);
 MLA_API mla_status mla_attn_release_scratch(mla_attn *attn);
 
 /*
+ * Progress of the forwards that follow on this handle (NULL: none; the handle starts without).
+ * A forward calls progress(user, done, total) from the thread that called it, while its worker
+ * threads go on, in units of (query token, context token) pairs its attention visits: total
+ * is m·len0 + m·(m+1)/2 for a chunk of m tokens after len0 cached ones, summed over the batch's
+ * sequences. It is called as the calling thread finishes its share, done never decreasing,
+ * the last call with done = total. A nonzero return cancels: the forward fails with
+ * MLA_ERR_CANCELLED, nothing appended, out untouched. The callback may not call this handle, nor
+ * write the batch's sequences. Errors: INVALID_ARGUMENT.
+ */
+MLA_API mla_status mla_attn_set_progress(mla_attn *attn, mla_progress_fn progress, void *user);
+
+/*
  * Run layer `layer` (cache layer index cache_layer) for n_tokens tokens.
  * x: n_tokens × d_model float32, the layer input after its input norm (borrowed for the call).
  * seq, pos: n_tokens entries, each token's sequence id and position. Within one sequence the
@@ -72,7 +84,8 @@ MLA_API mla_status mla_attn_release_scratch(mla_attn *attn);
  * out: n_tokens × d_model float32 (the o_proj output), may not alias x.
  * Errors: INVALID_ARGUMENT (unknown sequence, position gap or repeat, in the batch or against
  * the cache, layer/cache mismatch), NUMERICAL (NaN/Inf input, or overflow inside the layer),
- * CAPACITY (cache full, or the batch needs more than max_scratch_bytes), OUT_OF_MEMORY. On error no position is added to any sequence and the
+ * CAPACITY (cache full, or the batch needs more than max_scratch_bytes), OUT_OF_MEMORY,
+ * CANCELLED (by the progress callback). On error no position is added to any sequence and the
  * layer's written slots are as before (a shared block may have been copied, and the unwritten
  * slots after them hold this call's values), and out is not written.
  * Not thread-safe on one mla_attn; distinct mla_attn handles may run on distinct sequences of

@@ -107,3 +107,12 @@ MLA_API mla_status mla_attn_release_scratch(mla_attn *attn)
     attn->scratch_size = 0;
     return MLA_OK;
 }
+
+MLA_API mla_status mla_attn_set_progress(mla_attn *attn, mla_progress_fn progress, void *user)
+{
+    if (!attn)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_set_progress: attn is NULL");
+    attn->progress = progress;
+    attn->progress_user = progress ? user : NULL;
+    return MLA_OK;
+}

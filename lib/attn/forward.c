@@ -129,6 +129,7 @@ typedef struct dims {
 /* Everything one forward allocates, carved from the arena. */
 typedef struct plan {
     int64_t n, n_chunks, n_blocks, n_jobs, tile, rows_abs, rows_mat, total_spans;
+    int64_t pairs;       /* (query, context token) pairs of all jobs: the progress total */
     int64_t tokens_mat;  /* query tokens of the longest materialized block (rows_mat: of them,
                           * those a job multiplies at once) */
     int64_t n_works;     /* per-thread work areas: the most threads the jobs may use (job_threads) */
@@ -606,30 +607,75 @@ int64_t mla__attn_thread_bytes(const mla_cache_layer_format *f, const mla__job *
     return tokens * row / (nt > 1 ? nt : 1);
 }
 
-static void run_jobs(const mla__ctx *ctx, const plan *p, int nt)
+/* The progress callback's state during the jobs: only the calling thread calls it. */
+typedef struct progress {
+    mla_progress_fn fn;
+    void *user;
+    int64_t done, total, reported;
+    int cancel;
+} progress;
+
+/* After a job of `pairs`: the calling thread reports what all threads have done. */
+static void job_done(progress *pr, int64_t pairs, int caller)
+{
+    if (!pr->fn)
+        return;
+#pragma omp atomic
+    pr->done += pairs;
+    if (!caller)
+        return;
+    int64_t d;
+#pragma omp atomic read
+    d = pr->done;
+    pr->reported = d;
+    if (pr->fn(pr->user, d, pr->total) != 0) {
+#pragma omp atomic write
+        pr->cancel = 1;
+    }
+}
+
+static int cancelled(progress *pr)
+{
+    int c;
+#pragma omp atomic read
+    c = pr->cancel;
+    return c;
+}
+
+static void run_job(const mla__ctx *ctx, const plan *p, const mla__job *job, mla__work *w)
+{
+    if (p->blocks[job->block].absorbed)
+        mla__absorbed_job(ctx, job, w);
+    else
+        mla__materialized_job(ctx, job, w);
+}
+
+/* Every job, or until the progress callback cancels (the jobs not started then are skipped). */
+static void run_jobs(const mla__ctx *ctx, const plan *p, int nt, progress *pr)
 {
     int64_t nj = p->n_jobs;
     if (nt <= 1 || nj <= 1) {
-        for (int64_t i = 0; i < nj; i++) {
-            const mla__job *job = &p->jobs[i];
-            if (p->blocks[job->block].absorbed)
-                mla__absorbed_job(ctx, job, &p->works[0]);
-            else
-                mla__materialized_job(ctx, job, &p->works[0]);
+        for (int64_t i = 0; i < nj && !pr->cancel; i++) {
+            run_job(ctx, p, &p->jobs[i], &p->works[0]);
+            job_done(pr, p->jobs[i].pairs, 1);
         }
-        return;
-    }
-    /* Last jobs first: in a chunk's causal prefill the later blocks see the longer contexts, and
-     * handing out the largest jobs first leaves the smallest to even out the threads' ends. */
+    } else {
+        /* Last jobs first: in a chunk's causal prefill the later blocks see the longer contexts,
+         * and handing out the largest jobs first leaves the smallest to even out the threads'
+         * ends. */
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t i = 0; i < nj; i++) {
-        const mla__job *job = &p->jobs[nj - 1 - i];
-        mla__work *w = &p->works[omp_get_thread_num()];
-        if (p->blocks[job->block].absorbed)
-            mla__absorbed_job(ctx, job, w);
-        else
-            mla__materialized_job(ctx, job, w);
+        for (int64_t i = 0; i < nj; i++) {
+            if (cancelled(pr))
+                continue;
+            const mla__job *job = &p->jobs[nj - 1 - i];
+            run_job(ctx, p, job, &p->works[omp_get_thread_num()]);
+            job_done(pr, job->pairs, omp_get_thread_num() == 0);
+        }
     }
+    /* The last report is the whole: the caller may have finished before the others. */
+    if (pr->fn && !pr->cancel && pr->reported != pr->total &&
+        pr->fn(pr->user, pr->total, pr->total) != 0)
+        pr->cancel = 1;
 }
 
 /* Split-K parts merged into part 0, then every row divided by its softmax sum. */
@@ -931,17 +977,21 @@ static void share_up(const mla__ctx *ctx, const dims *dm, const plan *p, const c
     }
 }
 
-/* The work of a materialized block's first c context tokens, in query rows times tokens: the
- * block's m queries all see the n_ctx − m tokens before them, its own token j only the m − j
- * from it on, and each token costs up_rows more for its up-projection. */
-static double block_work(const mla__qblock *b, double c)
+/* The (query, context token) pairs of a block's first c context tokens: the block's m queries
+ * all see the n_ctx − m tokens before them, its own token j only the m − j from it on. Its
+ * work (materialized blocks) adds up_rows a token for the up-projection. */
+static int64_t block_pairs(const mla__qblock *b, int64_t c)
 {
-    double m = (double)(b->m < b->n_ctx ? b->m : b->n_ctx), pre = (double)b->n_ctx - m;
-    double w = b->up_rows * c;
+    int64_t m = b->m < b->n_ctx ? b->m : b->n_ctx, pre = b->n_ctx - m;
     if (c <= pre)
-        return w + m * c;
-    double j = c - pre;
-    return w + m * pre + m * j - 0.5 * j * (j - 1);
+        return m * c;
+    int64_t j = c - pre;
+    return m * pre + m * j - j * (j - 1) / 2;
+}
+
+static double block_work(const mla__qblock *b, int64_t c)
+{
+    return b->up_rows * (double)c + (double)block_pairs(b, c);
 }
 
 /* Equal parts in whole vectors of tokens, not whole tiles (4096 tokens in tiles of 336 split
@@ -962,11 +1012,11 @@ int64_t mla__block_part_end(const mla__qblock *b, int64_t k, int64_t np)
         end = (k + 1) * ((per + 15) / 16 * 16);
     } else {
         /* The first c with work ≥ the share (the work rises with c), to 16 tokens. */
-        double share = block_work(b, (double)n_ctx) * (double)(k + 1) / (double)np;
+        double share = block_work(b, n_ctx) * (double)(k + 1) / (double)np;
         int64_t lo = 0, hi = n_ctx;
         while (lo < hi) {
             int64_t mid = lo + (hi - lo) / 2;
-            if (block_work(b, (double)mid) < share)
+            if (block_work(b, mid) < share)
                 lo = mid + 1;
             else
                 hi = mid;
@@ -982,6 +1032,7 @@ static void plan_jobs(const dims *dm, plan *p, int nt)
     int64_t parts = mla__block_parts(p->n_blocks, nt);
     int64_t nj = 0;
     size_t extra = 0;
+    p->pairs = 0;
     for (int64_t bi = 0; bi < p->n_blocks; bi++) {
         const mla__qblock *b = &p->blocks[bi];
         int64_t rows = b->m * dm->n_h;
@@ -995,6 +1046,8 @@ static void plan_jobs(const dims *dm, plan *p, int nt)
             j->block = bi;
             j->c0 = c0;
             j->c1 = c1 > c0 ? c1 : c0;
+            j->pairs = block_pairs(b, j->c1) - block_pairs(b, j->c0);
+            p->pairs += j->pairs;
             c0 = j->c1;
             if (k == 0) {
                 j->mx = p->mx + b->t0 * dm->n_h;
@@ -1242,7 +1295,16 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         .thread_bytes = mla__attn_thread_bytes(&fmt, p.jobs, p.n_jobs, nt_jobs),
     };
     share_up(&ctx, &dm, &p, ch, nt);
-    run_jobs(&ctx, &p, nt_jobs);
+    progress pr = {attn->progress, attn->progress_user, 0, p.pairs, -1, 0};
+    run_jobs(&ctx, &p, nt_jobs, &pr);
+    if (pr.cancel) {
+        rollback(cache, cache_layer, p.n_chunks, ch);
+        st = mla_fail(MLA_ERR_CANCELLED,
+                      "attention: cache layer %d: cancelled by the progress callback after %lld "
+                      "of %lld (query, context token) pairs; nothing appended",
+                      (int)cache_layer, (long long)pr.reported, (long long)p.pairs);
+        goto done;
+    }
     finish_rows(layer, &dm, &p);
     if (p.any_abs)
         absorbed_output(layer, &dm, &p, nt, attn->k);

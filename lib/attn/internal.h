@@ -59,6 +59,8 @@ struct mla_attn {
     void *scratch;               /* grow-only arena (within p.max_scratch_bytes), reused by
                                   * every forward until mla_attn_release_scratch */
     size_t scratch_size;
+    mla_progress_fn progress;    /* mla_attn_set_progress, or NULL */
+    void *progress_user;
 };
 
 /* ---- gemm.c ----------------------------------------------------------------------------------- */
@@ -169,6 +171,7 @@ typedef struct mla__qblock {
 typedef struct mla__job {
     int64_t block;
     int64_t c0, c1;
+    int64_t pairs;               /* (query, context token) pairs it attends: progress units */
     float *mx, *l;               /* m·n_h each, indexed by row (t, h) */
     float *o;                    /* m·n_h × dv rows, row stride ldo */
     ptrdiff_t ldo;

@@ -230,3 +230,37 @@ def test_scratch_limit_and_release(data):
     with pytest.raises(mla.MlaError) as e:
         mla.Attn(max_scratch_bytes=-1)
     assert "max_scratch_bytes" in str(e.value)
+
+
+def test_forward_progress_and_cancel(data):
+    """progress(done, total) in (query, context token) pairs: the closed form n(n+1)/2 for a fresh
+    prompt, done never decreasing and ending at total, the output unchanged; True cancels
+    (CANCELLED, nothing appended, out untouched); an exception cancels and is re-raised."""
+    w, _, _, _, _ = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_strategy="high", rope_dim=4, d_kv=4)
+    n = 200
+    x = np.random.default_rng(6).standard_normal((n, G.d_model)).astype(np.float32)
+    want = ref.mla_forward(layer_tensors(layer), G, x, np.arange(n))
+    with mla.Cache([layer], latent_dtype="f32", rope_dtype="f32", capacity_tokens=1024,
+                   block_tokens=16) as cache, mla.Attn(n_threads=2) as attn:
+        calls = []
+        got = attn.forward(layer, cache, 0, x, 0, 0,
+                           progress=lambda d, t: calls.append((d, t)))
+        assert_close(got, want, 1e-4, "forward with a progress callback")
+        total = n * (n + 1) // 2
+        assert calls and all(t == total for _, t in calls)
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+        assert calls[-1][0] == total
+        out = np.full((n, G.d_model), 3.0, np.float32)
+        with pytest.raises(mla.MlaError) as e:
+            attn.forward(layer, cache, 0, x, 1, 0, out=out, progress=lambda d, t: True)
+        assert e.value.status == mla.Status.CANCELLED
+        assert cache.seq_length(1) == 0 and np.all(out == 3.0)
+
+        def boom(d, t):
+            raise KeyError("from the callback")
+        with pytest.raises(KeyError):
+            attn.forward(layer, cache, 0, x, 1, 0, progress=boom)
+        assert cache.seq_length(1) == 0
+        # The callback is gone afterwards.
+        assert_close(attn.forward(layer, cache, 0, x, 1, 0), want, 1e-4, "after the cancels")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from ._arrays import check_array, int_arg, ptr, set_int
 from ._handle import Handle, Owned
 from ._library import library
 from .cache import Cache
-from .convert import Layer, _defaults
+from .convert import Layer, _defaults, _progress_callback
 from .errors import check
 from .types import AttnPath, to_enum
 
@@ -73,13 +73,17 @@ class Attn(Handle):
 
     def forward(self, layer: Layer, cache: Cache, cache_layer: int, x: np.ndarray,
                 seq: Union[int, np.ndarray], pos: Union[int, np.ndarray],
-                out: Optional[np.ndarray] = None) -> np.ndarray:
+                out: Optional[np.ndarray] = None,
+                progress: Optional[Callable[[int, int], Any]] = None) -> np.ndarray:
         """Run `layer` (stored as cache layer `cache_layer`) on x and append to the cache.
 
         x: (n_tokens, d_model) float32, the layer input after its input norm.
         seq: one sequence id for every token, or (n_tokens,) int32 ids.
         pos: the first token's position (the rest follow), or (n_tokens,) int64 positions.
         out: optional (n_tokens, d_model) float32 output array (must not be x).
+        progress(done, total): called on this thread as the attention advances, in (query token,
+        context token) pairs, the last call with done == total; returning True (or raising)
+        cancels (MlaError CANCELLED, or the exception). It may not use this Attn or the cache.
         Returns the o_proj output (n_tokens, d_model) float32. Raises MlaError; on error nothing
         is appended to the cache.
         """
@@ -109,9 +113,20 @@ class Attn(Handle):
         # The forward writes every sequence of its batch: the cache's shared side plus those
         # sequences' locks (mla.Cache's threading rules).
         seqs = np.unique(seq).tolist()
+        errors: List[BaseException] = []
+        callback = _progress_callback(progress, errors)  # alive until the call returns
         with self._busy, cache._lock.shared(seqs):
-            status = o.lib.mla_attn_forward(o.ptr, lo.ptr, co.ptr, cache_layer,
-                                            ptr(x, ctypes.c_float), n, ptr(seq, ctypes.c_int32),
-                                            ptr(pos, ctypes.c_int64), ptr(out, ctypes.c_float))
+            if progress is not None:
+                check(o.lib, o.lib.mla_attn_set_progress(o.ptr, callback, None))
+            try:
+                status = o.lib.mla_attn_forward(o.ptr, lo.ptr, co.ptr, cache_layer,
+                                                ptr(x, ctypes.c_float), n,
+                                                ptr(seq, ctypes.c_int32),
+                                                ptr(pos, ctypes.c_int64), ptr(out, ctypes.c_float))
+            finally:
+                if progress is not None:
+                    o.lib.mla_attn_set_progress(o.ptr, _ffi.mla_progress_fn(), None)
+        if errors:
+            raise errors[0]
         check(o.lib, status)
         return out

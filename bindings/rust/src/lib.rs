@@ -602,7 +602,8 @@ impl<'a> ConvertParams<'a> {
 unsafe extern "C" fn progress_trampoline(user: *mut c_void, done: i64, total: i64) -> c_int {
     // A panic must not unwind into C: it cancels, and is resumed after the call returns.
     let slot = user as *mut ProgressSlot<'_>;
-    // SAFETY: user is the ProgressSlot that Layer::convert passed, alive during the call.
+    // SAFETY: user is the ProgressSlot that Layer::convert or Attn::forward_with_progress
+    // passed, alive during the call.
     let slot = unsafe { &mut *slot };
     let f = &mut slot.f;
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(done, total))) {
@@ -1421,6 +1422,44 @@ impl Attn {
     pub fn release_scratch(&mut self) -> Result<()> {
         // SAFETY: live handle; &mut self: no forward runs on it meanwhile.
         check(unsafe { sys::mla_attn_release_scratch(self.raw.as_ptr()) })
+    }
+
+    /// As `forward`, calling `progress(done, total)` on this thread as the attention advances
+    /// (units: (query token, context token) pairs; the last call has `done == total`).
+    /// `ControlFlow::Break` cancels: `Status::Cancelled`, nothing appended, `out` untouched. A
+    /// panic in it cancels and resumes after the call.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_progress(
+        &mut self,
+        layer: &Layer,
+        cache: &mut Cache,
+        cache_layer: i32,
+        x: &[f32],
+        seq: &[i32],
+        pos: &[i64],
+        out: &mut [f32],
+        progress: &mut dyn FnMut(i64, i64) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let mut slot = ProgressSlot {
+            f: progress,
+            panic: None,
+        };
+        // SAFETY: live handle; the slot outlives the forward, and the callback is cleared
+        // before it goes.
+        check(unsafe {
+            sys::mla_attn_set_progress(
+                self.raw.as_ptr(),
+                Some(progress_trampoline),
+                &mut slot as *mut ProgressSlot<'_> as *mut c_void,
+            )
+        })?;
+        let r = self.forward(layer, cache, cache_layer, x, seq, pos, out);
+        // SAFETY: live handle.
+        unsafe { sys::mla_attn_set_progress(self.raw.as_ptr(), None, ptr::null_mut()) };
+        if let Some(panic) = slot.panic {
+            std::panic::resume_unwind(panic);
+        }
+        r
     }
 
     /// Run `layer` (cache layer `cache_layer`) for n tokens: x n × d_model, seq and pos n

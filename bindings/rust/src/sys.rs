@@ -419,6 +419,11 @@ extern "C" {
     pub fn mla_attn_destroy(attn: *mut mla_attn);
     pub fn mla_attn_scratch_bytes(attn: *const mla_attn, bytes: *mut i64) -> mla_status;
     pub fn mla_attn_release_scratch(attn: *mut mla_attn) -> mla_status;
+    pub fn mla_attn_set_progress(
+        attn: *mut mla_attn,
+        progress: mla_progress_fn,
+        user: *mut c_void,
+    ) -> mla_status;
     pub fn mla_attn_forward(
         attn: *mut mla_attn,
         layer: *const mla_layer,

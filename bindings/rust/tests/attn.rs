@@ -157,3 +157,87 @@ fn scratch_limit_and_release() {
     let e = Attn::new(&params.max_scratch_bytes(-1)).unwrap_err();
     assert_eq!(e.status(), Status::InvalidArgument);
 }
+
+/// forward_with_progress: the total is the closed form n·(n+1)/2 for a fresh n-token prompt,
+/// the last call has done == total, and the output is forward's; Break cancels with nothing
+/// appended; a panic in the callback cancels and resumes after the call.
+#[test]
+fn forward_progress_and_cancel() {
+    let mut rng = SplitMix64::new();
+    let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
+    let (wq, wk, wv, wo) = (
+        rng.fill(48 * 48, 0.25),
+        rng.fill(16 * 48, 0.25),
+        rng.fill(16 * 48, 0.25),
+        rng.fill(48 * 48, 0.25),
+    );
+    let w = Weights::new(&wq, &wk, &wv, &wo);
+    let n = 200usize;
+    let x = rng.fill(n * 48, 1.0);
+    let layer = Layer::convert(&g, &w, None, &ConvertParams::new().unwrap().d_kv(4)).unwrap();
+    let cp = CacheParams::new().unwrap().capacity_tokens(2048);
+    let mut cache = Cache::new(&[layer.cache_desc().unwrap()], &cp).unwrap();
+    let mut attn = Attn::new(&AttnParams::new().unwrap().n_threads(2)).unwrap();
+    let seq = vec![0i32; n];
+    let pos: Vec<i64> = (0..n as i64).collect();
+    let want = attn.forward_seq(&layer, &mut cache, 0, &x, 1, 0).unwrap();
+
+    let mut calls = Vec::new();
+    let mut out = vec![0.0f32; n * 48];
+    attn.forward_with_progress(
+        &layer,
+        &mut cache,
+        0,
+        &x,
+        &seq,
+        &pos,
+        &mut out,
+        &mut |d, t| {
+            calls.push((d, t));
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    let total = (n * (n + 1) / 2) as i64;
+    assert!(!calls.is_empty());
+    assert!(calls.iter().all(|&(_, t)| t == total), "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
+    assert_eq!(calls.last().unwrap().0, total);
+    assert_eq!(out, want);
+
+    let mut out = vec![7.0f32; 48];
+    let e = attn
+        .forward_with_progress(
+            &layer,
+            &mut cache,
+            0,
+            &x[..48],
+            &[2],
+            &[0],
+            &mut out,
+            &mut |_, _| std::ops::ControlFlow::Break(()),
+        )
+        .unwrap_err();
+    assert_eq!(e.status(), Status::Cancelled);
+    assert_eq!(cache.seq_length(2).unwrap(), 0);
+    assert!(out.iter().all(|&v| v == 7.0));
+
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut out = vec![0.0f32; 48];
+        let _ = attn.forward_with_progress(
+            &layer,
+            &mut cache,
+            0,
+            &x[..48],
+            &[3],
+            &[0],
+            &mut out,
+            &mut |_, _| panic!("from the callback"),
+        );
+    }));
+    assert!(r.is_err());
+    assert_eq!(cache.seq_length(3).unwrap(), 0);
+    // The callback is gone: a plain forward runs.
+    attn.forward_seq(&layer, &mut cache, 0, &x[..48], 3, 0)
+        .unwrap();
+}
