@@ -673,9 +673,10 @@ static void run_jobs(const mla__ctx *ctx, const plan *p, int nt, progress *pr)
         }
     }
     /* The last report is the whole: the caller may have finished before the others. */
-    if (pr->fn && !pr->cancel && pr->reported != pr->total &&
-        pr->fn(pr->user, pr->total, pr->total) != 0)
-        pr->cancel = 1;
+    if (pr->fn && !pr->cancel && pr->reported != pr->total) {
+        pr->reported = pr->total;
+        pr->cancel = pr->fn(pr->user, pr->total, pr->total) != 0;
+    }
 }
 
 /* Split-K parts merged into part 0, then every row divided by its softmax sum. */
