@@ -135,8 +135,8 @@ int main(void)
      * it (a host holding many handles would). */
     int64_t held = 0, after = 0;
     mla_attn_scratch_bytes(attn, &held);
-    if ((st = mla_attn_release_scratch(attn)) != MLA_OK)
-        return fail("mla_attn_release_scratch", st);
+    if ((st = mla_attn_scratch_release(attn)) != MLA_OK)
+        return fail("mla_attn_scratch_release", st);
     for (int t = PROMPT; t < PROMPT + DECODE; t++) {
         int64_t p = t;
         if ((st = mla_attn_forward(attn, mla, cache, 0, x + t * D, 1, seq, &p, y + t * D)) !=

@@ -55,7 +55,7 @@ MLA_API mla_status mla_attn_scratch_bytes(const mla_attn *attn, int64_t *bytes);
 /* Frees the handle's scratch memory (the next forward allocates what it needs again), for
  * example after a long prompt. Not concurrently with a forward on the same handle.
  * Errors: INVALID_ARGUMENT. */
-MLA_API mla_status mla_attn_release_scratch(mla_attn *attn);
+MLA_API mla_status mla_attn_scratch_release(mla_attn *attn);
 
 /*
  * Progress of the forwards that follow on this handle (NULL: none; the handle starts without).

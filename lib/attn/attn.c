@@ -98,10 +98,10 @@ MLA_API mla_status mla_attn_scratch_bytes(const mla_attn *attn, int64_t *bytes)
     return MLA_OK;
 }
 
-MLA_API mla_status mla_attn_release_scratch(mla_attn *attn)
+MLA_API mla_status mla_attn_scratch_release(mla_attn *attn)
 {
     if (!attn)
-        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_release_scratch: attn is NULL");
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "mla_attn_scratch_release: attn is NULL");
     mla_free(attn->scratch);
     attn->scratch = NULL;
     attn->scratch_size = 0;

@@ -57,7 +57,7 @@ struct mla_attn {
     int stream_prefetch;         /* see MLA_ATTN_STREAM_BYTES */
     int bf16_native;             /* k's bf16 products run on vdpbf16ps or AMX tiles (AUTO) */
     void *scratch;               /* grow-only arena (within p.max_scratch_bytes), reused by
-                                  * every forward until mla_attn_release_scratch */
+                                  * every forward until mla_attn_scratch_release */
     size_t scratch_size;
     mla_progress_fn progress;    /* mla_attn_set_progress, or NULL */
     void *progress_user;

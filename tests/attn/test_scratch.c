@@ -2,7 +2,7 @@
  * The handle's scratch memory through the public API: mla_attn_scratch_bytes reports what a
  * forward kept, max_scratch_bytes bounds it (a batch over the limit takes the plan of least
  * scratch, with the same result as the float64 formula; below that plan's need the call fails
- * with CAPACITY, names the need, and appends nothing), and mla_attn_release_scratch frees it
+ * with CAPACITY, names the need, and appends nothing), and mla_attn_scratch_release frees it
  * without changing what the next forward computes.
  */
 #include "util.h"
@@ -131,7 +131,7 @@ int main(void)
     mla_attn_destroy(tiny);
 
     /* Release: no scratch held, and the next forward computes what it would have. */
-    st = full ? mla_attn_release_scratch(full) : MLA_ERR_INTERNAL;
+    st = full ? mla_attn_scratch_release(full) : MLA_ERR_INTERNAL;
     CHECK(st == MLA_OK && scratch_of(full) == 0, "released: %lld bytes",
           (long long)scratch_of(full));
     st = full ? run(full, layer, c, 0, N, x + (size_t)N * D, 1, o) : MLA_ERR_INTERNAL;
@@ -157,8 +157,8 @@ int main(void)
     st = mla_attn_scratch_bytes(a, NULL);
     CHECK(st == MLA_ERR_INVALID_ARGUMENT && strstr(mla_last_error(), "bytes"),
           "scratch_bytes(attn, NULL): %s", mla_last_error());
-    CHECK(mla_attn_release_scratch(NULL) == MLA_ERR_INVALID_ARGUMENT, "release_scratch(NULL)");
-    CHECK(mla_attn_release_scratch(a) == MLA_OK, "releasing an empty handle");
+    CHECK(mla_attn_scratch_release(NULL) == MLA_ERR_INVALID_ARGUMENT, "release_scratch(NULL)");
+    CHECK(mla_attn_scratch_release(a) == MLA_OK, "releasing an empty handle");
     mla_attn_destroy(a);
 
     free(x);

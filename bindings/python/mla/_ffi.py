@@ -311,7 +311,7 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "mla_attn_create": (mla_status, [_P(mla_attn_params), _P(_P(mla_attn))]),
     "mla_attn_destroy": (None, [_P(mla_attn)]),
     "mla_attn_scratch_bytes": (mla_status, [_P(mla_attn), _P(c_int64)]),
-    "mla_attn_release_scratch": (mla_status, [_P(mla_attn)]),
+    "mla_attn_scratch_release": (mla_status, [_P(mla_attn)]),
     "mla_attn_set_progress": (mla_status, [_P(mla_attn), mla_progress_fn, c_void_p]),
     "mla_attn_forward": (mla_status, [_P(mla_attn), _P(mla_layer), _P(mla_cache), c_int32, _f32p,
                                       c_int64, _i32p, _i64p, _f32p]),

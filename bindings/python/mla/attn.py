@@ -65,11 +65,11 @@ class Attn(Handle):
         return out.value
 
     def release_scratch(self) -> None:
-        """Free the scratch memory (mla_attn_release_scratch), for example after a long prompt;
+        """Free the scratch memory (mla_attn_scratch_release), for example after a long prompt;
         the next forward allocates what it needs again."""
         o = self._own()
         with self._busy:
-            check(o.lib, o.lib.mla_attn_release_scratch(o.ptr))
+            check(o.lib, o.lib.mla_attn_scratch_release(o.ptr))
 
     def forward(self, layer: Layer, cache: Cache, cache_layer: int, x: np.ndarray,
                 seq: Union[int, np.ndarray], pos: Union[int, np.ndarray],

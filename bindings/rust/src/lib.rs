@@ -1421,7 +1421,7 @@ impl Attn {
     /// Frees the scratch memory (the next forward allocates what it needs again).
     pub fn release_scratch(&mut self) -> Result<()> {
         // SAFETY: live handle; &mut self: no forward runs on it meanwhile.
-        check(unsafe { sys::mla_attn_release_scratch(self.raw.as_ptr()) })
+        check(unsafe { sys::mla_attn_scratch_release(self.raw.as_ptr()) })
     }
 
     /// As `forward`, calling `progress(done, total)` on this thread as the attention advances

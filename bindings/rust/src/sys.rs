@@ -418,7 +418,7 @@ extern "C" {
     pub fn mla_attn_create(params: *const mla_attn_params, out: *mut *mut mla_attn) -> mla_status;
     pub fn mla_attn_destroy(attn: *mut mla_attn);
     pub fn mla_attn_scratch_bytes(attn: *const mla_attn, bytes: *mut i64) -> mla_status;
-    pub fn mla_attn_release_scratch(attn: *mut mla_attn) -> mla_status;
+    pub fn mla_attn_scratch_release(attn: *mut mla_attn) -> mla_status;
     pub fn mla_attn_set_progress(
         attn: *mut mla_attn,
         progress: mla_progress_fn,
