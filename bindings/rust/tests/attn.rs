@@ -37,12 +37,7 @@ fn run(layer: &Layer, x: &[f32], path: AttnPath) -> Vec<f32> {
 fn full_rank_conversion_is_the_mha_layer() {
     let mut rng = SplitMix64::new();
     let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0).qkv_bias(true);
-    let (wq, wk, wv, wo) = (
-        rng.fill(48 * 48, 0.25),
-        rng.fill(16 * 48, 0.25),
-        rng.fill(16 * 48, 0.25),
-        rng.fill(48 * 48, 0.25),
-    );
+    let (wq, wk, wv, wo) = projections(&mut rng);
     let (bq, bk, bv) = (rng.fill(48, 0.1), rng.fill(16, 0.1), rng.fill(16, 0.1));
     let w = Weights::new(&wq, &wk, &wv, &wo).biases(&bq, &bk, &bv);
     let x = rng.fill(12 * 48, 1.0);
@@ -89,6 +84,16 @@ fn full_rank_conversion_is_the_mha_layer() {
     assert_eq!(low.rope_dims(1).unwrap(), vec![3, 7]);
 }
 
+/// Random q, k, v, o projections of the 48-wide layer with 6 heads and 2 KV heads of 8.
+fn projections(rng: &mut SplitMix64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    (
+        rng.fill(48 * 48, 0.25),
+        rng.fill(16 * 48, 0.25),
+        rng.fill(16 * 48, 0.25),
+        rng.fill(48 * 48, 0.25),
+    )
+}
+
 /// max_scratch_bytes bounds the scratch a handle keeps: one byte under the fastest plan's need,
 /// a 300-token prompt takes a plan of less scratch and still equals the MHA layer (full rank);
 /// under every plan's need it fails with Capacity, naming the need, and appends nothing;
@@ -97,12 +102,7 @@ fn full_rank_conversion_is_the_mha_layer() {
 fn scratch_limit_and_release() {
     let mut rng = SplitMix64::new();
     let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
-    let (wq, wk, wv, wo) = (
-        rng.fill(48 * 48, 0.25),
-        rng.fill(16 * 48, 0.25),
-        rng.fill(16 * 48, 0.25),
-        rng.fill(48 * 48, 0.25),
-    );
+    let (wq, wk, wv, wo) = projections(&mut rng);
     let w = Weights::new(&wq, &wk, &wv, &wo);
     let n = 300;
     let x = rng.fill(n * 48, 1.0);
@@ -165,12 +165,7 @@ fn scratch_limit_and_release() {
 fn forward_progress_and_cancel() {
     let mut rng = SplitMix64::new();
     let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
-    let (wq, wk, wv, wo) = (
-        rng.fill(48 * 48, 0.25),
-        rng.fill(16 * 48, 0.25),
-        rng.fill(16 * 48, 0.25),
-        rng.fill(48 * 48, 0.25),
-    );
+    let (wq, wk, wv, wo) = projections(&mut rng);
     let w = Weights::new(&wq, &wk, &wv, &wo);
     let n = 200usize;
     let x = rng.fill(n * 48, 1.0);
