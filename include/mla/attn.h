@@ -36,10 +36,10 @@ typedef struct mla_attn_params {
                                  chunks of ≥ N query tokens. Either way only where the latent
                                  is wider than a head's key and value together. */
     int64_t max_scratch_bytes; /* the most scratch memory the handle keeps between calls;
-                                  0 (default): no limit. A batch whose plan needs more takes
-                                  the plan of least scratch (no shared up-projection), and
-                                  fails with CAPACITY if that needs more too (doc/attention.md,
-                                  "Memory"). */
+                                  0 (default): no limit. A batch whose fastest plan needs more
+                                  takes the fastest one within it (a prompt's up-projection not
+                                  shared), and fails with CAPACITY, naming the least need, if
+                                  none fits (doc/attention.md, "Memory"). */
 } mla_attn_params;
 
 MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_size);
@@ -65,7 +65,8 @@ MLA_API mla_status mla_attn_scratch_release(mla_attn *attn);
  * sequences. It is called as the calling thread finishes its share, done never decreasing,
  * the last call with done = total. A nonzero return cancels: the forward fails with
  * MLA_ERR_CANCELLED, nothing appended, out untouched. The callback may not call this handle, nor
- * write the batch's sequences. Errors: INVALID_ARGUMENT.
+ * write the batch's sequences. user is borrowed until the callback is replaced or cleared.
+ * Errors: INVALID_ARGUMENT.
  */
 MLA_API mla_status mla_attn_set_progress(mla_attn *attn, mla_progress_fn progress, void *user);
 
