@@ -805,20 +805,34 @@ static int64_t tile_tokens(const dims *dm, int up, int need_f32, int keys16, int
  * blocks are the chunk cut for nt/2 threads, between MLA_ATTN_MAT_ROWS and MATERIALIZED_TOKENS
  * tokens: where neither bound binds and the thread count is even, two parts a block, whose extra
  * states total one chunk's output however many threads run (on 8 threads one block of 4096
- * tokens would keep 7).
+ * tokens would keep 7). Past the upper bound, the count of blocks is one that takes one or two
+ * parts a block.
  */
+int64_t mla__mat_block_tokens(int causal, int64_t m, int nt)
+{
+    if (causal) {
+        int64_t q = (m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt);
+        return q < CAUSAL_BLOCK_MIN ? CAUSAL_BLOCK_MIN : q > CAUSAL_BLOCK_MAX ? CAUSAL_BLOCK_MAX : q;
+    }
+    int64_t pairs = nt > 1 ? nt / 2 : 1, q = (m + pairs - 1) / pairs;
+    if (q < MLA_ATTN_MAT_ROWS)
+        return MLA_ATTN_MAT_ROWS;
+    if (q <= MATERIALIZED_TOKENS)
+        return q;
+    /* More than nt/2 blocks of the largest size: as many as take one or two parts each. A
+     * count in between took many (7 blocks on 8 threads: 8 parts, 7 extra states of the chunk's
+     * output); the blocks added, at most nt − 1, each up-project the context once more. */
+    int64_t nb = (m + MATERIALIZED_TOKENS - 1) / MATERIALIZED_TOKENS;
+    while (mla__block_parts(nb, nt) > 2)
+        nb++;
+    return (m + nb - 1) / nb;
+}
+
 static int64_t block_tokens(const dims *dm, int absorbed, int causal, int64_t m, int nt)
 {
-    int64_t qb_abs = ABSORBED_ROWS / dm->n_h > 0 ? ABSORBED_ROWS / dm->n_h : 1;
     if (absorbed)
-        return qb_abs;
-    if (!causal) {
-        int64_t pairs = nt > 1 ? nt / 2 : 1, q = (m + pairs - 1) / pairs;
-        return q < MLA_ATTN_MAT_ROWS ? MLA_ATTN_MAT_ROWS
-               : q > MATERIALIZED_TOKENS ? MATERIALIZED_TOKENS : q;
-    }
-    int64_t q = (m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt);
-    return q < CAUSAL_BLOCK_MIN ? CAUSAL_BLOCK_MIN : q > CAUSAL_BLOCK_MAX ? CAUSAL_BLOCK_MAX : q;
+        return ABSORBED_ROWS / dm->n_h > 0 ? ABSORBED_ROWS / dm->n_h : 1;
+    return mla__mat_block_tokens(causal, m, nt);
 }
 
 /* Equal blocks, not full ones and a remainder: 64 tokens of SmolLM-135M's 9 heads were blocks

@@ -253,6 +253,9 @@ MLA_INTERNAL void mla__materialized_up(const mla__ctx *c, const mla__seq_view *v
 MLA_INTERNAL int64_t mla__chunk_blocks(int64_t m, int64_t qb);
 MLA_INTERNAL int64_t mla__block_start(int64_t m, int64_t nb, int64_t i);
 MLA_INTERNAL int64_t mla__block_parts(int64_t n_blocks, int nt);
+/* qb of a materialized (or MHA) chunk of m tokens on nt threads (forward.c, block_tokens):
+ * causal, for a chunk at least as long as the context before it. */
+MLA_INTERNAL int64_t mla__mat_block_tokens(int causal, int64_t m, int nt);
 /* Where part k of np of block b's context ends (parts cover [0, n_ctx) in order; each ends on a
  * multiple of 16 tokens, the last at n_ctx): equal token counts, except that materialized blocks
  * of MLA_ATTN_SMALL_M queries or more cut equal shares of their work, the b->m queries seeing

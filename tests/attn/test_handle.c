@@ -369,6 +369,37 @@ static void planner_cuts(void)
             bad += parts < 1 || parts > (nt > 1 ? nt : 1);
         }
     CHECK(bad == 0, "split-K parts: the fewest that fill rounds of threads (%d violations)", bad);
+    /* Block sizes (block_tokens): a causal chunk at least 4 blocks a thread within [64, 256];
+     * after a longer context, blocks of 1024 to 4096 tokens whose split-K states stay within
+     * one chunk's output (at most 2 parts a block) from 1024·nt/2 tokens on (even nt), and past
+     * 4096·nt/2 for any nt with at most nt − 1 blocks more than 4096-token ones would take. */
+    bad = 0;
+    int64_t worst_parts = 0;
+    for (int nt = 1; nt <= 16; nt++) {
+        for (int64_t m = 1; m <= 5000; m++) {
+            int64_t qb = mla__mat_block_tokens(1, m, nt), want = (m + 4 * nt - 1) / (4 * nt);
+            want = want < 64 ? 64 : want > 256 ? 256 : want;
+            bad += qb != want;
+        }
+        int64_t pairs = nt > 1 ? nt / 2 : 1;
+        for (int64_t m = 1; m <= 80000; m += 37) {
+            int64_t qb = mla__mat_block_tokens(0, m, nt), nb = mla__chunk_blocks(m, qb);
+            int64_t parts = mla__block_parts(nb, nt);
+            bad += qb < 1024 || qb > 4096;
+            if (m > 4096 * pairs) {
+                bad += parts > 2 || nb > (m + 4095) / 4096 + nt - 1;
+                worst_parts = parts > worst_parts ? parts : worst_parts;
+            } else if (m >= 1024 * pairs && nt % 2 == 0) {
+                bad += nb != pairs || parts != 2;
+            }
+        }
+    }
+    CHECK(bad == 0 && worst_parts <= 2,
+          "block sizes for 1..16 threads: causal within [64, 256], after a longer context at most "
+          "2 split-K parts a block (%d violations)", bad);
+    CHECK(mla__block_parts(mla__chunk_blocks(28000, mla__mat_block_tokens(0, 28000, 8)), 8) <= 2,
+          "28000 tokens after a longer context on 8 threads: at most 2 parts a block (7 blocks "
+          "of 4096 took 8)");
     CHECK(mla__block_parts(1, 2) == 2 && mla__block_parts(2, 2) == 1 &&
               mla__block_parts(3, 2) == 2 && mla__block_parts(9, 2) == 1,
           "parts on 2 threads: 1 block 2, 2 blocks 1, 3 blocks 2, 9 blocks 1");
