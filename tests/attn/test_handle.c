@@ -30,16 +30,8 @@ static size_t run_at(mla_layer *layer, mla_cache *c, int n_threads, int32_t seq,
         *st = MLA_ERR_OUT_OF_MEMORY;
         return 0;
     }
-    int32_t *sq = malloc((size_t)n * sizeof *sq);
-    int64_t *ps = malloc((size_t)n * sizeof *ps);
-    for (int i = 0; i < n; i++) {
-        sq[i] = seq;
-        ps[i] = pos0 + i;
-    }
-    *st = mla_attn_forward(a, layer, c, 0, x, n, sq, ps, out);
+    *st = forward_seqs(a, layer, c, 1, seq, pos0, x, n, out);
     size_t bytes = a->scratch_size;
-    free(sq);
-    free(ps);
     mla_attn_destroy(a);
     return bytes;
 }

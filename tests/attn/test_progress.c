@@ -58,20 +58,6 @@ static mla_attn *attn_of(int threads, mla_attn_path path, record *r)
     return a;
 }
 
-/* n tokens of each of n_seq sequences (ids seq0, seq0+1, ...) from position pos0, grouped. */
-static mla_status run(mla_attn *a, mla_layer *layer, mla_cache *c, int n_seq, int32_t seq0,
-                      int64_t pos0, const float *x, int n, float *out)
-{
-    int32_t sq[2 * N];
-    int64_t ps[2 * N];
-    for (int s = 0; s < n_seq; s++)
-        for (int i = 0; i < n; i++) {
-            sq[s * n + i] = seq0 + s;
-            ps[s * n + i] = pos0 + i;
-        }
-    return mla_attn_forward(a, layer, c, 0, x, (int64_t)n_seq * n, sq, ps, out);
-}
-
 static void check_record(const record *r, int64_t want_total, const char *what)
 {
     CHECK(r->calls >= 1 && r->total == want_total && !r->total_changed && r->last == want_total &&
@@ -101,7 +87,7 @@ int main(void)
 
     /* Without a callback: the outputs every run below must reproduce bit for bit. */
     mla_attn *a0 = attn_of(1, MLA_ATTN_PATH_AUTO, NULL);
-    mla_status st = run(a0, layer, c, 1, 0, 0, x, N, plain);
+    mla_status st = forward_seqs(a0, layer, c, 1, 0, 0, x, N, plain);
     CHECK(st == MLA_OK, "prefill without a callback (%s)", mla_last_error());
 
     /* Prompts on each path and thread count: the closed form, the same output. */
@@ -112,7 +98,7 @@ int main(void)
             record r;
             mla_attn *a = attn_of(threads, paths[pi], &r);
             int32_t sq = 1 + pi * 2 + threads - 1;
-            st = a ? run(a, layer, c, 1, sq, 0, x, N, o) : MLA_ERR_INTERNAL;
+            st = forward_seqs(a, layer, c, 1, sq, 0, x, N, o);
             char what[64];
             snprintf(what, sizeof what, "prompt of %d, path %d, %d threads", N, (int)paths[pi],
                      threads);
@@ -125,7 +111,7 @@ int main(void)
                       "%s: the output of the run without a callback", what);
             /* A decode after it: len0 + 1 pairs. */
             rec_reset(&r);
-            st = a ? run(a, layer, c, 1, sq, N, x + (size_t)N * D, 1, o) : MLA_ERR_INTERNAL;
+            st = forward_seqs(a, layer, c, 1, sq, N, x + (size_t)N * D, 1, o);
             snprintf(what, sizeof what, "decode after %d, path %d, %d threads", N,
                      (int)paths[pi], threads);
             CHECK(st == MLA_OK, "%s (%s)", what, mla_last_error());
@@ -137,7 +123,7 @@ int main(void)
     {
         record r;
         mla_attn *a = attn_of(2, MLA_ATTN_PATH_AUTO, &r);
-        st = a ? run(a, layer, c, 2, 1, N + 1, x, 40, o) : MLA_ERR_INTERNAL;
+        st = forward_seqs(a, layer, c, 2, 1, N + 1, x, 40, o);
         CHECK(st == MLA_OK, "two chunks of 40 after %d (%s)", N + 1, mla_last_error());
         check_record(&r, 2 * (40 * (int64_t)(N + 1) + 40 * 41 / 2), "two chunks of 40");
         mla_attn_destroy(a);
@@ -152,7 +138,7 @@ int main(void)
         r.cancel_at = at;
         for (int i = 0; i < N * D; i++)
             o[i] = 5.0f;
-        st = a ? run(a, layer, c, 1, 7, 0, x, N, o) : MLA_ERR_INTERNAL;
+        st = forward_seqs(a, layer, c, 1, 7, 0, x, N, o);
         int64_t len = -1, written = -1;
         mla_cache_seq_length(c, 7, &len);
         mla_cache_seq_written(c, 0, 7, &written);
@@ -167,7 +153,7 @@ int main(void)
               mla_last_error());
         r.cancel_at = 0;
         rec_reset(&r);
-        st = a ? run(a, layer, c, 1, 7, 0, x, N, o) : MLA_ERR_INTERNAL;
+        st = forward_seqs(a, layer, c, 1, 7, 0, x, N, o);
         double diff = 0;
         for (int i = 0; i < N * D; i++) {
             double e = fabs((double)o[i] - plain[i]);
@@ -184,7 +170,7 @@ int main(void)
         record r;
         mla_attn *a = attn_of(1, MLA_ATTN_PATH_AUTO, &r);
         CHECK(a && mla_attn_set_progress(a, NULL, &r) == MLA_OK, "clearing the callback");
-        st = a ? run(a, layer, c, 1, 7, 0, x, 8, o) : MLA_ERR_INTERNAL;
+        st = forward_seqs(a, layer, c, 1, 7, 0, x, 8, o);
         CHECK(st == MLA_OK && r.calls == 0, "cleared: %d calls (%s)", r.calls, mla_last_error());
         mla_attn_destroy(a);
         CHECK(mla_attn_set_progress(NULL, on_progress, &r) == MLA_ERR_INVALID_ARGUMENT &&

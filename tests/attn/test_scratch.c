@@ -26,19 +26,6 @@ static int64_t scratch_of(const mla_attn *a)
     return mla_attn_scratch_bytes(a, &b) == MLA_OK ? b : -1;
 }
 
-/* n tokens of sequence seq from position pos0. */
-static mla_status run(mla_attn *a, mla_layer *layer, mla_cache *c, int32_t seq, int64_t pos0,
-                      const float *x, int n, float *out)
-{
-    int32_t sq[N];
-    int64_t ps[N];
-    for (int i = 0; i < n; i++) {
-        sq[i] = seq;
-        ps[i] = pos0 + i;
-    }
-    return mla_attn_forward(a, layer, c, 0, x, n, sq, ps, out);
-}
-
 static double rel_to(const float *o, const double *ref, int row0, int rows)
 {
     return rel_diff_d(o, ref + (size_t)row0 * D, (size_t)rows * D);
@@ -70,7 +57,7 @@ int main(void)
     /* No limit: the plan of most speed; the handle keeps its scratch. */
     mla_attn *full = attn_limited(0);
     CHECK(full && scratch_of(full) == 0, "a new handle holds no scratch");
-    mla_status st = run(full, layer, c, 0, 0, x, N, o_full);
+    mla_status st = forward_seqs(full, layer, c, 1, 0, 0, x, N, o_full);
     int64_t s_full = scratch_of(full);
     CHECK(st == MLA_OK && s_full > 0, "unlimited prefill of %d tokens: %lld bytes of scratch (%s)",
           N, (long long)s_full, mla_last_error());
@@ -79,7 +66,7 @@ int main(void)
 
     /* A limit at the need changes nothing: the same plan, the same bits. */
     mla_attn *at = attn_limited(s_full);
-    st = at ? run(at, layer, c, 1, 0, x, N, o) : MLA_ERR_INTERNAL;
+    st = forward_seqs(at, layer, c, 1, 1, 0, x, N, o);
     CHECK(st == MLA_OK && scratch_of(at) == s_full &&
               memcmp(o, o_full, (size_t)N * D * sizeof(float)) == 0,
           "limit = need (%lld): the unlimited plan and output (%s)", (long long)s_full,
@@ -88,7 +75,7 @@ int main(void)
 
     /* One byte less: the plan of least scratch, within the limit, still the formula. */
     mla_attn *low = attn_limited(s_full - 1);
-    st = low ? run(low, layer, c, 2, 0, x, N, o) : MLA_ERR_INTERNAL;
+    st = forward_seqs(low, layer, c, 1, 2, 0, x, N, o);
     int64_t s_low = low ? scratch_of(low) : -1;
     CHECK(st == MLA_OK && s_low > 0 && s_low < s_full,
           "limit %lld: prefill kept %lld bytes (%s)", (long long)(s_full - 1), (long long)s_low,
@@ -96,7 +83,7 @@ int main(void)
     CHECK(rel_to(o, ref, 0, N) < 1e-4, "least-scratch prefill vs float64: rel %.3g",
           rel_to(o, ref, 0, N));
     /* A decode on the same handle stays within it too. */
-    st = low ? run(low, layer, c, 2, N, x + (size_t)N * D, 1, o) : MLA_ERR_INTERNAL;
+    st = forward_seqs(low, layer, c, 1, 2, N, x + (size_t)N * D, 1, o);
     CHECK(st == MLA_OK && scratch_of(low) <= s_full - 1 && rel_to(o, ref, N, 1) < 1e-4,
           "decode under the limit: %lld bytes, rel %.3g (%s)", (long long)scratch_of(low),
           rel_to(o, ref, N, 1), mla_last_error());
@@ -106,7 +93,7 @@ int main(void)
     mla_attn *tiny = attn_limited(s_low - 1);
     for (int i = 0; i < N * D; i++)
         o[i] = 7.0f;
-    st = tiny ? run(tiny, layer, c, 3, 0, x, N, o) : MLA_ERR_INTERNAL;
+    st = forward_seqs(tiny, layer, c, 1, 3, 0, x, N, o);
     const char *need_at = strstr(mla_last_error(), "needs ");
     long long need = need_at ? atoll(need_at + 6) : -1;
     CHECK(st == MLA_ERR_CAPACITY && need > s_low - 1 && need <= s_low &&
@@ -124,7 +111,7 @@ int main(void)
     /* Exactly the need it named: accepted. */
     mla_attn_destroy(tiny);
     tiny = attn_limited(need);
-    st = tiny ? run(tiny, layer, c, 3, 0, x, N, o) : MLA_ERR_INTERNAL;
+    st = forward_seqs(tiny, layer, c, 1, 3, 0, x, N, o);
     CHECK(st == MLA_OK && scratch_of(tiny) == need && rel_to(o, ref, 0, N) < 1e-4,
           "limit = the need named (%lld): accepted, rel %.3g (%s)", need, rel_to(o, ref, 0, N),
           mla_last_error());
@@ -134,7 +121,7 @@ int main(void)
     st = full ? mla_attn_scratch_release(full) : MLA_ERR_INTERNAL;
     CHECK(st == MLA_OK && scratch_of(full) == 0, "released: %lld bytes",
           (long long)scratch_of(full));
-    st = full ? run(full, layer, c, 0, N, x + (size_t)N * D, 1, o) : MLA_ERR_INTERNAL;
+    st = forward_seqs(full, layer, c, 1, 0, N, x + (size_t)N * D, 1, o);
     CHECK(st == MLA_OK && scratch_of(full) > 0 && rel_to(o, ref, N, 1) < 1e-4,
           "decode after release: %lld bytes, rel %.3g (%s)", (long long)scratch_of(full),
           rel_to(o, ref, N, 1), mla_last_error());

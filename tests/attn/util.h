@@ -450,6 +450,31 @@ static inline void ref_mla_forward_bf16(const ref_mla *m, const float *x, const 
 }
 
 /* Convert a source layer (HIGH RoPE strategy). NULL on failure. */
+/* One forward of n tokens for each of n_seq sequences seq0, seq0 + 1, ..., every one from
+ * position pos0, grouped by sequence (x and out: n_seq·n rows). */
+static inline mla_status forward_seqs(mla_attn *a, const mla_layer *layer, mla_cache *c,
+                                      int n_seq, int32_t seq0, int64_t pos0, const float *x,
+                                      int64_t n, float *out)
+{
+    int64_t total = n_seq * n;
+    int32_t *sq = malloc((size_t)(total > 0 ? total : 1) * sizeof *sq);
+    int64_t *ps = malloc((size_t)(total > 0 ? total : 1) * sizeof *ps);
+    if (!sq || !ps) {
+        free(sq);
+        free(ps);
+        return MLA_ERR_OUT_OF_MEMORY;
+    }
+    for (int s = 0; s < n_seq; s++)
+        for (int64_t i = 0; i < n; i++) {
+            sq[s * n + i] = seq0 + s;
+            ps[s * n + i] = pos0 + i;
+        }
+    mla_status st = mla_attn_forward(a, layer, c, 0, x, total, sq, ps, out);
+    free(sq);
+    free(ps);
+    return st;
+}
+
 static inline mla_layer *convert(const src_layer *s, int r, int d_kv, mla_factorization f)
 {
     mla_convert_params p;
