@@ -38,8 +38,8 @@ typedef struct mla_attn_params {
     int64_t max_scratch_bytes; /* the most scratch memory the handle keeps between calls;
                                   0 (default): no limit. A batch whose fastest plan needs more
                                   takes the fastest one within it (a prompt's up-projection not
-                                  shared), and fails with CAPACITY, naming the least need, if
-                                  none fits (doc/attention.md, "Memory"). */
+                                  shared, fewer split-K parts), and fails with CAPACITY, naming
+                                  the least need, if none fits (doc/attention.md, "Memory"). */
 } mla_attn_params;
 
 MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_size);

@@ -133,6 +133,7 @@ typedef struct plan {
     int64_t tokens_mat;  /* query tokens of the longest materialized block (rows_mat: of them,
                           * those a job multiplies at once) */
     int64_t n_works;     /* per-thread work areas: the most threads the jobs may use (job_threads) */
+    int64_t max_parts;   /* split-K parts a block at most (0: as mla__block_parts says) */
     int any_abs, any_mat;
     int up_tiles;        /* some materialized MLA chunk up-projects tile by tile (not share_up) */
     int need_f32;        /* some job reads a float32 tile (whole-tile products, many query rows) */
@@ -872,6 +873,14 @@ static int64_t parts_for(const plan *p, int64_t parts, int64_t n_ctx)
     return tiles < parts ? (tiles > 0 ? tiles : 1) : parts;
 }
 
+/* Parts a block for the call (mla__block_parts), at most p->max_parts where the handle's
+ * scratch limit asked for fewer. */
+static int64_t call_parts(const plan *p, int nt)
+{
+    int64_t parts = mla__block_parts(p->n_blocks, nt);
+    return p->max_parts > 0 && parts > p->max_parts ? p->max_parts : parts;
+}
+
 /*
  * Bounds for the carve, before the cache writes: the blocks, the longest block's query rows, and
  * per block a bound of its context (the sequence's tokens before the call plus the block's end
@@ -898,7 +907,7 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
         m_mat = MLA_ATTN_MAT_ROWS;
     /* The one-query MHA loop keeps all heads' scores (materialized.c). */
     p->rows_mat = m_mat > 0 ? (m_mat > dm->n_h ? m_mat : dm->n_h) : 0;
-    int64_t parts = mla__block_parts(p->n_blocks, nt), nj = 0;
+    int64_t parts = call_parts(p, nt), nj = 0;
     size_t extra = 0;
     double flops = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) {
@@ -1044,7 +1053,7 @@ int64_t mla__block_part_end(const mla__qblock *b, int64_t k, int64_t np)
 /* Parts per block (split-K) and the state each part accumulates into. */
 static void plan_jobs(const dims *dm, plan *p, int nt)
 {
-    int64_t parts = mla__block_parts(p->n_blocks, nt);
+    int64_t parts = call_parts(p, nt);
     int64_t nj = 0;
     size_t extra = 0;
     p->pairs = 0;
@@ -1102,6 +1111,17 @@ static size_t plan_bytes(const dims *dm, plan *p, chunk *ch, int nt, arena *a)
  * states take more scratch) or in the chunk's small blocks (UNSHARED_SMALL: each block
  * up-projects its whole context again). The scratch of each depends on the shape. */
 enum { SHARED, UNSHARED_LARGE, UNSHARED_SMALL, SHARING_MODES };
+
+/* The plans a scratch limit may take, fastest first: each sharing mode with the split-K parts
+ * mla__block_parts gives; then the one of least scratch among them with at most 2 parts a
+ * block, then 1 (each extra part keeps a state as large as its block's output: a chunk after a
+ * longer context on many threads). */
+static const struct {
+    int sharing;             /* a sharing mode, or −1: the least-scratch one found so far */
+    int max_parts;
+} limit_plans[] = {
+    {SHARED, 0}, {UNSHARED_LARGE, 0}, {UNSHARED_SMALL, 0}, {-1, 2}, {-1, 1},
+};
 
 static void plan_sharing(const dims *dm, plan *p, chunk *ch, int nt, int mode)
 {
@@ -1230,19 +1250,29 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     /* Over the handle's limit: the fastest plan within it, else the one of least scratch (the
      * error names its need). */
     size_t limit = (size_t)attn->p.max_scratch_bytes;
-    if (!a.overflow && limit > 0 && need > limit && any_share) {
+    if (!a.overflow && limit > 0 && need > limit) {
         size_t least = need;
-        int least_mode = SHARED;
-        for (int mode = UNSHARED_LARGE; mode < SHARING_MODES && need > limit; mode++) {
-            plan_sharing(&dm, &p, ch, nt, mode);
+        int least_plan = 0, least_sharing = SHARED, n_plans = (int)(sizeof limit_plans /
+                                                                  sizeof limit_plans[0]);
+        for (int i = 1; i < n_plans && need > limit; i++) {
+            int sharing = limit_plans[i].sharing < 0 ? least_sharing : limit_plans[i].sharing;
+            if (sharing != SHARED && !any_share)
+                continue; /* the same plan as SHARED */
+            plan_sharing(&dm, &p, ch, nt, sharing);
+            p.max_parts = limit_plans[i].max_parts;
             need = plan_bytes(&dm, &p, ch, nt, &a);
             if (!a.overflow && need < least) {
                 least = need;
-                least_mode = mode;
+                least_plan = i;
+                if (limit_plans[i].sharing >= 0)
+                    least_sharing = sharing;
             }
         }
         if (need > limit) {
-            plan_sharing(&dm, &p, ch, nt, least_mode);
+            int sharing = limit_plans[least_plan].sharing < 0 ? least_sharing
+                                                              : limit_plans[least_plan].sharing;
+            plan_sharing(&dm, &p, ch, nt, sharing);
+            p.max_parts = limit_plans[least_plan].max_parts;
             need = plan_bytes(&dm, &p, ch, nt, &a);
         }
     }

@@ -10,14 +10,20 @@
 #define D 64
 #define N 300 /* a fresh materialized prompt of several blocks: it shares its up-projection */
 
-static mla_attn *attn_limited(int64_t limit)
+static mla_attn *attn_threads(int64_t limit, int n_threads)
 {
     mla_attn_params p;
     mla_attn_default_params(&p, sizeof p);
+    p.n_threads = n_threads;
     p.path = MLA_ATTN_PATH_MATERIALIZED;
     p.max_scratch_bytes = limit;
     mla_attn *a = NULL;
     return mla_attn_create(&p, &a) == MLA_OK ? a : NULL;
+}
+
+static mla_attn *attn_limited(int64_t limit)
+{
+    return attn_threads(limit, 1);
 }
 
 static int64_t scratch_of(const mla_attn *a)
@@ -36,7 +42,7 @@ int main(void)
     src_layer src;
     src_init(&src, D, 4, 2, 16, 0, 11);
     mla_layer *layer = convert(&src, 4, 8, MLA_FACTOR_JOINT);
-    mla_cache *c = layer ? make_cache(&layer, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 4 * 512, 16) : NULL;
+    mla_cache *c = layer ? make_cache(&layer, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 8 * 512, 16) : NULL;
     CHECK(layer && c, "layer and cache (%s)", mla_last_error());
     if (!layer || !c) {
         src_free(&src);
@@ -126,6 +132,49 @@ int main(void)
           "decode after release: %lld bytes, rel %.3g (%s)", (long long)scratch_of(full),
           rel_to(o, ref, N, 1), mla_last_error());
     mla_attn_destroy(full);
+
+    /* A chunk after a longer context has no up-projection to share: on 4 threads its one block
+     * is split in 4 parts, each after the first keeping a state as large as the block's output.
+     * Under limits: 2 parts, then 1, each within the limit and still the formula. */
+    {
+        enum { PRE = 600, M = 200 };
+        float *xl = rand_floats((size_t)(PRE + M) * D, &seed, 1.0);
+        float *ol = malloc((size_t)PRE * D * sizeof(float)); /* the prefill's, then the chunk's */
+        double *refl = malloc((size_t)(PRE + M) * D * sizeof *refl);
+        int64_t posl[PRE + M];
+        for (int i = 0; i < PRE + M; i++)
+            posl[i] = i;
+        ref_mla_forward(&rm, xl, posl, PRE + M, NULL, NULL, refl);
+        mla_attn *pre = attn_limited(0);
+        st = forward_seqs(pre, layer, c, 1, 4, 0, xl, PRE, ol);
+        mla_attn_destroy(pre);
+        CHECK(st == MLA_OK, "prefill of %d tokens (%s)", PRE, mla_last_error());
+        int64_t kept[4] = {0, 0, 0, 0}, limit = 0;
+        for (int k = 0; k < 4; k++) {
+            mla_attn *a = attn_threads(limit, 4);
+            st = forward_seqs(a, layer, c, 1, 4, PRE, xl + (size_t)PRE * D, M, ol);
+            kept[k] = scratch_of(a);
+            mla_attn_destroy(a);
+            if (k < 3) {
+                double rel = rel_to(ol, refl, PRE, M);
+                CHECK(st == MLA_OK && kept[k] > 0 && (k == 0 || kept[k] < kept[k - 1]) &&
+                          rel < 1e-4,
+                      "chunk of %d after %d, 4 threads, limit %lld: kept %lld bytes, rel %.3g (%s)",
+                      M, PRE, (long long)limit, (long long)kept[k], rel, mla_last_error());
+                mla_cache_seq_rm(c, 4, PRE, -1);
+                limit = kept[k] - 1;
+            } else {
+                const char *at_need = strstr(mla_last_error(), "needs ");
+                long long need_l = at_need ? atoll(at_need + 6) : -1;
+                CHECK(st == MLA_ERR_CAPACITY && need_l == kept[2],
+                      "limit %lld: CAPACITY naming the one-part plan's %lld bytes (%s)",
+                      (long long)limit, (long long)kept[2], mla_last_error());
+            }
+        }
+        free(xl);
+        free(ol);
+        free(refl);
+    }
 
     /* Arguments. */
     mla_attn *bad = NULL;
