@@ -62,8 +62,9 @@ MLA_API mla_status mla_attn_scratch_release(mla_attn *attn);
  * A forward calls progress(user, done, total) from the thread that called it, while its worker
  * threads go on, in units of (query token, context token) pairs its attention visits: total
  * is m·len0 + m·(m+1)/2 for a chunk of m tokens after len0 cached ones, summed over the batch's
- * sequences. It is called as the calling thread finishes its share, done never decreasing,
- * the last call with done = total. A nonzero return cancels: the forward fails with
+ * sequences. It is called once the projections are done with done = 0, then as the calling
+ * thread finishes its share, done never decreasing, the last call with done = total (before
+ * the output projection). A nonzero return cancels: the forward fails with
  * MLA_ERR_CANCELLED, nothing appended, out untouched. The callback may not call this handle, nor
  * write the batch's sequences. user is borrowed until the callback is replaced or cleared.
  * Errors: INVALID_ARGUMENT.

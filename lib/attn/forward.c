@@ -655,6 +655,13 @@ static void run_job(const mla__ctx *ctx, const plan *p, const mla__job *job, mla
 static void run_jobs(const mla__ctx *ctx, const plan *p, int nt, progress *pr)
 {
     int64_t nj = p->n_jobs;
+    /* A first report before any job: the projections are done, and a host may stop here. */
+    if (pr->fn) {
+        pr->reported = 0;
+        pr->cancel = pr->fn(pr->user, 0, pr->total) != 0;
+    }
+    if (pr->cancel)
+        return;
     if (nt <= 1 || nj <= 1) {
         for (int64_t i = 0; i < nj && !pr->cancel; i++) {
             run_job(ctx, p, &p->jobs[i], &p->works[0]);

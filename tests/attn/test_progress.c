@@ -60,12 +60,12 @@ static mla_attn *attn_of(int threads, mla_attn_path path, record *r)
 
 static void check_record(const record *r, int64_t want_total, const char *what)
 {
-    CHECK(r->calls >= 1 && r->total == want_total && !r->total_changed && r->last == want_total &&
-              !r->decreasing && r->first >= 0 && !r->other_thread,
-          "%s: %d calls, total %lld (closed form %lld), last %lld, decreasing %d, on another "
-          "thread %d",
-          what, r->calls, (long long)r->total, (long long)want_total, (long long)r->last,
-          r->decreasing, r->other_thread);
+    CHECK(r->calls >= 2 && r->total == want_total && !r->total_changed && r->last == want_total &&
+              !r->decreasing && r->first == 0 && !r->other_thread,
+          "%s: %d calls, first %lld, total %lld (closed form %lld), last %lld, decreasing %d, on "
+          "another thread %d",
+          what, r->calls, (long long)r->first, (long long)r->total, (long long)want_total,
+          (long long)r->last, r->decreasing, r->other_thread);
 }
 
 int main(void)
@@ -129,12 +129,15 @@ int main(void)
         mla_attn_destroy(a);
     }
 
-    /* Cancel at the first call (1 thread) and at the last, when all the attention is done (2
-     * threads: which calls come between depends on how the threads share the jobs): CANCELLED,
-     * nothing appended, out untouched; then the same prompt runs to the uncancelled output. */
-    for (int at = 1; at >= -1; at -= 2) {
+    /* Cancel at the first call (before any job), at the second (after the first job, on 1
+     * thread) and at the last, when all the attention is done (2 threads: which calls come
+     * between depends on how the threads share the jobs): CANCELLED, nothing appended, out
+     * untouched; then the same prompt runs to the uncancelled output. */
+    static const int cancel_cases[][2] = {{1, 1}, {2, 1}, {-1, 2}}; /* call, threads */
+    for (int ci = 0; ci < 3; ci++) {
+        int at = cancel_cases[ci][0];
         record r;
-        mla_attn *a = attn_of(at == 1 ? 1 : 2, MLA_ATTN_PATH_AUTO, &r);
+        mla_attn *a = attn_of(cancel_cases[ci][1], MLA_ATTN_PATH_AUTO, &r);
         r.cancel_at = at;
         for (int i = 0; i < N * D; i++)
             o[i] = 5.0f;
@@ -146,7 +149,8 @@ int main(void)
         for (int i = 0; i < N * D; i++)
             untouched &= o[i] == 5.0f;
         CHECK(st == MLA_ERR_CANCELLED && strstr(mla_last_error(), "cancelled") && len == 0 &&
-                  written == 0 && untouched && (at == 1 ? r.calls == 1 : r.last == r.total),
+                  written == 0 && untouched &&
+                  (at > 0 ? r.calls == at && (at == 1) == (r.last == 0) : r.last == r.total),
               "cancel at call %d (%d calls): status %d, length %lld, written %lld, out untouched "
               "%d (%s)",
               at, r.calls, (int)st, (long long)len, (long long)written, untouched,
