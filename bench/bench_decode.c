@@ -252,10 +252,12 @@ static double forward_once(mla_attn *a, mla_layer *l, mla_cache *c, const float 
     return dt;
 }
 
-/* Seconds of forwarding m tokens at positions ctx .. ctx+m−1 of a ctx-token sequence: the
- * median over reps runs (the crossover table compares two paths run one after the other). */
-static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t ctx, int64_t m,
-                           int reps)
+/* Seconds of forwarding m tokens at positions ctx .. ctx+m−1 of a ctx-token sequence, in calls
+ * of at most q tokens, removed again after each run: the median over reps runs after a warm-up
+ * (the crossover table compares two paths run one after the other); negative if a call failed
+ * (its error left in mla_last_error). */
+static double time_chunks(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t ctx, int64_t m,
+                          int64_t q, int reps)
 {
     float *x = rand_buf((size_t)(m * d), 1.0f), *out = malloc((size_t)(m * d) * sizeof *out);
     int32_t *seq = calloc((size_t)m, sizeof *seq);
@@ -263,13 +265,19 @@ static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64
     for (int64_t i = 0; i < m; i++)
         pos[i] = ctx + i;
     double t[64];
-    int kept = reps < 64 ? reps : 64; /* more runs only for profiling: the first 64 count */
-    for (int r = 0; r <= reps; r++) {
-        double dt = forward_once(a, l, c, x, m, seq, pos, out, 1, ctx);
+    int kept = reps < 64 ? reps : 64, failed = 0; /* more runs only for profiling: 64 count */
+    for (int r = 0; r <= reps && !failed; r++) {
+        double t0 = roofs_now();
+        for (int64_t p0 = 0; p0 < m && !failed; p0 += q) {
+            int64_t n = m - p0 < q ? m - p0 : q;
+            failed = mla_attn_forward(a, l, c, 0, x + p0 * d, n, seq, pos + p0, out) != MLA_OK;
+        }
         if (r > 0 && r <= kept)
-            t[r - 1] = dt; /* the first run warms up scratch memory and threads */
+            t[r - 1] = roofs_now() - t0; /* the first run warms up scratch memory and threads */
+        if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
+            die("mla_cache_seq_rm");
     }
-    for (int i = 1; i < kept; i++)
+    for (int i = 1; i < kept && !failed; i++)
         for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
             double s = t[j];
             t[j] = t[j - 1];
@@ -279,19 +287,35 @@ static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64
     free(out);
     free(seq);
     free(pos);
-    return t[kept / 2];
+    return failed ? -1.0 : t[kept / 2];
 }
 
-static mla_attn *attn_new(int threads, mla_attn_path path)
+static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t ctx, int64_t m,
+                           int reps)
+{
+    double t = time_chunks(a, l, c, d, ctx, m, m, reps);
+    if (t < 0)
+        die("mla_attn_forward");
+    return t;
+}
+
+/* max_scratch_bytes limit: 0 for none */
+static mla_attn *attn_limited(int threads, mla_attn_path path, int64_t limit)
 {
     mla_attn_params p;
     mla_attn_default_params(&p, sizeof p);
     p.n_threads = threads;
     p.path = path;
+    p.max_scratch_bytes = limit;
     mla_attn *a = NULL;
     if (mla_attn_create(&p, &a) != MLA_OK)
         die("mla_attn_create");
     return a;
+}
+
+static mla_attn *attn_new(int threads, mla_attn_path path)
+{
+    return attn_limited(threads, path, 0);
 }
 
 /*
@@ -687,44 +711,6 @@ static void bench_prefill(int quick, int threads)
                100 * row[i].fl / row[i].t * 1e-9 / gf_max, row[i].vs, row[i].gf);
 }
 
-/* Milliseconds of a fresh m-token prompt sent in chunks of q tokens (the median of reps after
- * a warm-up), and the scratch the handle then holds; or a negative time if a chunk failed (the
- * error left in mla_last_error). */
-static double time_chunked(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t m, int64_t q,
-                           int reps, int64_t *scratch)
-{
-    float *x = rand_buf((size_t)(m * d), 1.0f), *out = malloc((size_t)(m * d) * sizeof *out);
-    int32_t *seq = calloc((size_t)m, sizeof *seq);
-    int64_t *pos = malloc((size_t)m * sizeof *pos);
-    for (int64_t i = 0; i < m; i++)
-        pos[i] = i;
-    double t[64];
-    int kept = reps < 64 ? reps : 64, failed = 0;
-    for (int r = 0; r <= kept && !failed; r++) {
-        double t0 = roofs_now();
-        for (int64_t p0 = 0; p0 < m && !failed; p0 += q) {
-            int64_t n = m - p0 < q ? m - p0 : q;
-            failed = mla_attn_forward(a, l, c, 0, x + p0 * d, n, seq, pos + p0, out) != MLA_OK;
-        }
-        if (r > 0)
-            t[r - 1] = roofs_now() - t0;
-        if (mla_cache_seq_rm(c, 0, 0, -1) != MLA_OK)
-            die("mla_cache_seq_rm");
-    }
-    for (int i = 1; i < kept && !failed; i++)
-        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-            double s = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = s;
-        }
-    if (mla_attn_scratch_bytes(a, scratch) != MLA_OK)
-        die("mla_attn_scratch_bytes");
-    free(x);
-    free(out);
-    free(seq);
-    free(pos);
-    return failed ? -1.0 : t[kept / 2] * 1e3;
-}
 
 /*
  * The memory a fresh prompt's prefill keeps in the handle's scratch, and what less costs: the
@@ -758,14 +744,10 @@ static void bench_scratch(int quick, int threads)
             double t_one = 0;
             int64_t limit = 0, kept = 0;
             for (int row = 0; row < 4; row++) {
-                mla_attn_params p;
-                mla_attn_default_params(&p, sizeof p);
-                p.n_threads = threads;
-                p.max_scratch_bytes = limit;
-                mla_attn *a = NULL;
-                if (mla_attn_create(&p, &a) != MLA_OK)
-                    die("mla_attn_create");
-                double t = time_chunked(a, l, c, s->d, m, m, reps, &kept);
+                mla_attn *a = attn_limited(threads, MLA_ATTN_PATH_AUTO, limit);
+                double t = time_chunks(a, l, c, s->d, 0, m, m, reps) * 1e3;
+                if (mla_attn_scratch_bytes(a, &kept) != MLA_OK)
+                    die("mla_attn_scratch_bytes");
                 mla_attn_destroy(a);
                 if (limit)
                     snprintf(how, sizeof how, "one call, limit %lld B", (long long)limit);
@@ -786,7 +768,9 @@ static void bench_scratch(int quick, int threads)
             }
             for (int64_t q = m / 2; q >= 512 && q >= m / 8; q /= 2) {
                 mla_attn *a = attn_new(threads, MLA_ATTN_PATH_AUTO);
-                double t = time_chunked(a, l, c, s->d, m, q, reps, &kept);
+                double t = time_chunks(a, l, c, s->d, 0, m, q, reps) * 1e3;
+                if (mla_attn_scratch_bytes(a, &kept) != MLA_OK)
+                    die("mla_attn_scratch_bytes");
                 mla_attn_destroy(a);
                 if (t < 0)
                     die("chunked prefill");

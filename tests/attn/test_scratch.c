@@ -10,20 +10,9 @@
 #define D 64
 #define N 300 /* a fresh materialized prompt of several blocks: it shares its up-projection */
 
-static mla_attn *attn_threads(int64_t limit, int n_threads)
-{
-    mla_attn_params p;
-    mla_attn_default_params(&p, sizeof p);
-    p.n_threads = n_threads;
-    p.path = MLA_ATTN_PATH_MATERIALIZED;
-    p.max_scratch_bytes = limit;
-    mla_attn *a = NULL;
-    return mla_attn_create(&p, &a) == MLA_OK ? a : NULL;
-}
-
 static mla_attn *attn_limited(int64_t limit)
 {
-    return attn_threads(limit, 1);
+    return make_attn_limited(1, MLA_ATTN_PATH_MATERIALIZED, limit);
 }
 
 static int64_t scratch_of(const mla_attn *a)
@@ -151,7 +140,7 @@ int main(void)
         CHECK(st == MLA_OK, "prefill of %d tokens (%s)", PRE, mla_last_error());
         int64_t kept[4] = {0, 0, 0, 0}, limit = 0;
         for (int k = 0; k < 4; k++) {
-            mla_attn *a = attn_threads(limit, 4);
+            mla_attn *a = make_attn_limited(4, MLA_ATTN_PATH_MATERIALIZED, limit);
             st = forward_seqs(a, layer, c, 1, 4, PRE, xl + (size_t)PRE * D, M, ol);
             kept[k] = scratch_of(a);
             mla_attn_destroy(a);

@@ -49,16 +49,23 @@ static inline mla_cache *make_cache(mla_layer *const *layers, int n_layers, mla_
     return c;
 }
 
-static inline mla_attn *make_attn(int n_threads, mla_attn_path path)
+/* max_scratch_bytes limit: 0 for none. */
+static inline mla_attn *make_attn_limited(int n_threads, mla_attn_path path, int64_t limit)
 {
     mla_attn_params p;
     mla_attn_default_params(&p, sizeof p);
     p.n_threads = n_threads;
     p.path = path;
+    p.max_scratch_bytes = limit;
     mla_attn *a = NULL;
     if (mla_attn_create(&p, &a) != MLA_OK)
         return NULL;
     return a;
+}
+
+static inline mla_attn *make_attn(int n_threads, mla_attn_path path)
+{
+    return make_attn_limited(n_threads, path, 0);
 }
 
 /* Relative max-norm difference of float output against a double reference. */
