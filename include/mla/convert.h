@@ -176,6 +176,8 @@ typedef struct mla_layer_info {
                                 n_kv_heads·head_dim (the values) */
     int32_t rope_width;      /* cached RoPE key values per token: n_kv_heads·r (MHA: ·head_dim) */
     int32_t n_tensors;       /* tensors exposed by mla_layer_tensor */
+    mla_dtype weight_dtype;  /* how the weights a forward streams are stored (F32 unless
+                                mla_layer_set_weight_dtype changed it) */
 } mla_layer_info;
 
 MLA_API mla_status mla_layer_get_info(const mla_layer *layer, mla_layer_info *info,
@@ -212,6 +214,19 @@ MLA_API mla_status mla_layer_tensor_by_name(const mla_layer *layer, const char *
 MLA_API mla_status mla_layer_from_tensors(const mla_geometry *g, int32_t rope_dim, int32_t d_kv,
                                           const mla_tensor *tensors, int32_t n_tensors,
                                           mla_layer **out);
+
+/*
+ * Store the four weights a forward streams (q_proj, k_r_proj or k_proj, the down projection or
+ * v_proj, o_proj) as dtype: F16 or BF16 (rounded to nearest, ties to even), or F32 again (the
+ * 16-bit values widened exactly). A decode reads these once a token, so 16 bits halve its
+ * weight traffic and the layer's memory for them; mla_attn_forward multiplies the stored values
+ * exactly, accumulating in float32 (doc/attention.md, "16-bit weights"). The up projections and
+ * biases stay float32. mla_layer_tensor then returns those four with the new dtype; earlier
+ * views of them are invalid. Not while a forward runs on this layer.
+ * Errors: INVALID_ARGUMENT (another dtype), NUMERICAL (a value beyond the dtype's range, by
+ * tensor, row and column: the layer is then unchanged), OUT_OF_MEMORY (likewise).
+ */
+MLA_API mla_status mla_layer_set_weight_dtype(mla_layer *layer, mla_dtype dtype);
 
 /* What the conversion lost. Errors are relative Frobenius norms; NaN where not computed. */
 typedef struct mla_convert_report {

@@ -148,6 +148,10 @@ typedef struct plan {
     mla__work *works;
     float *extra;        /* state of split parts ≥ 1 */
     size_t extra_floats;
+    /* 16-bit weights of a prompt widened a panel at a time (mla__wgemm): panel rows for the
+     * input projections (k = d) and for o_proj (k = n_h·d_h), 0 where none is needed. */
+    int64_t panel_in, panel_out;
+    float *wpanel;
 } plan;
 
 static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
@@ -174,6 +178,8 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
     p->blocks = take(a, (size_t)p->n_blocks, sizeof(mla__qblock));
     p->jobs = take(a, (size_t)p->n_jobs, sizeof(mla__job));
     p->extra = take(a, add(a, p->extra_floats, 1), sizeof(float));
+    size_t pin = mul(a, (size_t)p->panel_in, (size_t)dm->d), pout = mul(a, (size_t)p->panel_out, hd);
+    p->wpanel = pin + pout > 0 ? take(a, pin > pout ? pin : pout, sizeof(float)) : NULL;
     p->works = take(a, (size_t)p->n_works, sizeof(mla__work));
     size_t T = (size_t)p->tile;
     size_t max_m = (size_t)(p->rows_abs > p->rows_mat ? p->rows_abs : p->rows_mat);
@@ -459,18 +465,28 @@ static void add_bias(float *y, int64_t n, int64_t w, const float *b)
             y[i * w + j] += b[j];
 }
 
+/* One of the layer's streamed weights as stored (layer.h). */
+static const void *stored(const struct mla_layer *ly, const float *f32, const uint16_t *h)
+{
+    return ly->weight_dtype == MLA_DTYPE_F32 ? (const void *)f32 : (const void *)h;
+}
+
 static void project(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
                     const int64_t *spos, const mla__attn_kernels *kt)
 {
-    int64_t n = p->n, qw = dm->n_h * dm->d_h;
-    nt = threads_for(nt, 2.0 * (double)n * (double)dm->d * (double)(qw + dm->W + dm->L));
-    mla__sgemm_wt(kt, nt, n, qw, dm->d, p->xin, dm->d, ly->wq, dm->d, p->q, qw);
+    int64_t n = p->n, qw = dm->n_h * dm->d_h, d = dm->d;
+    mla_dtype wt = ly->weight_dtype;
+    nt = threads_for(nt, 2.0 * (double)n * (double)d * (double)(qw + dm->W + dm->L));
+    mla__wgemm(kt, nt, n, qw, d, p->xin, d, stored(ly, ly->wq, ly->wq16), wt, p->q, qw,
+               p->wpanel, p->panel_in);
     add_bias(p->q, n, qw, ly->bq);
     if (dm->W > 0) {
-        mla__sgemm_wt(kt, nt, n, dm->W, dm->d, p->xin, dm->d, ly->wkr, dm->d, p->kr, dm->W);
+        mla__wgemm(kt, nt, n, dm->W, d, p->xin, d, stored(ly, ly->wkr, ly->wkr16), wt, p->kr,
+                   dm->W, p->wpanel, p->panel_in);
         add_bias(p->kr, n, dm->W, ly->bkr);
     }
-    mla__sgemm_wt(kt, nt, n, dm->L, dm->d, p->xin, dm->d, ly->wdkv, dm->d, p->lat, dm->L);
+    mla__wgemm(kt, nt, n, dm->L, d, p->xin, d, stored(ly, ly->wdkv, ly->wdkv16), wt, p->lat,
+               dm->L, p->wpanel, p->panel_in);
     double ps = ly->rope_position_scale > 0 ? ly->rope_position_scale : 1.0;
     mla__rope_rotate(p->q, qw, n, spos, (int32_t)dm->n_h, (int32_t)dm->g, (int32_t)dm->r,
                      ly->rope_freqs, (int32_t)dm->n_kv, ps, p->rope_work);
@@ -1252,6 +1268,13 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     int bf16_few_rows = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16,
                          dm.n_h == 9 && !bf16_few_rows ? attn->k->nine_rows_tile : 0);
+    /* Panels of 16-bit weights, no taller than the weights they take. */
+    int64_t hd_all = dm.n_h * dm.d_h;
+    int64_t rows_in = hd_all > dm.L ? (hd_all > dm.W ? hd_all : dm.W) : (dm.L > dm.W ? dm.L : dm.W);
+    p.panel_in = mla__wgemm_panel_rows(attn->k, layer->weight_dtype, n_tokens, dm.d);
+    p.panel_in = p.panel_in < rows_in ? p.panel_in : rows_in;
+    p.panel_out = mla__wgemm_panel_rows(attn->k, layer->weight_dtype, n_tokens, hd_all);
+    p.panel_out = p.panel_out < dm.d ? p.panel_out : dm.d;
     arena a;
     size_t need = plan_bytes(&dm, &p, ch, nt, &a);
     /* Over the handle's limit: the fastest plan within it, else the one of least scratch (the
@@ -1361,8 +1384,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     if (p.any_abs)
         absorbed_output(layer, &dm, &p, nt, attn->k);
     int64_t hd = dm.n_h * dm.d_h;
-    mla__sgemm_wt(attn->k, threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd),
-                  n_tokens, dm.d, hd, p.ao, hd, layer->wo, hd, p.outp, dm.d);
+    mla__wgemm(attn->k, threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd),
+               n_tokens, dm.d, hd, p.ao, hd, stored(layer, layer->wo, layer->wo16),
+               layer->weight_dtype, p.outp, dm.d, p.wpanel, p.panel_out);
     /* Finite input can still overflow float32 inside the layer (scores of |x| ~ 1e20 give
      * exp(inf − inf) = NaN): fail rather than return non-finite output. out is written only
      * on success. */

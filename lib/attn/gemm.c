@@ -83,8 +83,8 @@ void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a, 
  * whatever the split.
  */
 static void dot_weights(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
-                        int64_t k, const float *a, ptrdiff_t lda, const float *w, ptrdiff_t ldw,
-                        float *c, ptrdiff_t ldc)
+                        int64_t k, const float *a, ptrdiff_t lda, const void *w, mla_dtype wt,
+                        ptrdiff_t ldw, float *c, ptrdiff_t ldc)
 {
     int64_t pn = n_threads, pm = 1;
     if (n < 64 * (int64_t)n_threads) {
@@ -103,8 +103,8 @@ static void dot_weights(const mla__attn_kernels *kt, int n_threads, int64_t m, i
             i1 = t + 1 == pm ? m : m * (t + 1) / pm / 4 * 4;
         }
         for (int64_t j = j0; j < j1 && i1 > i0; j += 16) {
-            mla__src rows = {(const unsigned char *)(w + j * ldw), ldw * (ptrdiff_t)sizeof(float),
-                             MLA_DTYPE_F32, NULL, 0, 0};
+            ptrdiff_t row_bytes = ldw * (ptrdiff_t)(wt == MLA_DTYPE_F32 ? 4 : 2);
+            mla__src rows = {(const unsigned char *)w + j * row_bytes, row_bytes, wt, NULL, 0, 0};
             kt->gemm_dot_src(i1 - i0, j1 - j < 16 ? j1 - j : 16, k, a + i0 * lda, lda, &rows, 0,
                              0, 0.0f, c + i0 * ldc + j, ldc);
         }
@@ -120,8 +120,51 @@ void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_
     if (m == 1)
         gemv_rows(n_threads, n, k, a, 1, w, 1, ldw, 0.0f, c, 1);
     else if (m < kt->dot_weights_max_m)
-        dot_weights(kt, n_threads, m, n, k, a, lda, w, ldw, c, ldc);
+        dot_weights(kt, n_threads, m, n, k, a, lda, w, MLA_DTYPE_F32, ldw, c, ldc);
     else
         blis_gemm(n_threads, k < SUP_MAX_K || m < SUP_MIN_M, m, n, k, a, lda, 1, w, 1, ldw, 0.0f,
                   c, ldc, 1);
+}
+
+/* Bytes of widened weights a panel of the 16-bit path below aims at: enough columns that BLIS's
+ * packing of A (once a panel) stays a few percent of a prompt's product. */
+#define PANEL_BYTES ((int64_t)4 << 20)
+
+int64_t mla__wgemm_panel_rows(const mla__attn_kernels *kt, mla_dtype wt, int64_t m, int64_t k)
+{
+    if (wt == MLA_DTYPE_F32 || m < kt->dot_weights_max_m || k <= 0)
+        return 0;
+    int64_t rows = PANEL_BYTES / (4 * k) / 16 * 16;
+    return rows < 16 ? 16 : rows;
+}
+
+/* Rows j0 .. j0 + rows − 1 of 16-bit weights widened to float32, the threads taking rows. */
+static void widen_rows(int n_threads, const uint16_t *w, mla_dtype wt, int64_t rows, int64_t k,
+                       float *dst)
+{
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
+    for (int64_t i = 0; i < rows; i++)
+        mla_to_f32(dst + i * k, w + i * k, wt, (size_t)k);
+}
+
+void mla__wgemm(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n, int64_t k,
+                const float *a, ptrdiff_t lda, const void *w, mla_dtype wt, float *c,
+                ptrdiff_t ldc, float *panel, int64_t panel_rows)
+{
+    if (m == 0 || n == 0)
+        return;
+    if (wt == MLA_DTYPE_F32) {
+        mla__sgemm_wt(kt, n_threads, m, n, k, a, lda, w, k, c, ldc);
+        return;
+    }
+    if (panel_rows == 0) {
+        dot_weights(kt, n_threads, m, n, k, a, lda, w, wt, k, c, ldc);
+        return;
+    }
+    const uint16_t *wh = w;
+    for (int64_t j0 = 0; j0 < n; j0 += panel_rows) {
+        int64_t rows = n - j0 < panel_rows ? n - j0 : panel_rows;
+        widen_rows(n_threads, wh + j0 * k, wt, rows, k, panel);
+        mla__sgemm(n_threads, m, rows, k, a, lda, 1, panel, 1, k, 0.0f, c + j0, ldc, 1);
+    }
 }

@@ -79,6 +79,21 @@ MLA_INTERNAL void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int6
                                 int64_t k, const float *a, ptrdiff_t lda, const float *w,
                                 ptrdiff_t ldw, float *c, ptrdiff_t ldc);
 
+/*
+ * C = A·Wᵀ for one of a layer's streamed weights (layer.h) as stored: wt F32 (W float *,
+ * mla__sgemm_wt) or F16/BF16 (W uint16_t *), n × k with rows contiguous (ldw = k). 16-bit
+ * weights with fewer rows of A than kt->dot_weights_max_m are read in place by gemm_dot_src,
+ * which converts them in registers; with more (prompts; every product in the portable table)
+ * each panel of panel_rows rows of W is widened into panel (panel_rows × k floats) and BLIS
+ * multiplies it. panel_rows: mla__wgemm_panel_rows for the same m, k (0: no panel needed).
+ */
+MLA_INTERNAL void mla__wgemm(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
+                             int64_t k, const float *a, ptrdiff_t lda, const void *w,
+                             mla_dtype wt, float *c, ptrdiff_t ldc, float *panel,
+                             int64_t panel_rows);
+MLA_INTERNAL int64_t mla__wgemm_panel_rows(const mla__attn_kernels *kt, mla_dtype wt, int64_t m,
+                                           int64_t k);
+
 /* ---- rope.c ----------------------------------------------------------------------------------- */
 
 /*

@@ -22,6 +22,7 @@ struct mla_layer *mla__layer_alloc(const mla_geometry *g)
     l->report.v_act_rel_error = NAN;
     l->report.seconds = NAN;
     l->rope_position_scale = 1.0;
+    l->weight_dtype = MLA_DTYPE_F32;
     return l;
 }
 
@@ -39,6 +40,12 @@ static void add_tensor(struct mla_layer *l, const char *name, mla_dtype dtype, i
     t->data = data;
 }
 
+/* The four weights a forward streams, as stored (layer.h): data and dtype. */
+static const void *wdata(const struct mla_layer *l, const float *f32, const uint16_t *h)
+{
+    return l->weight_dtype == MLA_DTYPE_F32 ? (const void *)f32 : (const void *)h;
+}
+
 static void fill_table(struct mla_layer *l)
 {
     const mla_geometry *g = &l->geom;
@@ -46,39 +53,44 @@ static void fill_table(struct mla_layer *l)
     const int64_t kv = (int64_t)g->n_kv_heads * g->head_dim;
     const int64_t r = l->rope_dim, n = g->head_dim - l->rope_dim;
     const int64_t R = (int64_t)l->d_kv * g->n_kv_heads;
+    const mla_dtype wt = l->weight_dtype, f32 = MLA_DTYPE_F32;
+    const void *wq = wdata(l, l->wq, l->wq16), *wkr = wdata(l, l->wkr, l->wkr16);
+    const void *wo = wdata(l, l->wo, l->wo16);
+    const unsigned char *wdkv = wdata(l, l->wdkv, l->wdkv16);
     l->n_tensors = 0;
     if (l->kind == MLA_LAYER_MHA) {
-        add_tensor(l, "q_proj.weight", MLA_DTYPE_F32, 2, qr, d, l->wq);
+        add_tensor(l, "q_proj.weight", wt, 2, qr, d, wq);
         if (l->bq)
-            add_tensor(l, "q_proj.bias", MLA_DTYPE_F32, 1, qr, 1, l->bq);
-        add_tensor(l, "k_proj.weight", MLA_DTYPE_F32, 2, kv, d, l->wkr);
+            add_tensor(l, "q_proj.bias", f32, 1, qr, 1, l->bq);
+        add_tensor(l, "k_proj.weight", wt, 2, kv, d, wkr);
         if (l->bkr)
-            add_tensor(l, "k_proj.bias", MLA_DTYPE_F32, 1, kv, 1, l->bkr);
-        add_tensor(l, "v_proj.weight", MLA_DTYPE_F32, 2, kv, d, l->wdkv);
+            add_tensor(l, "k_proj.bias", f32, 1, kv, 1, l->bkr);
+        add_tensor(l, "v_proj.weight", wt, 2, kv, d, wdkv);
         if (l->buv)
-            add_tensor(l, "v_proj.bias", MLA_DTYPE_F32, 1, kv, 1, l->buv);
-        add_tensor(l, "o_proj.weight", MLA_DTYPE_F32, 2, d, qr, l->wo);
+            add_tensor(l, "v_proj.bias", f32, 1, kv, 1, l->buv);
+        add_tensor(l, "o_proj.weight", wt, 2, d, qr, wo);
         return;
     }
-    add_tensor(l, "q_proj.weight", MLA_DTYPE_F32, 2, qr, d, l->wq);
+    add_tensor(l, "q_proj.weight", wt, 2, qr, d, wq);
     if (l->bq)
-        add_tensor(l, "q_proj.bias", MLA_DTYPE_F32, 1, qr, 1, l->bq);
-    add_tensor(l, "k_r_proj.weight", MLA_DTYPE_F32, 2, g->n_kv_heads * r, d, l->wkr);
+        add_tensor(l, "q_proj.bias", f32, 1, qr, 1, l->bq);
+    add_tensor(l, "k_r_proj.weight", wt, 2, g->n_kv_heads * r, d, wkr);
     if (l->bkr)
-        add_tensor(l, "k_r_proj.bias", MLA_DTYPE_F32, 1, g->n_kv_heads * r, 1, l->bkr);
+        add_tensor(l, "k_r_proj.bias", f32, 1, g->n_kv_heads * r, 1, l->bkr);
     if (l->factorization == MLA_FACTOR_SPLIT) {
-        add_tensor(l, "kv_proj.down_k.weight", MLA_DTYPE_F32, 2, R, d, l->wdkv);
-        add_tensor(l, "kv_proj.down_v.weight", MLA_DTYPE_F32, 2, R, d, l->wdkv + R * d);
+        add_tensor(l, "kv_proj.down_k.weight", wt, 2, R, d, wdkv);
+        add_tensor(l, "kv_proj.down_v.weight", wt, 2, R, d,
+                   wdkv + (size_t)(R * d) * (size_t)(mla_dtype_bits(wt) / 8));
     } else {
-        add_tensor(l, "kv_proj.down_kv.weight", MLA_DTYPE_F32, 2, R, d, l->wdkv);
+        add_tensor(l, "kv_proj.down_kv.weight", wt, 2, R, d, wdkv);
     }
-    add_tensor(l, "kv_proj.up_k.weight", MLA_DTYPE_F32, 2, g->n_kv_heads * n, R, l->wuk);
+    add_tensor(l, "kv_proj.up_k.weight", f32, 2, g->n_kv_heads * n, R, l->wuk);
     if (l->buk)
-        add_tensor(l, "kv_proj.up_k.bias", MLA_DTYPE_F32, 1, g->n_kv_heads * n, 1, l->buk);
-    add_tensor(l, "kv_proj.up_v.weight", MLA_DTYPE_F32, 2, kv, R, l->wuv);
+        add_tensor(l, "kv_proj.up_k.bias", f32, 1, g->n_kv_heads * n, 1, l->buk);
+    add_tensor(l, "kv_proj.up_v.weight", f32, 2, kv, R, l->wuv);
     if (l->buv)
-        add_tensor(l, "kv_proj.up_v.bias", MLA_DTYPE_F32, 1, kv, 1, l->buv);
-    add_tensor(l, "o_proj.weight", MLA_DTYPE_F32, 2, d, qr, l->wo);
+        add_tensor(l, "kv_proj.up_v.bias", f32, 1, kv, 1, l->buv);
+    add_tensor(l, "o_proj.weight", wt, 2, d, qr, wo);
     add_tensor(l, "rope_dims", MLA_DTYPE_I32, 2, g->n_kv_heads, r, l->rope_dims);
 }
 
@@ -141,6 +153,10 @@ MLA_API void mla_layer_destroy(mla_layer *l)
     mla_free(l->wuv);
     mla_free(l->buv);
     mla_free(l->wo);
+    mla_free(l->wq16);
+    mla_free(l->wkr16);
+    mla_free(l->wdkv16);
+    mla_free(l->wo16);
     mla_free(l->wuk_t);
     mla_free(l);
 }
@@ -161,6 +177,7 @@ MLA_API mla_status mla_layer_get_info(const mla_layer *l, mla_layer_info *info,
     f.latent_dim = l->latent_dim;
     f.rope_width = l->geom.n_kv_heads * l->rope_dim;
     f.n_tensors = l->n_tensors;
+    f.weight_dtype = l->weight_dtype;
     return mla_params_write(info, struct_size, &f, sizeof f, "info");
 }
 
@@ -241,4 +258,91 @@ MLA_API mla_status mla_layer_cache_desc(const struct mla_layer *l, mla_cache_lay
     c.rope_position_scale = l->rope_position_scale;
     c.mha_kv_dim = l->geom.n_kv_heads * l->geom.head_dim;
     return mla_params_write(desc, struct_size, &c, sizeof c, "desc");
+}
+
+/* One of the four streamed weights: where it is kept in each dtype, and what it is called. */
+typedef struct stored {
+    const char *name;
+    size_t count;
+    float **f32;
+    uint16_t **h;
+} stored;
+
+static float stored_get(const struct mla_layer *l, const stored *w, size_t i)
+{
+    switch (l->weight_dtype) {
+    case MLA_DTYPE_F16: return mla_f16_to_f32((*w->h)[i]);
+    case MLA_DTYPE_BF16: return mla_bf16_to_f32((*w->h)[i]);
+    default: return (*w->f32)[i];
+    }
+}
+
+MLA_API mla_status mla_layer_set_weight_dtype(mla_layer *l, mla_dtype dtype)
+{
+    if (!l)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT, "layer is NULL");
+    if (dtype != MLA_DTYPE_F32 && dtype != MLA_DTYPE_F16 && dtype != MLA_DTYPE_BF16)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "weight dtype is %s (%d): the weights are stored as f32, f16 or bf16",
+                        mla_dtype_name(dtype), (int)dtype);
+    if (dtype == l->weight_dtype)
+        return MLA_OK;
+    const mla_geometry *g = &l->geom;
+    const size_t d = (size_t)g->d_model, qr = (size_t)g->n_heads * (size_t)g->head_dim;
+    const int mha = l->kind == MLA_LAYER_MHA;
+    stored w[4] = {
+        {"q_proj.weight", qr * d, &l->wq, &l->wq16},
+        {mha ? "k_proj.weight" : "k_r_proj.weight",
+         (size_t)g->n_kv_heads * (size_t)l->rope_dim * d, &l->wkr, &l->wkr16},
+        {mha ? "v_proj.weight"
+         : l->factorization == MLA_FACTOR_SPLIT ? "kv_proj.down_k.weight and down_v.weight"
+                                                : "kv_proj.down_kv.weight",
+         (size_t)l->latent_dim * d, &l->wdkv, &l->wdkv16},
+        {"o_proj.weight", d * qr, &l->wo, &l->wo16},
+    };
+    /* All four converted into new buffers first: on any failure the layer is as it was. */
+    void *nw[4] = {NULL, NULL, NULL, NULL};
+    mla_status st = MLA_OK;
+    for (int k = 0; k < 4 && st == MLA_OK; k++) {
+        size_t esize = dtype == MLA_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
+        nw[k] = mla_alloc((w[k].count + 1) * esize); /* + 1: k_r_proj may have no rows */
+        if (!nw[k]) {
+            st = mla_fail(MLA_ERR_OUT_OF_MEMORY, "%s: %zu values as %s", w[k].name, w[k].count,
+                          mla_dtype_name(dtype));
+            break;
+        }
+        for (size_t i = 0; i < w[k].count; i++) {
+            float v = stored_get(l, &w[k], i), back = v;
+            if (dtype == MLA_DTYPE_F32) {
+                ((float *)nw[k])[i] = v;
+                continue;
+            }
+            uint16_t h = dtype == MLA_DTYPE_F16 ? mla_f32_to_f16(v) : mla_f32_to_bf16(v);
+            back = dtype == MLA_DTYPE_F16 ? mla_f16_to_f32(h) : mla_bf16_to_f32(h);
+            ((uint16_t *)nw[k])[i] = h;
+            if (!isfinite(back)) {
+                size_t cols = w[k].name[0] == 'o' ? qr : d;
+                st = mla_fail(MLA_ERR_NUMERICAL,
+                              "%s: the value at row %zu, column %zu is %g, beyond the range of "
+                              "%s; the layer keeps its %s weights",
+                              w[k].name, i / cols, i % cols, (double)v, mla_dtype_name(dtype),
+                              mla_dtype_name(l->weight_dtype));
+                break;
+            }
+        }
+    }
+    if (st != MLA_OK) {
+        for (int k = 0; k < 4; k++)
+            mla_free(nw[k]);
+        return st;
+    }
+    for (int k = 0; k < 4; k++) {
+        mla_free(*w[k].f32);
+        mla_free(*w[k].h);
+        *w[k].f32 = dtype == MLA_DTYPE_F32 ? nw[k] : NULL;
+        *w[k].h = dtype == MLA_DTYPE_F32 ? NULL : nw[k];
+    }
+    l->weight_dtype = dtype;
+    fill_table(l);
+    return MLA_OK;
 }

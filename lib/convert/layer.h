@@ -1,7 +1,8 @@
 /*
  * The MLA layer handle's representation, shared by lib/convert (which builds it) and lib/attn
  * (which runs it). Everything is float32 in PyTorch nn.Linear layout (out × in, row-major) and
- * owned by the layer (one mla_alloc each, freed by mla_layer_destroy).
+ * owned by the layer (one mla_alloc each, freed by mla_layer_destroy), except the four weights a
+ * forward streams, which mla_layer_set_weight_dtype may store in 16 bits instead.
  *
  * Dimensions: d = geom.d_model, n_h, n_kv, d_h = geom.head_dim, g = n_h / n_kv,
  * r = rope_dim (kept RoPE dims per head), n = d_h − r (non-RoPE dims per head),
@@ -56,6 +57,11 @@ struct mla_layer {
     float *buv;                     /* n_kv·d_h, or NULL: b_v */
 
     float *wo;                      /* d × n_h·d_h */
+
+    /* wq, wkr, wdkv and wo as stored: F32 in the fields above, or F16/BF16 in these (the float32
+     * fields then NULL), same shapes. A decode reads them once a token: 16 bits halve that. */
+    mla_dtype weight_dtype;
+    uint16_t *wq16, *wkr16, *wdkv16, *wo16;
 
     /* Absorbed form for decode: for KV head j, wuk_t[j] = W_uk^{(j)ᵀ} (R × n, row-major), so the
      * absorbed query of head h is q̃_h = wuk_t[h/g] · q_nope_h (R values; for split, against c_k).

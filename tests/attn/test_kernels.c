@@ -721,6 +721,78 @@ static void test_sgemm_wt(const mla__attn_kernels *t)
           rows, worst, pad_changed ? "changed" : "kept", split_differs ? "no" : "yes");
 }
 
+/*
+ * mla__wgemm over 16-bit weights (rows contiguous: ldw = k) through kernel table t, against the
+ * float64 product with the widened weights: read in place (panel_rows 0) and widened a panel at
+ * a time, in panels of 16 rows (n of 130: several panels and a short last one) and of more rows
+ * than W has; m from one row through the table's dot_weights_max_m.
+ */
+static void test_wgemm(const mla__attn_kernels *t)
+{
+    int64_t edge = t->dot_weights_max_m > 1 ? t->dot_weights_max_m : 64;
+    const int64_t ms[] = {1, 3, 17, edge + 1};
+    static const int64_t ns[] = {1, 17, 130};
+    static const int64_t ks[] = {7, 33};
+    static const int64_t panels[] = {0, 16, 144};
+    static const mla_dtype types[] = {MLA_DTYPE_F16, MLA_DTYPE_BF16};
+    unsigned long long seed = 37;
+    double worst = 0;
+    int pad_changed = 0;
+    for (size_t ty = 0; ty < 2; ty++)
+        for (size_t a = 0; a < sizeof ms / sizeof ms[0]; a++)
+            for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+                for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++)
+                    for (size_t pr = 0; pr < sizeof panels / sizeof panels[0]; pr++) {
+                        int64_t m = ms[a], n = ns[b], k = ks[c], rows = panels[pr];
+                        ptrdiff_t lda = k + 1, ldc = n + 3;
+                        float *A = randv((size_t)(m * lda), &seed);
+                        float *Wf = randv((size_t)(n * k), &seed);
+                        uint16_t *W = malloc((size_t)(n * k) * sizeof *W);
+                        for (int64_t i = 0; i < n * k; i++) {
+                            W[i] = types[ty] == MLA_DTYPE_F16 ? mla_f32_to_f16(Wf[i])
+                                                              : mla_f32_to_bf16(Wf[i]);
+                            Wf[i] = types[ty] == MLA_DTYPE_F16 ? mla_f16_to_f32(W[i])
+                                                               : mla_bf16_to_f32(W[i]);
+                        }
+                        float *panel = malloc((size_t)((rows ? rows : 1) * k) * sizeof *panel);
+                        float *C = malloc((size_t)(m * ldc) * sizeof *C);
+                        for (int64_t i = 0; i < m * ldc; i++)
+                            C[i] = i % ldc < n ? NAN : -7.0f;
+                        mla__wgemm(t, 2, m, n, k, A, lda, W, types[ty], C, ldc, panel, rows);
+                        double big = 0, e = 0;
+                        for (int64_t i = 0; i < m; i++)
+                            for (int64_t j = 0; j < ldc; j++) {
+                                if (j >= n) {
+                                    pad_changed |= C[i * ldc + j] != -7.0f;
+                                    continue;
+                                }
+                                double ref = 0;
+                                for (int64_t kk = 0; kk < k; kk++)
+                                    ref += (double)A[i * lda + kk] * Wf[j * k + kk];
+                                big = fmax(big, fabs(ref));
+                                double d = fabs(C[i * ldc + j] - ref);
+                                e = d > e || d != d ? d : e;
+                            }
+                        e /= (big > 0 ? big : 1) * (double)k;
+                        worst = e > worst || e != e ? e : worst;
+                        free(A);
+                        free(Wf);
+                        free(W);
+                        free(panel);
+                        free(C);
+                    }
+    CHECK(worst < 1e-6 && !pad_changed,
+          "%s mla__wgemm over f16 and bf16 weights, in place and in panels: max error %.2e of "
+          "k·max|ref|, padding of C %s", t->name, worst, pad_changed ? "changed" : "kept");
+    /* The panel rule: none for float32 weights or below dot_weights_max_m rows. */
+    int64_t r16 = mla__wgemm_panel_rows(t, MLA_DTYPE_BF16, edge, 4096);
+    CHECK(mla__wgemm_panel_rows(t, MLA_DTYPE_F32, 4096, 4096) == 0 &&
+              (t->dot_weights_max_m == 0 ||
+               mla__wgemm_panel_rows(t, MLA_DTYPE_BF16, t->dot_weights_max_m - 1, 4096) == 0) &&
+              r16 >= 16 && r16 % 16 == 0 && r16 * 4096 * 4 <= ((int64_t)4 << 20),
+          "%s panel rows: %lld for k 4096", t->name, (long long)r16);
+}
+
 /* One part of a split-K softmax over scores s[0..n) and values v (n × dv): its running max, sum
  * and unnormalized output, as the kernels leave them (max −inf and sum 0 over no token). */
 static void part_state(const double *s, const double *v, int n, int dv, float *mx, float *l,
@@ -810,6 +882,12 @@ int main(void)
     test_sgemm_one_row();
     test_sgemm_wt(p);
     test_sgemm_wt(best);
+    test_wgemm(p);
+    test_wgemm(best);
+#ifdef MLA_ATTN_HAVE_AVX512
+    if (mla_cpu()->avx2 && mla_cpu()->fma && mla_cpu()->f16c)
+        test_wgemm(&mla__attn_kernels_avx2);
+#endif
     test_softmax_merge();
     test_softmax_overflow(p, 1);
     test_softmax_overflow(p, 0);
