@@ -8,12 +8,14 @@
  * the prefill of fresh prompts of 512, 2048 and 4096 tokens (--prefill: the whole forward on
  * path AUTO, MLA against the MHA baseline, GFLOP/s against the sgemm rate); and the scratch
  * memory a fresh 4096-token prompt keeps in the attention handle (--scratch: in one call, under
- * max_scratch_bytes limits, and in chunks, each with its time). Prints the machine's measured
- * roofs beside every figure.
+ * max_scratch_bytes limits, and in chunks, each with its time); and each layer with float32
+ * weights against its streamed weights in 16 bits (--weights bf16|f16: a decode after --ctx
+ * tokens, default 4096, and fresh prompts of 64 and 2048, in alternation). Prints the machine's
+ * measured roofs beside every figure.
  *
  *   bench_decode [--quick] [--threads N] [--crossover] [--prefill] [--scratch] [--shape NAME]
  *                [--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N]
- *                [--batch N] [--reps N] [--rounds N]
+ *                [--batch N] [--weights bf16|f16] [--reps N] [--rounds N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
  * length (for profiling one case; with --prefill and --scratch one prompt length, of any size), --mha only the
@@ -785,6 +787,118 @@ static void bench_scratch(int quick, int threads)
     }
 }
 
+/*
+ * --weights: each layer with float32 weights against the same shape with its streamed weights
+ * (mla_layer_set_weight_dtype) in --weights' type, alternating in this process: a decode after
+ * --ctx cached tokens (default 4096) and fresh prompts of 64 and 2048 tokens (below and above
+ * the kernel table's dot_weights_max_m rows on AVX-512, so both 16-bit product paths).
+ * Each decode comes after a read of 64 MiB of other memory, as in a model of many layers, whose
+ * other layers push this one's weights out of the caches. The fastest of --rounds rounds of
+ * medians; "GB/s" is what a decode reads (the layer's weights and its cache) over its time, for
+ * the read bandwidth printed first.
+ */
+static mla_dtype weights_dtype; /* --weights: 0 unless given */
+
+/* The median of reps decodes at position ctx, each after a read of 64 MiB of other memory (as
+ * a model's other layers would read between two decodes of this one), the read not timed. */
+static double time_cold_decode(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t ctx,
+                               int reps)
+{
+    static float *other;
+    size_t n_other = ((size_t)64 << 20) / sizeof(float);
+    if (!other)
+        other = rand_buf(n_other, 1.0f);
+    float *x = rand_buf((size_t)d, 1.0f), *out = malloc((size_t)d * sizeof *out);
+    int32_t seq = 0;
+    double t[64], sink = 0;
+    int n = reps < 64 ? reps : 64;
+    for (int r = 0; r < n; r++) {
+        for (size_t i = 0; i < n_other; i += 16)
+            sink += other[i];
+        t[r] = forward_once(a, l, c, x, 1, &seq, &ctx, out, 1, ctx);
+    }
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            double s = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = s;
+        }
+    free(x);
+    free(out);
+    return t[n / 2] + (sink == 1.2345 ? 1e-12 : 0); /* sink: the read is not optimized away */
+}
+
+static void bench_weights(int quick, int threads, int rounds)
+{
+    int64_t ctx = ctx_given ? only_ctx : quick ? 1024 : 4096;
+    int reps = reps_opt > 0 ? reps_opt : quick ? 5 : 15;
+    static const int64_t prompts[] = {64, 2048};
+    weights_dtype = weights_dtype ? weights_dtype : MLA_DTYPE_BF16;
+    printf("roofs (%d thread(s)): sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s\n", threads,
+           roofs_sgemm_gflops(threads, quick ? 1024 : 2048),
+           roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30)));
+    printf("\n## f32 against %s weights, %d thread(s), %s cache: ms the fastest of %d rounds of "
+           "medians of %d, in alternation\n", mla_dtype_name(weights_dtype), threads,
+           mla_dtype_name(cache_dtype), rounds, reps);
+    printf("%-12s %-9s %-18s %10s %10s %7s %10s %10s %10s %10s\n", "shape", "layer", "work",
+           "f32 ms", "16-bit ms", "speedup", "f32 MB", "16-bit MB", "f32 GB/s", "16-bit GB/s");
+    for (size_t si = 0; si < N_SHAPES; si++) {
+        const shape *s = &shapes[si];
+        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+            continue;
+        for (size_t li = 0; li < N_LAYERS; li++) {
+            if (!want_layer(quick, li))
+                continue;
+            mla_layer *l[2];
+            for (int v = 0; v < 2; v++)
+                l[v] = li == 0 ? mha_layer(s) : mla_layer_random(s, dkvs[li - 1]);
+            if (mla_layer_set_weight_dtype(l[1], weights_dtype) != MLA_OK)
+                die("mla_layer_set_weight_dtype");
+            size_t wb[2] = {weight_bytes(l[0]), weight_bytes(l[1])};
+            char name[16];
+            snprintf(name, sizeof name, li == 0 ? "MHA" : "MLA d%d", li == 0 ? 0 : dkvs[li - 1]);
+            double flops, cache_bytes;
+            layer_cost(s, li, (double)ctx, &flops, &cache_bytes);
+            for (int w = 0; w < 3; w++) {
+                int64_t m = w == 0 ? 1 : prompts[w - 1], at = w == 0 ? ctx : 0;
+                mla_cache *c[2];
+                mla_attn *a[2];
+                double best[2] = {1e30, 1e30};
+                for (int v = 0; v < 2; v++) {
+                    c[v] = filled_cache(l[v], li > 0, 1, at, m);
+                    a[v] = attn_new(threads, MLA_ATTN_PATH_AUTO);
+                }
+                for (int r = 0; r < rounds; r++)
+                    for (int v = 0; v < 2; v++) {
+                        double t = w == 0 ? time_cold_decode(a[v], l[v], c[v], s->d, ctx, reps)
+                                          : time_forward(a[v], l[v], c[v], s->d, at, m,
+                                                         reps / 4 + 1);
+                        best[v] = t < best[v] ? t : best[v];
+                    }
+                char work[32];
+                if (w == 0)
+                    snprintf(work, sizeof work, "decode at %lld", (long long)ctx);
+                else
+                    snprintf(work, sizeof work, "prompt of %lld", (long long)m);
+                printf("%-12s %-9s %-18s %10.3f %10.3f %6.2fx %10.1f %10.1f", s->name, name,
+                       work, best[0] * 1e3, best[1] * 1e3, best[0] / best[1],
+                       (double)wb[0] * 1e-6, (double)wb[1] * 1e-6);
+                if (w == 0) /* what a decode reads: weights and cache */
+                    printf(" %10.1f %10.1f", ((double)wb[0] + cache_bytes) / best[0] * 1e-9,
+                           ((double)wb[1] + cache_bytes) / best[1] * 1e-9);
+                printf("\n");
+                fflush(stdout);
+                for (int v = 0; v < 2; v++) {
+                    mla_attn_destroy(a[v]);
+                    mla_cache_destroy(c[v]);
+                }
+            }
+            mla_layer_destroy(l[0]);
+            mla_layer_destroy(l[1]);
+        }
+    }
+}
+
 /* Absorbed vs materialized for a chunk of m new tokens after `ctx` cached ones. */
 static void bench_crossover(int quick, int threads)
 {
@@ -886,6 +1000,9 @@ int main(int argc, char **argv)
             only_dkv = atoi(argv[++i]);
         else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc && dtype_arg(argv[i + 1]))
             i++;
+        else if (strcmp(argv[i], "--weights") == 0 && i + 1 < argc &&
+                 (strcmp(argv[i + 1], "bf16") == 0 || strcmp(argv[i + 1], "f16") == 0))
+            weights_dtype = strcmp(argv[++i], "bf16") == 0 ? MLA_DTYPE_BF16 : MLA_DTYPE_F16;
         else if (strcmp(argv[i], "--group") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             group_opt = atoi(argv[++i]);
         else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0 &&
@@ -894,13 +1011,16 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] [--scratch] "
                     "[--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] "
-                    "[--dtype f16|bf16|f32|i8|i4] [--group N] [--batch N] [--reps N] [--rounds N]\n",
+                    "[--dtype f16|bf16|f32|i8|i4] [--group N] [--batch N] [--weights bf16|f16] [--reps N] "
+                    "[--rounds N]\n",
                     argv[0]);
             return 2;
         }
     }
     /* --ctx: a decode context of the table, a prompt of ≥ 1 token, or ≥ 0 cached tokens. */
-    int ctx_ok = !ctx_given || (crossover ? only_ctx >= 0 : prefill ? only_ctx >= 1 : 0);
+    int ctx_ok = !ctx_given || (crossover || weights_dtype ? only_ctx >= 0
+                                           : prefill       ? only_ctx >= 1
+                                                           : 0);
     for (int i = 0; i < N_CTX && !ctx_ok; i++)
         ctx_ok = ctxs[i] == only_ctx;
     if (batch > 1 && (crossover || prefill)) {
@@ -926,6 +1046,10 @@ int main(int argc, char **argv)
                roofs_sgemm_gflops(threads, quick ? 1024 : 2048),
                roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30)));
         bench_crossover(quick, threads);
+        return 0;
+    }
+    if (weights_dtype) {
+        bench_weights(quick, threads, rounds);
         return 0;
     }
     if (scratch) {

@@ -128,7 +128,7 @@ void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_
 
 /* Bytes of widened weights a panel of the 16-bit path below aims at: enough columns that BLIS's
  * packing of A (once a panel) stays a few percent of a prompt's product. */
-#define PANEL_BYTES ((int64_t)4 << 20)
+#define PANEL_BYTES ((int64_t)8 << 20)
 
 int64_t mla__wgemm_panel_rows(const mla__attn_kernels *kt, mla_dtype wt, int64_t m, int64_t k)
 {
@@ -138,13 +138,23 @@ int64_t mla__wgemm_panel_rows(const mla__attn_kernels *kt, mla_dtype wt, int64_t
     return rows < 16 ? 16 : rows;
 }
 
-/* Rows j0 .. j0 + rows − 1 of 16-bit weights widened to float32, the threads taking rows. */
+/* Rows of 16-bit weights widened to float32, the threads taking rows. A bf16 value is the high
+ * half of its float32: a shift the compiler vectorizes (mla_to_f32's call a value took 5% of a
+ * 2048-token Llama-2-7B prompt). */
 static void widen_rows(int n_threads, const uint16_t *w, mla_dtype wt, int64_t rows, int64_t k,
                        float *dst)
 {
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
-    for (int64_t i = 0; i < rows; i++)
-        mla_to_f32(dst + i * k, w + i * k, wt, (size_t)k);
+    for (int64_t i = 0; i < rows; i++) {
+        if (wt != MLA_DTYPE_BF16) {
+            mla_to_f32(dst + i * k, w + i * k, wt, (size_t)k);
+            continue;
+        }
+        uint32_t *d = (uint32_t *)(void *)(dst + i * k);
+        const uint16_t *s = w + i * k;
+        for (int64_t j = 0; j < k; j++)
+            d[j] = (uint32_t)s[j] << 16;
+    }
 }
 
 void mla__wgemm(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n, int64_t k,

@@ -789,7 +789,7 @@ static void test_wgemm(const mla__attn_kernels *t)
     CHECK(mla__wgemm_panel_rows(t, MLA_DTYPE_F32, 4096, 4096) == 0 &&
               (t->dot_weights_max_m == 0 ||
                mla__wgemm_panel_rows(t, MLA_DTYPE_BF16, t->dot_weights_max_m - 1, 4096) == 0) &&
-              r16 >= 16 && r16 % 16 == 0 && r16 * 4096 * 4 <= ((int64_t)4 << 20),
+              r16 >= 16 && r16 % 16 == 0 && r16 * 4096 * 4 <= ((int64_t)8 << 20),
           "%s panel rows: %lld for k 4096", t->name, (long long)r16);
 }
 
