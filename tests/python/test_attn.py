@@ -264,3 +264,71 @@ def test_forward_progress_and_cancel(data):
         assert cache.seq_length(1) == 0
         # The callback is gone afterwards.
         assert_close(attn.forward(layer, cache, 0, x, 1, 0), want, 1e-4, "after the cancels")
+
+
+def _bf16_bits(a):
+    """float32 → bf16 bit patterns, nearest with ties to even (finite values)."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+STREAMED = ("q_proj.weight", "k_r_proj.weight", "kv_proj.down_kv.weight", "o_proj.weight")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_weights_in_16_bits(data, dtype):
+    w, _, x, _, _ = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_strategy="high", rope_dim=4, d_kv=4)
+    f32 = layer_tensors(layer)
+    layer.set_weight_dtype(dtype)
+    assert layer.info.weight_dtype == mla.DType(mla.DType.BF16 if dtype == "bf16" else
+                                                mla.DType.F16)
+    # The stored values: numpy's own rounding of the float32 ones; the rest unchanged.
+    want = dict(f32)
+    for name in STREAMED:
+        got = layer.tensor(name)
+        if dtype == "bf16":
+            bits = _bf16_bits(f32[name])
+            np.testing.assert_array_equal(got, bits, err_msg=name)
+            want[name] = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        else:
+            np.testing.assert_array_equal(got, f32[name].astype(np.float16), err_msg=name)
+            want[name] = f32[name].astype(np.float16).astype(np.float64)
+    np.testing.assert_array_equal(layer.tensor("kv_proj.up_v.weight"), f32["kv_proj.up_v.weight"])
+    # Forwards (prompt, then decode) against numpy's forward over the rounded weights, and
+    # visibly away from the float32 weights' output.
+    pos = np.arange(len(x))
+    got, _ = prefill_decode(layer, x)
+    assert_close(got, ref.mla_forward(want, G, x, pos), 1e-4, f"{dtype} weights vs numpy")
+    assert np.max(np.abs(got - ref.mla_forward(f32, G, x, pos))) > 1e-5
+    # Back to float32: the rounded values, widened exactly.
+    layer.set_weight_dtype("f32")
+    assert layer.info.weight_dtype == mla.DType.F32
+    for name in STREAMED:
+        np.testing.assert_array_equal(layer.tensor(name), want[name].astype(np.float32))
+
+
+def test_weight_dtype_refusals(data):
+    w, _, _, _, _ = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_strategy="high", rope_dim=4, d_kv=4)
+    view = layer.tensor("q_proj.weight")
+    with pytest.raises(RuntimeError, match="numpy view"):
+        layer.set_weight_dtype("bf16")  # would free the memory `view` reads
+    kept = view.copy()
+    del view
+    other = layer.tensor("kv_proj.up_v.weight")
+    layer.set_weight_dtype("bf16")  # views of tensors that stay are no obstacle
+    assert layer.info.weight_dtype == mla.DType.BF16
+    np.testing.assert_array_equal(layer.tensor("q_proj.weight"), _bf16_bits(kept))
+    np.testing.assert_array_equal(other, layer.tensor("kv_proj.up_v.weight"))
+    with pytest.raises(mla.MlaError, match="weight dtype"):
+        layer.set_weight_dtype("i8")
+    # Beyond f16's range: NUMERICAL naming the tensor, the layer unchanged.
+    wb = {k: (None if v is None else v.copy()) for k, v in w.items()}
+    wb["wo"][2, 5] = 1e5
+    big = mla.convert(geometry(G, True), weights(wb), rope_strategy="high", rope_dim=4, d_kv=4)
+    with pytest.raises(mla.MlaError, match=r"o_proj.weight.*row 2, column 5") as e:
+        big.set_weight_dtype("f16")
+    assert e.value.status == mla.Status.NUMERICAL
+    assert big.info.weight_dtype == mla.DType.F32
+    assert big.tensor("o_proj.weight")[2, 5] == np.float32(1e5)

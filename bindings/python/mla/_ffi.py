@@ -153,6 +153,7 @@ class mla_layer_info(Structure):
         ("latent_dim", c_int32),
         ("rope_width", c_int32),
         ("n_tensors", c_int32),
+        ("weight_dtype", c_int),
     ]
 
 
@@ -279,6 +280,7 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "mla_layer_from_tensors": (mla_status, [_P(mla_geometry), c_int32, c_int32, _P(mla_tensor),
                                             c_int32, _P(_P(mla_layer))]),
     "mla_layer_get_report": (mla_status, [_P(mla_layer), _P(mla_convert_report), c_size_t]),
+    "mla_layer_set_weight_dtype": (mla_status, [_P(mla_layer), c_int]),
     # cache.h
     "mla_cache_layer_desc_default_params": (mla_status, [_P(mla_cache_layer_desc), c_size_t]),
     "mla_layer_cache_desc": (mla_status, [_P(mla_layer), _P(mla_cache_layer_desc), c_size_t]),

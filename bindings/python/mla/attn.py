@@ -115,7 +115,7 @@ class Attn(Handle):
         seqs = np.unique(seq).tolist()
         errors: List[BaseException] = []
         callback = _progress_callback(progress, errors)  # alive until the call returns
-        with self._busy, cache._lock.shared(seqs):
+        with self._busy, layer._lock.shared(()), cache._lock.shared(seqs):
             if progress is not None:
                 check(o.lib, o.lib.mla_attn_set_progress(o.ptr, callback, None))
             try:

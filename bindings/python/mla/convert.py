@@ -6,6 +6,7 @@ import ctypes
 import dataclasses
 import math
 import threading
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -14,6 +15,7 @@ from . import _ffi
 from ._arrays import BufferView, c_string, check_array, int_arg, ptr, set_int
 from ._handle import Handle, Owned
 from ._library import library
+from ._locks import CacheLock
 from .errors import check
 from .types import (DType, Factorization, LayerKind, RopeScaling, RopeStrategy, to_enum,
                     weight_dtype)
@@ -206,6 +208,7 @@ class LayerInfo:
     latent_dim: int
     rope_width: int
     n_tensors: int
+    weight_dtype: DType = DType.F32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +227,12 @@ _NP_OF = {DType.F32: np.float32, DType.F16: np.float16, DType.BF16: np.uint16,
           DType.I32: np.int32, DType.F64: np.float64}
 
 
+# The tensors mla_layer_set_weight_dtype stores anew (their old memory freed).
+_STREAMED = frozenset({"q_proj.weight", "k_r_proj.weight", "k_proj.weight", "v_proj.weight",
+                       "kv_proj.down_kv.weight", "kv_proj.down_k.weight",
+                       "kv_proj.down_v.weight", "o_proj.weight"})
+
+
 def _safe_enum(cls: Any, v: int) -> Any:
     try:
         return cls(v)
@@ -234,22 +243,50 @@ def _safe_enum(cls: Any, v: int) -> Any:
 class Layer(Handle):
     """An MLA layer (or an MHA baseline layer) owned by libmla (mla_layer).
 
-    Read-only after construction: one Layer may be used by several threads at once.
-    Create with mla.convert(), Layer.from_mha() or Layer.from_tensors().
+    Read-only after construction except for set_weight_dtype(): one Layer may be used by
+    several threads at once. Create with mla.convert(), Layer.from_mha() or Layer.from_tensors().
     """
 
     def __init__(self, owned: Owned) -> None:
         super().__init__(owned)
-        lib = owned.lib
+        # Forwards hold the shared side; set_weight_dtype, which frees the weights they read,
+        # the exclusive one.
+        self._lock = CacheLock(0)
+        # Views of the four streamed weights, which set_weight_dtype frees.
+        self._streamed_views: "weakref.WeakSet[BufferView]" = weakref.WeakSet()
+        self._read_info()
+
+    def _read_info(self) -> None:
+        o = self._own()
+        lib = o.lib
         info = _ffi.mla_layer_info()
-        check(lib, lib.mla_layer_get_info(owned.ptr, ctypes.byref(info),
+        check(lib, lib.mla_layer_get_info(o.ptr, ctypes.byref(info),
                                           ctypes.sizeof(_ffi.mla_layer_info)))
         self._info = LayerInfo(
             kind=_safe_enum(LayerKind, info.kind),
             factorization=_safe_enum(Factorization, info.factorization),
             rope_strategy=_safe_enum(RopeStrategy, info.rope_strategy), rope_dim=info.rope_dim,
             d_kv=info.d_kv, latent_dim=info.latent_dim, rope_width=info.rope_width,
-            n_tensors=info.n_tensors)
+            n_tensors=info.n_tensors, weight_dtype=_safe_enum(DType, info.weight_dtype))
+
+    def set_weight_dtype(self, dtype: Union[DType, str]) -> None:
+        """Store the four weights a forward streams (q_proj, k_r_proj or k_proj, the down
+        projection or v_proj, o_proj) as "bf16" or "f16", or as "f32" again
+        (mla_layer_set_weight_dtype): half the bytes a decode reads, products still accumulated
+        in float32 over the stored values. Waits for forwards on other threads to finish.
+        Raises RuntimeError while numpy views of those four tensors (tensor(), tensors()) are
+        alive: their memory is freed (copy them first), and mla.MlaError (NUMERICAL: a value beyond
+        f16's range) leaving the layer as it was."""
+        o = self._own()
+        dt = to_enum(DType, dtype, "dtype")
+        with self._lock.exclusive():
+            alive = len(self._streamed_views)
+            if alive:
+                raise RuntimeError(f"{alive} numpy view(s) of this layer's streamed weights are "
+                                   "alive: copy them (numpy.array) or drop them before "
+                                   "set_weight_dtype frees that memory")
+            check(o.lib, o.lib.mla_layer_set_weight_dtype(o.ptr, int(dt)))
+            self._read_info()
 
     @classmethod
     def _wrap(cls, lib: _ffi.Library, out: Any) -> "Layer":
@@ -345,7 +382,10 @@ class Layer(Handle):
         shape = tuple(int(t.shape[k]) for k in range(t.ndim))
         if math.prod(shape) == 0 or not t.data:
             return np.empty(shape, dtype)
-        a = np.asarray(BufferView(o, t.data, shape, np.dtype(dtype)))
+        view = BufferView(o, t.data, shape, np.dtype(dtype))
+        if t.name.decode() in _STREAMED:
+            self._streamed_views.add(view)
+        a = np.asarray(view)
         a.flags.writeable = False
         return a
 
