@@ -632,6 +632,8 @@ pub struct LayerInfo {
     pub latent_dim: i32,
     pub rope_width: i32,
     pub n_tensors: i32,
+    /// How the weights a forward streams are stored (`Layer::set_weight_dtype`).
+    pub weight_dtype: Option<DType>,
 }
 
 /// What the conversion lost (`mla_convert_report`); NaN where not computed.
@@ -662,6 +664,18 @@ impl<'a> Tensor<'a> {
             }
         })
     }
+    /// The stored 16-bit patterns, if the tensor is F16 or BF16 (after
+    /// `Layer::set_weight_dtype`).
+    pub fn as_u16(&self) -> Option<&'a [u16]> {
+        matches!(self.dtype, Some(DType::F16) | Some(DType::Bf16)).then(|| {
+            if self.elements() == 0 {
+                &[][..]
+            } else {
+                // SAFETY: the layer owns elements() 16-bit values at data and outlives 'a.
+                unsafe { std::slice::from_raw_parts(self.data as *const u16, self.elements()) }
+            }
+        })
+    }
     /// The data, if the tensor is int32.
     pub fn as_i32(&self) -> Option<&'a [i32]> {
         (self.dtype == Some(DType::I32)).then(|| {
@@ -682,8 +696,9 @@ pub enum TensorData<'a> {
     I32(&'a [i32]),
 }
 
-/// An MLA layer (or an MHA baseline) owned by libmla. Read-only after construction, so it is
-/// `Send + Sync`: share it between threads by reference.
+/// An MLA layer (or an MHA baseline) owned by libmla. Read-only after construction except
+/// through `set_weight_dtype` (`&mut self`), so it is `Send + Sync`: share it between threads
+/// by reference.
 pub struct Layer {
     raw: NonNull<sys::mla_layer>,
 }
@@ -860,7 +875,19 @@ impl Layer {
             latent_dim: i.latent_dim,
             rope_width: i.rope_width,
             n_tensors: i.n_tensors,
+            weight_dtype: DType::from_code(i.weight_dtype),
         })
+    }
+
+    /// Store the four weights a forward streams (q_proj, k_r_proj or k_proj, the down
+    /// projection or v_proj, o_proj) as `DType::Bf16` or `DType::F16`, or as `DType::F32`
+    /// again (`mla_layer_set_weight_dtype`): half the bytes a decode reads, the products still
+    /// accumulated in float32 over the stored values. Takes `&mut self`: no tensor borrowed
+    /// from the layer and no forward on it can be alive, as the old weights are freed. A value
+    /// beyond f16's range fails with `Status::Numerical` and leaves the layer as it was.
+    pub fn set_weight_dtype(&mut self, dtype: DType) -> Result<()> {
+        // SAFETY: a valid layer, borrowed exclusively.
+        check(unsafe { sys::mla_layer_set_weight_dtype(self.raw.as_ptr(), dtype.code()) })
     }
 
     /// The geometry the layer was built from (`mla_layer_get_geometry`).

@@ -148,6 +148,7 @@ pub struct mla_layer_info {
     pub latent_dim: i32,
     pub rope_width: i32,
     pub n_tensors: i32,
+    pub weight_dtype: mla_dtype,
 }
 
 #[repr(C)]
@@ -317,6 +318,7 @@ extern "C" {
         report: *mut mla_convert_report,
         struct_size: usize,
     ) -> mla_status;
+    pub fn mla_layer_set_weight_dtype(layer: *mut mla_layer, dtype: mla_dtype) -> mla_status;
 
     // cache.h
     pub fn mla_cache_layer_desc_default_params(

@@ -236,3 +236,73 @@ fn forward_progress_and_cancel() {
     attn.forward_seq(&layer, &mut cache, 0, &x[..48], 3, 0)
         .unwrap();
 }
+
+/// Weights that bf16 holds exactly (float32 with the low 16 bits clear): stored as BF16 they
+/// are the same numbers, so the layer's output equals the float32 layer's (up to the order of
+/// the float32 sums); the stored patterns are the high halves. A value beyond f16's range makes
+/// F16 fail with Numerical and leaves the layer as it was.
+#[test]
+fn weights_in_16_bits() {
+    let mut rng = SplitMix64::new();
+    let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
+    let bf16_exact = |v: Vec<f32>| -> Vec<f32> {
+        v.into_iter()
+            .map(|x| f32::from_bits(x.to_bits() & 0xffff_0000))
+            .collect()
+    };
+    let (wq, wk, wv, wo) = projections(&mut rng);
+    let (wq, wk, wv, mut wo) = (
+        bf16_exact(wq),
+        bf16_exact(wk),
+        bf16_exact(wv),
+        bf16_exact(wo),
+    );
+    let x = rng.fill(12 * 48, 1.0);
+    let w = Weights::new(&wq, &wk, &wv, &wo);
+    let f32_layer = Layer::from_mha(&g, &w).unwrap();
+    let mut layer = Layer::from_mha(&g, &w).unwrap();
+    layer.set_weight_dtype(DType::Bf16).unwrap();
+    assert_eq!(layer.info().unwrap().weight_dtype, Some(DType::Bf16));
+    let bits = layer
+        .tensor("q_proj.weight")
+        .unwrap()
+        .as_u16()
+        .unwrap()
+        .to_vec();
+    assert!(bits
+        .iter()
+        .zip(&wq)
+        .all(|(&b, &v)| b as u32 == v.to_bits() >> 16));
+    assert!(layer.tensor("q_proj.weight").unwrap().as_f32().is_none());
+    let want = run(&f32_layer, &x, AttnPath::Auto);
+    let got = run(&layer, &x, AttnPath::Auto);
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        max_abs_diff(&got, &want) < 1e-5 * scale,
+        "{}",
+        max_abs_diff(&got, &want)
+    );
+    layer.set_weight_dtype(DType::F32).unwrap();
+    assert_eq!(
+        layer.tensor("o_proj.weight").unwrap().as_f32().unwrap(),
+        &wo[..]
+    );
+
+    wo[3 * 48 + 7] = 1e5;
+    let mut big = Layer::from_mha(&g, &Weights::new(&wq, &wk, &wv, &wo)).unwrap();
+    let e = big.set_weight_dtype(DType::F16).unwrap_err();
+    assert_eq!(e.status(), Status::Numerical);
+    assert!(
+        e.message().contains("o_proj.weight") && e.message().contains("row 3, column 7"),
+        "{e}"
+    );
+    assert_eq!(big.info().unwrap().weight_dtype, Some(DType::F32));
+    assert_eq!(
+        big.tensor("o_proj.weight").unwrap().as_f32().unwrap()[3 * 48 + 7],
+        1e5
+    );
+    assert_eq!(
+        big.set_weight_dtype(DType::I8).unwrap_err().status(),
+        Status::InvalidArgument
+    );
+}
