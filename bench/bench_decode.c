@@ -1011,8 +1011,8 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] [--scratch] "
                     "[--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] "
-                    "[--dtype f16|bf16|f32|i8|i4] [--group N] [--batch N] [--weights bf16|f16] [--reps N] "
-                    "[--rounds N]\n",
+                    "[--dtype f16|bf16|f32|i8|i4] [--group N] [--batch N] [--weights bf16|f16] "
+                    "[--reps N] [--rounds N]\n",
                     argv[0]);
             return 2;
         }

@@ -178,7 +178,8 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
     p->blocks = take(a, (size_t)p->n_blocks, sizeof(mla__qblock));
     p->jobs = take(a, (size_t)p->n_jobs, sizeof(mla__job));
     p->extra = take(a, add(a, p->extra_floats, 1), sizeof(float));
-    size_t pin = mul(a, (size_t)p->panel_in, (size_t)dm->d), pout = mul(a, (size_t)p->panel_out, hd);
+    size_t pin = mul(a, (size_t)p->panel_in, (size_t)dm->d);
+    size_t pout = mul(a, (size_t)p->panel_out, hd);
     p->wpanel = pin + pout > 0 ? take(a, pin > pout ? pin : pout, sizeof(float)) : NULL;
     p->works = take(a, (size_t)p->n_works, sizeof(mla__work));
     size_t T = (size_t)p->tile;
