@@ -4,8 +4,10 @@
  * one call, then tokens are decoded one at a time. The MHA layer runs beside it on its own cache,
  * and the example prints how far the converted layer's outputs are from the original's, how
  * much smaller its cache is, the prefill's progress reports, and the scratch memory the
- * attention handle kept after the prompt (released before the decodes). Last, it rewinds: a position the layer already holds is
- * refused, so the last tokens (a rejected draft, say) are removed and decoded again.
+ * attention handle kept after the prompt (released before the decodes). Then it rewinds: a
+ * position the layer already holds is refused, so the last tokens (a rejected draft, say) are
+ * removed and decoded again. Last, the weights a decode streams are stored in bf16 (half the
+ * bytes a token reads besides the cache) and those tokens decoded once more.
  */
 #include <math.h>
 #include <stdio.h>
@@ -172,6 +174,28 @@ int main(void)
            REWIND, redo);
     if (redo > 1e-5)
         return fail("decoding again after the rewind changed the output", MLA_ERR_INTERNAL);
+
+    /* The same positions again with the layer's q, k_r, down and o projections in bf16. */
+    if ((st = mla_layer_set_weight_dtype(mla, MLA_DTYPE_BF16)) != MLA_OK)
+        return fail("mla_layer_set_weight_dtype", st);
+    if ((st = mla_cache_seq_rm(cache, 0, PROMPT + DECODE - REWIND, -1)) != MLA_OK)
+        return fail("mla_cache_seq_rm", st);
+    double num16 = 0, den16 = 0;
+    for (int t = PROMPT + DECODE - REWIND; t < PROMPT + DECODE; t++) {
+        int64_t p = t;
+        float again[D];
+        if ((st = mla_attn_forward(attn, mla, cache, 0, x + t * D, 1, seq, &p, again)) != MLA_OK)
+            return fail("decode with bf16 weights", st);
+        for (int i = 0; i < D; i++) {
+            num16 += (again[i] - y[t * D + i]) * (double)(again[i] - y[t * D + i]);
+            den16 += y[t * D + i] * (double)y[t * D + i];
+        }
+    }
+    printf("the same %d positions with bf16 weights: relative difference %.1e from the f32 "
+           "weights' output\n", REWIND, sqrt(num16 / den16));
+    if (!(sqrt(num16 / den16) < 1e-2))
+        return fail("bf16 weights changed the output by more than their rounding",
+                    MLA_ERR_INTERNAL);
 
     double num = 0, den = 0;
     for (int i = 0; i < (PROMPT + DECODE) * D; i++) {
