@@ -278,6 +278,23 @@ static mla_status mha_baseline(state *s, float *result, size_t *n_result)
     return st;
 }
 
+/* The streamed weights stored in bf16, then a prefill with them. Storing converts all four
+ * weights before freeing any: a failure must leave the float32 ones (INTERNAL flags it). */
+static mla_status weights_bf16(state *s, float *result, size_t *n_result)
+{
+    mla_status st = mla_layer_set_weight_dtype(s->layer, MLA_DTYPE_BF16);
+    if (st != MLA_OK) {
+        mla_layer_info info;
+        mla_tensor t;
+        int kept = mla_layer_get_info(s->layer, &info, sizeof info) == MLA_OK &&
+                   info.weight_dtype == MLA_DTYPE_F32 &&
+                   mla_layer_tensor_by_name(s->layer, "o_proj.weight", &t) == MLA_OK &&
+                   t.dtype == MLA_DTYPE_F32;
+        return kept ? st : MLA_ERR_INTERNAL;
+    }
+    return forward(s, 2, MLA_ATTN_PATH_AUTO, 2, 0, 12, result, n_result);
+}
+
 static mla_status cache_cp(state *s, float *result, size_t *n_result)
 {
     (void)result;
@@ -441,6 +458,7 @@ int main(void)
     run("a mixed batch: a prefill chunk and a decode into a forked sequence", mixed_batch);
     run("the MHA baseline: layer, cache and prefill", mha_baseline);
     run("a copy of part of a sequence", cache_cp);
+    run("the streamed weights stored in bf16, then a prefill", weights_bf16);
     run_after("a context shift of a forked sequence", setup_shift, cache_shift);
     run("a snapshot saved and loaded", snapshot_load);
     strcpy(dir, "/tmp/mla_oom.XXXXXX");
