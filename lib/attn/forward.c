@@ -1269,9 +1269,11 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     int bf16_few_rows = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16,
                          dm.n_h == 9 && !bf16_few_rows ? attn->k->nine_rows_tile : 0);
-    /* Panels of 16-bit weights, no taller than the weights they take. */
-    int64_t hd_all = dm.n_h * dm.d_h;
-    int64_t rows_in = hd_all > dm.L ? (hd_all > dm.W ? hd_all : dm.W) : (dm.L > dm.W ? dm.L : dm.W);
+    /* Panels of 16-bit weights, no taller than the weights they take: the tallest input
+     * projection, and o_proj's d rows. */
+    int64_t hd_all = dm.n_h * dm.d_h, rows_in = hd_all;
+    rows_in = dm.L > rows_in ? dm.L : rows_in;
+    rows_in = dm.W > rows_in ? dm.W : rows_in;
     p.panel_in = mla__wgemm_panel_rows(attn->k, layer->weight_dtype, n_tokens, dm.d);
     p.panel_in = p.panel_in < rows_in ? p.panel_in : rows_in;
     p.panel_out = mla__wgemm_panel_rows(attn->k, layer->weight_dtype, n_tokens, hd_all);
