@@ -254,6 +254,18 @@ static double forward_once(mla_attn *a, mla_layer *l, mla_cache *c, const float 
     return dt;
 }
 
+/* The median of t[0 .. n−1] (sorted in place). */
+static double median(double *t, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            double s = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = s;
+        }
+    return t[n / 2];
+}
+
 /* Seconds of forwarding m tokens at positions ctx .. ctx+m−1 of a ctx-token sequence, in calls
  * of at most q tokens, removed again after each run: the median over reps runs after a warm-up
  * (the crossover table compares two paths run one after the other); negative if a call failed
@@ -279,17 +291,11 @@ static double time_chunks(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_
         if (mla_cache_seq_rm(c, 0, ctx, -1) != MLA_OK)
             die("mla_cache_seq_rm");
     }
-    for (int i = 1; i < kept && !failed; i++)
-        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-            double s = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = s;
-        }
     free(x);
     free(out);
     free(seq);
     free(pos);
-    return failed ? -1.0 : t[kept / 2];
+    return failed ? -1.0 : median(t, kept);
 }
 
 static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64_t ctx, int64_t m,
@@ -817,15 +823,9 @@ static double time_cold_decode(mla_attn *a, mla_layer *l, mla_cache *c, int d, i
             sink += other[i];
         t[r] = forward_once(a, l, c, x, 1, &seq, &ctx, out, 1, ctx);
     }
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-            double s = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = s;
-        }
     free(x);
     free(out);
-    return t[n / 2] + (sink == 1.2345 ? 1e-12 : 0); /* sink: the read is not optimized away */
+    return median(t, n) + (sink == 1.2345 ? 1e-12 : 0); /* sink: keeps the read */
 }
 
 static void bench_weights(int quick, int threads, int rounds)

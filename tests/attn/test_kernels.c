@@ -651,6 +651,29 @@ static void test_sgemm_one_row(void)
           "mla__sgemm one row (gemv): max error %.2e of k·max|ref| (float32 sums)", worst);
 }
 
+/* The largest error of C = A·Wᵀ (m × n, row stride ldc) against the float64 product, relative
+ * to k·max|ref| (NaN if C holds one); *pad_changed set if a padding column of C is not -7. */
+static double wt_err(int64_t m, int64_t n, int64_t k, const float *A, ptrdiff_t lda,
+                     const float *W, ptrdiff_t ldw, const float *C, ptrdiff_t ldc,
+                     int *pad_changed)
+{
+    double big = 0, e = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < ldc; j++) {
+            if (j >= n) {
+                *pad_changed |= C[i * ldc + j] != -7.0f;
+                continue;
+            }
+            double ref = 0;
+            for (int64_t kk = 0; kk < k; kk++)
+                ref += (double)A[i * lda + kk] * W[j * ldw + kk];
+            big = fmax(big, fabs(ref));
+            double d = fabs(C[i * ldc + j] - ref);
+            e = d > e || d != d ? d : e;
+        }
+    return e / ((big > 0 ? big : 1) * (double)k);
+}
+
 /*
  * C = A·Wᵀ for m rows against weights W (n × k, rows along k) through kernel table t, against
  * float64: m from 1 (gemv) through the rows that read W with gemm_dot_src (below
@@ -690,21 +713,7 @@ static void test_sgemm_wt(const mla__attn_kernels *t)
                         memcpy(C1, C, (size_t)(m * ldc) * sizeof *C);
                     else if (m == 1 || m < t->dot_weights_max_m)
                         split_differs |= memcmp(C1, C, (size_t)(m * ldc) * sizeof *C) != 0;
-                    double big = 0, e = 0;
-                    for (int64_t i = 0; i < m; i++)
-                        for (int64_t j = 0; j < ldc; j++) {
-                            if (j >= n) {
-                                pad_changed |= C[i * ldc + j] != -7.0f;
-                                continue;
-                            }
-                            double ref = 0;
-                            for (int64_t kk = 0; kk < k; kk++)
-                                ref += (double)A[i * lda + kk] * W[j * ldw + kk];
-                            big = fmax(big, fabs(ref));
-                            double d = fabs(C[i * ldc + j] - ref);
-                            e = d > e || d != d ? d : e;
-                        }
-                    e /= (big > 0 ? big : 1) * (double)k;
+                    double e = wt_err(m, n, k, A, lda, W, ldw, C, ldc, &pad_changed);
                     worst = e > worst || e != e ? e : worst;
                     free(C);
                 }
@@ -759,21 +768,7 @@ static void test_wgemm(const mla__attn_kernels *t)
                         for (int64_t i = 0; i < m * ldc; i++)
                             C[i] = i % ldc < n ? NAN : -7.0f;
                         mla__wgemm(t, 2, m, n, k, A, lda, W, types[ty], C, ldc, panel, rows);
-                        double big = 0, e = 0;
-                        for (int64_t i = 0; i < m; i++)
-                            for (int64_t j = 0; j < ldc; j++) {
-                                if (j >= n) {
-                                    pad_changed |= C[i * ldc + j] != -7.0f;
-                                    continue;
-                                }
-                                double ref = 0;
-                                for (int64_t kk = 0; kk < k; kk++)
-                                    ref += (double)A[i * lda + kk] * Wf[j * k + kk];
-                                big = fmax(big, fabs(ref));
-                                double d = fabs(C[i * ldc + j] - ref);
-                                e = d > e || d != d ? d : e;
-                            }
-                        e /= (big > 0 ? big : 1) * (double)k;
+                        double e = wt_err(m, n, k, A, lda, Wf, k, C, ldc, &pad_changed);
                         worst = e > worst || e != e ? e : worst;
                         free(A);
                         free(Wf);

@@ -107,24 +107,37 @@ static void check_tensors(const mla_layer *l32, const mla_layer *l16, mla_dtype 
     CHECK(n_streamed >= 4, "%s: %d streamed tensors", what, n_streamed);
 }
 
-/* Forward n tokens of sequence 0 from position pos0 in calls of the sizes in `calls`. */
-static int run_calls(mla_attn *a, const mla_layer *l, mla_cache *c, const float *x, int d,
-                     const int *calls, int n_calls, float *out)
-{
-    int64_t p = 0;
-    for (int i = 0; i < n_calls; i++) {
-        if (forward_seqs(a, l, c, 1, 0, p, x + p * d, calls[i], out + p * d) != MLA_OK)
-            return 0;
-        p += calls[i];
-    }
-    return 1;
-}
-
 /* A prompt past dot_weights_max_m (the panel path of mla__wgemm with AVX-512's 512 rows), a
  * chunk (gemm_dot_src over 16-bit rows), then single decode tokens (one row). */
 static const int calls[] = {600, 40, 1, 1, 1};
 #define N_CALLS 5
 #define N_TOK 643
+
+/* N_TOK random input rows of width d (from seed) and their positions 0 .. N_TOK − 1. */
+static float *inputs(int d, unsigned long long seed, int64_t *pos)
+{
+    for (int i = 0; i < N_TOK; i++)
+        pos[i] = i;
+    return rand_floats((size_t)N_TOK * d, &seed, 1.0);
+}
+
+/* Sequence 0 through layer l on a fresh float32 cache with nt threads, in the calls above from
+ * position 0; out: N_TOK × d. 1 if every call succeeded. */
+static int run_calls(const mla_layer *l, int nt, const float *x, int d, float *out)
+{
+    mla_layer *layers[1] = {(mla_layer *)l};
+    mla_cache *c = make_cache(layers, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, 64);
+    mla_attn *a = make_attn(nt, MLA_ATTN_PATH_AUTO);
+    int64_t p = 0;
+    int ok = c && a;
+    for (int i = 0; i < N_CALLS && ok; i++) {
+        ok = forward_seqs(a, l, c, 1, 0, p, x + p * d, calls[i], out + p * d) == MLA_OK;
+        p += calls[i];
+    }
+    mla_attn_destroy(a);
+    mla_cache_destroy(c);
+    return ok;
+}
 
 static void check_mla(int d, int n_h, int n_kv, int d_h, int bias, int r, int d_kv,
                       mla_factorization f, mla_dtype dt, unsigned long long seed)
@@ -154,20 +167,14 @@ static void check_mla(int d, int n_h, int n_kv, int d_h, int bias, int r, int d_
     m.wdk = wdk;
     m.wdv = wdv;
     m.wo = wo;
-    unsigned long long xs = seed + 7;
-    float *x = rand_floats((size_t)N_TOK * d, &xs, 1.0);
     int64_t pos[N_TOK];
-    for (int i = 0; i < N_TOK; i++)
-        pos[i] = i;
+    float *x = inputs(d, seed + 7, pos);
     double *ref = malloc((size_t)N_TOK * d * sizeof *ref);
     ref_mla_forward(&m, x, pos, N_TOK, NULL, NULL, ref);
 
-    mla_layer *both[1] = {l16};
     for (int nt = 1; nt <= 2; nt++) {
-        mla_cache *c = make_cache(both, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, 64);
-        mla_attn *a = make_attn(nt, MLA_ATTN_PATH_AUTO);
         float *out = calloc((size_t)N_TOK * d, sizeof *out);
-        int ok = run_calls(a, l16, c, x, d, calls, N_CALLS, out);
+        int ok = run_calls(l16, nt, x, d, out);
         CHECK(ok, "%s, %d threads: forwards: %s", what, nt, mla_last_error());
         int64_t p0 = 0;
         for (int i = 0; i < N_CALLS && ok; i++) {
@@ -177,8 +184,6 @@ static void check_mla(int d, int n_h, int n_kv, int d_h, int bias, int r, int d_
             p0 += calls[i];
         }
         free(out);
-        mla_attn_destroy(a);
-        mla_cache_destroy(c);
     }
 
     /* Back to F32: the widened values, and the same forward as a layer holding them as built. */
@@ -228,24 +233,16 @@ static void check_mha(int d, int n_h, int n_kv, int d_h, int bias, mla_dtype dt,
     sr.wk = rounded(s.wk, kr * d, dt);
     sr.wv = rounded(s.wv, kr * d, dt);
     sr.wo = rounded(s.wo, (size_t)d * qr, dt);
-    unsigned long long xs = seed + 7;
-    float *x = rand_floats((size_t)N_TOK * d, &xs, 1.0);
     int64_t pos[N_TOK];
-    for (int i = 0; i < N_TOK; i++)
-        pos[i] = i;
+    float *x = inputs(d, seed + 7, pos);
     double *ref = malloc((size_t)N_TOK * d * sizeof *ref);
     ref_mha(&sr, x, pos, N_TOK, NULL, NULL, ref);
-    mla_layer *both[1] = {l16};
-    mla_cache *c = make_cache(both, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, 64);
-    mla_attn *a = make_attn(2, MLA_ATTN_PATH_AUTO);
     float *out = calloc((size_t)N_TOK * d, sizeof *out);
-    int ok = run_calls(a, l16, c, x, d, calls, N_CALLS, out);
+    int ok = run_calls(l16, 2, x, d, out);
     CHECK(ok, "%s: forwards: %s", what, mla_last_error());
     double e = ok ? rel_diff_d(out, ref, (size_t)N_TOK * d) : 1.0;
     CHECK(e < 1e-4, "%s: prompt, chunk and decode vs float64 reference: %.2e", what, e);
     free(out);
-    mla_attn_destroy(a);
-    mla_cache_destroy(c);
     free(x);
     free(ref);
     free(sr.wq);
