@@ -98,7 +98,7 @@ mla_status mla__layer_finish(struct mla_layer *l)
 {
     const mla_geometry *g = &l->geom;
     const size_t n_kv = (size_t)g->n_kv_heads, d_h = (size_t)g->head_dim;
-    const size_t r = (size_t)l->rope_dim, n = d_h - r;
+    const size_t r = (size_t)l->rope_dim;
 
     l->rope_position_scale =
         g->rope_scaling == MLA_ROPE_SCALING_LINEAR ? 1.0 / g->rope_scaling_factor : 1.0;
@@ -118,21 +118,6 @@ mla_status mla__layer_finish(struct mla_layer *l)
             }
     }
 
-    mla_free(l->wuk_t);
-    l->wuk_t = NULL;
-    if (l->kind == MLA_LAYER_MLA && n > 0 && l->wuk) {
-        const size_t R = (size_t)l->d_kv * n_kv;
-        l->wuk_t = mla_alloc(n_kv * R * n * sizeof(float));
-        if (!l->wuk_t)
-            return mla_fail(MLA_ERR_OUT_OF_MEMORY, "absorbed W_uk (%zu × %zu × %zu)", n_kv, R, n);
-        for (size_t j = 0; j < n_kv; j++) {
-            const float *src = l->wuk + j * n * R; /* n × R */
-            float *dst = l->wuk_t + j * R * n;     /* R × n */
-            for (size_t b = 0; b < n; b++)
-                for (size_t a = 0; a < R; a++)
-                    dst[a * n + b] = src[b * R + a];
-        }
-    }
     fill_table(l);
     return MLA_OK;
 }
@@ -157,7 +142,6 @@ MLA_API void mla_layer_destroy(mla_layer *l)
     mla_free(l->wkr16);
     mla_free(l->wdkv16);
     mla_free(l->wo16);
-    mla_free(l->wuk_t);
     mla_free(l);
 }
 

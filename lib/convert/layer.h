@@ -63,11 +63,6 @@ struct mla_layer {
     mla_dtype weight_dtype;
     uint16_t *wq16, *wkr16, *wdkv16, *wo16;
 
-    /* Absorbed form for decode: for KV head j, wuk_t[j] = W_uk^{(j)ᵀ} (R × n, row-major), so the
-     * absorbed query of head h is q̃_h = wuk_t[h/g] · q_nope_h (R values; for split, against c_k).
-     * Derived from wuk by mla__layer_finish. NULL for MHA or when n = 0. */
-    float *wuk_t;
-
     mla_convert_report report;      /* NaN fields where not computed */
 
     /* Tensor table for mla_layer_tensor: filled by mla__layer_finish. */
@@ -78,8 +73,8 @@ struct mla_layer {
 /* Allocate a zeroed layer with geometry g; NULL on out of memory (no error recorded). */
 MLA_INTERNAL struct mla_layer *mla__layer_alloc(const mla_geometry *g);
 
-/* Derive rope_freqs from rope_dims, the absorbed forms and the tensor table once the fields above
- * are set. Called by every constructor (mla_layer_convert, mla_layer_from_tensors,
+/* Derive rope_freqs from rope_dims and the tensor table once the fields above are set (the
+ * absorbed path reads W_uk's rows as they are: forward.c, prepare_queries). Called by every constructor (mla_layer_convert, mla_layer_from_tensors,
  * mla_layer_from_mha). */
 MLA_INTERNAL mla_status mla__layer_finish(struct mla_layer *layer);
 

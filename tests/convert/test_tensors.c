@@ -63,17 +63,6 @@ static void round_trip(const char *what, int bias, mla_factorization f, int r, i
         st = rebuild(l, &s.g, &l2);
         CHECK(st == MLA_OK && same_layer(l, l2), "%s: exported tensors rebuild the same layer (%s)",
               what, mla_last_error());
-        if (!mha && st == MLA_OK) {
-            /* Absorbed form: wuk_t[j] is the transpose of W_uk's rows of KV head j. */
-            const struct mla_layer *in = l2;
-            size_t n = (size_t)(16 - r), R = 6, ok = 1;
-            for (size_t j = 0; j < 2 && n > 0; j++)
-                for (size_t a = 0; a < R; a++)
-                    for (size_t b = 0; b < n; b++)
-                        ok &= in->wuk_t[j * R * n + a * n + b] == in->wuk[(j * n + b) * R + a];
-            CHECK(ok && (n > 0) == (in->wuk_t != NULL), "%s: wuk_t is W_uk^(j)ᵀ per KV head",
-                  what);
-        }
     }
     mla_layer_destroy(l2);
     mla_layer_destroy(l);
