@@ -28,7 +28,10 @@ typedef enum mla_attn_path {
 
 typedef struct mla_attn_params {
     size_t struct_size;
-    int32_t n_threads;        /* worker threads including the caller (default 1; 0: all cores) */
+    int32_t n_threads;        /* worker threads including the caller (default 1; 0: all cores):
+                                 the cores the forward has to itself, as threads sharing a core
+                                 with other busy threads make each step wait
+                                 (doc/attention.md, "Threads") */
     mla_attn_path path;       /* default MLA_ATTN_PATH_AUTO */
     int32_t crossover_tokens; /* AUTO: 0 (default) compares the two paths' multiply-adds for
                                  each chunk's length and context, weighted as measured

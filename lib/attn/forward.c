@@ -29,9 +29,11 @@
 #define TILE_T32_BYTES (80 * 1024)
 /* Bytes of 16-bit transposed keys a few-rows absorbed tile holds (tile_tokens). */
 #define TILE_L1_BYTES (32 * 1024)
-/* Work below this many flops runs on the calling thread: waking a team costs more than it saves,
- * and far more when the cores are shared with other processes. */
-#define PARALLEL_MIN_FLOPS 4e6
+/* Work below this many flops runs on the calling thread: waking a team costs more than it saves
+ * (a few microseconds). SmolLM-135M's decode projections (0.7-0.8 MFLOP each) are above it: on
+ * 2 threads its decode after 1024 tokens took 35 us against 59 with 4e6 (doc/attention.md,
+ * "Threads"). */
+#define PARALLEL_MIN_FLOPS 5e5
 /* Up to this many tokens the absorbed path's W_uv product of each head (absorbed_output) stays on
  * the calling thread in gemm_dot (decode: BLIS packs the weights on every call). */
 #define SMALL_PRODUCT_TOKENS 4
