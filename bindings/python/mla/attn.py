@@ -32,7 +32,9 @@ class Attn(Handle):
                  path: Optional[Union[AttnPath, str]] = None,
                  crossover_tokens: Optional[int] = None,
                  max_scratch_bytes: Optional[int] = None) -> None:
-        """Parameters left None take mla_attn_default_params's defaults (1 thread, AUTO path,
+        """n_threads: the cores the forward has to itself (0: all); threads that share cores
+        with other busy threads make each step wait (doc/attention.md, "Threads").
+        Parameters left None take mla_attn_default_params's defaults (1 thread, AUTO path,
         crossover_tokens 0: AUTO weighs both paths' multiply-adds for each chunk; N > 0 takes
         materialized for chunks of N or more query tokens; max_scratch_bytes 0: no limit on the
         scratch memory the handle keeps, else a batch that needs more fails with MlaError

@@ -1394,6 +1394,9 @@ impl AttnParams {
             raw: defaults(sys::mla_attn_default_params)?,
         })
     }
+    /// Worker threads including the caller (0: all cores): the cores the forward has to
+    /// itself, as threads sharing cores with other busy threads make each step wait
+    /// (doc/attention.md, "Threads").
     pub fn n_threads(mut self, n: i32) -> Self {
         self.raw.n_threads = n;
         self
