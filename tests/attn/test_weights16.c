@@ -3,8 +3,9 @@
  * projection / v_proj, o_proj) are stored in 16 bits. The getters return this test's own
  * rounding of the float32 values (bf16 by bit arithmetic, f16 by its definition in double), and
  * forwards of prompts, chunks and decode tokens equal the float64 reference of util.h run over
- * those rounded weights. Back to F32, a forward equals, bit for bit, one of a layer built from
- * the rounded values. Bad dtypes and out-of-range values fail and leave the layer as it was.
+ * those rounded weights. The 16-bit tensors read back and stored again are the same bits. Back
+ * to F32, a forward equals, bit for bit, one of a layer built from the rounded values. Bad
+ * dtypes and out-of-range values fail and leave the layer as it was.
  */
 #include <stdio.h>
 
@@ -107,6 +108,41 @@ static void check_tensors(const mla_layer *l32, const mla_layer *l16, mla_dtype 
     CHECK(n_streamed >= 4, "%s: %d streamed tensors", what, n_streamed);
 }
 
+/* A layer built from l's tensors as they are stored (mla_layer_from_tensors); NULL on failure. */
+static mla_layer *rebuilt(const mla_layer *l)
+{
+    mla_layer_info info;
+    mla_geometry g;
+    mla_tensor t[16];
+    mla_layer *out = NULL;
+    if (mla_layer_get_info(l, &info, sizeof info) != MLA_OK ||
+        mla_layer_get_geometry(l, &g, sizeof g) != MLA_OK || info.n_tensors > 16)
+        return NULL;
+    for (int32_t i = 0; i < info.n_tensors; i++)
+        if (mla_layer_tensor(l, i, &t[i]) != MLA_OK)
+            return NULL;
+    mla_layer_from_tensors(&g, info.rope_dim, info.d_kv, t, info.n_tensors, &out);
+    return out;
+}
+
+/* Every tensor of a and b: the same name, dtype, shape and bytes. */
+static int same_tensors(const mla_layer *a, const mla_layer *b)
+{
+    mla_layer_info ia, ib;
+    mla_layer_get_info(a, &ia, sizeof ia);
+    mla_layer_get_info(b, &ib, sizeof ib);
+    int same = ia.n_tensors == ib.n_tensors && ia.weight_dtype == ib.weight_dtype;
+    for (int32_t i = 0; i < ia.n_tensors && same; i++) {
+        mla_tensor ta, tb;
+        mla_layer_tensor(a, i, &ta);
+        mla_layer_tensor(b, i, &tb);
+        size_t n = count(&ta) * (size_t)(mla_dtype_bits(ta.dtype) / 8);
+        same = strcmp(ta.name, tb.name) == 0 && ta.dtype == tb.dtype && count(&ta) == count(&tb) &&
+               (n == 0 || memcmp(ta.data, tb.data, n) == 0);
+    }
+    return same;
+}
+
 /* A prompt past the kernel table's dot_weights_max_m (the panel path of mla__wgemm: 512 rows
  * with AVX-512, 64 with AVX2, as valgrind runs it; main sets it), a chunk (gemm_dot_src over
  * 16-bit rows), then single decode tokens (one row). */
@@ -188,8 +224,29 @@ static void check_mla(int d, int n_h, int n_kv, int d_h, int bias, int r, int d_
         free(out);
     }
 
-    /* Back to F32: the widened values, and the same forward as a layer holding them as built. */
+    /* A checkpoint's round trip: the 16-bit tensors read back (mla_layer_from_tensors widens
+     * them exactly) and stored in 16 bits again are the same bits. */
+    mla_layer *rt = rebuilt(l16), *rt16 = rebuilt(l16);
+    CHECK(rt && rt16 && mla_layer_set_weight_dtype(rt16, dt) == MLA_OK,
+          "%s: rebuilt from its 16-bit tensors", what);
+    if (rt16)
+        CHECK(same_tensors(l16, rt16), "%s: rebuilt and stored in %s again: the same bits", what,
+              mla_dtype_name(dt));
+
+    /* Back to F32: the widened values, and the same forward, bit for bit, as the layer built
+     * from the 16-bit tensors (float32 weights of the same values). */
     CHECK(mla_layer_set_weight_dtype(l16, MLA_DTYPE_F32) == MLA_OK, "%s: back to f32", what);
+    if (rt) {
+        float *o1 = calloc((size_t)N_TOK * d, sizeof *o1);
+        float *o2 = calloc((size_t)N_TOK * d, sizeof *o2);
+        int ok = run_calls(l16, 1, x, d, o1) && run_calls(rt, 1, x, d, o2);
+        CHECK(ok && memcmp(o1, o2, (size_t)N_TOK * d * sizeof *o1) == 0,
+              "%s: back to f32, the forward of a layer built from the rounded values", what);
+        free(o1);
+        free(o2);
+    }
+    mla_layer_destroy(rt);
+    mla_layer_destroy(rt16);
     mla_layer_info info;
     mla_layer_get_info(l16, &info, sizeof info);
     size_t bad = info.weight_dtype != MLA_DTYPE_F32;
