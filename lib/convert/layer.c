@@ -247,7 +247,7 @@ MLA_API mla_status mla_layer_cache_desc(const struct mla_layer *l, mla_cache_lay
 /* One of the four streamed weights: where it is kept in each dtype, and what it is called. */
 typedef struct stored {
     const char *name;
-    size_t count;
+    size_t count, cols;
     float **f32;
     uint16_t **h;
 } stored;
@@ -275,14 +275,14 @@ MLA_API mla_status mla_layer_set_weight_dtype(mla_layer *l, mla_dtype dtype)
     const size_t d = (size_t)g->d_model, qr = (size_t)g->n_heads * (size_t)g->head_dim;
     const int mha = l->kind == MLA_LAYER_MHA;
     stored w[4] = {
-        {"q_proj.weight", qr * d, &l->wq, &l->wq16},
+        {"q_proj.weight", qr * d, d, &l->wq, &l->wq16},
         {mha ? "k_proj.weight" : "k_r_proj.weight",
-         (size_t)g->n_kv_heads * (size_t)l->rope_dim * d, &l->wkr, &l->wkr16},
+         (size_t)g->n_kv_heads * (size_t)l->rope_dim * d, d, &l->wkr, &l->wkr16},
         {mha ? "v_proj.weight"
          : l->factorization == MLA_FACTOR_SPLIT ? "kv_proj.down_k.weight and down_v.weight"
                                                 : "kv_proj.down_kv.weight",
-         (size_t)l->latent_dim * d, &l->wdkv, &l->wdkv16},
-        {"o_proj.weight", d * qr, &l->wo, &l->wo16},
+         (size_t)l->latent_dim * d, d, &l->wdkv, &l->wdkv16},
+        {"o_proj.weight", d * qr, qr, &l->wo, &l->wo16},
     };
     /* All four converted into new buffers first: on any failure the layer is as it was. */
     void *nw[4] = {NULL, NULL, NULL, NULL};
@@ -296,23 +296,27 @@ MLA_API mla_status mla_layer_set_weight_dtype(mla_layer *l, mla_dtype dtype)
             break;
         }
         for (size_t i = 0; i < w[k].count; i++) {
-            float v = stored_get(l, &w[k], i), back = v;
+            float v = stored_get(l, &w[k], i);
             if (dtype == MLA_DTYPE_F32) {
                 ((float *)nw[k])[i] = v;
                 continue;
             }
             uint16_t h = dtype == MLA_DTYPE_F16 ? mla_f32_to_f16(v) : mla_f32_to_bf16(v);
-            back = dtype == MLA_DTYPE_F16 ? mla_f16_to_f32(h) : mla_bf16_to_f32(h);
             ((uint16_t *)nw[k])[i] = h;
-            if (!isfinite(back)) {
-                size_t cols = w[k].name[0] == 'o' ? qr : d;
-                st = mla_fail(MLA_ERR_NUMERICAL,
-                              "%s: the value at row %zu, column %zu is %g, beyond the range of "
-                              "%s; the layer keeps its %s weights",
-                              w[k].name, i / cols, i % cols, (double)v, mla_dtype_name(dtype),
-                              mla_dtype_name(l->weight_dtype));
-                break;
+            if (isfinite(dtype == MLA_DTYPE_F16 ? mla_f16_to_f32(h) : mla_bf16_to_f32(h)))
+                continue;
+            const char *name = w[k].name;
+            size_t row = i / w[k].cols, half = w[k].count / 2 / w[k].cols;
+            if (k == 2 && !mha && l->factorization == MLA_FACTOR_SPLIT) {
+                name = row < half ? "kv_proj.down_k.weight" : "kv_proj.down_v.weight";
+                row = row < half ? row : row - half;
             }
+            st = mla_fail(MLA_ERR_NUMERICAL,
+                          "%s: the value at row %zu, column %zu is %g, beyond the range of %s; "
+                          "the layer keeps its %s weights",
+                          name, row, i % w[k].cols, (double)v, mla_dtype_name(dtype),
+                          mla_dtype_name(l->weight_dtype));
+            break;
         }
     }
     if (st != MLA_OK) {

@@ -347,6 +347,36 @@ static void check_errors(void)
           "errors: the layer kept its f32 weights");
     CHECK(mla_layer_set_weight_dtype(l, MLA_DTYPE_BF16) == MLA_OK, "errors: bf16 holds 1e5");
     mla_layer_destroy(l);
+
+    /* A split layer's down projections are stored as one: the message names the half and its
+     * own row (a layer rebuilt from tensors with 1e5 in kv_proj.down_v.weight, row 1, col 2). */
+    mla_layer *sp = convert(&s, 4, 4, MLA_FACTOR_SPLIT), *big = NULL;
+    mla_layer_info si;
+    mla_tensor t[16];
+    float *dv = NULL;
+    mla_geometry g;
+    int ok = sp && mla_layer_get_info(sp, &si, sizeof si) == MLA_OK &&
+             mla_layer_get_geometry(sp, &g, sizeof g) == MLA_OK && si.n_tensors <= 16;
+    for (int32_t i = 0; ok && i < si.n_tensors; i++) {
+        ok = mla_layer_tensor(sp, i, &t[i]) == MLA_OK;
+        if (ok && strcmp(t[i].name, "kv_proj.down_v.weight") == 0) {
+            size_t n = count(&t[i]);
+            dv = malloc(n * sizeof *dv);
+            memcpy(dv, t[i].data, n * sizeof *dv);
+            dv[1 * t[i].shape[1] + 2] = 1e5f;
+            t[i].data = dv;
+        }
+    }
+    ok = ok && dv && mla_layer_from_tensors(&g, si.rope_dim, si.d_kv, t, si.n_tensors, &big) ==
+                         MLA_OK;
+    st = ok ? mla_layer_set_weight_dtype(big, MLA_DTYPE_F16) : MLA_ERR_INTERNAL;
+    msg = mla_last_error();
+    CHECK(st == MLA_ERR_NUMERICAL && strstr(msg, "kv_proj.down_v.weight: ") &&
+              strstr(msg, "row 1, column 2"),
+          "errors: split down projection out of f16's range: %d, %s", (int)st, msg);
+    free(dv);
+    mla_layer_destroy(big);
+    mla_layer_destroy(sp);
     src_free(&s);
 }
 
