@@ -154,6 +154,11 @@ typedef struct plan {
      * input projections (k = d) and for o_proj (k = n_h·d_h), 0 where none is needed. */
     int64_t panel_in, panel_out;
     float *wpanel;
+    /* 16-bit up projections: one KV head's W_uk (a prompt's absorbed queries) or W_uv (its
+     * absorbed output) widened (wup, wup_floats); the workers' tile panels (up_panel). */
+    float *wup;
+    size_t wup_floats;
+    int up_panel;
 } plan;
 
 static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
@@ -183,6 +188,8 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
     size_t pin = mul(a, (size_t)p->panel_in, (size_t)dm->d);
     size_t pout = mul(a, (size_t)p->panel_out, hd);
     p->wpanel = pin + pout > 0 ? take(a, pin > pout ? pin : pout, sizeof(float)) : NULL;
+    p->wup = p->wup_floats ? take(a, p->wup_floats, sizeof(float)) : NULL;
+    size_t lat_max = (size_t)(dm->lat_k > dm->lat_v ? dm->lat_k : dm->lat_v);
     p->works = take(a, (size_t)p->n_works, sizeof(mla__work));
     size_t T = (size_t)p->tile;
     size_t max_m = (size_t)(p->rows_abs > p->rows_mat ? p->rows_abs : p->rows_mat);
@@ -198,6 +205,8 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
         }
         if (p->i4)
             w.tile.codes = take(a, mul(a, T, (size_t)dm->L), 1);
+        if (p->up_panel)
+            w.tile.wpanel = take(a, mul(a, MLA_ATTN_UP_PANEL_ROWS, lat_max), sizeof(float));
         w.rt.seg = take(a, T, sizeof(mla__seg));
         size_t ctw = (size_t)(dm->lat_k + dm->W > dm->d_h ? dm->lat_k + dm->W : dm->d_h);
         w.ct = take(a, mul(a, ctw, T), sizeof(float));
@@ -468,10 +477,23 @@ static void add_bias(float *y, int64_t n, int64_t w, const float *b)
             y[i * w + j] += b[j];
 }
 
-/* One of the layer's streamed weights as stored (layer.h). */
+/* One of the layer's weight matrices as stored (layer.h), from element off on. */
+static const void *stored_at(const struct mla_layer *ly, const float *f32, const uint16_t *h,
+                             int64_t off)
+{
+    return ly->weight_dtype == MLA_DTYPE_F32 ? (const void *)(f32 + off) : (const void *)(h + off);
+}
+
 static const void *stored(const struct mla_layer *ly, const float *f32, const uint16_t *h)
 {
-    return ly->weight_dtype == MLA_DTYPE_F32 ? (const void *)f32 : (const void *)h;
+    return stored_at(ly, f32, h, 0);
+}
+
+/* A layer's 16-bit weight rows as a source of the kernels (row0 .. on, width columns). */
+static mla__src stored_src(const struct mla_layer *ly, const uint16_t *h, int64_t width)
+{
+    mla__src s = {(const unsigned char *)h, 2 * (ptrdiff_t)width, ly->weight_dtype, NULL, 0, 0};
+    return s;
 }
 
 static void project(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
@@ -575,8 +597,15 @@ static void prepare_queries(const struct mla_layer *ly, const dims *dm, const pl
         for (int64_t h = 0; h < dm->n_h; h++) {
             int64_t j = h / dm->g;
             float *row = p->obar + h * n * dm->lat_k;
-            k->gemm_bc(n, dm->lat_k, dm->nope, p->q + dm->n_h * dm->r + h * dm->nope, qw, 1,
-                       ly->wuk + j * dm->nope * dm->lat_k, dm->lat_k, 0.0f, row, dm->lat_k);
+            const float *qn = p->q + dm->n_h * dm->r + h * dm->nope;
+            if (ly->weight_dtype == MLA_DTYPE_F32) {
+                k->gemm_bc(n, dm->lat_k, dm->nope, qn, qw, 1, ly->wuk + j * dm->nope * dm->lat_k,
+                           dm->lat_k, 0.0f, row, dm->lat_k);
+            } else {
+                mla__src up = stored_src(ly, ly->wuk16, dm->lat_k);
+                k->gemm_bc_src(n, dm->lat_k, dm->nope, qn, qw, 1, &up, j * dm->nope, 0, 0.0f,
+                               row, dm->lat_k);
+            }
             for (int64_t t = 0; t < n; t++)
                 for (int64_t i = 0; i < dm->lat_k; i++)
                     p->qt[i * ldq + t * dm->n_h + h] = row[t * dm->lat_k + i] * scale;
@@ -585,9 +614,15 @@ static void prepare_queries(const struct mla_layer *ly, const dims *dm, const pl
         nt = threads_for(nt, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k);
         for (int64_t h = 0; h < dm->n_h; h++) {
             int64_t j = h / dm->g;
-            mla__sgemm(nt, dm->lat_k, n, dm->nope, ly->wuk + j * dm->nope * dm->lat_k, 1,
-                       dm->lat_k, p->q + dm->n_h * dm->r + h * dm->nope, 1, qw, 0.0f, p->qt + h,
-                       ldq, dm->n_h);
+            const float *wuk = p->wup;
+            if (ly->weight_dtype == MLA_DTYPE_F32)
+                wuk = ly->wuk + j * dm->nope * dm->lat_k;
+            else if (h % dm->g == 0) /* 16-bit W_uk: widened once for the group's heads */
+                mla__widen16(nt, ly->wuk16 + j * dm->nope * dm->lat_k, ly->weight_dtype,
+                             dm->nope, dm->lat_k, p->wup);
+            mla__sgemm(nt, dm->lat_k, n, dm->nope, wuk, 1, dm->lat_k,
+                       p->q + dm->n_h * dm->r + h * dm->nope, 1, qw, 0.0f, p->qt + h, ldq,
+                       dm->n_h);
         }
         for (int64_t i = 0; i < dm->lat_k * ldq; i++)
             p->qt[i] *= scale;
@@ -761,12 +796,23 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
             int64_t j = h / dm->g;
             float *o = p->ao + t0 * hd + h * dm->d_h;
             const float *ob = p->obar + (t0 * dm->n_h + h) * dm->lat_v;
-            if (t1 - t0 <= SMALL_PRODUCT_TOKENS)
+            int64_t row0 = j * dm->d_h * dm->lat_v;
+            if (t1 - t0 <= SMALL_PRODUCT_TOKENS && ly->weight_dtype == MLA_DTYPE_F32) {
                 k->gemm_dot(t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v,
-                            ly->wuv + j * dm->d_h * dm->lat_v, dm->lat_v, 0.0f, o, hd);
-            else
-                mla__sgemm_wt(k, ntu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v,
-                              ly->wuv + j * dm->d_h * dm->lat_v, dm->lat_v, o, hd);
+                            ly->wuv + row0, dm->lat_v, 0.0f, o, hd);
+            } else if (t1 - t0 <= SMALL_PRODUCT_TOKENS) {
+                mla__src up = stored_src(ly, ly->wuv16, dm->lat_v);
+                k->gemm_dot_src(t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v, &up,
+                                j * dm->d_h, 0, 0.0f, o, hd);
+            } else {
+                /* a 16-bit W_uv^{(j)} widened whole into wup where the table widens */
+                int64_t rows = mla__wgemm_panel_rows(k, ly->weight_dtype, t1 - t0, dm->lat_v)
+                                   ? dm->d_h
+                                   : 0;
+                mla__wgemm(k, ntu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v,
+                           stored_at(ly, ly->wuv, ly->wuv16, row0), ly->weight_dtype, o, hd,
+                           p->wup, rows);
+            }
             if (ly->buv)
                 for (int64_t t = 0; t < t1 - t0; t++)
                     for (int64_t i = 0; i < dm->d_h; i++)
@@ -1280,6 +1326,17 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     p.panel_in = p.panel_in < rows_in ? p.panel_in : rows_in;
     p.panel_out = mla__wgemm_panel_rows(attn->k, layer->weight_dtype, n_tokens, hd_all);
     p.panel_out = p.panel_out < dm.d ? p.panel_out : dm.d;
+    /* 16-bit up projections: a prompt's W_uk for its absorbed queries, W_uv for its absorbed
+     * output where the table widens, and the workers' tile panels (materialized.c). */
+    if (layer->weight_dtype != MLA_DTYPE_F32 && !dm.mha) {
+        size_t uk = p.any_abs && dm.nope > 0 && n_tokens >= QUERY_KERNEL_TOKENS
+                        ? (size_t)(dm.nope * dm.lat_k) : 0;
+        size_t uv = p.any_abs && mla__wgemm_panel_rows(attn->k, layer->weight_dtype, n_tokens,
+                                                       dm.lat_v)
+                        ? (size_t)(dm.d_h * dm.lat_v) : 0;
+        p.wup_floats = uk > uv ? uk : uv;
+        p.up_panel = p.any_mat && mla__wgemm_panel_rows(attn->k, layer->weight_dtype, p.tile, 1);
+    }
     arena a;
     size_t need = plan_bytes(&dm, &p, ch, nt, &a);
     /* Over the handle's limit: the fastest plan within it, else the one of least scratch (the

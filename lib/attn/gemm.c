@@ -158,8 +158,8 @@ __attribute__((target("avx,f16c"))) static void widen_f16c(const uint16_t *s, in
 /* Rows of 16-bit weights widened to float32, the threads taking rows. A bf16 value is the high
  * half of its float32: a shift the compiler vectorizes; f16 by F16C where the CPU has it
  * (mla_to_f32's call a value took 5% of a 2048-token Llama-2-7B prompt). */
-static void widen_rows(int n_threads, const uint16_t *w, mla_dtype wt, int64_t rows, int64_t k,
-                       float *dst)
+void mla__widen16(int n_threads, const uint16_t *w, mla_dtype wt, int64_t rows, int64_t k,
+                  float *dst)
 {
 #ifdef HAVE_F16C_WIDEN
     int f16c = mla_cpu()->f16c && mla_cpu()->avx2;
@@ -201,7 +201,7 @@ void mla__wgemm(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n
     const uint16_t *wh = w;
     for (int64_t j0 = 0; j0 < n; j0 += panel_rows) {
         int64_t rows = n - j0 < panel_rows ? n - j0 : panel_rows;
-        widen_rows(n_threads, wh + j0 * k, wt, rows, k, panel);
+        mla__widen16(n_threads, wh + j0 * k, wt, rows, k, panel);
         /* As float32 weights of as many rows go (BLIS, small-matrix code by the same rule). */
         mla__sgemm_wt(kt, n_threads, m, rows, k, a, lda, panel, k, c + j0, ldc);
     }

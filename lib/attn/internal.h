@@ -93,6 +93,12 @@ MLA_INTERNAL void mla__wgemm(const mla__attn_kernels *kt, int n_threads, int64_t
                              int64_t panel_rows);
 MLA_INTERNAL int64_t mla__wgemm_panel_rows(const mla__attn_kernels *kt, mla_dtype wt, int64_t m,
                                            int64_t k);
+/* rows × k 16-bit weights (wt F16 or BF16, rows contiguous) widened into dst, exactly, on
+ * n_threads threads. */
+MLA_INTERNAL void mla__widen16(int n_threads, const uint16_t *w, mla_dtype wt, int64_t rows,
+                               int64_t k, float *dst);
+/* Rows of W per panel when a worker up-projects a tile over 16-bit weights (materialized.c). */
+#define MLA_ATTN_UP_PANEL_ROWS 64
 
 /* ---- rope.c ----------------------------------------------------------------------------------- */
 
@@ -127,6 +133,9 @@ typedef struct mla__tile {
     float *rope;                 /* n × rope_width (NULL when rope_width is 0) */
     int64_t *pos;                /* n */
     int8_t *codes;               /* I4 latents: a tile's codes, unpacked by mla__rtile_map */
+    /* 16-bit up projections of a tile with the kernel table's panel path: this worker's
+     * MLA_ATTN_UP_PANEL_ROWS × max(lat_k, lat_v) floats (NULL where not needed). */
+    float *wpanel;
 } mla__tile;
 
 MLA_INTERNAL void mla__tile_fill(const mla_cache_layer_format *fmt, const mla__seq_view *v,

@@ -40,7 +40,7 @@ static void add_tensor(struct mla_layer *l, const char *name, mla_dtype dtype, i
     t->data = data;
 }
 
-/* The four weights a forward streams, as stored (layer.h): data and dtype. */
+/* A weight matrix as stored (layer.h): its float32 or its 16-bit copy. */
 static const void *wdata(const struct mla_layer *l, const float *f32, const uint16_t *h)
 {
     return l->weight_dtype == MLA_DTYPE_F32 ? (const void *)f32 : (const void *)h;
@@ -55,7 +55,8 @@ static void fill_table(struct mla_layer *l)
     const int64_t R = (int64_t)l->d_kv * g->n_kv_heads;
     const mla_dtype wt = l->weight_dtype, f32 = MLA_DTYPE_F32;
     const void *wq = wdata(l, l->wq, l->wq16), *wkr = wdata(l, l->wkr, l->wkr16);
-    const void *wo = wdata(l, l->wo, l->wo16);
+    const void *wo = wdata(l, l->wo, l->wo16), *wuk = wdata(l, l->wuk, l->wuk16);
+    const void *wuv = wdata(l, l->wuv, l->wuv16);
     const unsigned char *wdkv = wdata(l, l->wdkv, l->wdkv16);
     l->n_tensors = 0;
     if (l->kind == MLA_LAYER_MHA) {
@@ -84,10 +85,10 @@ static void fill_table(struct mla_layer *l)
     } else {
         add_tensor(l, "kv_proj.down_kv.weight", wt, 2, R, d, wdkv);
     }
-    add_tensor(l, "kv_proj.up_k.weight", f32, 2, g->n_kv_heads * n, R, l->wuk);
+    add_tensor(l, "kv_proj.up_k.weight", wt, 2, g->n_kv_heads * n, R, wuk);
     if (l->buk)
         add_tensor(l, "kv_proj.up_k.bias", f32, 1, g->n_kv_heads * n, 1, l->buk);
-    add_tensor(l, "kv_proj.up_v.weight", f32, 2, kv, R, l->wuv);
+    add_tensor(l, "kv_proj.up_v.weight", wt, 2, kv, R, wuv);
     if (l->buv)
         add_tensor(l, "kv_proj.up_v.bias", f32, 1, kv, 1, l->buv);
     add_tensor(l, "o_proj.weight", wt, 2, d, qr, wo);
@@ -141,6 +142,8 @@ MLA_API void mla_layer_destroy(mla_layer *l)
     mla_free(l->wq16);
     mla_free(l->wkr16);
     mla_free(l->wdkv16);
+    mla_free(l->wuk16);
+    mla_free(l->wuv16);
     mla_free(l->wo16);
     mla_free(l);
 }
@@ -244,7 +247,7 @@ MLA_API mla_status mla_layer_cache_desc(const struct mla_layer *l, mla_cache_lay
     return mla_params_write(desc, struct_size, &c, sizeof c, "desc");
 }
 
-/* One of the four streamed weights: where it is kept in each dtype, and what it is called. */
+/* One weight matrix: where it is kept in each dtype, and what it is called. */
 typedef struct stored {
     const char *name;
     size_t count, cols;
@@ -274,7 +277,9 @@ MLA_API mla_status mla_layer_set_weight_dtype(mla_layer *l, mla_dtype dtype)
     const mla_geometry *g = &l->geom;
     const size_t d = (size_t)g->d_model, qr = (size_t)g->n_heads * (size_t)g->head_dim;
     const int mha = l->kind == MLA_LAYER_MHA;
-    stored w[4] = {
+    const size_t R = (size_t)l->d_kv * (size_t)g->n_kv_heads;
+    const size_t n = (size_t)(g->head_dim - l->rope_dim);
+    stored w[6] = {
         {"q_proj.weight", qr * d, d, &l->wq, &l->wq16},
         {mha ? "k_proj.weight" : "k_r_proj.weight",
          (size_t)g->n_kv_heads * (size_t)l->rope_dim * d, d, &l->wkr, &l->wkr16},
@@ -283,13 +288,18 @@ MLA_API mla_status mla_layer_set_weight_dtype(mla_layer *l, mla_dtype dtype)
                                                 : "kv_proj.down_kv.weight",
          (size_t)l->latent_dim * d, d, &l->wdkv, &l->wdkv16},
         {"o_proj.weight", d * qr, qr, &l->wo, &l->wo16},
+        /* MHA: none (counted 0, kept NULL) */
+        {"kv_proj.up_k.weight", mha ? 0 : (size_t)g->n_kv_heads * n * R, R, &l->wuk, &l->wuk16},
+        {"kv_proj.up_v.weight", mha ? 0 : (size_t)g->n_kv_heads * (size_t)g->head_dim * R, R,
+         &l->wuv, &l->wuv16},
     };
-    /* All four converted into new buffers first: on any failure the layer is as it was. */
-    void *nw[4] = {NULL, NULL, NULL, NULL};
+    const int n_w = mha ? 4 : 6;
+    /* All converted into new buffers first: on any failure the layer is as it was. */
+    void *nw[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
     mla_status st = MLA_OK;
-    for (int k = 0; k < 4 && st == MLA_OK; k++) {
+    for (int k = 0; k < n_w && st == MLA_OK; k++) {
         size_t esize = dtype == MLA_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
-        nw[k] = mla_alloc((w[k].count + 1) * esize); /* + 1: k_r_proj may have no rows */
+        nw[k] = mla_alloc((w[k].count + 1) * esize); /* + 1: k_r_proj, up_k may have no rows */
         if (!nw[k]) {
             st = mla_fail(MLA_ERR_OUT_OF_MEMORY, "%s: %zu values as %s", w[k].name, w[k].count,
                           mla_dtype_name(dtype));
@@ -320,11 +330,11 @@ MLA_API mla_status mla_layer_set_weight_dtype(mla_layer *l, mla_dtype dtype)
         }
     }
     if (st != MLA_OK) {
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < n_w; k++)
             mla_free(nw[k]);
         return st;
     }
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < n_w; k++) {
         mla_free(*w[k].f32);
         mla_free(*w[k].h);
         *w[k].f32 = dtype == MLA_DTYPE_F32 ? nw[k] : NULL;

@@ -1,8 +1,8 @@
 /*
  * The MLA layer handle's representation, shared by lib/convert (which builds it) and lib/attn
  * (which runs it). Everything is float32 in PyTorch nn.Linear layout (out × in, row-major) and
- * owned by the layer (one mla_alloc each, freed by mla_layer_destroy), except the four weights a
- * forward streams, which mla_layer_set_weight_dtype may store in 16 bits instead.
+ * owned by the layer (one mla_alloc each, freed by mla_layer_destroy), except the weight
+ * matrices, which mla_layer_set_weight_dtype may store in 16 bits instead.
  *
  * Dimensions: d = geom.d_model, n_h, n_kv, d_h = geom.head_dim, g = n_h / n_kv,
  * r = rope_dim (kept RoPE dims per head), n = d_h − r (non-RoPE dims per head),
@@ -58,10 +58,12 @@ struct mla_layer {
 
     float *wo;                      /* d × n_h·d_h */
 
-    /* wq, wkr, wdkv and wo as stored: F32 in the fields above, or F16/BF16 in these (the float32
-     * fields then NULL), same shapes. A decode reads them once a token: 16 bits halve that. */
+    /* The weight matrices as stored: F32 in the fields above, or, after
+     * mla_layer_set_weight_dtype, F16/BF16 in these (the float32 fields then NULL), same shapes.
+     * A decode reads them once a token: 16 bits halve that. Biases stay float32. MHA: wuk16 and
+     * wuv16 NULL, as wuk and wuv. */
     mla_dtype weight_dtype;
-    uint16_t *wq16, *wkr16, *wdkv16, *wo16;
+    uint16_t *wq16, *wkr16, *wdkv16, *wuk16, *wuv16, *wo16;
 
     mla_convert_report report;      /* NaN fields where not computed */
 

@@ -1,6 +1,6 @@
 /*
- * mla_layer_set_weight_dtype: a layer whose streamed weights (q_proj, k_r_proj / k_proj, the down
- * projection / v_proj, o_proj) are stored in 16 bits. The getters return this test's own
+ * mla_layer_set_weight_dtype: a layer whose weight matrices (q_proj, k_r_proj / k_proj, the down
+ * projection / v_proj, the up projections, o_proj) are stored in 16 bits. The getters return this test's own
  * rounding of the float32 values (bf16 by bit arithmetic, f16 by its definition in double), and
  * forwards of prompts, chunks and decode tokens equal the float64 reference of util.h run over
  * those rounded weights. The 16-bit tensors read back and stored again are the same bits. Back
@@ -65,11 +65,12 @@ static size_t count(const mla_tensor *t)
     return n;
 }
 
-static int streamed(const char *name)
+static int weight_matrix(const char *name)
 {
     static const char *const names[] = {"q_proj.weight", "k_r_proj.weight", "k_proj.weight",
                                         "v_proj.weight", "kv_proj.down_kv.weight",
                                         "kv_proj.down_k.weight", "kv_proj.down_v.weight",
+                                        "kv_proj.up_k.weight", "kv_proj.up_v.weight",
                                         "o_proj.weight"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcmp(name, names[i]) == 0)
@@ -77,7 +78,7 @@ static int streamed(const char *name)
     return 0;
 }
 
-/* Every tensor of l16 (after set_weight_dtype) against l32's (before): the streamed ones in dt
+/* Every tensor of l16 (after set_weight_dtype) against l32's (before): the weight matrices in dt
  * with exactly the test's rounding, the others float32 and unchanged. */
 static void check_tensors(const mla_layer *l32, const mla_layer *l16, mla_dtype dt,
                           const char *what)
@@ -85,18 +86,21 @@ static void check_tensors(const mla_layer *l32, const mla_layer *l16, mla_dtype 
     mla_layer_info info;
     mla_layer_get_info(l16, &info, sizeof info);
     CHECK(info.weight_dtype == dt, "%s: info.weight_dtype %d", what, (int)info.weight_dtype);
-    int n_streamed = 0;
+    int n_matrices = 0;
+    int want = info.kind == MLA_LAYER_MHA                   ? 4
+               : info.factorization == MLA_FACTOR_SPLIT ? 7
+                                                          : 6;
     for (int32_t i = 0; i < info.n_tensors; i++) {
         mla_tensor a, b;
         mla_layer_tensor(l32, i, &a);
         mla_layer_tensor(l16, i, &b);
         size_t n = count(&a), bad = 0;
-        if (!streamed(a.name)) {
+        if (!weight_matrix(a.name)) {
             bad = b.dtype != a.dtype || (n > 0 && memcmp(a.data, b.data, n * 4) != 0);
             CHECK(!bad, "%s: %s unchanged", what, a.name);
             continue;
         }
-        n_streamed++;
+        n_matrices++;
         for (size_t k = 0; k < n; k++) {
             float v = ((const float *)a.data)[k];
             uint16_t h = ((const uint16_t *)b.data)[k];
@@ -105,7 +109,7 @@ static void check_tensors(const mla_layer *l32, const mla_layer *l16, mla_dtype 
         CHECK(b.dtype == dt && !bad, "%s: %s stored as %s (%zu of %zu values differ)", what,
               a.name, mla_dtype_name(b.dtype), bad, n);
     }
-    CHECK(n_streamed >= 4, "%s: %d streamed tensors", what, n_streamed);
+    CHECK(n_matrices == want, "%s: %d weight matrices (%d expected)", what, n_matrices, want);
 }
 
 /* A layer built from l's tensors as they are stored (mla_layer_from_tensors); NULL on failure. */
@@ -159,13 +163,14 @@ static float *inputs(int d, unsigned long long seed, int64_t *pos)
     return rand_floats((size_t)N_TOK * d, &seed, 1.0);
 }
 
-/* Sequence 0 through layer l on a fresh float32 cache with nt threads, in the calls above from
- * position 0; out: N_TOK × d. 1 if every call succeeded. */
-static int run_calls(const mla_layer *l, int nt, const float *x, int d, float *out)
+/* Sequence 0 through layer l on a fresh float32 cache with nt threads and path, in the calls
+ * above from position 0; out: N_TOK × d. 1 if every call succeeded. */
+static int run_path(const mla_layer *l, int nt, mla_attn_path path, const float *x, int d,
+                    float *out)
 {
     mla_layer *layers[1] = {(mla_layer *)l};
     mla_cache *c = make_cache(layers, 1, MLA_DTYPE_F32, MLA_DTYPE_F32, 1024, 64);
-    mla_attn *a = make_attn(nt, MLA_ATTN_PATH_AUTO);
+    mla_attn *a = make_attn(nt, path);
     int64_t p = 0;
     int ok = c && a;
     for (int i = 0; i < N_CALLS && ok; i++) {
@@ -175,6 +180,11 @@ static int run_calls(const mla_layer *l, int nt, const float *x, int d, float *o
     mla_attn_destroy(a);
     mla_cache_destroy(c);
     return ok;
+}
+
+static int run_calls(const mla_layer *l, int nt, const float *x, int d, float *out)
+{
+    return run_path(l, nt, MLA_ATTN_PATH_AUTO, x, d, out);
 }
 
 static void check_mla(int d, int n_h, int n_kv, int d_h, int bias, int r, int d_kv,
@@ -200,6 +210,10 @@ static void check_mla(int d, int n_h, int n_kv, int d_h, int bias, int r, int d_
     float *wq = rounded(m.wq, qr * d, dt), *wkr = rounded(m.wkr, (size_t)n_kv * r * d, dt);
     float *wdk = rounded(m.wdk, R * d, dt), *wdv = m.split ? rounded(m.wdv, R * d, dt) : wdk;
     float *wo = rounded(m.wo, (size_t)d * qr, dt);
+    float *wuk = rounded(m.wuk, (size_t)n_kv * (d_h - r) * R, dt);
+    float *wuv = rounded(m.wuv, (size_t)n_kv * d_h * R, dt);
+    m.wuk = wuk;
+    m.wuv = wuv;
     m.wq = wq;
     m.wkr = wkr;
     m.wdk = wdk;
@@ -210,15 +224,22 @@ static void check_mla(int d, int n_h, int n_kv, int d_h, int bias, int r, int d_
     double *ref = malloc((size_t)N_TOK * d * sizeof *ref);
     ref_mla_forward(&m, x, pos, N_TOK, NULL, NULL, ref);
 
-    for (int nt = 1; nt <= 2; nt++) {
+    /* AUTO on 1 and 2 threads, then each path forced (the absorbed queries' and output's
+     * products over 16-bit W_uk and W_uv; the materialized tiles' up-projections). */
+    static const mla_attn_path paths[] = {MLA_ATTN_PATH_AUTO, MLA_ATTN_PATH_AUTO,
+                                          MLA_ATTN_PATH_ABSORBED, MLA_ATTN_PATH_MATERIALIZED};
+    static const char *const path_names[] = {"auto", "auto", "absorbed", "materialized"};
+    for (int pi = 0; pi < 4; pi++) {
+        int nt = pi == 0 ? 1 : 2;
         float *out = calloc((size_t)N_TOK * d, sizeof *out);
-        int ok = run_calls(l16, nt, x, d, out);
-        CHECK(ok, "%s, %d threads: forwards: %s", what, nt, mla_last_error());
+        int ok = run_path(l16, nt, paths[pi], x, d, out);
+        CHECK(ok, "%s, %s, %d threads: forwards: %s", what, path_names[pi], nt,
+              mla_last_error());
         int64_t p0 = 0;
         for (int i = 0; i < N_CALLS && ok; i++) {
             double e = rel_diff_d(out + p0 * d, ref + p0 * d, (size_t)calls[i] * d);
-            CHECK(e < 1e-4, "%s, %d threads: a call of %d tokens vs float64 reference: %.2e",
-                  what, nt, calls[i], e);
+            CHECK(e < 1e-4, "%s, %s, %d threads: a call of %d tokens vs float64 reference: %.2e",
+                  what, path_names[pi], nt, calls[i], e);
             p0 += calls[i];
         }
         free(out);
@@ -265,12 +286,14 @@ static void check_mla(int d, int n_h, int n_kv, int d_h, int bias, int r, int d_
     if (m.split)
         free(wdv);
     free(wo);
+    free(wuk);
+    free(wuv);
     mla_layer_destroy(l32);
     mla_layer_destroy(l16);
     src_free(&s);
 }
 
-/* The MHA baseline: its four weights are all streamed; reference ref_mha over rounded ones. */
+/* The MHA baseline: its four weight matrices; reference ref_mha over rounded ones. */
 static void check_mha(int d, int n_h, int n_kv, int d_h, int bias, mla_dtype dt,
                       unsigned long long seed)
 {

@@ -272,7 +272,8 @@ def _bf16_bits(a):
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-STREAMED = ("q_proj.weight", "k_r_proj.weight", "kv_proj.down_kv.weight", "o_proj.weight")
+WEIGHTS = ("q_proj.weight", "k_r_proj.weight", "kv_proj.down_kv.weight", "kv_proj.up_k.weight",
+           "kv_proj.up_v.weight", "o_proj.weight")
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
@@ -285,7 +286,7 @@ def test_weights_in_16_bits(data, dtype):
                                                 mla.DType.F16)
     # The stored values: numpy's own rounding of the float32 ones; the rest unchanged.
     want = dict(f32)
-    for name in STREAMED:
+    for name in WEIGHTS:
         got = layer.tensor(name)
         if dtype == "bf16":
             bits = _bf16_bits(f32[name])
@@ -294,7 +295,7 @@ def test_weights_in_16_bits(data, dtype):
         else:
             np.testing.assert_array_equal(got, f32[name].astype(np.float16), err_msg=name)
             want[name] = f32[name].astype(np.float16).astype(np.float64)
-    np.testing.assert_array_equal(layer.tensor("kv_proj.up_v.weight"), f32["kv_proj.up_v.weight"])
+    np.testing.assert_array_equal(layer.tensor("kv_proj.up_v.bias"), f32["kv_proj.up_v.bias"])
     # Forwards (prompt, then decode) against numpy's forward over the rounded weights, and
     # visibly away from the float32 weights' output.
     pos = np.arange(len(x))
@@ -304,7 +305,7 @@ def test_weights_in_16_bits(data, dtype):
     # Back to float32: the rounded values, widened exactly.
     layer.set_weight_dtype("f32")
     assert layer.info.weight_dtype == mla.DType.F32
-    for name in STREAMED:
+    for name in WEIGHTS:
         np.testing.assert_array_equal(layer.tensor(name), want[name].astype(np.float32))
 
 
@@ -316,11 +317,11 @@ def test_weight_dtype_refusals(data):
         layer.set_weight_dtype("bf16")  # would free the memory `view` reads
     kept = view.copy()
     del view
-    other = layer.tensor("kv_proj.up_v.weight")
+    other = layer.tensor("kv_proj.up_v.bias")
     layer.set_weight_dtype("bf16")  # views of tensors that stay are no obstacle
     assert layer.info.weight_dtype == mla.DType.BF16
     np.testing.assert_array_equal(layer.tensor("q_proj.weight"), _bf16_bits(kept))
-    np.testing.assert_array_equal(other, layer.tensor("kv_proj.up_v.weight"))
+    np.testing.assert_array_equal(other, layer.tensor("kv_proj.up_v.bias"))
     with pytest.raises(mla.MlaError, match="weight dtype"):
         layer.set_weight_dtype("i8")
     # Beyond f16's range: NUMERICAL naming the tensor, the layer unchanged.

@@ -227,10 +227,11 @@ _NP_OF = {DType.F32: np.float32, DType.F16: np.float16, DType.BF16: np.uint16,
           DType.I32: np.int32, DType.F64: np.float64}
 
 
-# The tensors mla_layer_set_weight_dtype stores anew (their old memory freed).
-_STREAMED = frozenset({"q_proj.weight", "k_r_proj.weight", "k_proj.weight", "v_proj.weight",
-                       "kv_proj.down_kv.weight", "kv_proj.down_k.weight",
-                       "kv_proj.down_v.weight", "o_proj.weight"})
+# The tensors mla_layer_set_weight_dtype stores anew (their old memory freed): every weight
+# matrix, not the biases or rope_dims.
+_WEIGHTS = frozenset({"q_proj.weight", "k_r_proj.weight", "k_proj.weight", "v_proj.weight",
+                      "kv_proj.down_kv.weight", "kv_proj.down_k.weight", "kv_proj.down_v.weight",
+                      "kv_proj.up_k.weight", "kv_proj.up_v.weight", "o_proj.weight"})
 
 
 def _safe_enum(cls: Any, v: int) -> Any:
@@ -252,8 +253,8 @@ class Layer(Handle):
         # Forwards hold the shared side; set_weight_dtype, which frees the weights they read,
         # the exclusive one.
         self._lock = CacheLock(0)
-        # Views of the four streamed weights, which set_weight_dtype frees.
-        self._streamed_views: "weakref.WeakSet[BufferView]" = weakref.WeakSet()
+        # Views of the weight matrices, which set_weight_dtype frees.
+        self._weight_views: "weakref.WeakSet[BufferView]" = weakref.WeakSet()
         self._read_info()
 
     def _read_info(self) -> None:
@@ -270,19 +271,19 @@ class Layer(Handle):
             n_tensors=info.n_tensors, weight_dtype=_safe_enum(DType, info.weight_dtype))
 
     def set_weight_dtype(self, dtype: Union[DType, str]) -> None:
-        """Store the four weights a forward streams (q_proj, k_r_proj or k_proj, the down
-        projection or v_proj, o_proj) as "bf16" or "f16", or as "f32" again
-        (mla_layer_set_weight_dtype): half the bytes a decode reads, products still accumulated
-        in float32 over the stored values. Waits for forwards on other threads to finish.
-        Raises RuntimeError while numpy views of those four tensors (tensor(), tensors()) are
-        alive: their memory is freed (copy them first), and mla.MlaError (NUMERICAL: a value beyond
-        f16's range) leaving the layer as it was."""
+        """Store the layer's weight matrices (every projection; biases stay float32) as "bf16"
+        or "f16", or as "f32" again (mla_layer_set_weight_dtype): half the bytes a decode reads
+        and the layer holds, products still accumulated in float32 over the stored values.
+        Waits for forwards on other threads to finish. Raises RuntimeError while numpy views of
+        weight matrices (tensor(), tensors()) are alive: their memory is freed (copy them
+        first), and mla.MlaError (NUMERICAL: a value beyond f16's range) leaving the layer as
+        it was."""
         o = self._own()
         dt = to_enum(DType, dtype, "dtype")
         with self._lock.exclusive():
-            alive = len(self._streamed_views)
+            alive = len(self._weight_views)
             if alive:
-                raise RuntimeError(f"{alive} numpy view(s) of this layer's streamed weights are "
+                raise RuntimeError(f"{alive} numpy view(s) of this layer's weight matrices are "
                                    "alive: copy them (numpy.array) or drop them before "
                                    "set_weight_dtype frees that memory")
             check(o.lib, o.lib.mla_layer_set_weight_dtype(o.ptr, int(dt)))
@@ -383,8 +384,8 @@ class Layer(Handle):
         if math.prod(shape) == 0 or not t.data:
             return np.empty(shape, dtype)
         view = BufferView(o, t.data, shape, np.dtype(dtype))
-        if t.name.decode() in _STREAMED:
-            self._streamed_views.add(view)
+        if t.name.decode() in _WEIGHTS:
+            self._weight_views.add(view)
         a = np.asarray(view)
         a.flags.writeable = False
         return a
