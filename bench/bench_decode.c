@@ -9,7 +9,7 @@
  * path AUTO, MLA against the MHA baseline, GFLOP/s against the sgemm rate); and the scratch
  * memory a fresh 4096-token prompt keeps in the attention handle (--scratch: in one call, under
  * max_scratch_bytes limits, and in chunks, each with its time); and each layer with float32
- * weights against its streamed weights in 16 bits (--weights bf16|f16: a decode after --ctx
+ * weights against its weight matrices in 16 bits (--weights bf16|f16: a decode after --ctx
  * tokens, default 4096, and fresh prompts of 64 and 2048, in alternation). Prints the machine's
  * measured roofs beside every figure.
  *
@@ -794,7 +794,7 @@ static void bench_scratch(int quick, int threads)
 }
 
 /*
- * --weights: each layer with float32 weights against the same shape with its streamed weights
+ * --weights: each layer with float32 weights against the same shape with its weight matrices
  * (mla_layer_set_weight_dtype) in --weights' type, alternating in this process: a decode after
  * --ctx cached tokens (default 4096) and fresh prompts of 64 and 2048 tokens (below and above
  * the kernel table's dot_weights_max_m rows on AVX-512, so both 16-bit product paths).

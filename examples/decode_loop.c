@@ -6,7 +6,7 @@
  * much smaller its cache is, the prefill's progress reports, and the scratch memory the
  * attention handle kept after the prompt (released before the decodes). Then it rewinds: a
  * position the layer already holds is refused, so the last tokens (a rejected draft, say) are
- * removed and decoded again. Last, the weights a decode streams are stored in bf16 (half the
+ * removed and decoded again. Last, the layer's weight matrices are stored in bf16 (half the
  * bytes a token reads besides the cache) and those tokens decoded once more.
  */
 #include <math.h>
@@ -175,7 +175,7 @@ int main(void)
     if (redo > 1e-5)
         return fail("decoding again after the rewind changed the output", MLA_ERR_INTERNAL);
 
-    /* The same positions again with the layer's q, k_r, down and o projections in bf16. */
+    /* The same positions again with the layer's weight matrices in bf16. */
     if ((st = mla_layer_set_weight_dtype(mla, MLA_DTYPE_BF16)) != MLA_OK)
         return fail("mla_layer_set_weight_dtype", st);
     if ((st = mla_cache_seq_rm(cache, 0, PROMPT + DECODE - REWIND, -1)) != MLA_OK)

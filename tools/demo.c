@@ -429,7 +429,7 @@ int tool_demo(int argc, char **argv)
             s = run_sequence(attn, layer, c, x, n_tokens, prefill, sh.d, out_q, &pf_w, &dec_w);
         mla_cache_destroy(c);
         TRY(s);
-        printf("\nweights: q, k_r, down and o projections stored as bf16: the layer %.2f MB -> "
+        printf("\nweights: the layer's weight matrices stored as bf16: %.2f MB -> "
                "%.2f MB; output vs f32 weights' (f16 caches): relative error %.1e; decode %.3f "
                "ms/token (%.3f with f32 weights)\n", before * 1e-6, after * 1e-6,
                rel_diff(out_q, out_mla, (size_t)n_tokens * sh.d), n_dec ? 1e3 * dec_w / n_dec : 0.0,

@@ -216,13 +216,13 @@ MLA_API mla_status mla_layer_from_tensors(const mla_geometry *g, int32_t rope_di
                                           mla_layer **out);
 
 /*
- * Store the four weights a forward streams (q_proj, k_r_proj or k_proj, the down projection or
- * v_proj, o_proj) as dtype: F16 or BF16 (rounded to nearest, ties to even), or F32 again (the
- * 16-bit values widened exactly). A decode reads these once a token, so 16 bits halve its
- * weight traffic and the layer's memory for them; mla_attn_forward multiplies the stored values
- * exactly, accumulating in float32 (doc/attention.md, "16-bit weights"). The up projections and
- * biases stay float32. mla_layer_tensor then returns those four with the new dtype; earlier
- * views of them are invalid. Not while a forward runs on this layer.
+ * Store the layer's weight matrices (q_proj, k_r_proj or k_proj, the down projection or v_proj,
+ * the up projections, o_proj) as dtype: F16 or BF16 (rounded to nearest, ties to even), or F32
+ * again (the 16-bit values widened exactly). A decode reads them once a token, so 16 bits halve
+ * its weight traffic and the layer's memory; mla_attn_forward multiplies the stored values
+ * exactly, accumulating in float32 (doc/attention.md, "16-bit weights"). Biases and rope_dims
+ * stay as they are. mla_layer_tensor then returns the matrices with the new dtype; earlier views
+ * of them are invalid. Not while a forward runs on this layer.
  * Errors: INVALID_ARGUMENT (another dtype), NUMERICAL (a value beyond the dtype's range, by
  * tensor, row and column: the layer is then unchanged), OUT_OF_MEMORY (likewise).
  */

@@ -80,7 +80,7 @@ MLA_INTERNAL void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int6
                                 ptrdiff_t ldw, float *c, ptrdiff_t ldc);
 
 /*
- * C = A·Wᵀ for one of a layer's streamed weights (layer.h) as stored: wt F32 (W float *,
+ * C = A·Wᵀ for one of a layer's weight matrices (layer.h) as stored: wt F32 (W float *,
  * mla__sgemm_wt) or F16/BF16 (W uint16_t *), n × k with rows contiguous (ldw = k). 16-bit
  * weights with fewer rows of A than kt->dot_weights_max_m are read in place by gemm_dot_src,
  * which converts them in registers; with more (prompts; every product in the portable table)

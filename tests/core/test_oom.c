@@ -278,8 +278,8 @@ static mla_status mha_baseline(state *s, float *result, size_t *n_result)
     return st;
 }
 
-/* The streamed weights stored in bf16, then a prefill with them. Storing converts all four
- * weights before freeing any: a failure must leave the float32 ones (INTERNAL flags it). */
+/* The weight matrices stored in bf16, then a prefill with them. Storing converts them all
+ * before freeing any: a failure must leave the float32 ones (INTERNAL flags it). */
 static mla_status weights_bf16(state *s, float *result, size_t *n_result)
 {
     mla_status st = mla_layer_set_weight_dtype(s->layer, MLA_DTYPE_BF16);
@@ -458,7 +458,7 @@ int main(void)
     run("a mixed batch: a prefill chunk and a decode into a forked sequence", mixed_batch);
     run("the MHA baseline: layer, cache and prefill", mha_baseline);
     run("a copy of part of a sequence", cache_cp);
-    run("the streamed weights stored in bf16, then a prefill", weights_bf16);
+    run("the weight matrices stored in bf16, then a prefill", weights_bf16);
     run_after("a context shift of a forked sequence", setup_shift, cache_shift);
     run("a snapshot saved and loaded", snapshot_load);
     strcpy(dir, "/tmp/mla_oom.XXXXXX");

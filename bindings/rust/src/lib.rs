@@ -879,10 +879,10 @@ impl Layer {
         })
     }
 
-    /// Store the four weights a forward streams (q_proj, k_r_proj or k_proj, the down
-    /// projection or v_proj, o_proj) as `DType::Bf16` or `DType::F16`, or as `DType::F32`
-    /// again (`mla_layer_set_weight_dtype`): half the bytes a decode reads, the products still
-    /// accumulated in float32 over the stored values. Takes `&mut self`: no tensor borrowed
+    /// Store the layer's weight matrices (every projection; biases stay float32) as
+    /// `DType::Bf16` or `DType::F16`, or as `DType::F32` again (`mla_layer_set_weight_dtype`):
+    /// half the bytes a decode reads and the layer holds, the products still accumulated in
+    /// float32 over the stored values. Takes `&mut self`: no tensor borrowed
     /// from the layer and no forward on it can be alive, as the old weights are freed. A value
     /// beyond f16's range fails with `Status::Numerical` and leaves the layer as it was.
     pub fn set_weight_dtype(&mut self, dtype: DType) -> Result<()> {
