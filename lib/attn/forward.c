@@ -477,17 +477,6 @@ static void add_bias(float *y, int64_t n, int64_t w, const float *b)
             y[i * w + j] += b[j];
 }
 
-/* One of the layer's weight matrices as stored (layer.h), from element off on. */
-static const void *stored_at(const struct mla_layer *ly, const float *f32, const uint16_t *h,
-                             int64_t off)
-{
-    return ly->weight_dtype == MLA_DTYPE_F32 ? (const void *)(f32 + off) : (const void *)(h + off);
-}
-
-static const void *stored(const struct mla_layer *ly, const float *f32, const uint16_t *h)
-{
-    return stored_at(ly, f32, h, 0);
-}
 
 /* A layer's 16-bit weight rows as a source of the kernels (row0 .. on, width columns). */
 static mla__src stored_src(const struct mla_layer *ly, const uint16_t *h, int64_t width)
@@ -502,16 +491,16 @@ static void project(const struct mla_layer *ly, const dims *dm, const plan *p, i
     int64_t n = p->n, qw = dm->n_h * dm->d_h, d = dm->d;
     mla_dtype wt = ly->weight_dtype;
     nt = threads_for(nt, 2.0 * (double)n * (double)d * (double)(qw + dm->W + dm->L));
-    mla__wgemm(kt, nt, n, qw, d, p->xin, d, stored(ly, ly->wq, ly->wq16), wt, p->q, qw,
-               p->wpanel, p->panel_in);
+    const void *wq = mla__weights_at(ly, ly->wq, ly->wq16, 0);
+    const void *wkr = mla__weights_at(ly, ly->wkr, ly->wkr16, 0);
+    const void *wdkv = mla__weights_at(ly, ly->wdkv, ly->wdkv16, 0);
+    mla__wgemm(kt, nt, n, qw, d, p->xin, d, wq, wt, p->q, qw, p->wpanel, p->panel_in);
     add_bias(p->q, n, qw, ly->bq);
     if (dm->W > 0) {
-        mla__wgemm(kt, nt, n, dm->W, d, p->xin, d, stored(ly, ly->wkr, ly->wkr16), wt, p->kr,
-                   dm->W, p->wpanel, p->panel_in);
+        mla__wgemm(kt, nt, n, dm->W, d, p->xin, d, wkr, wt, p->kr, dm->W, p->wpanel, p->panel_in);
         add_bias(p->kr, n, dm->W, ly->bkr);
     }
-    mla__wgemm(kt, nt, n, dm->L, d, p->xin, d, stored(ly, ly->wdkv, ly->wdkv16), wt, p->lat,
-               dm->L, p->wpanel, p->panel_in);
+    mla__wgemm(kt, nt, n, dm->L, d, p->xin, d, wdkv, wt, p->lat, dm->L, p->wpanel, p->panel_in);
     double ps = ly->rope_position_scale > 0 ? ly->rope_position_scale : 1.0;
     mla__rope_rotate(p->q, qw, n, spos, (int32_t)dm->n_h, (int32_t)dm->g, (int32_t)dm->r,
                      ly->rope_freqs, (int32_t)dm->n_kv, ps, p->rope_work);
@@ -809,9 +798,9 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
                 int64_t rows = mla__wgemm_panel_rows(k, ly->weight_dtype, t1 - t0, dm->lat_v)
                                    ? dm->d_h
                                    : 0;
-                mla__wgemm(k, ntu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v,
-                           stored_at(ly, ly->wuv, ly->wuv16, row0), ly->weight_dtype, o, hd,
-                           p->wup, rows);
+                const void *wuv = mla__weights_at(ly, ly->wuv, ly->wuv16, row0);
+                mla__wgemm(k, ntu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v, wuv,
+                           ly->weight_dtype, o, hd, p->wup, rows);
             }
             if (ly->buv)
                 for (int64_t t = 0; t < t1 - t0; t++)
@@ -1447,7 +1436,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         absorbed_output(layer, &dm, &p, nt, attn->k);
     int64_t hd = dm.n_h * dm.d_h;
     mla__wgemm(attn->k, threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd),
-               n_tokens, dm.d, hd, p.ao, hd, stored(layer, layer->wo, layer->wo16),
+               n_tokens, dm.d, hd, p.ao, hd, mla__weights_at(layer, layer->wo, layer->wo16, 0),
                layer->weight_dtype, p.outp, dm.d, p.wpanel, p.panel_out);
     /* Finite input can still overflow float32 inside the layer (scores of |x| ~ 1e20 give
      * exp(inf − inf) = NaN): fail rather than return non-finite output. out is written only

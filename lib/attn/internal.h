@@ -93,6 +93,14 @@ MLA_INTERNAL void mla__wgemm(const mla__attn_kernels *kt, int n_threads, int64_t
                              int64_t panel_rows);
 MLA_INTERNAL int64_t mla__wgemm_panel_rows(const mla__attn_kernels *kt, mla_dtype wt, int64_t m,
                                            int64_t k);
+/* One of a layer's weight matrices as stored (layer.h: float32, or 16-bit after
+ * mla_layer_set_weight_dtype), from element off on: what mla__wgemm takes. */
+static inline const void *mla__weights_at(const struct mla_layer *ly, const float *f32,
+                                          const uint16_t *h, int64_t off)
+{
+    return ly->weight_dtype == MLA_DTYPE_F32 ? (const void *)(f32 + off) : (const void *)(h + off);
+}
+
 /* rows × k 16-bit weights (wt F16 or BF16, rows contiguous) widened into dst, exactly, on
  * n_threads threads. */
 MLA_INTERNAL void mla__widen16(int n_threads, const uint16_t *w, mla_dtype wt, int64_t rows,

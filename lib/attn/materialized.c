@@ -9,14 +9,6 @@
 
 #define SMALL_M MLA_ATTN_SMALL_M
 
-/* An up projection's rows from row0 on, as stored (float32 or 16-bit, layer.h). */
-static const void *weights_at(const struct mla_layer *ly, const float *f32, const uint16_t *h,
-                              int64_t row0_elems)
-{
-    return ly->weight_dtype == MLA_DTYPE_F32 ? (const void *)(f32 + row0_elems)
-                                             : (const void *)(h + row0_elems);
-}
-
 /* Panel rows for a tile's product of m rows with 16-bit weights of k columns: the worker's panel
  * where the kernel table widens (mla__wgemm), else 0 (read in place). */
 static int64_t panel_rows(const mla__ctx *c, const mla__tile *tile, int64_t m, int64_t k)
@@ -38,7 +30,7 @@ static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, floa
         if (c->nope == 0)
             continue;
         mla__wgemm(c->k, 1, n, c->nope, c->lat_k, tile->latent, L,
-                   weights_at(ly, ly->wuk, ly->wuk16, (int64_t)j * c->nope * c->lat_k),
+                   mla__weights_at(ly, ly->wuk, ly->wuk16, (int64_t)j * c->nope * c->lat_k),
                    ly->weight_dtype, kb + (int64_t)j * c->d_h + c->r, kw, tile->wpanel,
                    panel_rows(c, tile, n, c->lat_k));
         if (ly->buk)
@@ -49,7 +41,7 @@ static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, floa
             }
     }
     mla__wgemm(c->k, 1, n, kw, c->lat_v, tile->latent + c->off_v, L,
-               weights_at(ly, ly->wuv, ly->wuv16, 0), ly->weight_dtype, vb, kw, tile->wpanel,
+               mla__weights_at(ly, ly->wuv, ly->wuv16, 0), ly->weight_dtype, vb, kw, tile->wpanel,
                panel_rows(c, tile, n, c->lat_v));
     if (ly->buv)
         for (int64_t t = 0; t < n; t++)
