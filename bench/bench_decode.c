@@ -473,6 +473,12 @@ static size_t mha_weight_bytes(const shape *s)
     return 4 * (size_t)s->d * (2 * (size_t)s->n_h + 2 * (size_t)s->n_kv) * (size_t)s->d_h;
 }
 
+/* --shape: the shapes whose name starts with it (all without it). */
+static int want_shape(const shape *s)
+{
+    return !only_shape || strncasecmp(s->name, only_shape, strlen(only_shape)) == 0;
+}
+
 static int want_layer(int quick, size_t li)
 {
     if (li == 0)
@@ -494,7 +500,7 @@ static void decode_round(int quick, int threads)
     size_t bw_cap = (size_t)(quick ? 64 : 256) << 20; /* far beyond the 32 MiB L3 */
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *s = &shapes[si];
-        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+        if (!want_shape(s))
             continue;
         for (size_t li = 0; li < N_LAYERS; li++) {
             if (!want_layer(quick, li))
@@ -663,7 +669,7 @@ static void bench_prefill(int quick, int threads)
     double gf_max = 0;
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *s = &shapes[si];
-        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+        if (!want_shape(s))
             continue;
         double t_mha[N_M] = {0};
         for (size_t li = 0; li < N_LAYERS; li++) {
@@ -740,7 +746,7 @@ static void bench_scratch(int quick, int threads)
            "scratch MB");
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *s = &shapes[si];
-        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+        if (!want_shape(s))
             continue;
         for (size_t li = 1; li < N_LAYERS; li++) {
             if (!want_layer(quick, li))
@@ -844,7 +850,7 @@ static void bench_weights(int quick, int threads, int rounds)
            "f32 ms", "16-bit ms", "speedup", "f32 MB", "16-bit MB", "f32 GB/s", "16-bit GB/s");
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *s = &shapes[si];
-        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+        if (!want_shape(s))
             continue;
         for (size_t li = 0; li < N_LAYERS; li++) {
             if (!want_layer(quick, li))
@@ -911,7 +917,7 @@ static void bench_crossover(int quick, int threads)
            "materal. ms", "faster", "AUTO");
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const shape *s = &shapes[si];
-        if (only_shape && strncasecmp(s->name, only_shape, strlen(only_shape)) != 0)
+        if (!want_shape(s))
             continue;
         int d_kv = only_dkv ? only_dkv : 16;
         mla_layer *l = mla_layer_random(s, d_kv);
