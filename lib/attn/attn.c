@@ -34,6 +34,7 @@ MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_siz
     d.path = MLA_ATTN_PATH_AUTO;
     d.crossover_tokens = 0;
     d.max_scratch_bytes = 0;
+    d.threads = MLA_ATTN_THREADS_POOL;
     return mla_params_write(p, struct_size, &d, sizeof d, "attn params");
 }
 
@@ -56,6 +57,10 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
         p.path != MLA_ATTN_PATH_MATERIALIZED)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT, "attn params: path is %d, unknown",
                         (int)p.path);
+    if (p.threads != MLA_ATTN_THREADS_POOL && p.threads != MLA_ATTN_THREADS_OPENMP)
+        return mla_fail(MLA_ERR_INVALID_ARGUMENT,
+                        "attn params: threads is %d, unknown (0: the handle's pool, 1: OpenMP)",
+                        (int)p.threads);
     if (p.crossover_tokens < 0)
         return mla_fail(MLA_ERR_INVALID_ARGUMENT,
                         "attn params: crossover_tokens is %d, must be ≥ 0 (0: by the cost model)",
@@ -70,9 +75,18 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
     a->p = p;
     a->p.struct_size = sizeof p;
     a->n_threads = p.n_threads == 0 ? mla_cpu_count() : p.n_threads;
+    mla_status st =
+        mla__pool_create(a->n_threads, p.threads == MLA_ATTN_THREADS_OPENMP, &a->pool);
+    if (st != MLA_OK) {
+        mla_free(a);
+        return mla_fail_context(st, "mla_attn_create: n_threads %d: ", a->n_threads);
+    }
     a->k = mla__attn_kernels_best();
     a->stream_bytes = env_count("MLA_ATTN_STREAM_BYTES", MLA_ATTN_STREAM_BYTES, INT64_MAX);
     a->stream_prefetch = (int)env_count("MLA_ATTN_STREAM_PREFETCH", mla_cpu()->amd, 1);
+    /* 0 sends every loop with work to the threads (tests of the threads' hand-off). */
+    a->parallel_min_flops =
+        (double)env_count("MLA_ATTN_PARALLEL_MIN_FLOPS", MLA_ATTN_PARALLEL_MIN_FLOPS, INT64_MAX);
     /* Absorbed products in bf16 on vdpbf16ps or AMX tiles run at twice the float32 rate or
      * more, which moves AUTO's switch (forward.c). */
     a->bf16_native = a->k->bf16_products && (strcmp(a->k->bf16_products, "vdpbf16ps") == 0 ||
@@ -85,6 +99,7 @@ MLA_API void mla_attn_destroy(mla_attn *attn)
 {
     if (!attn)
         return;
+    mla__pool_destroy(attn->pool);
     mla_free(attn->scratch);
     mla_free(attn);
 }

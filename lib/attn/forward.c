@@ -6,7 +6,7 @@
  * consecutive rows; the output is scattered back to the caller's order at the end.
  */
 #include <math.h>
-#include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,11 +29,6 @@
 #define TILE_T32_BYTES (80 * 1024)
 /* Bytes of 16-bit transposed keys a few-rows absorbed tile holds (tile_tokens). */
 #define TILE_L1_BYTES (32 * 1024)
-/* Work below this many flops runs on the calling thread: waking a team costs more than it saves
- * (a few microseconds). SmolLM-135M's decode projections (0.7-0.8 MFLOP each) are above it: on
- * 2 threads its decode after 1024 tokens took 35 us against 59 with 4e6 (doc/attention.md,
- * "Threads"). */
-#define PARALLEL_MIN_FLOPS 5e5
 /* Up to this many tokens the absorbed path's W_uv product of each head (absorbed_output) stays on
  * the calling thread in gemm_dot (decode: BLIS packs the weights on every call). */
 #define SMALL_PRODUCT_TOKENS 4
@@ -42,11 +37,6 @@
  * packing of W_uk and small-matrix code cost more (16 tokens: Llama-2-7B's fixed cost 6–14%
  * lower, SmolLM-135M's 27–32%; 48 tokens within 1%). */
 #define QUERY_KERNEL_TOKENS 64
-
-static int threads_for(int nt, double flops)
-{
-    return flops < PARALLEL_MIN_FLOPS ? 1 : nt;
-}
 
 typedef struct tok {
     int32_t seq;
@@ -142,6 +132,7 @@ typedef struct plan {
     int i4;              /* I4 latents, read in place as int8 codes (mla__rtile_map) */
     int bf16;            /* absorbed products in bf16 (BF16 cache, mla__absorbed_bf16) */
     int sorted;          /* the batch's tokens are in (sequence, position) order already */
+    double min_flops;    /* the handle's parallel_min_flops */
     const float *xin;    /* the input rows in that order: x itself, or xp */
     float *xp, *q, *kr, *lat, *qg, *qt, *qrt, *obar, *ao, *mx, *l, *outp;
     double *rope_work;
@@ -160,6 +151,19 @@ typedef struct plan {
     size_t wup_floats;
     int up_panel;
 } plan;
+
+/* Threads for work of `flops`: the calling thread alone below the call's line (internal.h,
+ * MLA_ATTN_PARALLEL_MIN_FLOPS). */
+static int threads_for(const plan *p, int nt, double flops)
+{
+    return flops < p->min_flops ? 1 : nt;
+}
+
+static mla__team team_for(const plan *p, mla__team tm, double flops)
+{
+    tm.n = threads_for(p, tm.n, flops);
+    return tm;
+}
 
 static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
 {
@@ -485,22 +489,22 @@ static mla__src stored_src(const struct mla_layer *ly, const uint16_t *h, int64_
     return s;
 }
 
-static void project(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
+static void project(const struct mla_layer *ly, const dims *dm, const plan *p, mla__team tm,
                     const int64_t *spos, const mla__attn_kernels *kt)
 {
     int64_t n = p->n, qw = dm->n_h * dm->d_h, d = dm->d;
     mla_dtype wt = ly->weight_dtype;
-    nt = threads_for(nt, 2.0 * (double)n * (double)d * (double)(qw + dm->W + dm->L));
+    tm = team_for(p, tm, 2.0 * (double)n * (double)d * (double)(qw + dm->W + dm->L));
     const void *wq = mla__weights_at(ly, ly->wq, ly->wq16, 0);
     const void *wkr = mla__weights_at(ly, ly->wkr, ly->wkr16, 0);
     const void *wdkv = mla__weights_at(ly, ly->wdkv, ly->wdkv16, 0);
-    mla__wgemm(kt, nt, n, qw, d, p->xin, d, wq, wt, p->q, qw, p->wpanel, p->panel_in);
+    mla__wgemm(kt, tm, n, qw, d, p->xin, d, wq, wt, p->q, qw, p->wpanel, p->panel_in);
     add_bias(p->q, n, qw, ly->bq);
     if (dm->W > 0) {
-        mla__wgemm(kt, nt, n, dm->W, d, p->xin, d, wkr, wt, p->kr, dm->W, p->wpanel, p->panel_in);
+        mla__wgemm(kt, tm, n, dm->W, d, p->xin, d, wkr, wt, p->kr, dm->W, p->wpanel, p->panel_in);
         add_bias(p->kr, n, dm->W, ly->bkr);
     }
-    mla__wgemm(kt, nt, n, dm->L, d, p->xin, d, wdkv, wt, p->lat, dm->L, p->wpanel, p->panel_in);
+    mla__wgemm(kt, tm, n, dm->L, d, p->xin, d, wdkv, wt, p->lat, dm->L, p->wpanel, p->panel_in);
     double ps = ly->rope_position_scale > 0 ? ly->rope_position_scale : 1.0;
     mla__rope_rotate(p->q, qw, n, spos, (int32_t)dm->n_h, (int32_t)dm->g, (int32_t)dm->r,
                      ly->rope_freqs, (int32_t)dm->n_kv, ps, p->rope_work);
@@ -546,9 +550,42 @@ static mla_status write_cache(mla_cache *cache, int32_t layer, const dims *dm, c
     return st;
 }
 
+/* Decode and small batches: W_uk folded into one head's queries (prepare_queries), per head a
+ * product of a few rows. Head h's rows go to its n × lat_k slice of obar (scratch until
+ * plan_jobs zeroes it, see the caller; lat_v = lat_k), then scattered transposed. */
+typedef struct query_heads {
+    const struct mla_layer *ly;
+    const dims *dm;
+    const plan *p;
+    const mla__attn_kernels *k;
+    float scale;
+} query_heads;
+
+static void query_head(void *arg, int64_t h, int thread)
+{
+    const query_heads *g = arg;
+    const dims *dm = g->dm;
+    const plan *p = g->p;
+    const struct mla_layer *ly = g->ly;
+    int64_t n = p->n, qw = dm->n_h * dm->d_h, ldq = n * dm->n_h, j = h / dm->g;
+    float *row = p->obar + h * n * dm->lat_k;
+    const float *qn = p->q + dm->n_h * dm->r + h * dm->nope;
+    if (ly->weight_dtype == MLA_DTYPE_F32) {
+        g->k->gemm_bc(n, dm->lat_k, dm->nope, qn, qw, 1, ly->wuk + j * dm->nope * dm->lat_k,
+                      dm->lat_k, 0.0f, row, dm->lat_k);
+    } else {
+        mla__src up = stored_src(ly, ly->wuk16, dm->lat_k);
+        g->k->gemm_bc_src(n, dm->lat_k, dm->nope, qn, qw, 1, &up, j * dm->nope, 0, 0.0f, row,
+                          dm->lat_k);
+    }
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < dm->lat_k; i++)
+            p->qt[i * ldq + t * dm->n_h + h] = row[t * dm->lat_k + i] * g->scale;
+}
+
 /* The queries in the layouts the paths read (see internal.h), scaled by 1/√d_h. */
-static void prepare_queries(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
-                            const mla__attn_kernels *k)
+static void prepare_queries(const struct mla_layer *ly, const dims *dm, const plan *p,
+                            mla__team tm, const mla__attn_kernels *k)
 {
     int64_t n = p->n, qw = dm->n_h * dm->d_h;
     float scale = (float)(1.0 / sqrt((double)dm->d_h));
@@ -577,39 +614,21 @@ static void prepare_queries(const struct mla_layer *ly, const dims *dm, const pl
         return;
     /* q̃_h = W_uk^{(j)ᵀ} q_nope_h for every token at once, written transposed. */
     if (n < QUERY_KERNEL_TOKENS) {
-        /* Decode and small batches: per head a product of a few rows. Head h's rows go to its
-         * n × lat_k slice of obar (scratch until plan_jobs zeroes it, see the caller; lat_v =
-         * lat_k), then scattered transposed. */
-        int ntq = threads_for(nt, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k *
-                                      (double)dm->n_h);
-#pragma omp parallel for num_threads(ntq) schedule(static) if (ntq > 1)
-        for (int64_t h = 0; h < dm->n_h; h++) {
-            int64_t j = h / dm->g;
-            float *row = p->obar + h * n * dm->lat_k;
-            const float *qn = p->q + dm->n_h * dm->r + h * dm->nope;
-            if (ly->weight_dtype == MLA_DTYPE_F32) {
-                k->gemm_bc(n, dm->lat_k, dm->nope, qn, qw, 1, ly->wuk + j * dm->nope * dm->lat_k,
-                           dm->lat_k, 0.0f, row, dm->lat_k);
-            } else {
-                mla__src up = stored_src(ly, ly->wuk16, dm->lat_k);
-                k->gemm_bc_src(n, dm->lat_k, dm->nope, qn, qw, 1, &up, j * dm->nope, 0, 0.0f,
-                               row, dm->lat_k);
-            }
-            for (int64_t t = 0; t < n; t++)
-                for (int64_t i = 0; i < dm->lat_k; i++)
-                    p->qt[i * ldq + t * dm->n_h + h] = row[t * dm->lat_k + i] * scale;
-        }
+        mla__team tq = team_for(p, tm, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k *
+                                        (double)dm->n_h);
+        query_heads g = {ly, dm, p, k, scale};
+        mla__pool_run(tq.pool, tq.n, dm->n_h, query_head, &g);
     } else {
-        nt = threads_for(nt, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k);
+        tm = team_for(p, tm, 2.0 * (double)n * (double)dm->nope * (double)dm->lat_k);
         for (int64_t h = 0; h < dm->n_h; h++) {
             int64_t j = h / dm->g;
             const float *wuk = p->wup;
             if (ly->weight_dtype == MLA_DTYPE_F32)
                 wuk = ly->wuk + j * dm->nope * dm->lat_k;
             else if (h % dm->g == 0) /* 16-bit W_uk: widened once for the group's heads */
-                mla__widen16(nt, ly->wuk16 + j * dm->nope * dm->lat_k, ly->weight_dtype,
+                mla__widen16(tm, ly->wuk16 + j * dm->nope * dm->lat_k, ly->weight_dtype,
                              dm->nope, dm->lat_k, p->wup);
-            mla__sgemm(nt, dm->lat_k, n, dm->nope, wuk, 1, dm->lat_k,
+            mla__sgemm(tm, dm->lat_k, n, dm->nope, wuk, 1, dm->lat_k,
                        p->q + dm->n_h * dm->r + h * dm->nope, 1, qw, 0.0f, p->qt + h, ldq,
                        dm->n_h);
         }
@@ -631,7 +650,7 @@ static int job_threads(const dims *dm, const plan *p, int nt)
         flops += 2.0 * (double)(b->m * dm->n_h) * (double)(p->jobs[i].c1 - p->jobs[i].c0) *
                  width;
     }
-    nt = threads_for(nt, flops);
+    nt = threads_for(p, nt, flops);
     if (nt > p->n_works)
         nt = (int)p->n_works;
     if (nt > p->n_jobs)
@@ -655,8 +674,9 @@ int64_t mla__attn_thread_bytes(const mla_cache_layer_format *f, const mla__job *
 typedef struct progress {
     mla_progress_fn fn;
     void *user;
-    int64_t done, total, reported;
-    int cancel;
+    _Atomic int64_t done;
+    int64_t total, reported;
+    _Atomic int cancel;
 } progress;
 
 /* After a job of `pairs`: the calling thread reports what all threads have done. */
@@ -664,26 +684,14 @@ static void job_done(progress *pr, int64_t pairs, int caller)
 {
     if (!pr->fn)
         return;
-#pragma omp atomic
-    pr->done += pairs;
+    int64_t d = atomic_fetch_add(&pr->done, pairs) + pairs;
     if (!caller)
         return;
-    int64_t d;
-#pragma omp atomic read
-    d = pr->done;
+    /* What the others finished meanwhile counts too. */
+    d = atomic_load(&pr->done);
     pr->reported = d;
-    if (pr->fn(pr->user, d, pr->total) != 0) {
-#pragma omp atomic write
-        pr->cancel = 1;
-    }
-}
-
-static int cancelled(progress *pr)
-{
-    int c;
-#pragma omp atomic read
-    c = pr->cancel;
-    return c;
+    if (pr->fn(pr->user, d, pr->total) != 0)
+        atomic_store(&pr->cancel, 1);
 }
 
 static void run_job(const mla__ctx *ctx, const plan *p, const mla__job *job, mla__work *w)
@@ -694,39 +702,41 @@ static void run_job(const mla__ctx *ctx, const plan *p, const mla__job *job, mla
         mla__materialized_job(ctx, job, w);
 }
 
-/* Every job, or until the progress callback cancels (the jobs not started then are skipped). */
-static void run_jobs(const mla__ctx *ctx, const plan *p, int nt, progress *pr)
+typedef struct job_loop {
+    const mla__ctx *ctx;
+    const plan *p;
+    progress *pr;
+} job_loop;
+
+/* Last jobs first: in a chunk's causal prefill the later blocks see the longer contexts, and
+ * handing out the largest jobs first leaves the smallest to even out the threads' ends. A
+ * thread's work area is its own (thread < n_works, job_threads). */
+static void job_item(void *arg, int64_t i, int thread)
 {
-    int64_t nj = p->n_jobs;
+    const job_loop *g = arg;
+    if (atomic_load(&g->pr->cancel))
+        return;
+    const mla__job *job = &g->p->jobs[g->p->n_jobs - 1 - i];
+    run_job(g->ctx, g->p, job, &g->p->works[thread]);
+    job_done(g->pr, job->pairs, thread == 0);
+}
+
+/* Every job, or until the progress callback cancels (the jobs not started then are skipped). */
+static void run_jobs(const mla__ctx *ctx, const plan *p, mla__team tm, progress *pr)
+{
     /* A first report before any job: the projections are done, and a host may stop here. */
     if (pr->fn) {
         pr->reported = 0;
-        pr->cancel = pr->fn(pr->user, 0, pr->total) != 0;
+        atomic_store(&pr->cancel, pr->fn(pr->user, 0, pr->total) != 0);
     }
-    if (pr->cancel)
+    if (atomic_load(&pr->cancel))
         return;
-    if (nt <= 1 || nj <= 1) {
-        for (int64_t i = 0; i < nj && !pr->cancel; i++) {
-            run_job(ctx, p, &p->jobs[i], &p->works[0]);
-            job_done(pr, p->jobs[i].pairs, 1);
-        }
-    } else {
-        /* Last jobs first: in a chunk's causal prefill the later blocks see the longer contexts,
-         * and handing out the largest jobs first leaves the smallest to even out the threads'
-         * ends. */
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (int64_t i = 0; i < nj; i++) {
-            if (cancelled(pr))
-                continue;
-            const mla__job *job = &p->jobs[nj - 1 - i];
-            run_job(ctx, p, job, &p->works[omp_get_thread_num()]);
-            job_done(pr, job->pairs, omp_get_thread_num() == 0);
-        }
-    }
+    job_loop g = {ctx, p, pr};
+    mla__pool_run(tm.pool, tm.n, p->n_jobs, job_item, &g);
     /* The last report is the whole: the caller may have finished before the others. */
-    if (pr->fn && !pr->cancel && pr->reported != pr->total) {
+    if (pr->fn && !atomic_load(&pr->cancel) && pr->reported != pr->total) {
         pr->reported = pr->total;
-        pr->cancel = pr->fn(pr->user, pr->total, pr->total) != 0;
+        atomic_store(&pr->cancel, pr->fn(pr->user, pr->total, pr->total) != 0);
     }
 }
 
@@ -765,8 +775,8 @@ static void finish_rows(const struct mla_layer *ly, const dims *dm, const plan *
 }
 
 /* o_h = W_uv^{(j)} ō_h + b_v^{(j)} for the runs of consecutive absorbed tokens. */
-static void absorbed_output(const struct mla_layer *ly, const dims *dm, const plan *p, int nt,
-                            const mla__attn_kernels *k)
+static void absorbed_output(const struct mla_layer *ly, const dims *dm, const plan *p,
+                            mla__team tm, const mla__attn_kernels *k)
 {
     int64_t hd = dm->n_h * dm->d_h;
     for (int64_t bi = 0; bi < p->n_blocks;) {
@@ -779,8 +789,8 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
             t1 += p->blocks[bi].m;
             bi++;
         }
-        int ntu = threads_for(nt, 2.0 * (double)(t1 - t0) * (double)(dm->n_h * dm->d_h) *
-                                      (double)dm->lat_v);
+        mla__team tu = team_for(p, tm, 2.0 * (double)(t1 - t0) * (double)(dm->n_h * dm->d_h) *
+                                        (double)dm->lat_v);
         for (int64_t h = 0; h < dm->n_h; h++) {
             int64_t j = h / dm->g;
             float *o = p->ao + t0 * hd + h * dm->d_h;
@@ -799,7 +809,7 @@ static void absorbed_output(const struct mla_layer *ly, const dims *dm, const pl
                                    ? dm->d_h
                                    : 0;
                 const void *wuv = mla__weights_at(ly, ly->wuv, ly->wuv16, row0);
-                mla__wgemm(k, ntu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v, wuv,
+                mla__wgemm(k, tu, t1 - t0, dm->d_h, dm->lat_v, ob, dm->n_h * dm->lat_v, wuv,
                            ly->weight_dtype, o, hd, p->wup, rows);
             }
             if (ly->buv)
@@ -987,7 +997,7 @@ static void plan_bounds(const dims *dm, plan *p, const chunk *ch, int nt, arena 
     }
     p->n_jobs = nj;
     p->extra_floats = extra;
-    p->n_works = threads_for(nt, flops) <= 1 ? 1 : nj < nt ? nj : nt;
+    p->n_works = threads_for(p, nt, flops) <= 1 ? 1 : nj < nt ? nj : nt;
 }
 
 /* Flops of up-projecting one token's latent to every KV head's keys and values. */
@@ -1042,23 +1052,34 @@ static mla_status plan_blocks(const dims *dm, plan *p, chunk *ch)
  * only chunks at least as long as the context before them share (the scratch then grows by at
  * most twice the chunk's own keys and values); longer contexts keep the per-tile up-projection.
  */
-static void share_up(const mla__ctx *ctx, const dims *dm, const plan *p, const chunk *ch, int nt)
+typedef struct up_loop {
+    const mla__ctx *ctx;
+    const plan *p;
+    const chunk *k;
+} up_loop;
+
+static void up_tile(void *arg, int64_t i, int thread)
+{
+    const up_loop *g = arg;
+    const chunk *k = g->k;
+    int64_t T = g->p->tile, kw = g->ctx->n_kv * (int64_t)g->ctx->d_h;
+    int64_t first = i * T, n = k->up_tokens - first < T ? k->up_tokens - first : T;
+    mla__materialized_up(g->ctx, &k->view, first, n, &g->p->works[thread].tile,
+                         k->up_k + first * kw, k->up_v + first * kw, k->up_pos + first);
+}
+
+static void share_up(const mla__ctx *ctx, const dims *dm, const plan *p, const chunk *ch,
+                     mla__team tm)
 {
     for (int64_t c = 0; c < p->n_chunks; c++) {
         const chunk *k = &ch[c];
         if (k->up_tokens == 0)
             continue;
         int64_t T = p->tile, tiles = (k->up_tokens + T - 1) / T;
-        int64_t kw = dm->n_kv * dm->d_h;
-        int th = threads_for(nt, up_flops(dm) * (double)k->up_tokens);
-        th = th < p->n_works ? th : (int)p->n_works;
-        th = th < tiles ? th : (int)tiles;
-#pragma omp parallel for num_threads(th > 1 ? th : 1) schedule(dynamic, 1) if (th > 1)
-        for (int64_t i = 0; i < tiles; i++) {
-            int64_t first = i * T, n = k->up_tokens - first < T ? k->up_tokens - first : T;
-            mla__materialized_up(ctx, &k->view, first, n, &p->works[omp_get_thread_num()].tile,
-                                 k->up_k + first * kw, k->up_v + first * kw, k->up_pos + first);
-        }
+        mla__team tu = team_for(p, tm, up_flops(dm) * (double)k->up_tokens);
+        tu.n = tu.n < p->n_works ? tu.n : (int)p->n_works; /* a work area a thread */
+        up_loop g = {ctx, p, k};
+        mla__pool_run(tu.pool, tu.n, tiles, up_tile, &g);
     }
 }
 
@@ -1244,6 +1265,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     plan p;
     memset(&p, 0, sizeof p);
     p.n = n_tokens;
+    p.min_flops = attn->parallel_min_flops;
     st = make_chunks(seq, pos, n_tokens, tk, ch, &p.n_chunks);
     if (st != MLA_OK)
         goto done;
@@ -1389,7 +1411,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         spos[i] = tk[i].pos;
     }
     p.xin = p.xp ? p.xp : x;
-    project(layer, &dm, &p, nt, spos, attn->k);
+    mla__team team = {attn->pool, nt};
+    project(layer, &dm, &p, team, spos, attn->k);
     st = write_cache(cache, cache_layer, &dm, &p, ch);
     if (st != MLA_OK)
         goto done;
@@ -1401,7 +1424,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         }
     }
     /* Before plan_jobs, which zeroes the jobs' output states: decode uses obar as scratch. */
-    prepare_queries(layer, &dm, &p, nt, attn->k);
+    prepare_queries(layer, &dm, &p, team, attn->k);
     st = plan_blocks(&dm, &p, ch);
     if (st != MLA_OK) {
         rollback(cache, cache_layer, p.n_chunks, ch);
@@ -1420,10 +1443,10 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         .keys16 = keys16, .bf16_few_rows = bf16_few_rows,
         .thread_bytes = mla__attn_thread_bytes(&fmt, p.jobs, p.n_jobs, nt_jobs),
     };
-    share_up(&ctx, &dm, &p, ch, nt);
+    share_up(&ctx, &dm, &p, ch, team);
     progress pr = {attn->progress, attn->progress_user, 0, p.pairs, -1, 0};
-    run_jobs(&ctx, &p, nt_jobs, &pr);
-    if (pr.cancel) {
+    run_jobs(&ctx, &p, (mla__team){attn->pool, nt_jobs}, &pr);
+    if (atomic_load(&pr.cancel)) {
         rollback(cache, cache_layer, p.n_chunks, ch);
         st = mla_fail(MLA_ERR_CANCELLED,
                       "attention: cache layer %d: cancelled by the progress callback after %lld "
@@ -1433,9 +1456,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     }
     finish_rows(layer, &dm, &p);
     if (p.any_abs)
-        absorbed_output(layer, &dm, &p, nt, attn->k);
+        absorbed_output(layer, &dm, &p, team, attn->k);
     int64_t hd = dm.n_h * dm.d_h;
-    mla__wgemm(attn->k, threads_for(nt, 2.0 * (double)n_tokens * (double)dm.d * (double)hd),
+    mla__wgemm(attn->k, team_for(&p, team, 2.0 * (double)n_tokens * (double)dm.d * (double)hd),
                n_tokens, dm.d, hd, p.ao, hd, mla__weights_at(layer, layer->wo, layer->wo16, 0),
                layer->weight_dtype, p.outp, dm.d, p.wpanel, p.panel_out);
     /* Finite input can still overflow float32 inside the layer (scores of |x| ~ 1e20 give

@@ -1,6 +1,5 @@
-/* BLIS for the large products, with the thread count given per call (no global setting). */
+/* BLIS for the large products, on the threads of the pool given per call (no global setting). */
 #include <blis.h>
-#include <omp.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #  include <immintrin.h>
 #endif
@@ -17,33 +16,46 @@
  * threads here (measured on a 4096 × 4096 float32 matrix, 2 threads: 19–21 GB/s through gemm,
  * 31–40 GB/s this way; bench/bench_decode's fixed costs show it).
  */
-static void gemv_rows(int n_threads, int64_t n, int64_t k, const float *a, ptrdiff_t csa,
+typedef struct gemv_loop {
+    int64_t n, k, parts;
+    const float *a, *b;
+    ptrdiff_t csa, rsb, csb, csc;
+    float beta;
+    float *c;
+} gemv_loop;
+
+static void gemv_part(void *arg, int64_t t, int thread)
+{
+    const gemv_loop *g = arg;
+    float one = 1.0f, bt = g->beta;
+    /* Row ranges in multiples of 16 so each part's output starts on a cache line. */
+    int64_t j0 = g->n * t / g->parts / 16 * 16;
+    int64_t j1 = t + 1 == g->parts ? g->n : g->n * (t + 1) / g->parts / 16 * 16;
+    if (j1 > j0)
+        bli_sgemv(BLIS_NO_TRANSPOSE, BLIS_NO_CONJUGATE, (dim_t)(j1 - j0), (dim_t)g->k, &one,
+                  (float *)(g->b + j0 * g->csb), (inc_t)g->csb, (inc_t)g->rsb, (float *)g->a,
+                  (inc_t)g->csa, &bt, g->c + j0 * g->csc, (inc_t)g->csc);
+}
+
+static void gemv_rows(mla__team tm, int64_t n, int64_t k, const float *a, ptrdiff_t csa,
                       const float *b, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *c,
                       ptrdiff_t csc)
 {
-    float one = 1.0f;
-    int64_t nt = n_threads;
-    if (nt > n / GEMV_MIN_ROWS_PER_THREAD)
-        nt = n / GEMV_MIN_ROWS_PER_THREAD > 0 ? n / GEMV_MIN_ROWS_PER_THREAD : 1;
-#pragma omp parallel for num_threads((int)nt) schedule(static, 1) if (nt > 1)
-    for (int64_t t = 0; t < nt; t++) {
-        /* Row ranges in multiples of 16 so each thread's output starts on a cache line. */
-        int64_t j0 = n * t / nt / 16 * 16, j1 = t + 1 == nt ? n : n * (t + 1) / nt / 16 * 16;
-        float bt = beta;
-        if (j1 > j0)
-            bli_sgemv(BLIS_NO_TRANSPOSE, BLIS_NO_CONJUGATE, (dim_t)(j1 - j0), (dim_t)k, &one,
-                      (float *)(b + j0 * csb), (inc_t)csb, (inc_t)rsb, (float *)a, (inc_t)csa,
-                      &bt, c + j0 * csc, (inc_t)csc);
-    }
+    int64_t parts = tm.n;
+    if (parts > n / GEMV_MIN_ROWS_PER_THREAD)
+        parts = n / GEMV_MIN_ROWS_PER_THREAD > 0 ? n / GEMV_MIN_ROWS_PER_THREAD : 1;
+    gemv_loop g = {n, k, parts, a, b, csa, rsb, csb, csc, beta, c};
+    mla__pool_run(tm.pool, tm.n, parts, gemv_part, &g);
 }
 
-static void blis_gemm(int n_threads, int sup, int64_t m, int64_t n, int64_t k, const float *a,
-                      ptrdiff_t rsa, ptrdiff_t csa, const float *b, ptrdiff_t rsb, ptrdiff_t csb,
-                      float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc)
+/* One BLIS call on the calling thread. */
+static void blis_gemm1(int sup, int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+                       ptrdiff_t csa, const float *b, ptrdiff_t rsb, ptrdiff_t csb, float beta,
+                       float *c, ptrdiff_t rsc, ptrdiff_t csc)
 {
     float one = 1.0f;
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
-    bli_rntm_set_num_threads(n_threads, &rntm);
+    bli_rntm_set_num_threads(1, &rntm);
     if (!sup)
         bli_rntm_disable_l3_sup(&rntm);
     /* BLIS only reads a and b; its typed API is not const-qualified. */
@@ -52,17 +64,60 @@ static void blis_gemm(int n_threads, int sup, int64_t m, int64_t n, int64_t k, c
                  c, (inc_t)rsc, (inc_t)csc, NULL, &rntm);
 }
 
-void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+typedef struct gemm_loop {
+    int sup, split_n;
+    int64_t m, n, k, parts;
+    const float *a, *b;
+    ptrdiff_t rsa, csa, rsb, csb, rsc, csc;
+    float beta;
+    float *c;
+} gemm_loop;
+
+static void gemm_part(void *arg, int64_t t, int thread)
+{
+    const gemm_loop *g = arg;
+    int64_t len = g->split_n ? g->n : g->m;
+    int64_t i0 = len * t / g->parts / 16 * 16;
+    int64_t i1 = t + 1 == g->parts ? len : len * (t + 1) / g->parts / 16 * 16;
+    if (i1 <= i0)
+        return;
+    if (g->split_n)
+        blis_gemm1(g->sup, g->m, i1 - i0, g->k, g->a, g->rsa, g->csa, g->b + i0 * g->csb, g->rsb,
+                   g->csb, g->beta, g->c + i0 * g->csc, g->rsc, g->csc);
+    else
+        blis_gemm1(g->sup, i1 - i0, g->n, g->k, g->a + i0 * g->rsa, g->rsa, g->csa, g->b, g->rsb,
+                   g->csb, g->beta, g->c + i0 * g->rsc, g->rsc, g->csc);
+}
+
+/*
+ * BLIS on the team's threads, each part a single-threaded BLIS call: the pool hands the parts to
+ * whichever thread is running (BLIS's own OpenMP threads would spin beside the pool's). The
+ * larger of m and n is split, so the operand every part packs again is the smaller (a prompt's
+ * activations against float32 weights; a 16-bit weight panel against a long prompt).
+ */
+static void blis_gemm(mla__team tm, int sup, int64_t m, int64_t n, int64_t k, const float *a,
+                      ptrdiff_t rsa, ptrdiff_t csa, const float *b, ptrdiff_t rsb, ptrdiff_t csb,
+                      float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc)
+{
+    int split_n = n >= m;
+    int64_t len = split_n ? n : m, parts = tm.n;
+    if (parts > len / 16)
+        parts = len / 16 > 0 ? len / 16 : 1;
+    gemm_loop g = {sup, split_n, m, n, k, parts, a, b, rsa, csa, rsb, csb, rsc, csc, beta, c};
+    mla__pool_run(tm.pool, tm.n, parts, gemm_part, &g);
+}
+
+void mla__sgemm(mla__team tm, int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
                 ptrdiff_t csa, const float *b, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *c,
                 ptrdiff_t rsc, ptrdiff_t csc)
 {
     if (m == 0 || n == 0)
         return;
     if (m == 1) {
-        gemv_rows(n_threads, n, k, a, csa, b, rsb, csb, beta, c, csc);
+        gemv_rows(tm, n, k, a, csa, b, rsb, csb, beta, c, csc);
         return;
     }
-    blis_gemm(n_threads, 1, m, n, k, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+    blis_gemm(tm, 1, m, n, k, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
 }
 
 /*
@@ -85,47 +140,60 @@ void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a, 
  * where the columns are too few (a narrow down-projection). Each C element is the same sum
  * whatever the split.
  */
-static void dot_weights(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
-                        int64_t k, const float *a, ptrdiff_t lda, const void *w, mla_dtype wt,
-                        ptrdiff_t ldw, float *c, ptrdiff_t ldc)
+typedef struct dot_loop {
+    const mla__attn_kernels *kt;
+    int64_t m, n, k, pn, pm;
+    const float *a;
+    ptrdiff_t lda, ldw, ldc;
+    const void *w;
+    mla_dtype wt;
+    float *c;
+} dot_loop;
+
+static void dot_part(void *arg, int64_t t, int thread)
 {
-    int64_t pn = n_threads, pm = 1;
-    if (n < 64 * (int64_t)n_threads) {
-        pn = 1;
-        pm = m / 4 < n_threads ? (m / 4 > 0 ? m / 4 : 1) : n_threads;
+    const dot_loop *g = arg;
+    int64_t j0 = 0, j1 = g->n, i0 = 0, i1 = g->m;
+    if (g->pn > 1) {
+        j0 = g->n * t / g->pn / 16 * 16;
+        j1 = t + 1 == g->pn ? g->n : g->n * (t + 1) / g->pn / 16 * 16;
+    } else if (g->pm > 1) {
+        i0 = g->m * t / g->pm / 4 * 4;
+        i1 = t + 1 == g->pm ? g->m : g->m * (t + 1) / g->pm / 4 * 4;
     }
-    int64_t parts = pn * pm;
-#pragma omp parallel for num_threads((int)parts) schedule(static, 1) if (parts > 1)
-    for (int64_t t = 0; t < parts; t++) {
-        int64_t j0 = 0, j1 = n, i0 = 0, i1 = m;
-        if (pn > 1) {
-            j0 = n * t / pn / 16 * 16;
-            j1 = t + 1 == pn ? n : n * (t + 1) / pn / 16 * 16;
-        } else if (pm > 1) {
-            i0 = m * t / pm / 4 * 4;
-            i1 = t + 1 == pm ? m : m * (t + 1) / pm / 4 * 4;
-        }
-        for (int64_t j = j0; j < j1 && i1 > i0; j += 16) {
-            ptrdiff_t row_bytes = ldw * (ptrdiff_t)(wt == MLA_DTYPE_F32 ? 4 : 2);
-            mla__src rows = {(const unsigned char *)w + j * row_bytes, row_bytes, wt, NULL, 0, 0};
-            kt->gemm_dot_src(i1 - i0, j1 - j < 16 ? j1 - j : 16, k, a + i0 * lda, lda, &rows, 0,
-                             0, 0.0f, c + i0 * ldc + j, ldc);
-        }
+    ptrdiff_t row_bytes = g->ldw * (ptrdiff_t)(g->wt == MLA_DTYPE_F32 ? 4 : 2);
+    for (int64_t j = j0; j < j1 && i1 > i0; j += 16) {
+        mla__src rows = {(const unsigned char *)g->w + j * row_bytes, row_bytes, g->wt, NULL, 0, 0};
+        g->kt->gemm_dot_src(i1 - i0, j1 - j < 16 ? j1 - j : 16, g->k, g->a + i0 * g->lda, g->lda,
+                            &rows, 0, 0, 0.0f, g->c + i0 * g->ldc + j, g->ldc);
     }
 }
 
-void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n, int64_t k,
+static void dot_weights(const mla__attn_kernels *kt, mla__team tm, int64_t m, int64_t n,
+                        int64_t k, const float *a, ptrdiff_t lda, const void *w, mla_dtype wt,
+                        ptrdiff_t ldw, float *c, ptrdiff_t ldc)
+{
+    int64_t pn = tm.n, pm = 1;
+    if (n < 64 * (int64_t)tm.n) {
+        pn = 1;
+        pm = m / 4 < tm.n ? (m / 4 > 0 ? m / 4 : 1) : tm.n;
+    }
+    dot_loop g = {kt, m, n, k, pn, pm, a, lda, ldw, ldc, w, wt, c};
+    mla__pool_run(tm.pool, tm.n, pn * pm, dot_part, &g);
+}
+
+void mla__sgemm_wt(const mla__attn_kernels *kt, mla__team tm, int64_t m, int64_t n, int64_t k,
                    const float *a, ptrdiff_t lda, const float *w, ptrdiff_t ldw, float *c,
                    ptrdiff_t ldc)
 {
     if (m == 0 || n == 0)
         return;
     if (m == 1)
-        gemv_rows(n_threads, n, k, a, 1, w, 1, ldw, 0.0f, c, 1);
+        gemv_rows(tm, n, k, a, 1, w, 1, ldw, 0.0f, c, 1);
     else if (m < kt->dot_weights_max_m)
-        dot_weights(kt, n_threads, m, n, k, a, lda, w, MLA_DTYPE_F32, ldw, c, ldc);
+        dot_weights(kt, tm, m, n, k, a, lda, w, MLA_DTYPE_F32, ldw, c, ldc);
     else
-        blis_gemm(n_threads, k < SUP_MAX_K || m < SUP_MIN_M, m, n, k, a, lda, 1, w, 1, ldw, 0.0f,
+        blis_gemm(tm, k < SUP_MAX_K || m < SUP_MIN_M, m, n, k, a, lda, 1, w, 1, ldw, 0.0f,
                   c, ldc, 1);
 }
 
@@ -155,54 +223,69 @@ __attribute__((target("avx,f16c"))) static void widen_f16c(const uint16_t *s, in
 #  define HAVE_F16C_WIDEN 1
 #endif
 
-/* Rows of 16-bit weights widened to float32, the threads taking rows. A bf16 value is the high
- * half of its float32: a shift the compiler vectorizes; f16 by F16C where the CPU has it
+/* Rows of 16-bit weights widened to float32, the threads taking runs of rows. A bf16 value is
+ * the high half of its float32: a shift the compiler vectorizes; f16 by F16C where the CPU has it
  * (mla_to_f32's call a value took 5% of a 2048-token Llama-2-7B prompt). */
-void mla__widen16(int n_threads, const uint16_t *w, mla_dtype wt, int64_t rows, int64_t k,
-                  float *dst)
+typedef struct widen_loop {
+    const uint16_t *w;
+    mla_dtype wt;
+    int64_t rows, k, parts;
+    float *dst;
+} widen_loop;
+
+static void widen_part(void *arg, int64_t t, int thread)
 {
+    const widen_loop *g = arg;
 #ifdef HAVE_F16C_WIDEN
     int f16c = mla_cpu()->f16c && mla_cpu()->avx2;
 #else
     int f16c = 0;
 #endif
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
-    for (int64_t i = 0; i < rows; i++) {
-        const uint16_t *s = w + i * k;
-        float *df = dst + i * k;
-        if (wt == MLA_DTYPE_BF16) {
+    for (int64_t i = g->rows * t / g->parts; i < g->rows * (t + 1) / g->parts; i++) {
+        const uint16_t *s = g->w + i * g->k;
+        float *df = g->dst + i * g->k;
+        if (g->wt == MLA_DTYPE_BF16) {
             uint32_t *d = (uint32_t *)(void *)df;
-            for (int64_t j = 0; j < k; j++)
+            for (int64_t j = 0; j < g->k; j++)
                 d[j] = (uint32_t)s[j] << 16;
         } else if (f16c) {
 #ifdef HAVE_F16C_WIDEN
-            widen_f16c(s, k, df);
+            widen_f16c(s, g->k, df);
 #endif
         } else {
-            mla_to_f32(df, s, wt, (size_t)k);
+            mla_to_f32(df, s, g->wt, (size_t)g->k);
         }
     }
 }
 
-void mla__wgemm(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n, int64_t k,
+void mla__widen16(mla__team tm, const uint16_t *w, mla_dtype wt, int64_t rows, int64_t k,
+                  float *dst)
+{
+    /* A few runs a thread, so that a thread the system holds back leaves little to the rest. */
+    int64_t parts = 4 * (int64_t)tm.n < rows ? 4 * (int64_t)tm.n : rows;
+    widen_loop g = {w, wt, rows, k, parts > 0 ? parts : 1, dst};
+    mla__pool_run(tm.pool, tm.n, g.parts, widen_part, &g);
+}
+
+void mla__wgemm(const mla__attn_kernels *kt, mla__team tm, int64_t m, int64_t n, int64_t k,
                 const float *a, ptrdiff_t lda, const void *w, mla_dtype wt, float *c,
                 ptrdiff_t ldc, float *panel, int64_t panel_rows)
 {
     if (m == 0 || n == 0)
         return;
     if (wt == MLA_DTYPE_F32) {
-        mla__sgemm_wt(kt, n_threads, m, n, k, a, lda, w, k, c, ldc);
+        mla__sgemm_wt(kt, tm, m, n, k, a, lda, w, k, c, ldc);
         return;
     }
     if (panel_rows == 0) {
-        dot_weights(kt, n_threads, m, n, k, a, lda, w, wt, k, c, ldc);
+        dot_weights(kt, tm, m, n, k, a, lda, w, wt, k, c, ldc);
         return;
     }
     const uint16_t *wh = w;
     for (int64_t j0 = 0; j0 < n; j0 += panel_rows) {
         int64_t rows = n - j0 < panel_rows ? n - j0 : panel_rows;
-        mla__widen16(n_threads, wh + j0 * k, wt, rows, k, panel);
+        mla__widen16(tm, wh + j0 * k, wt, rows, k, panel);
         /* As float32 weights of as many rows go (BLIS, small-matrix code by the same rule). */
-        mla__sgemm_wt(kt, n_threads, m, rows, k, a, lda, panel, k, c + j0, ldc);
+        mla__sgemm_wt(kt, tm, m, rows, k, a, lda, panel, k, c + j0, ldc);
     }
 }

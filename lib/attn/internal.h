@@ -49,9 +49,18 @@
  * 27 and 22. */
 #define MLA_ATTN_MAT_WEIGHT_BF16 1.8
 
+/* Work below this many flops runs on the calling thread: handing it to the pool costs more than
+ * it saves (a few microseconds). SmolLM-135M's decode projections (0.7-0.8 MFLOP each) are above
+ * it: on 2 threads its decode after 1024 tokens took 35 us against 59 with 4e6
+ * (doc/attention.md, "Threads"). MLA_ATTN_PARALLEL_MIN_FLOPS in the environment replaces it
+ * (tests: 0 sends every loop to the threads). */
+#define MLA_ATTN_PARALLEL_MIN_FLOPS 500000
+
 struct mla_attn {
     mla_attn_params p;
     int n_threads;               /* resolved from p.n_threads */
+    mla__pool *pool;             /* its n_threads − 1 workers (core.h) */
+    double parallel_min_flops;   /* MLA_ATTN_PARALLEL_MIN_FLOPS or its environment override */
     const mla__attn_kernels *k;
     int64_t stream_bytes;        /* MLA_ATTN_STREAM_BYTES or its environment override */
     int stream_prefetch;         /* see MLA_ATTN_STREAM_BYTES */
@@ -65,17 +74,25 @@ struct mla_attn {
 
 /* ---- gemm.c ----------------------------------------------------------------------------------- */
 
-/* C = A·B + beta·C through BLIS on n_threads threads, every operand given by element strides:
+/* The threads a product or loop may use: up to n of the pool's (mla__pool_run). */
+typedef struct mla__team {
+    mla__pool *pool;
+    int n;
+} mla__team;
+/* The calling thread alone (inside a job, which already runs on one of the pool's threads). */
+#define MLA__ONE_THREAD ((mla__team){NULL, 1})
+
+/* C = A·B + beta·C through BLIS on the team's threads, every operand given by element strides:
  * A(i, k) = a[i·rsa + k·csa], B(k, j) = b[k·rsb + j·csb], C(i, j) = c[i·rsc + j·csc]. */
-MLA_INTERNAL void mla__sgemm(int n_threads, int64_t m, int64_t n, int64_t k, const float *a,
+MLA_INTERNAL void mla__sgemm(mla__team tm, int64_t m, int64_t n, int64_t k, const float *a,
                              ptrdiff_t rsa, ptrdiff_t csa, const float *b, ptrdiff_t rsb,
                              ptrdiff_t csb, float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc);
 
 /* C = A·Wᵀ for a layer's weights W (n × k, rows contiguous along k, ldw floats apart) and m
- * rows of A (lda), C rows ldc apart, on n_threads threads. Few rows read W in place (one row:
+ * rows of A (lda), C rows ldc apart, on the team's threads. Few rows read W in place (one row:
  * BLIS's gemv; fewer than kt->dot_weights_max_m through the table's gemm_dot_src), more go
  * through BLIS. */
-MLA_INTERNAL void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
+MLA_INTERNAL void mla__sgemm_wt(const mla__attn_kernels *kt, mla__team tm, int64_t m, int64_t n,
                                 int64_t k, const float *a, ptrdiff_t lda, const float *w,
                                 ptrdiff_t ldw, float *c, ptrdiff_t ldc);
 
@@ -87,7 +104,7 @@ MLA_INTERNAL void mla__sgemm_wt(const mla__attn_kernels *kt, int n_threads, int6
  * each panel of panel_rows rows of W is widened into panel (panel_rows × k floats) and BLIS
  * multiplies it. panel_rows: mla__wgemm_panel_rows for the same m, k (0: no panel needed).
  */
-MLA_INTERNAL void mla__wgemm(const mla__attn_kernels *kt, int n_threads, int64_t m, int64_t n,
+MLA_INTERNAL void mla__wgemm(const mla__attn_kernels *kt, mla__team tm, int64_t m, int64_t n,
                              int64_t k, const float *a, ptrdiff_t lda, const void *w,
                              mla_dtype wt, float *c, ptrdiff_t ldc, float *panel,
                              int64_t panel_rows);
@@ -101,9 +118,9 @@ static inline const void *mla__weights_at(const struct mla_layer *ly, const floa
     return ly->weight_dtype == MLA_DTYPE_F32 ? (const void *)(f32 + off) : (const void *)(h + off);
 }
 
-/* rows × k 16-bit weights (wt F16 or BF16, rows contiguous) widened into dst, exactly, on
- * n_threads threads. */
-MLA_INTERNAL void mla__widen16(int n_threads, const uint16_t *w, mla_dtype wt, int64_t rows,
+/* rows × k 16-bit weights (wt F16 or BF16, rows contiguous) widened into dst, exactly, on the
+ * team's threads. */
+MLA_INTERNAL void mla__widen16(mla__team tm, const uint16_t *w, mla_dtype wt, int64_t rows,
                                int64_t k, float *dst);
 /* Rows of W per panel when a worker up-projects a tile over 16-bit weights (materialized.c). */
 #define MLA_ATTN_UP_PANEL_ROWS 64

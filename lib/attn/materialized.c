@@ -29,7 +29,7 @@ static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, floa
                    (size_t)c->r * sizeof(float));
         if (c->nope == 0)
             continue;
-        mla__wgemm(c->k, 1, n, c->nope, c->lat_k, tile->latent, L,
+        mla__wgemm(c->k, MLA__ONE_THREAD, n, c->nope, c->lat_k, tile->latent, L,
                    mla__weights_at(ly, ly->wuk, ly->wuk16, (int64_t)j * c->nope * c->lat_k),
                    ly->weight_dtype, kb + (int64_t)j * c->d_h + c->r, kw, tile->wpanel,
                    panel_rows(c, tile, n, c->lat_k));
@@ -40,7 +40,7 @@ static void up_project(const mla__ctx *c, const mla__tile *tile, float *kb, floa
                     kt[i] += ly->buk[(int64_t)j * c->nope + i];
             }
     }
-    mla__wgemm(c->k, 1, n, kw, c->lat_v, tile->latent + c->off_v, L,
+    mla__wgemm(c->k, MLA__ONE_THREAD, n, kw, c->lat_v, tile->latent + c->off_v, L,
                mla__weights_at(ly, ly->wuv, ly->wuv16, 0), ly->weight_dtype, vb, kw, tile->wpanel,
                panel_rows(c, tile, n, c->lat_v));
     if (ly->buv)
@@ -258,7 +258,7 @@ void mla__materialized_job(const mla__ctx *c, const mla__job *job, mla__work *w)
                 float *o = job->o + row0 * job->ldo;
                 ptrdiff_t ldo = (ptrdiff_t)c->n_h * job->ldo;
                 if (rows >= SMALL_M)
-                    mla__sgemm_wt(k, 1, rows, n, c->d_h, q, ldq, kj, kw, w->s, lds);
+                    mla__sgemm_wt(k, MLA__ONE_THREAD, rows, n, c->d_h, q, ldq, kj, kw, w->s, lds);
                 else
                     k->gemm_dot(rows, n, c->d_h, q, ldq, kj, kw, 0.0f, w->s, lds);
                 k->softmax_step(rows, n, w->s, lds, 1, w->nvis + r0, 1, job->mx + row0,

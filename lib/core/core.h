@@ -84,4 +84,23 @@ MLA_INTERNAL void mla_to_f32(float *dst, const void *src, mla_dtype dtype, size_
 /* Wall clock in seconds (monotonic). */
 MLA_INTERNAL double mla_now(void);
 
+/*
+ * Worker threads (pool.c). mla__pool_run calls fn(arg, item, thread) once for every item in
+ * [0, n_items) on at most n_threads threads, the calling thread among them, and returns when
+ * every call has returned. Items go one at a time to whichever thread asks next, lowest first;
+ * `thread` is 0 on the caller and in [1, n_threads) on workers, and no two threads run under
+ * one number at once (index per-thread scratch by it). One caller at a time per pool. A NULL
+ * pool, n_threads ≤ 1 or a single item runs everything on the caller.
+ */
+typedef struct mla__pool mla__pool;
+typedef void (*mla__pool_fn)(void *arg, int64_t item, int thread);
+/* n_threads − 1 workers of its own (none for 1), or with openmp none: each loop is then an
+ * OpenMP parallel region of n_threads. OUT_OF_MEMORY when memory or threads run out. */
+MLA_INTERNAL mla_status mla__pool_create(int n_threads, int openmp, mla__pool **out);
+MLA_INTERNAL void mla__pool_destroy(mla__pool *pool);
+/* Workers plus the caller: 1 for NULL. */
+MLA_INTERNAL int mla__pool_threads(const mla__pool *pool);
+MLA_INTERNAL void mla__pool_run(mla__pool *pool, int n_threads, int64_t n_items,
+                                mla__pool_fn fn, void *arg);
+
 #endif /* MLA_CORE_CORE_H */

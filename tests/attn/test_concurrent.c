@@ -5,9 +5,11 @@
  * shared blocks and one of them copies the last before writing. The same calls made one after
  * another on a cache of its own are the reference: every output must agree with it (to float32
  * rounding: the blocks the threads interleave may group a sum differently), and each sequence's
- * cached positions and values must be the same bit for bit. CI also runs it under
- * ThreadSanitizer (suite "threads"), with one thread a forward; MLA_TEST_FORWARD_THREADS=n gives
- * each forward n OpenMP threads (attn/concurrent-omp: 2, four handles on two cores).
+ * cached positions and values must be the same bit for bit. MLA_TEST_FORWARD_THREADS=n gives each
+ * forward n threads of its handle's pool, MLA_TEST_FORWARD_OPENMP=1 OpenMP's instead; with
+ * MLA_ATTN_PARALLEL_MIN_FLOPS=0 every loop of this small layer goes to them. CI also runs it
+ * under ThreadSanitizer (suite "threads": one thread a forward, and two of the pool's, four
+ * handles on two cores), not with OpenMP, whose runtime is not built for it.
  */
 #include <math.h>
 #include <pthread.h>
@@ -38,12 +40,14 @@ typedef struct job {
 } job;
 
 static int forward_threads = 1;
+static mla_attn_threads forward_runtime = MLA_ATTN_THREADS_POOL;
 
 static mla_attn *attn_new(void)
 {
     mla_attn_params p;
     mla_attn_default_params(&p, sizeof p);
     p.n_threads = forward_threads;
+    p.threads = forward_runtime;
     mla_attn *a = NULL;
     return mla_attn_create(&p, &a) == MLA_OK ? a : NULL;
 }
@@ -131,6 +135,9 @@ int main(void)
 {
     const char *ft = getenv("MLA_TEST_FORWARD_THREADS");
     forward_threads = ft && atoi(ft) > 0 ? atoi(ft) : 1;
+    const char *fo = getenv("MLA_TEST_FORWARD_OPENMP");
+    if (fo && *fo == '1')
+        forward_runtime = MLA_ATTN_THREADS_OPENMP;
     src_layer src;
     src_layer_init(&src, D, 8, 2, 16, 1, 77, 0.3);
     mla_convert_params cp;

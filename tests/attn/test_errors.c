@@ -362,7 +362,8 @@ int main(void)
     mla_attn_params p;
     mla_attn *a2 = (mla_attn *)&p;
     CHECK(mla_attn_default_params(&p, sizeof p) == MLA_OK && p.n_threads == 1 &&
-              p.path == MLA_ATTN_PATH_AUTO && p.crossover_tokens == 0,
+              p.path == MLA_ATTN_PATH_AUTO && p.crossover_tokens == 0 &&
+              p.threads == MLA_ATTN_THREADS_POOL,
           "default params");
     p.n_threads = -1;
     CHECK(mla_attn_create(&p, &a2) == MLA_ERR_INVALID_ARGUMENT && a2 == (mla_attn *)&p,
@@ -371,6 +372,11 @@ int main(void)
     p.path = (mla_attn_path)7;
     CHECK(mla_attn_create(&p, &a2) == MLA_ERR_INVALID_ARGUMENT, "unknown path rejected");
     p.path = MLA_ATTN_PATH_AUTO;
+    p.threads = (mla_attn_threads)2;
+    CHECK(mla_attn_create(&p, &a2) == MLA_ERR_INVALID_ARGUMENT &&
+              strstr(mla_last_error(), "threads is 2") && a2 == (mla_attn *)&p,
+          "unknown threads rejected (%s)", mla_last_error());
+    p.threads = MLA_ATTN_THREADS_POOL;
     p.crossover_tokens = -1;
     CHECK(mla_attn_create(&p, &a2) == MLA_ERR_INVALID_ARGUMENT &&
               strstr(mla_last_error(), "crossover_tokens is -1"),

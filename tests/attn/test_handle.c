@@ -594,6 +594,22 @@ int main(void)
           "200-token chunk after 600, 4 threads vs 1: max relative difference %.3g (%s)", worst,
           mla_last_error());
     CHECK(s2 > s1, "200-token chunk: 4 threads reserve more (%zu bytes) than 1 (%zu)", s2, s1);
+    /* The same on OpenMP's threads: the same plan, each item the same computation wherever it
+     * runs, so the same bits as the pool's. */
+    mla_attn_params ap;
+    mla_attn_default_params(&ap, sizeof ap);
+    ap.n_threads = 4;
+    ap.threads = MLA_ATTN_THREADS_OPENMP;
+    mla_attn *omp = NULL;
+    st1 = mla_attn_create(&ap, &omp);
+    if (st1 == MLA_OK) {
+        mla_cache_seq_rm(c2, 1, 600, -1);
+        st1 = forward_seqs(omp, layer, c2, 1, 1, 600, xl + 600 * D, 200, o1);
+    }
+    CHECK(st1 == MLA_OK && memcmp(o1, o2, 200 * D * sizeof *o1) == 0,
+          "200-token chunk after 600 on 4 OpenMP threads: the pool's output bit for bit (%s)",
+          mla_last_error());
+    mla_attn_destroy(omp);
     free(xl);
     free(ol);
     mla_cache_destroy(c2);

@@ -14,6 +14,14 @@
 #include "attn/kernels/kernels.h"
 #include "../tap.h"
 
+/* The products' threads: up to n of one pool's 8 (a worker runs a part as the caller would). */
+static mla__pool *pool;
+
+static mla__team team(int n)
+{
+    return (mla__team){pool, n};
+}
+
 static float *randv(size_t n, unsigned long long *seed)
 {
     float *p = malloc((n ? n : 1) * sizeof *p);
@@ -633,7 +641,7 @@ static void test_sgemm_one_row(void)
                         if (!variant)
                             C[3 * j] = NAN;
                     }
-                    mla__sgemm(threads[t], 1, n, k, A, 0, 2, B, rsb, csb, beta, C, 0, 3);
+                    mla__sgemm(team(threads[t]), 1, n, k, A, 0, 2, B, rsb, csb, beta, C, 0, 3);
                     double m = 0, e = 0;
                     for (int64_t j = 0; j < n; j++) {
                         m = fmax(m, fabs(ref[j]));
@@ -706,7 +714,7 @@ static void test_sgemm_wt(const mla__attn_kernels *t)
                     float *C = malloc((size_t)(m * ldc) * sizeof *C);
                     for (int64_t i = 0; i < m * ldc; i++)
                         C[i] = i % ldc < n ? NAN : -7.0f; /* beta 0: NaN overwritten */
-                    mla__sgemm_wt(t, threads[th], m, n, k, A, lda, W, ldw, C, ldc);
+                    mla__sgemm_wt(t, team(threads[th]), m, n, k, A, lda, W, ldw, C, ldc);
                     /* Read in place, every element is the same sum however the threads split
                      * the work (gemv's rows, gemm_dot_src's columns or rows). */
                     if (th == 0)
@@ -771,7 +779,7 @@ static void test_wgemm(const mla__attn_kernels *t)
                         float *C = malloc((size_t)(m * ldc) * sizeof *C);
                         for (int64_t i = 0; i < m * ldc; i++)
                             C[i] = i % ldc < n ? NAN : -7.0f;
-                        mla__wgemm(t, 2, m, n, k, A, lda, W, types[ty], C, ldc, panel, rows);
+                        mla__wgemm(t, team(2), m, n, k, A, lda, W, types[ty], C, ldc, panel, rows);
                         double e = wt_err(m, n, k, A, lda, Wf, k, C, ldc, &pad_changed);
                         worst = e > worst || e != e ? e : worst;
                         free(A);
@@ -871,6 +879,7 @@ static void test_softmax_merge(void)
 
 int main(void)
 {
+    CHECK(mla__pool_create(8, 0, &pool) == MLA_OK, "a pool of 8 threads");
     const mla__attn_kernels *p = &mla__attn_kernels_portable;
     const mla__attn_kernels *best = mla__attn_kernels_best();
     CHECK(best != NULL && best->gemm_bc && best->gemm_dot && best->softmax_step &&
@@ -999,5 +1008,6 @@ int main(void)
 #else
     printf("ok %d # SKIP no AVX-512 kernels in this build\n", ++tap_count);
 #endif
+    mla__pool_destroy(pool);
     return tap_done();
 }

@@ -7,7 +7,7 @@
  *   without biases;
  * - a cache: every latent and RoPE storage type, the quantization group the cache picks
  *   (quant_group 0), blocks of 1 to 64 tokens;
- * - a path, an AUTO crossover, 1 or 2 threads;
+ * - a path, an AUTO crossover, 1 or 2 threads (the handle's pool; OpenMP's in odd cases);
  * - a schedule: up to three sequences from random positions, fed in chunks of random length, the
  *   chunks of different sequences (prefill chunks and single decode tokens) mixed in one call,
  *   interleaved or one sequence after the other;
@@ -28,7 +28,7 @@ typedef struct rcase {
     int r[2], d_kv[2]; /* per layer */
     mla_factorization f[2];
     mla_dtype lat, rope;
-    int block, threads, crossover, grouped;
+    int block, threads, openmp, crossover, grouped;
     mla_attn_path path;
     int ns, n[3], pos0[3];
 } rcase;
@@ -110,6 +110,7 @@ static rcase draw(int idx, unsigned long long *s)
     }
     c.block = blocks[pick(s, 0, 3)];
     c.threads = pick(s, 1, 2);
+    c.openmp = idx % 2; /* not drawn: the cases before it kept their draws */
     c.path = paths[pick(s, 0, 2)];
     c.crossover = cross[pick(s, 0, 3)];
     c.grouped = pick(s, 0, 1);
@@ -429,12 +430,13 @@ static void run_case(int idx)
     if (c.mha && c.n_layers > 1)
         append(what, sizeof what, ", two layers");
     append(what, sizeof what, "%s; %s latent, %s RoPE, blocks of %d; %s, crossover %d, %d "
-           "thread%s; %s chunks of", c.bias ? ", biases" : "", mla_dtype_name(c.lat),
+           "thread%s%s; %s chunks of", c.bias ? ", biases" : "", mla_dtype_name(c.lat),
            mla_dtype_name(c.rope), c.block,
            c.path == MLA_ATTN_PATH_AUTO       ? "auto"
            : c.path == MLA_ATTN_PATH_ABSORBED ? "absorbed"
                                               : "materialized",
-           c.crossover, c.threads, c.threads > 1 ? "s" : "", c.grouped ? "grouped" : "interleaved");
+           c.crossover, c.threads, c.threads > 1 ? "s" : "", c.openmp ? " (OpenMP)" : "",
+           c.grouped ? "grouped" : "interleaved");
     for (int i = 0; i < c.ns; i++)
         append(what, sizeof what, " %d@%d", c.n[i], c.pos0[i]);
 
@@ -456,6 +458,7 @@ static void run_case(int idx)
     mla_attn_params ap;
     mla_attn_default_params(&ap, sizeof ap);
     ap.n_threads = c.threads;
+    ap.threads = c.openmp ? MLA_ATTN_THREADS_OPENMP : MLA_ATTN_THREADS_POOL;
     ap.path = c.path;
     if (c.crossover)
         ap.crossover_tokens = c.crossover;

@@ -333,3 +333,27 @@ def test_weight_dtype_refusals(data):
     assert e.value.status == mla.Status.NUMERICAL
     assert big.info.weight_dtype == mla.DType.F32
     assert big.tensor("o_proj.weight")[2, 5] == np.float32(1e5)
+
+
+@pytest.mark.parametrize("threads", ["pool", "openmp", mla.AttnThreads.POOL])
+def test_forward_on_either_threads(data, threads):
+    """Two threads of the handle's pool or of OpenMP: a 100-token prompt (its projections above
+    the line for threads) and decodes against numpy's forward."""
+    w, _, _, _, xc = data
+    layer = mla.convert(geometry(G, True), weights(w), rope_strategy="uniform", rope_dim=4,
+                        d_kv=4)
+    pos = np.arange(len(xc))
+    with mla.Cache([layer], latent_dtype="f32", rope_dtype="f32", capacity_tokens=256,
+                   block_tokens=16) as cache, mla.Attn(n_threads=2, threads=threads) as attn:
+        got = np.empty_like(xc)
+        got[:96] = attn.forward(layer, cache, 0, xc[:96], 0, 0)
+        for t in range(96, len(xc)):
+            got[t:t + 1] = attn.forward(layer, cache, 0, xc[t:t + 1], 0, t)
+    assert_close(got, ref.mla_forward(layer_tensors(layer), G, xc, pos), 1e-4, f"{threads}")
+
+
+def test_unknown_threads_refused():
+    with pytest.raises(ValueError, match="threads"):
+        mla.Attn(threads="tbb")
+    with pytest.raises(ValueError, match="threads: 7 is not"):
+        mla.Attn(threads=7)

@@ -88,7 +88,8 @@ def test_enum_values_match_header():
                         (mla.RopeStrategy, ("MLA_ROPE_HIGH", "MLA_ROPE_LOW", "MLA_ROPE_UNI",
                                             "MLA_ROPE_2NORM", "MLA_ROPE_EXPLICIT")),
                         (mla.Factorization, ("MLA_FACTOR_",)),
-                        (mla.AttnPath, ("MLA_ATTN_PATH_",)), (mla.LayerKind, ("MLA_LAYER_",)),
+                        (mla.AttnPath, ("MLA_ATTN_PATH_",)),
+                        (mla.AttnThreads, ("MLA_ATTN_THREADS_",)), (mla.LayerKind, ("MLA_LAYER_",)),
                         (mla.RopeScaling, ("MLA_ROPE_SCALING_",))):
         want = {v for k, v in values.items() if k.startswith(prefix)}
         assert {m.value for m in cls} == want, cls

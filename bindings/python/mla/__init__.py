@@ -17,13 +17,13 @@ from .attn import Attn
 from .cache import Cache, CacheLayerDesc, CacheStats
 from .convert import Calib, ConvertReport, Geometry, Layer, LayerInfo, LayerWeights, convert
 from .errors import LibraryError, LibraryVersionError, MlaError, Status
-from .types import AttnPath, DType, Factorization, LayerKind, RopeScaling, RopeStrategy
+from .types import AttnPath, AttnThreads, DType, Factorization, LayerKind, RopeScaling, RopeStrategy
 
 __version__ = f"{_ffi.VERSION_MAJOR}.{_ffi.VERSION_MINOR}.{_ffi.VERSION_PATCH}"
 
 __all__ = [
-    "Attn", "AttnPath", "Cache", "CacheLayerDesc", "CacheStats", "Calib", "ConvertReport",
-    "DType", "Factorization", "Geometry", "Layer", "LayerInfo", "LayerKind", "LayerWeights",
+    "Attn", "AttnPath", "AttnThreads", "Cache", "CacheLayerDesc", "CacheStats", "Calib",
+    "ConvertReport", "DType", "Factorization", "Geometry", "Layer", "LayerInfo", "LayerKind", "LayerWeights",
     "LibraryError", "LibraryVersionError", "MlaError", "RopeScaling", "RopeStrategy", "Status",
     "convert", "library", "library_version", "load_library", "status_string", "build_info",
 ]

@@ -226,6 +226,10 @@ MLA_ATTN_PATH_AUTO = 0
 MLA_ATTN_PATH_ABSORBED = 1
 MLA_ATTN_PATH_MATERIALIZED = 2
 
+mla_attn_threads = c_int
+MLA_ATTN_THREADS_POOL = 0
+MLA_ATTN_THREADS_OPENMP = 1
+
 
 class mla_attn_params(Structure):
     _fields_ = [
@@ -234,6 +238,7 @@ class mla_attn_params(Structure):
         ("path", mla_attn_path),
         ("crossover_tokens", c_int32),
         ("max_scratch_bytes", c_int64),
+        ("threads", mla_attn_threads),
     ]
 
 

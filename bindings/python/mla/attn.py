@@ -14,7 +14,7 @@ from ._library import library
 from .cache import Cache
 from .convert import Layer, _defaults, _progress_callback
 from .errors import check
-from .types import AttnPath, to_enum
+from .types import AttnPath, AttnThreads, to_enum
 
 __all__ = ["Attn"]
 
@@ -31,9 +31,12 @@ class Attn(Handle):
     def __init__(self, *, n_threads: Optional[int] = None,
                  path: Optional[Union[AttnPath, str]] = None,
                  crossover_tokens: Optional[int] = None,
-                 max_scratch_bytes: Optional[int] = None) -> None:
-        """n_threads: the cores the forward has to itself (0: all); threads that share cores
-        with other busy threads make each step wait (doc/attention.md, "Threads").
+                 max_scratch_bytes: Optional[int] = None,
+                 threads: Optional[Union[AttnThreads, str]] = None) -> None:
+        """n_threads: the threads a forward runs on, the caller's included (0: all cores);
+        threads: "pool" (default: the handle's own workers, which take work as they come and
+        yield the core when idle) or "openmp" (the process's OpenMP runtime, for a host whose
+        own parallel work runs on the same libgomp; doc/attention.md, "Threads").
         Parameters left None take mla_attn_default_params's defaults (1 thread, AUTO path,
         crossover_tokens 0: AUTO weighs both paths' multiply-adds for each chunk; N > 0 takes
         materialized for chunks of N or more query tokens; max_scratch_bytes 0: no limit on the
@@ -49,6 +52,8 @@ class Attn(Handle):
             set_int(p, "crossover_tokens", crossover_tokens)
         if max_scratch_bytes is not None:
             set_int(p, "max_scratch_bytes", max_scratch_bytes)
+        if threads is not None:
+            p.threads = to_enum(AttnThreads, threads, "threads")
         out = ctypes.POINTER(_ffi.mla_attn)()
         check(lib, lib.mla_attn_create(ctypes.byref(p), ctypes.byref(out)))
         super().__init__(Owned(lib, out, "mla_attn_destroy"))

@@ -51,6 +51,12 @@ class AttnPath(enum.IntEnum):
     MATERIALIZED = _ffi.MLA_ATTN_PATH_MATERIALIZED
 
 
+class AttnThreads(enum.IntEnum):
+    """Where an Attn's n_threads run: its own pool, or the process's OpenMP runtime."""
+    POOL = _ffi.MLA_ATTN_THREADS_POOL
+    OPENMP = _ffi.MLA_ATTN_THREADS_OPENMP
+
+
 # Strings accepted wherever an enum is: the reference's names for the strategies, dtype names.
 _ALIASES = {
     RopeStrategy: {"high": RopeStrategy.HIGH, "low": RopeStrategy.LOW,
@@ -65,6 +71,7 @@ _ALIASES = {
             "f64": DType.F64, "float64": DType.F64},
     AttnPath: {"auto": AttnPath.AUTO, "absorbed": AttnPath.ABSORBED,
                "materialized": AttnPath.MATERIALIZED},
+    AttnThreads: {"pool": AttnThreads.POOL, "openmp": AttnThreads.OPENMP},
     RopeScaling: {"none": RopeScaling.NONE, "linear": RopeScaling.LINEAR},
 }
 

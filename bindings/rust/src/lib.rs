@@ -274,6 +274,9 @@ c_enum!(
     /// `mla_attn_path`.
     AttnPath { Auto = sys::MLA_ATTN_PATH_AUTO, Absorbed = sys::MLA_ATTN_PATH_ABSORBED,
                Materialized = sys::MLA_ATTN_PATH_MATERIALIZED });
+c_enum!(
+    /// `mla_attn_threads`: where an [`Attn`]'s threads run.
+    AttnThreads { Pool = sys::MLA_ATTN_THREADS_POOL, OpenMp = sys::MLA_ATTN_THREADS_OPENMP });
 
 // ---- params helpers ------------------------------------------------------------------------------
 
@@ -1394,11 +1397,17 @@ impl AttnParams {
             raw: defaults(sys::mla_attn_default_params)?,
         })
     }
-    /// Worker threads including the caller (0: all cores): the cores the forward has to
-    /// itself, as threads sharing cores with other busy threads make each step wait
-    /// (doc/attention.md, "Threads").
+    /// Threads a forward runs on, the caller's included (0: all cores; doc/attention.md,
+    /// "Threads").
     pub fn n_threads(mut self, n: i32) -> Self {
         self.raw.n_threads = n;
+        self
+    }
+    /// Where they run: [`AttnThreads::Pool`] (the default: the handle's own workers, which
+    /// take work as they come and yield the core when idle) or [`AttnThreads::OpenMp`] (the
+    /// process's OpenMP runtime, for a host whose own parallel work runs on the same libgomp).
+    pub fn threads(mut self, t: AttnThreads) -> Self {
+        self.raw.threads = t.code();
         self
     }
     pub fn path(mut self, p: AttnPath) -> Self {

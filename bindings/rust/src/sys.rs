@@ -224,6 +224,10 @@ pub const MLA_ATTN_PATH_AUTO: mla_attn_path = 0;
 pub const MLA_ATTN_PATH_ABSORBED: mla_attn_path = 1;
 pub const MLA_ATTN_PATH_MATERIALIZED: mla_attn_path = 2;
 
+pub type mla_attn_threads = c_int;
+pub const MLA_ATTN_THREADS_POOL: mla_attn_threads = 0;
+pub const MLA_ATTN_THREADS_OPENMP: mla_attn_threads = 1;
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct mla_attn_params {
@@ -232,6 +236,7 @@ pub struct mla_attn_params {
     pub path: mla_attn_path,
     pub crossover_tokens: i32,
     pub max_scratch_bytes: i64,
+    pub threads: mla_attn_threads,
 }
 
 extern "C" {

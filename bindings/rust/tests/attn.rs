@@ -306,3 +306,35 @@ fn weights_in_16_bits() {
         Status::InvalidArgument
     );
 }
+
+/// A 200-token prompt on two threads of the handle's pool and on two of OpenMP: the same plan,
+/// each part the same computation wherever it runs, so the same bits; one thread (another cut
+/// of the work into parts) within float32 rounding.
+#[test]
+fn pool_and_openmp_threads_agree() {
+    let mut rng = SplitMix64::new();
+    let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
+    let (wq, wk, wv, wo) = projections(&mut rng);
+    let w = Weights::new(&wq, &wk, &wv, &wo);
+    let n = 200usize;
+    let x = rng.fill(n * 48, 1.0);
+    let layer = Layer::convert(&g, &w, None, &ConvertParams::new().unwrap().d_kv(4)).unwrap();
+    let mut outs = Vec::new();
+    for (n_threads, threads) in [
+        (2, AttnThreads::Pool),
+        (2, AttnThreads::OpenMp),
+        (1, AttnThreads::Pool),
+    ] {
+        let cp = CacheParams::new().unwrap().capacity_tokens(1024);
+        let mut cache = Cache::new(&[layer.cache_desc().unwrap()], &cp).unwrap();
+        let params = AttnParams::new()
+            .unwrap()
+            .n_threads(n_threads)
+            .threads(threads);
+        let mut attn = Attn::new(&params).unwrap();
+        outs.push(attn.forward_seq(&layer, &mut cache, 0, &x, 1, 0).unwrap());
+    }
+    assert_eq!(outs[0], outs[1]);
+    let scale = outs[2].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&outs[0], &outs[2]) <= 1e-5 * scale);
+}
