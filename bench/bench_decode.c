@@ -10,12 +10,15 @@
  * memory a fresh 4096-token prompt keeps in the attention handle (--scratch: in one call, under
  * max_scratch_bytes limits, and in chunks, each with its time); and each layer with float32
  * weights against its weight matrices in 16 bits (--weights bf16|f16: a decode after --ctx
- * tokens, default 4096, and fresh prompts of 64 and 2048, in alternation). Prints the machine's
- * measured roofs beside every figure.
+ * tokens, default 4096, and fresh prompts of 64 and 2048, in alternation); and decodes beside
+ * other busy threads (--sharing: alone, on one thread, two decoders at once in this process and
+ * in two, beside a spinning thread, and between an OpenMP host's loops, each on the handle's
+ * pool and on OpenMP's threads, as the mean over a time window; doc/attention.md, "Threads").
+ * Prints the machine's measured roofs beside every figure.
  *
- *   bench_decode [--quick] [--threads N] [--crossover] [--prefill] [--scratch] [--shape NAME]
- *                [--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4] [--group N]
- *                [--batch N] [--weights bf16|f16] [--reps N] [--rounds N]
+ *   bench_decode [--quick] [--threads N] [--crossover] [--prefill] [--scratch] [--sharing]
+ *                [--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4]
+ *                [--group N] [--batch N] [--weights bf16|f16] [--reps N] [--rounds N]
  *
  * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
  * length (for profiling one case; with --prefill and --scratch one prompt length, of any size), --mha only the
@@ -55,10 +58,15 @@
  * attention reached (the time at the roofs over the measured attention time).
  */
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <mla/mla.h>
 
@@ -905,6 +913,259 @@ static void bench_weights(int quick, int threads, int rounds)
     }
 }
 
+/* ---- --sharing: decodes beside other busy threads --------------------------------------------- */
+
+/* One decoder: a handle on `threads` threads of `runtime` decoding one token at position ctx
+ * of its own cache over and over for `secs` seconds; the mean time a decode. */
+typedef struct decoder {
+    mla_layer *l;
+    mla_cache *c;
+    mla_attn *a;
+    const float *x;
+    float *out;
+    int64_t ctx;
+    double secs, mean;
+} decoder;
+
+static void *decode_window(void *arg)
+{
+    decoder *dc = arg;
+    int32_t seq = 0;
+    int64_t pos = dc->ctx;
+    double sum = 0, t0 = roofs_now();
+    long n = 0;
+    while (roofs_now() - t0 < dc->secs) {
+        sum += forward_once(dc->a, dc->l, dc->c, dc->x, 1, &seq, &pos, dc->out, 1, dc->ctx);
+        n++;
+    }
+    dc->mean = sum / (double)n;
+    return NULL;
+}
+
+static mla_attn *attn_on(int threads, mla_attn_threads runtime)
+{
+    mla_attn_params p;
+    mla_attn_default_params(&p, sizeof p);
+    p.n_threads = threads;
+    p.threads = runtime;
+    mla_attn *a = NULL;
+    if (mla_attn_create(&p, &a) != MLA_OK)
+        die("mla_attn_create");
+    return a;
+}
+
+static _Atomic int spin_stop;
+
+/* A thread that keeps a core busy, as another process or a host's spinning pool would. */
+static void *spin_busy(void *arg)
+{
+    volatile unsigned long long sink = 0;
+    while (!atomic_load_explicit(&spin_stop, memory_order_relaxed))
+        sink++;
+    (void)arg;
+    return NULL;
+}
+
+enum { ALONE, ONE_THREAD, TWO_DECODERS, TWO_PROCESSES, BUSY_THREAD, OPENMP_HOST, N_SCENARIOS };
+
+/* The other process of TWO_PROCESSES: this program again (--sharing-peer), the same layer shape
+ * and context on its own handle, decoding from when it writes a byte to fd until secs later. */
+static int sharing_peer(char **arg)
+{
+    const shape *s = &shapes[atoi(arg[0])];
+    size_t li = (size_t)atoi(arg[1]);
+    int64_t ctx = atoll(arg[2]);
+    int threads = atoi(arg[3]), fd = atoi(arg[6]);
+    mla_attn_threads rt = (mla_attn_threads)atoi(arg[4]);
+    mla_layer *l = li == 0 ? mha_layer(s) : mla_layer_random(s, dkvs[li - 1]);
+    decoder dc = {.l = l, .c = filled_cache(l, li > 0, 1, ctx, 8), .a = attn_on(threads, rt),
+                  .x = rand_buf((size_t)s->d, 1.0f),
+                  .out = malloc((size_t)s->d * sizeof(float)), .ctx = ctx, .secs = 0.02};
+    decode_window(&dc);
+    dc.secs = atof(arg[5]);
+    if (write(fd, "g", 1) != 1)
+        return 1;
+    decode_window(&dc);
+    return 0;
+}
+
+/* Starts the peer process and returns once it decodes; its pid in *pid. */
+static void start_peer(size_t si, size_t li, int64_t ctx, int threads, mla_attn_threads rt,
+                       double secs, pid_t *pid)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        die("pipe");
+    char a[7][32];
+    snprintf(a[0], 32, "%zu", si);
+    snprintf(a[1], 32, "%zu", li);
+    snprintf(a[2], 32, "%lld", (long long)ctx);
+    snprintf(a[3], 32, "%d", threads);
+    snprintf(a[4], 32, "%d", (int)rt);
+    snprintf(a[5], 32, "%.3f", secs);
+    snprintf(a[6], 32, "%d", fds[1]);
+    char *argv[] = {"bench_decode", "--sharing-peer", a[0], a[1], a[2], a[3], a[4], a[5], a[6],
+                    NULL};
+    *pid = fork();
+    if (*pid < 0)
+        die("fork");
+    if (*pid == 0) {
+        close(fds[0]);
+        execv("/proc/self/exe", argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    char b;
+    if (read(fds[0], &b, 1) != 1)
+        die("the peer process did not start");
+    close(fds[0]);
+}
+
+/* The mean ms a decode of dc[0] in one scenario; *host: an OpenMP host's own loop, ms. */
+static double sharing_window(decoder dc[2], size_t si, size_t li, int scenario, int threads,
+                             mla_attn_threads rt, float *host_buf, int64_t host_n, double *host)
+{
+    dc[0].a = attn_on(scenario == ONE_THREAD ? 1 : threads, rt);
+    dc[1].a = scenario == TWO_DECODERS ? attn_on(threads, rt) : NULL;
+    decode_window(&(decoder){.l = dc[0].l, .c = dc[0].c, .a = dc[0].a, .x = dc[0].x,
+                             .out = dc[0].out, .ctx = dc[0].ctx, .secs = 0.02}); /* warm-up */
+    pthread_t th;
+    if (scenario == TWO_DECODERS) {
+        if (pthread_create(&th, NULL, decode_window, &dc[1]) != 0)
+            die("pthread_create");
+        decode_window(&dc[0]);
+        pthread_join(th, NULL);
+    } else if (scenario == TWO_PROCESSES) {
+        pid_t pid;
+        start_peer(si, li, dc[0].ctx, threads, rt, dc[0].secs + 0.2, &pid);
+        decode_window(&dc[0]);
+        int status;
+        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            die("the peer process failed");
+    } else if (scenario == BUSY_THREAD) {
+        atomic_store(&spin_stop, 0);
+        if (pthread_create(&th, NULL, spin_busy, NULL) != 0)
+            die("pthread_create");
+        decode_window(&dc[0]);
+        atomic_store(&spin_stop, 1);
+        pthread_join(th, NULL);
+    } else if (scenario == OPENMP_HOST) {
+        /* The host's own parallel loop (libgomp, its default wait policy) between decodes. */
+        int32_t seq = 0;
+        int64_t pos = dc[0].ctx;
+        double sum = 0, hsum = 0, t0 = roofs_now();
+        long n = 0;
+        while (roofs_now() - t0 < dc[0].secs) {
+            double h0 = roofs_now();
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int64_t i = 0; i < host_n; i++)
+                host_buf[i] = host_buf[i] * 0.999f + 0.001f;
+            hsum += roofs_now() - h0;
+            sum += forward_once(dc[0].a, dc[0].l, dc[0].c, dc[0].x, 1, &seq, &pos, dc[0].out, 1,
+                                dc[0].ctx);
+            n++;
+        }
+        dc[0].mean = sum / (double)n;
+        *host = hsum / (double)n * 1e3;
+    } else {
+        decode_window(&dc[0]);
+    }
+    mla_attn_destroy(dc[0].a);
+    mla_attn_destroy(dc[1].a);
+    return dc[0].mean * 1e3;
+}
+
+static void bench_sharing(int quick, int threads, int rounds)
+{
+    static const char *const names[N_SCENARIOS] = {"alone",         "1 thread",
+                                                   "two decoders",  "two processes",
+                                                   "busy thread",   "OpenMP host"};
+    static const char *const rt_names[2] = {"pool", "OpenMP"};
+    double secs = quick ? 0.2 : 0.5;
+    int64_t host_n = 256 * 1024; /* the host's loop: 1 MiB of floats, some tens of µs */
+    float *host_buf = rand_buf((size_t)host_n, 1.0f);
+    printf("roofs (%d thread(s)): sgemm %.1f GFLOP/s, read bandwidth %.1f GB/s\n", threads,
+           roofs_sgemm_gflops(threads, quick ? 1024 : 2048),
+           roofs_read_gbps(threads, quick ? ((size_t)256 << 20) : ((size_t)1 << 30)));
+    printf("\n## decodes beside other busy threads, %s cache: ms a decode (the lowest over %d "
+           "round(s) of the mean over %.1f s), and × its time alone\n"
+           "alone: %d thread(s); 1 thread: the same on one; two decoders: two handles of %d "
+           "threads each decoding their own cache at once; two processes: the same in another "
+           "process; busy thread: one more thread spinning; OpenMP host: an OpenMP loop of %d "
+           "threads over 1 MiB between decodes (its ms in brackets)\n",
+           mla_dtype_name(cache_dtype), rounds, secs, threads, threads, threads);
+    printf("%-12s %-8s %6s %-7s", "shape", "layer", "ctx", "threads");
+    for (int sc = 0; sc < N_SCENARIOS; sc++)
+        printf(" %*s", sc == OPENMP_HOST ? 24 : 16, names[sc]);
+    printf("\n");
+    static const struct {
+        size_t shape, li;
+        int64_t ctx;
+    } cases[] = {{0, 0, 4096}, {0, 1, 1024}, {0, 1, 4096}, {1, 0, 4096}, {1, 2, 4096}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const shape *s = &shapes[cases[ci].shape];
+        size_t li = cases[ci].li;
+        int64_t ctx = ctx_given ? only_ctx : cases[ci].ctx;
+        if (!want_shape(s) || (li == 0 ? only_mla : only_mha) ||
+            (li > 0 && only_dkv && only_dkv != dkvs[li - 1]) || (quick && ci % 2))
+            continue;
+        if (ctx_given && ci > 0 && cases[ci - 1].shape == cases[ci].shape &&
+            cases[ci - 1].li == li)
+            continue; /* --ctx: each layer once */
+        mla_layer *l = li == 0 ? mha_layer(s) : mla_layer_random(s, dkvs[li - 1]);
+        decoder dc[2];
+        float *x = rand_buf((size_t)s->d, 1.0f);
+        for (int v = 0; v < 2; v++)
+            dc[v] = (decoder){.l = l, .c = filled_cache(l, li > 0, 1, ctx, 8), .x = x,
+                              .out = malloc((size_t)s->d * sizeof(float)), .ctx = ctx,
+                              .secs = secs};
+        double ms[2][N_SCENARIOS], host[2] = {0, 0};
+        for (int rt = 0; rt < 2; rt++)
+            for (int sc = 0; sc < N_SCENARIOS; sc++)
+                ms[rt][sc] = 1e30;
+        for (int r = 0; r < rounds; r++)
+            for (int sc = 0; sc < N_SCENARIOS; sc++)
+                for (int rt = 0; rt < 2; rt++) {
+                    double h = 0;
+                    double t = sharing_window(dc, cases[ci].shape, li, sc, threads,
+                                              rt ? MLA_ATTN_THREADS_OPENMP
+                                                 : MLA_ATTN_THREADS_POOL,
+                                              host_buf, host_n, &h);
+                    if (t < ms[rt][sc]) {
+                        ms[rt][sc] = t;
+                        if (sc == OPENMP_HOST)
+                            host[rt] = h;
+                    }
+                }
+        char name[16];
+        snprintf(name, sizeof name, li == 0 ? "MHA" : "MLA d%d", li == 0 ? 0 : dkvs[li - 1]);
+        for (int rt = 0; rt < 2; rt++) {
+            printf("%-12s %-8s %6lld %-7s", s->name, name, (long long)ctx, rt_names[rt]);
+            for (int sc = 0; sc < N_SCENARIOS; sc++) {
+                char txt[40];
+                if (sc == ALONE)
+                    snprintf(txt, sizeof txt, "%.3f", ms[rt][sc]);
+                else if (sc == OPENMP_HOST)
+                    snprintf(txt, sizeof txt, "%.3f %.1fx [%.3f]", ms[rt][sc],
+                             ms[rt][sc] / ms[rt][ALONE], host[rt]);
+                else
+                    snprintf(txt, sizeof txt, "%.3f %.1fx", ms[rt][sc],
+                             ms[rt][sc] / ms[rt][ALONE]);
+                printf(" %*s", sc == OPENMP_HOST ? 24 : 16, txt);
+            }
+            printf("\n");
+            fflush(stdout);
+        }
+        for (int v = 0; v < 2; v++) {
+            mla_cache_destroy(dc[v].c);
+            free(dc[v].out);
+        }
+        free(x);
+        mla_layer_destroy(l);
+    }
+    free(host_buf);
+}
+
 /* Absorbed vs materialized for a chunk of m new tokens after `ctx` cached ones. */
 static void bench_crossover(int quick, int threads)
 {
@@ -978,7 +1239,9 @@ static int dtype_arg(const char *s)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, threads = 2, crossover = 0, prefill = 0, scratch = 0, rounds = 1;
+    if (argc == 9 && strcmp(argv[1], "--sharing-peer") == 0)
+        return sharing_peer(argv + 2);
+    int quick = 0, threads = 2, crossover = 0, prefill = 0, scratch = 0, sharing = 0, rounds = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
@@ -986,6 +1249,8 @@ int main(int argc, char **argv)
             crossover = 1;
         else if (strcmp(argv[i], "--prefill") == 0)
             prefill = 1;
+        else if (strcmp(argv[i], "--sharing") == 0)
+            sharing = 1;
         else if (strcmp(argv[i], "--scratch") == 0)
             scratch = prefill = 1;
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
@@ -1018,13 +1283,14 @@ int main(int argc, char **argv)
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] [--scratch] "
                     "[--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] "
                     "[--dtype f16|bf16|f32|i8|i4] [--group N] [--batch N] [--weights bf16|f16] "
-                    "[--reps N] [--rounds N]\n",
+                    "[--sharing] [--reps N] [--rounds N]\n",
                     argv[0]);
             return 2;
         }
     }
     /* --ctx: a decode context of the table, a prompt of ≥ 1 token, or ≥ 0 cached tokens. */
-    int ctx_ok = !ctx_given || (crossover || weights_dtype ? only_ctx >= 0
+    int ctx_ok = !ctx_given || (sharing                      ? only_ctx >= 0
+                                : crossover || weights_dtype ? only_ctx >= 0
                                            : prefill       ? only_ctx >= 1
                                                            : 0);
     for (int i = 0; i < N_CTX && !ctx_ok; i++)
@@ -1056,6 +1322,10 @@ int main(int argc, char **argv)
     }
     if (weights_dtype) {
         bench_weights(quick, threads, rounds);
+        return 0;
+    }
+    if (sharing) {
+        bench_sharing(quick, threads, rounds);
         return 0;
     }
     if (scratch) {

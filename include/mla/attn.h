@@ -28,17 +28,18 @@ typedef enum mla_attn_path {
 
 /* Where a handle's n_threads run (doc/attention.md, "Threads"). */
 typedef enum mla_attn_threads {
-    MLA_ATTN_THREADS_POOL = 0,   /* its own n_threads − 1 workers, which take a loop's items as
-                                    they come and yield the core, then sleep, when idle */
+    MLA_ATTN_THREADS_POOL = 0,   /* up to n_threads − 1 workers of its own, started when first
+                                    needed, which take a loop's items as they come and yield
+                                    the core, then sleep, when idle: on cores shared with other
+                                    busy threads a forward takes about its one-thread time */
     MLA_ATTN_THREADS_OPENMP = 1, /* the process's OpenMP runtime (libgomp): for hosts whose own
                                     parallel work runs on it, so that both share its threads */
 } mla_attn_threads;
 
 typedef struct mla_attn_params {
     size_t struct_size;
-    int32_t n_threads;        /* worker threads including the caller (default 1; 0: all cores):
-                                 the cores the forward has to itself, as threads sharing a core
-                                 with other busy threads make each step wait
+    int32_t n_threads;        /* threads a forward runs on, the caller's included (default 1;
+                                 0: all cores); best the cores it has to itself
                                  (doc/attention.md, "Threads") */
     mla_attn_path path;       /* default MLA_ATTN_PATH_AUTO */
     int32_t crossover_tokens; /* AUTO: 0 (default) compares the two paths' multiply-adds for
@@ -51,7 +52,7 @@ typedef struct mla_attn_params {
                                   takes the fastest one within it (a prompt's up-projection not
                                   shared, fewer split-K parts), and fails with CAPACITY, naming
                                   the least need, if none fits (doc/attention.md, "Memory"). */
-    mla_attn_threads threads; /* default MLA_ATTN_THREADS_POOL */
+    mla_attn_threads threads; /* whose threads: default MLA_ATTN_THREADS_POOL */
 } mla_attn_params;
 
 MLA_API mla_status mla_attn_default_params(mla_attn_params *p, size_t struct_size);

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mla/attn.h>
 
@@ -74,6 +75,7 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
         return mla_fail(MLA_ERR_OUT_OF_MEMORY, "mla_attn_create: %zu bytes", sizeof *a);
     a->p = p;
     a->p.struct_size = sizeof p;
+    a->pid = (long)getpid();
     a->n_threads = p.n_threads == 0 ? mla_cpu_count() : p.n_threads;
     mla_status st =
         mla__pool_create(a->n_threads, p.threads == MLA_ATTN_THREADS_OPENMP, &a->pool);

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mla/attn.h>
 
@@ -1253,6 +1254,9 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     if (st != MLA_OK)
         return st;
 
+    /* A child of fork() has the handle but not its workers (nor, safely, OpenMP's). */
+    int nt = attn->pid == getpid() ? attn->n_threads : 1;
+
     /* Batch structure: sorted tokens, one chunk per sequence. */
     tok *tk = mla_calloc((size_t)n_tokens, sizeof *tk);
     chunk *ch = mla_calloc((size_t)n_tokens, sizeof *ch);
@@ -1305,12 +1309,11 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         /* A causal chunk takes small blocks, which its shared up-projection makes cheap:
          * block_tokens and share_up decide on the same test. */
         int causal = before <= ch[c].m;
-        ch[c].qb = block_tokens(&dm, ch[c].absorbed, causal, ch[c].m, attn->n_threads);
+        ch[c].qb = block_tokens(&dm, ch[c].absorbed, causal, ch[c].m, nt);
         if (causal && !dm.mha && !ch[c].absorbed && mla__chunk_blocks(ch[c].m, ch[c].qb) > 1)
             ch[c].share_tokens = before + ch[c].m;
         any_share |= ch[c].share_tokens > 0;
     }
-    int nt = attn->n_threads;
     plan_sharing(&dm, &p, ch, nt, SHARED);
     /* Float32 tiles: the materialized path's up-projections and the MHA baseline's whole-tile
      * products; absorbed blocks of many query rows (absorbed.c). */

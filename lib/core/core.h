@@ -94,8 +94,9 @@ MLA_INTERNAL double mla_now(void);
  */
 typedef struct mla__pool mla__pool;
 typedef void (*mla__pool_fn)(void *arg, int64_t item, int thread);
-/* n_threads − 1 workers of its own (none for 1), or with openmp none: each loop is then an
- * OpenMP parallel region of n_threads. OUT_OF_MEMORY when memory or threads run out. */
+/* Room for n_threads − 1 workers of its own (none for 1), each started when a loop first has
+ * work for it (if the system refuses one, loops run on those started); or with openmp none:
+ * each loop is then an OpenMP parallel region. OUT_OF_MEMORY. */
 MLA_INTERNAL mla_status mla__pool_create(int n_threads, int openmp, mla__pool **out);
 MLA_INTERNAL void mla__pool_destroy(mla__pool *pool);
 /* Workers plus the caller: 1 for NULL. */

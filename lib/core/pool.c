@@ -34,12 +34,16 @@
 /*
  * An idle worker polls for the next loop with pause instructions for SPIN_NS (the forward's loops
  * follow each other a few microseconds apart), then with sched_yield until IDLE_NS after its last
- * loop (a host's decode calls the next layer's attention within a millisecond or two; yielding
- * gives the core to any other thread that wants it), then sleeps until woken. The caller waiting
+ * loop (the next forward of a decode that calls layer after layer), then sleeps until woken: a
+ * host that runs its own parallel work between two forwards gets the cores back after IDLE_NS
+ * (with 2 ms, an OpenMP host's loop after each Llama-2-7B-shaped decode took 0.6–2.7 ms instead
+ * of 0.05–0.13; with 0.2 ms, 0.36), while a forward after up to IDLE_NS of the host's serial
+ * work finds the workers awake (SmolLM-135M's decode after 0.1 ms of it: 0.069 ms, against
+ * 0.088 with workers that slept after 20 µs; doc/attention.md, "Threads"). The caller waiting
  * for items in progress polls the same way without sleeping.
  */
 #define SPIN_NS 20000
-#define IDLE_NS 2000000
+#define IDLE_NS 200000
 
 typedef struct worker {
     struct mla__pool *pool;
@@ -52,6 +56,8 @@ typedef struct worker {
 struct mla__pool {
     int openmp;    /* loops run as OpenMP parallel regions of n_workers + 1 threads */
     int n_workers;
+    int n_started; /* workers started so far: each when a loop first has work for it */
+    int refused;   /* the system refused to start one */
     worker *workers;
     pthread_mutex_t lock; /* only for sleeping and waking */
     /* Even: the loop of that generation is open (or, at 0, none yet); odd: the caller is writing
@@ -167,13 +173,12 @@ static void wake_worker(mla__pool *pool, worker *w)
     pthread_mutex_unlock(&pool->lock);
 }
 
-/* Stops and joins the first `started` workers, frees the pool. */
-static void pool_free(mla__pool *pool, int started)
+static void pool_free(mla__pool *pool)
 {
     atomic_store(&pool->quit, 1);
-    for (int i = 0; i < started; i++)
+    for (int i = 0; i < pool->n_started; i++)
         wake_worker(pool, &pool->workers[i]);
-    for (int i = 0; i < started; i++)
+    for (int i = 0; i < pool->n_started; i++)
         pthread_join(pool->workers[i].id, NULL);
     if (!pool->openmp) {
         for (int i = 0; i < pool->n_workers; i++)
@@ -207,28 +212,38 @@ mla_status mla__pool_create(int n_threads, int openmp, mla__pool **out)
         ws[i].thread = i + 1;
         pthread_cond_init(&ws[i].wake, NULL);
     }
-    /* Workers start with every signal blocked: the host's handlers run on its own threads. */
+    *out = pool;
+    return MLA_OK;
+}
+
+/*
+ * Workers 1 .. want − 1 running: those not yet started start now, with every signal blocked
+ * (the host's handlers run on its own threads). A handle whose forwards never have work for
+ * more threads starts none. If the system refuses a thread, the loops run on those started:
+ * every item still runs, on the threads there are.
+ */
+static void start_workers(mla__pool *pool, int want)
+{
+    if (want - 1 <= pool->n_started || pool->refused)
+        return;
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    int started = 0, err = 0;
-    while (started < n && !(err = pthread_create(&ws[started].id, NULL, worker_main, &ws[started])))
-        started++;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (err) {
-        pool_free(pool, started);
-        return mla_fail(err == EAGAIN ? MLA_ERR_OUT_OF_MEMORY : MLA_ERR_INTERNAL,
-                        "thread pool: starting worker %d of %d failed: %s", started + 1, n,
-                        strerror(err));
+    while (pool->n_started < want - 1) {
+        worker *w = &pool->workers[pool->n_started];
+        if (pthread_create(&w->id, NULL, worker_main, w) != 0) {
+            pool->refused = 1; /* not again on every loop */
+            break;
+        }
+        pool->n_started++;
     }
-    *out = pool;
-    return MLA_OK;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 void mla__pool_destroy(mla__pool *pool)
 {
     if (pool)
-        pool_free(pool, pool->openmp ? 0 : pool->n_workers);
+        pool_free(pool);
 }
 
 int mla__pool_threads(const mla__pool *pool)
@@ -260,6 +275,7 @@ void mla__pool_run(mla__pool *pool, int n_threads, int64_t n_items, mla__pool_fn
         }
         return;
     }
+    start_workers(pool, n_threads);
     /* Close the last loop: gen odd, then no worker still reading it. */
     unsigned g = atomic_fetch_add(&pool->gen, 1) + 1;
     poll_until(pool, no_reader, 0, 0, 0);
@@ -270,7 +286,7 @@ void mla__pool_run(mla__pool *pool, int n_threads, int64_t n_items, mla__pool_fn
     atomic_store(&pool->next, 0);
     atomic_store(&pool->done, 0);
     atomic_store(&pool->gen, g + 1);
-    for (int i = 0; i < n_threads - 1; i++)
+    for (int i = 0; i < n_threads - 1 && i < pool->n_started; i++)
         wake_worker(pool, &pool->workers[i]);
     take_items(pool, fn, arg, n_items, 0);
     poll_until(pool, loop_done, 0, 0, 0);
