@@ -5,10 +5,17 @@
  * example checks the batch against each sequence run alone through a cache of its own, and fails
  * if they differ. bench/bench_decode --batch N measures such calls (doc/attention.md, "Batched
  * decode").
+ *
+ *   batch_decode [--openmp]
+ *
+ * The forwards run on every core: the handle's own worker threads, or with --openmp the
+ * process's OpenMP runtime, the choice for an engine whose own parallel work runs on OpenMP
+ * (doc/attention.md, "Threads").
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <mla/mla.h>
 
@@ -59,8 +66,13 @@ static float *token(float *xs, int seq, int64_t pos)
     return xs + ((size_t)seq * (MAX_PROMPT + STEPS) + (size_t)pos) * D;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int openmp = argc == 2 && strcmp(argv[1], "--openmp") == 0;
+    if (argc > 1 && !openmp) {
+        fprintf(stderr, "usage: %s [--openmp]\n", argv[0]);
+        return 2;
+    }
     static float wq[N_H * D_H * D], wk[N_KV * D_H * D], wv[N_KV * D_H * D], wo[D * N_H * D_H];
     float s = 1.0f / sqrtf((float)D);
     for (size_t i = 0; i < sizeof wq / sizeof wq[0]; i++) {
@@ -101,6 +113,7 @@ int main(void)
     mla_attn_params ap;
     mla_attn_default_params(&ap, sizeof ap);
     ap.n_threads = 0; /* all cores */
+    ap.threads = openmp ? MLA_ATTN_THREADS_OPENMP : MLA_ATTN_THREADS_POOL;
     mla_attn *attn = NULL;
     if ((st = mla_attn_create(&ap, &attn)) != MLA_OK)
         return fail("mla_attn_create", st);
@@ -175,8 +188,9 @@ int main(void)
     mla_cache_stats cs;
     mla_cache_get_stats(batch, &cs, sizeof cs);
     printf("%d sequences (prompts of %d, %d, %d and %d tokens) prefilled in one call of %d "
-           "tokens, then %d calls of %d tokens each\n", N_SEQ, prompt_len[0], prompt_len[1],
-           prompt_len[2], prompt_len[3], n, STEPS, N_SEQ);
+           "tokens, then %d calls of %d tokens each, on %s threads\n", N_SEQ, prompt_len[0],
+           prompt_len[1], prompt_len[2], prompt_len[3], n, STEPS, N_SEQ,
+           openmp ? "OpenMP's" : "the handle's own");
     printf("the batch against each sequence run alone: max difference %.1e of the largest "
            "output\n", worst);
     printf("the shared cache holds %lld token slots, %lld bytes a token (the MHA layer's "
