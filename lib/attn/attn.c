@@ -80,8 +80,9 @@ MLA_API mla_status mla_attn_create(const mla_attn_params *params, mla_attn **out
     mla_status st =
         mla__pool_create(a->n_threads, p.threads == MLA_ATTN_THREADS_OPENMP, &a->pool);
     if (st != MLA_OK) {
+        int n = a->n_threads;
         mla_free(a);
-        return mla_fail_context(st, "mla_attn_create: n_threads %d: ", a->n_threads);
+        return mla_fail_context(st, "mla_attn_create: n_threads %d: ", n);
     }
     a->k = mla__attn_kernels_best();
     a->stream_bytes = env_count("MLA_ATTN_STREAM_BYTES", MLA_ATTN_STREAM_BYTES, INT64_MAX);
