@@ -74,6 +74,7 @@ struct mla__pool {
     mla__pool_fn fn;
     void *arg;
     int64_t n_items;
+    int n_threads;        /* of this loop: the hint may belong to a later one */
     _Atomic int64_t next; /* the next item to hand out */
     _Atomic int64_t done; /* items finished */
 };
@@ -154,11 +155,13 @@ static void *worker_main(void *p)
         unsigned g = atomic_load(&pool->gen);
         if (g & 1)
             continue;
-        /* Announce the read, then check that the loop is still the one seen. */
+        /* Announce the read, then check that the loop is still the one seen: gen may have moved
+         * on since loop_for, to a loop for fewer threads. */
         atomic_fetch_add(&pool->active, 1);
         if (atomic_load(&pool->gen) == g) {
             seen = g;
-            take_items(pool, pool->fn, pool->arg, pool->n_items, w->thread);
+            if (w->thread < pool->n_threads)
+                take_items(pool, pool->fn, pool->arg, pool->n_items, w->thread);
         }
         atomic_fetch_sub(&pool->active, 1);
     }
@@ -282,6 +285,7 @@ void mla__pool_run(mla__pool *pool, int n_threads, int64_t n_items, mla__pool_fn
     pool->fn = fn;
     pool->arg = arg;
     pool->n_items = n_items;
+    pool->n_threads = n_threads;
     atomic_store(&pool->hint, n_threads);
     atomic_store(&pool->next, 0);
     atomic_store(&pool->done, 0);
