@@ -7,7 +7,7 @@
  *   without biases;
  * - a cache: every latent and RoPE storage type, the quantization group the cache picks
  *   (quant_group 0), blocks of 1 to 64 tokens;
- * - a path, an AUTO crossover, 1 or 2 threads (the handle's pool; OpenMP's in odd cases);
+ * - a path, an AUTO crossover, 1 to 4 threads (the handle's pool; OpenMP's in odd cases);
  * - a schedule: up to three sequences from random positions, fed in chunks of random length, the
  *   chunks of different sequences (prefill chunks and single decode tokens) mixed in one call,
  *   interleaved or one sequence after the other;
@@ -109,7 +109,7 @@ static rcase draw(int idx, unsigned long long *s)
             c.lat = MLA_DTYPE_I8; /* no even group: the cache refuses it (test_api.c) */
     }
     c.block = blocks[pick(s, 0, 3)];
-    c.threads = pick(s, 1, 2);
+    c.threads = pick(s, 1, 4);
     c.openmp = idx % 2; /* not drawn: the cases before it kept their draws */
     c.path = paths[pick(s, 0, 2)];
     c.crossover = cross[pick(s, 0, 3)];
