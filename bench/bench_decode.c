@@ -315,18 +315,25 @@ static double time_forward(mla_attn *a, mla_layer *l, mla_cache *c, int d, int64
     return t;
 }
 
-/* max_scratch_bytes limit: 0 for none */
-static mla_attn *attn_limited(int threads, mla_attn_path path, int64_t limit)
+/* max_scratch_bytes limit: 0 for none; runtime: whose threads (--sharing) */
+static mla_attn *attn_make(int threads, mla_attn_path path, int64_t limit,
+                           mla_attn_threads runtime)
 {
     mla_attn_params p;
     mla_attn_default_params(&p, sizeof p);
     p.n_threads = threads;
     p.path = path;
     p.max_scratch_bytes = limit;
+    p.threads = runtime;
     mla_attn *a = NULL;
     if (mla_attn_create(&p, &a) != MLA_OK)
         die("mla_attn_create");
     return a;
+}
+
+static mla_attn *attn_limited(int threads, mla_attn_path path, int64_t limit)
+{
+    return attn_make(threads, path, limit, MLA_ATTN_THREADS_POOL);
 }
 
 static mla_attn *attn_new(int threads, mla_attn_path path)
@@ -944,14 +951,7 @@ static void *decode_window(void *arg)
 
 static mla_attn *attn_on(int threads, mla_attn_threads runtime)
 {
-    mla_attn_params p;
-    mla_attn_default_params(&p, sizeof p);
-    p.n_threads = threads;
-    p.threads = runtime;
-    mla_attn *a = NULL;
-    if (mla_attn_create(&p, &a) != MLA_OK)
-        die("mla_attn_create");
-    return a;
+    return attn_make(threads, MLA_ATTN_PATH_AUTO, 0, runtime);
 }
 
 static _Atomic int spin_stop;

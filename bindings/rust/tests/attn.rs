@@ -158,18 +158,24 @@ fn scratch_limit_and_release() {
     assert_eq!(e.status(), Status::InvalidArgument);
 }
 
+/// A random 48-wide layer (6 heads, 2 KV heads) converted at d_kv 4, and an n-token prompt.
+fn layer_and_prompt(n: usize) -> (Layer, Vec<f32>) {
+    let mut rng = SplitMix64::new();
+    let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
+    let (wq, wk, wv, wo) = projections(&mut rng);
+    let w = Weights::new(&wq, &wk, &wv, &wo);
+    let x = rng.fill(n * 48, 1.0);
+    let layer = Layer::convert(&g, &w, None, &ConvertParams::new().unwrap().d_kv(4)).unwrap();
+    (layer, x)
+}
+
 /// forward_with_progress: the total is the closed form n·(n+1)/2 for a fresh n-token prompt,
 /// the last call has done == total, and the output is forward's; Break cancels with nothing
 /// appended; a panic in the callback cancels and resumes after the call.
 #[test]
 fn forward_progress_and_cancel() {
-    let mut rng = SplitMix64::new();
-    let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
-    let (wq, wk, wv, wo) = projections(&mut rng);
-    let w = Weights::new(&wq, &wk, &wv, &wo);
     let n = 200usize;
-    let x = rng.fill(n * 48, 1.0);
-    let layer = Layer::convert(&g, &w, None, &ConvertParams::new().unwrap().d_kv(4)).unwrap();
+    let (layer, x) = layer_and_prompt(n);
     let cp = CacheParams::new().unwrap().capacity_tokens(2048);
     let mut cache = Cache::new(&[layer.cache_desc().unwrap()], &cp).unwrap();
     let mut attn = Attn::new(&AttnParams::new().unwrap().n_threads(2)).unwrap();
@@ -312,13 +318,8 @@ fn weights_in_16_bits() {
 /// of the work into parts) within float32 rounding.
 #[test]
 fn pool_and_openmp_threads_agree() {
-    let mut rng = SplitMix64::new();
-    let g = Geometry::new(48, 6, 2, 8).rope_theta(500.0);
-    let (wq, wk, wv, wo) = projections(&mut rng);
-    let w = Weights::new(&wq, &wk, &wv, &wo);
     let n = 200usize;
-    let x = rng.fill(n * 48, 1.0);
-    let layer = Layer::convert(&g, &w, None, &ConvertParams::new().unwrap().d_kv(4)).unwrap();
+    let (layer, x) = layer_and_prompt(n);
     let mut outs = Vec::new();
     for (n_threads, threads) in [
         (2, AttnThreads::Pool),
