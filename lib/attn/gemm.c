@@ -16,6 +16,15 @@
  * threads here (measured on a 4096 × 4096 float32 matrix, 2 threads: 19–21 GB/s through gemm,
  * 31–40 GB/s this way; bench/bench_decode's fixed costs show it).
  */
+/* Part t of `parts` of [0, len): boundaries in multiples of `align` (a part's output starts on a
+ * cache line), the last part to the end; empty where len is short. */
+static void part_range(int64_t len, int64_t t, int64_t parts, int64_t align, int64_t *i0,
+                       int64_t *i1)
+{
+    *i0 = len * t / parts / align * align;
+    *i1 = t + 1 == parts ? len : len * (t + 1) / parts / align * align;
+}
+
 typedef struct gemv_loop {
     int64_t n, k, parts;
     const float *a, *b;
@@ -28,9 +37,8 @@ static void gemv_part(void *arg, int64_t t, int thread)
 {
     const gemv_loop *g = arg;
     float one = 1.0f, bt = g->beta;
-    /* Row ranges in multiples of 16 so each part's output starts on a cache line. */
-    int64_t j0 = g->n * t / g->parts / 16 * 16;
-    int64_t j1 = t + 1 == g->parts ? g->n : g->n * (t + 1) / g->parts / 16 * 16;
+    int64_t j0, j1;
+    part_range(g->n, t, g->parts, 16, &j0, &j1);
     if (j1 > j0)
         bli_sgemv(BLIS_NO_TRANSPOSE, BLIS_NO_CONJUGATE, (dim_t)(j1 - j0), (dim_t)g->k, &one,
                   (float *)(g->b + j0 * g->csb), (inc_t)g->csb, (inc_t)g->rsb, (float *)g->a,
@@ -76,9 +84,8 @@ typedef struct gemm_loop {
 static void gemm_part(void *arg, int64_t t, int thread)
 {
     const gemm_loop *g = arg;
-    int64_t len = g->split_n ? g->n : g->m;
-    int64_t i0 = len * t / g->parts / 16 * 16;
-    int64_t i1 = t + 1 == g->parts ? len : len * (t + 1) / g->parts / 16 * 16;
+    int64_t i0, i1;
+    part_range(g->split_n ? g->n : g->m, t, g->parts, 16, &i0, &i1);
     if (i1 <= i0)
         return;
     if (g->split_n)
@@ -154,13 +161,10 @@ static void dot_part(void *arg, int64_t t, int thread)
 {
     const dot_loop *g = arg;
     int64_t j0 = 0, j1 = g->n, i0 = 0, i1 = g->m;
-    if (g->pn > 1) {
-        j0 = g->n * t / g->pn / 16 * 16;
-        j1 = t + 1 == g->pn ? g->n : g->n * (t + 1) / g->pn / 16 * 16;
-    } else if (g->pm > 1) {
-        i0 = g->m * t / g->pm / 4 * 4;
-        i1 = t + 1 == g->pm ? g->m : g->m * (t + 1) / g->pm / 4 * 4;
-    }
+    if (g->pn > 1)
+        part_range(g->n, t, g->pn, 16, &j0, &j1);
+    else if (g->pm > 1)
+        part_range(g->m, t, g->pm, 4, &i0, &i1);
     ptrdiff_t row_bytes = g->ldw * (ptrdiff_t)(g->wt == MLA_DTYPE_F32 ? 4 : 2);
     for (int64_t j = j0; j < j1 && i1 > i0; j += 16) {
         mla__src rows = {(const unsigned char *)g->w + j * row_bytes, row_bytes, g->wt, NULL, 0, 0};
@@ -241,7 +245,9 @@ static void widen_part(void *arg, int64_t t, int thread)
 #else
     int f16c = 0;
 #endif
-    for (int64_t i = g->rows * t / g->parts; i < g->rows * (t + 1) / g->parts; i++) {
+    int64_t r0, r1;
+    part_range(g->rows, t, g->parts, 1, &r0, &r1);
+    for (int64_t i = r0; i < r1; i++) {
         const uint16_t *s = g->w + i * g->k;
         float *df = g->dst + i * g->k;
         if (g->wt == MLA_DTYPE_BF16) {
