@@ -59,7 +59,7 @@
 struct mla_attn {
     mla_attn_params p;
     int n_threads;               /* resolved from p.n_threads */
-    mla__pool *pool;             /* its n_threads − 1 workers (core.h) */
+    mla__pool *pool;             /* up to n_threads − 1 workers, or OpenMP (core.h) */
     long pid;                    /* the process that created it (and its workers) */
     double parallel_min_flops;   /* MLA_ATTN_PARALLEL_MIN_FLOPS or its environment override */
     const mla__attn_kernels *k;
