@@ -17,13 +17,16 @@
  * Prints the machine's measured roofs beside every figure.
  *
  *   bench_decode [--quick] [--threads N] [--crossover] [--prefill] [--scratch] [--sharing]
- *                [--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] [--dtype f16|bf16|f32|i8|i4]
+ *                [--shape NAME] [--ctx N] [--mha] [--mla] [--dkv 8|16|32]
+ *                [--dtype f16|bf16|f32|i8|i4]
  *                [--group N] [--batch N] [--weights bf16|f16] [--reps N] [--rounds N]
  *
- * --shape keeps the shapes whose name starts with NAME (e.g. "smol", "llama"), --ctx one context
- * length (for profiling one case; with --prefill and --scratch one prompt length, of any size), --mha only the
- * MHA baseline, --mla only the MLA layers, --dkv
- * one MLA d_kv; --dtype the cache's storage type for latent and RoPE part, MHA and MLA alike
+ * --quick: a short run (d_kv 16 and contexts 1K and 4K, unless --dkv or --ctx names others;
+ * fewer decodes per figure, smaller roof readings). --shape keeps the shapes whose name starts
+ * with NAME (e.g. "smol", "llama"), --ctx one context length (for profiling one case; with
+ * --prefill and --scratch one prompt length, of any size), --mha only the MHA baseline, --mla
+ * only the MLA layers, --dkv one MLA d_kv (8, 16 or 32); --dtype the cache's storage type for
+ * latent and RoPE part, MHA and MLA alike
  * (default f16; with bf16 the absorbed path multiplies in bf16, doc/attention.md); i8 and i4
  * quantize the MLA latents only (groups of --group values, default the cache's choice for
  * quant_group 0: the largest power of two up to 32 that divides the latent width; f32 scales),
@@ -231,7 +234,7 @@ static mla_cache *filled_cache(mla_layer *l, int mla, int n_seq, int64_t ctx, in
     mla_cache_stats st;
     if (mla_cache_create(&p, &c) != MLA_OK || mla_cache_get_stats(c, &st, sizeof st) != MLA_OK)
         die("mla_cache_create");
-    if (p.latent_dtype == latent_quant && st.quant_group != quant_group(desc.latent_dim))
+    if (mla && latent_quant && st.quant_group != quant_group(desc.latent_dim))
         die("the cache's quant_group differs from the byte count's");
     int64_t L = desc.latent_dim, W = (int64_t)desc.rope_heads * desc.rope_dim, chunk = 1024;
     float *lat = rand_buf((size_t)(chunk * L), 1.0f), *rope = rand_buf((size_t)(chunk * W + 1), 1.0f);
@@ -499,7 +502,8 @@ static int want_layer(int quick, size_t li)
     if (li == 0)
         return !only_mla;
     int dkv = dkvs[li - 1];
-    return !((quick && dkv != 16) || only_mha || (only_dkv && dkv != only_dkv));
+    /* --quick: d_kv 16 only, unless --dkv names another. */
+    return !((quick && !only_dkv && dkv != 16) || only_mha || (only_dkv && dkv != only_dkv));
 }
 
 static void note_range(double v, double *lo, double *hi)
@@ -511,7 +515,7 @@ static void note_range(double v, double *lo, double *hi)
 /* One round of every decode figure (each the minimum of `reps` decodes), folded into dec. */
 static void decode_round(int quick, int threads)
 {
-    int n_ctx = quick ? 2 : N_CTX, reps = reps_opt > 0 ? reps_opt : quick ? 3 : 9;
+    int n_ctx = quick && !ctx_given ? 2 : N_CTX, reps = reps_opt > 0 ? reps_opt : quick ? 3 : 9;
     size_t bw_cap = (size_t)(quick ? 64 : 256) << 20; /* far beyond the 32 MiB L3 */
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *s = &shapes[si];
@@ -1259,7 +1263,8 @@ int main(int argc, char **argv)
             sharing = 1;
         else if (strcmp(argv[i], "--scratch") == 0)
             scratch = prefill = 1;
-        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0 &&
+                 atoi(argv[i + 1]) <= 1024)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc)
             only_shape = argv[++i];
@@ -1269,11 +1274,12 @@ int main(int argc, char **argv)
             only_mha = 1;
         else if (strcmp(argv[i], "--mla") == 0)
             only_mla = 1;
-        else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+        else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             reps_opt = atoi(argv[++i]);
         else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             rounds = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--dkv") == 0 && i + 1 < argc)
+        else if (strcmp(argv[i], "--dkv") == 0 && i + 1 < argc &&
+                 (atoi(argv[i + 1]) == 8 || atoi(argv[i + 1]) == 16 || atoi(argv[i + 1]) == 32))
             only_dkv = atoi(argv[++i]);
         else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc && dtype_arg(argv[i + 1]))
             i++;
@@ -1287,12 +1293,25 @@ int main(int argc, char **argv)
             batch = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--quick] [--threads N] [--crossover] [--prefill] [--scratch] "
-                    "[--shape NAME] [--ctx N] [--mha] [--mla] [--dkv N] "
+                    "[--shape NAME] [--ctx N] [--mha] [--mla] [--dkv 8|16|32] "
                     "[--dtype f16|bf16|f32|i8|i4] [--group N] [--batch N] [--weights bf16|f16] "
                     "[--sharing] [--reps N] [--rounds N]\n",
                     argv[0]);
             return 2;
         }
+    }
+    /* Selections that would leave every table empty. */
+    int shape_ok = 0;
+    for (size_t si = 0; si < N_SHAPES; si++)
+        shape_ok |= want_shape(&shapes[si]);
+    if (!shape_ok) {
+        fprintf(stderr, "--shape %s: no shape's name starts with that (SmolLM-135M, Llama-2-7B)\n",
+                only_shape);
+        return 2;
+    }
+    if (only_mha && (only_mla || only_dkv)) {
+        fprintf(stderr, "--mha selects only the MHA baseline: not with --mla or --dkv\n");
+        return 2;
     }
     /* --ctx: a decode context of the table, a prompt of ≥ 1 token, or ≥ 0 cached tokens. */
     int ctx_ok = !ctx_given || (sharing                      ? only_ctx >= 0
