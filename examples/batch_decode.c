@@ -177,8 +177,11 @@ int main(int argc, char **argv)
         for (int p = 0; p < prompt_len[q] + STEPS; p++)
             for (int i = 0; i < D; i++) {
                 double a = token(yb, q, p)[i], b = y[(size_t)p * D + i];
-                diff = fmax(diff, fabs(a - b));
-                big = fmax(big, fabs(b));
+                /* Comparisons, not fmax: GCC 12 for AArch64 crashes vectorizing this loop
+                 * with fmax (doc/testing.md). */
+                double d = fabs(a - b), m = fabs(b);
+                diff = d > diff ? d : diff;
+                big = m > big ? m : big;
             }
     }
     /* The same math summed in another order (a batch's products are taken over more rows at

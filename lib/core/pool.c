@@ -25,6 +25,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #  include <immintrin.h>
 #  define cpu_relax() _mm_pause()
+#elif defined(__aarch64__) && defined(__GNUC__)
+#  define cpu_relax() __asm__ __volatile__("yield")
 #else
 #  define cpu_relax() ((void)0)
 #endif

@@ -8,18 +8,21 @@
  * products of mla__sgemm_wt (few rows through gemm_dot_src, more through BLIS) against float64.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "attn/internal.h"
 #include "attn/kernels/kernels.h"
 #include "../tap.h"
 
-/* The products' threads: up to n of one pool's 8 (a worker runs a part as the caller would). */
+/* The products' threads: up to n of one pool's 8 (a worker runs a part as the caller would),
+ * and at most MLA_TEST_MAX_THREADS (.ci/aarch64 sets 1: its emulator cannot start threads). */
 static mla__pool *pool;
+static int max_threads = 8;
 
 static mla__team team(int n)
 {
-    return (mla__team){pool, n};
+    return (mla__team){pool, n < max_threads ? n : max_threads};
 }
 
 static float *randv(size_t n, unsigned long long *seed)
@@ -236,6 +239,30 @@ static void test_src_get(void)
               (long long)bad);
         src_free(&ts);
     }
+}
+
+/* Every one of the 65536 F16 values through v's load_t (8192 rows of 8), against the portable
+ * conversion: the same bits, or NaN for NaN (vcvtph2ps quiets signalling NaNs). Covers the
+ * subnormals, zeros of both signs and infinities the random rows above never hold. */
+static void test_f16_every_value(const mla__attn_kernels *v)
+{
+    int64_t rows = 8192, w = 8;
+    uint16_t *h = malloc((size_t)(rows * w) * sizeof *h);
+    float *dst = malloc((size_t)(rows * w) * sizeof *dst);
+    for (int64_t i = 0; i < rows * w; i++)
+        h[i] = (uint16_t)i;
+    mla__src s = {(const unsigned char *)h, (ptrdiff_t)(w * sizeof *h), MLA_DTYPE_F16, NULL, 0, 1};
+    v->load_t(&s, 0, rows, 0, w, dst, rows);
+    int64_t bad = 0;
+    for (int64_t t = 0; t < rows; t++)
+        for (int64_t k = 0; k < w; k++) {
+            float got = dst[k * rows + t], want = mla_f16_to_f32(h[t * w + k]);
+            bad += want != want ? got == got : memcmp(&got, &want, sizeof got) != 0;
+        }
+    CHECK(bad == 0, "%s converts every F16 value as the portable conversion does (%lld differ)",
+          v->name, (long long)bad);
+    free(h);
+    free(dst);
 }
 
 static const int64_t src_ms[] = {1, 3, 9, 13, 21};
@@ -879,6 +906,9 @@ static void test_softmax_merge(void)
 
 int main(void)
 {
+    const char *cap = getenv("MLA_TEST_MAX_THREADS");
+    if (cap && atoi(cap) >= 1 && atoi(cap) < max_threads)
+        max_threads = atoi(cap);
     CHECK(mla__pool_create(8, 0, &pool) == MLA_OK, "a pool of 8 threads");
     const mla__attn_kernels *p = &mla__attn_kernels_portable;
     const mla__attn_kernels *best = mla__attn_kernels_best();
@@ -912,6 +942,10 @@ int main(void)
     {
         /* The label mla_build_info prints names the gemm_bf16 the table holds. */
         const char *want = best->gemm_bf16 == p->gemm_bf16 ? "portable" : "?";
+#ifdef MLA_ATTN_HAVE_GENERIC
+        if (best->gemm_bf16 == mla__attn_kernels_generic.gemm_bf16)
+            want = "generic";
+#endif
 #ifdef MLA_ATTN_HAVE_AVX512
         if (best->gemm_bf16 == mla__attn_kernels_avx2.gemm_bf16)
             want = "avx2";
@@ -972,6 +1006,28 @@ int main(void)
                ++tap_count);
     }
 #endif
+#ifdef MLA_ATTN_HAVE_GENERIC
+    /* The vector-extension kernels, on every CPU (kernels.c chooses them where neither AVX2
+     * nor AVX-512 is there, or with MLA_ATTN_KERNELS=generic). */
+    {
+        const mla__attn_kernels *g = &mla__attn_kernels_generic;
+        test_products(g, p);
+        test_softmax(g, p, 1);
+        test_softmax(g, p, 0);
+        test_softmax_overflow(g, 1);
+        test_softmax_overflow(g, 0);
+        test_src_kernels(g, p, NULL);
+        test_gemm_bf16(g);
+        test_pack_pairs(g);
+        test_to_bf16(g);
+        test_round_bf16(g);
+        test_sgemm_wt(g);
+        test_wgemm(g);
+        test_f16_every_value(g);
+    }
+#else
+    printf("ok %d # SKIP no vector-extension kernels in this build\n", ++tap_count);
+#endif
 #ifdef MLA_ATTN_HAVE_AVX512
     const mla_cpu_features *f = mla_cpu();
     /* The AVX2 kernels wherever the CPU has AVX2, FMA and F16C (AVX-512 CPUs included: kernels.c
@@ -987,6 +1043,7 @@ int main(void)
         test_to_bf16(&mla__attn_kernels_avx2);
         test_round_bf16(&mla__attn_kernels_avx2);
         test_sgemm_wt(&mla__attn_kernels_avx2);
+        test_f16_every_value(&mla__attn_kernels_avx2);
     } else {
         printf("ok %d # SKIP this CPU has no AVX2, FMA and F16C\n", ++tap_count);
     }
@@ -997,6 +1054,7 @@ int main(void)
         test_softmax(&mla__attn_kernels_avx512, p, 0);
         test_softmax_overflow(&mla__attn_kernels_avx512, 1);
         test_softmax_overflow(&mla__attn_kernels_avx512, 0);
+        test_f16_every_value(&mla__attn_kernels_avx512);
         /* With the AMD variant of gemm_bc_src (kernels.c), wherever AVX-512 runs. */
         mla__attn_kernels w48 = mla__attn_kernels_avx512;
         w48.name = "avx512 (9 x 48 blocks)";

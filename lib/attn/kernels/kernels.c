@@ -18,6 +18,13 @@ static void choose(void)
     const char *force = getenv("MLA_ATTN_KERNELS");
     if (force && strcmp(force, "portable") == 0)
         return;
+#ifdef MLA_ATTN_HAVE_GENERIC
+    /* Every CPU the vector extensions compile for; x86 ones with AVX2 or AVX-512 take their own
+     * tables below (generic.c measured slower than avx2.c there, doc/attention.md). */
+    best = &mla__attn_kernels_generic;
+    if (force && strcmp(force, "generic") == 0)
+        return;
+#endif
 #ifdef MLA_ATTN_HAVE_AVX512
     const mla_cpu_features *f = mla_cpu();
     int has_avx2 = f->avx2 && f->fma && f->f16c;
@@ -66,7 +73,7 @@ static void choose(void)
         }
         best = &avx512;
     } else if (has_avx2) {
-        /* No AVX-512: 8-lane kernels (the portable ones measured 11-70 times slower). */
+        /* No AVX-512: 8-lane kernels with FMA and F16C. */
         best = &mla__attn_kernels_avx2;
     }
 #endif

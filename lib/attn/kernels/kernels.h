@@ -1,6 +1,7 @@
 /*
  * Float32 inner loops of the attention paths. The portable versions are the oracle; vectorized
- * variants (avx512.c) are chosen once at run time from the CPU's features. Kernels never allocate.
+ * variants (avx512.c, avx2.c, generic.c) are chosen once at run time from the CPU's features.
+ * Kernels never allocate.
  *
  * Both products write C = beta·C + A·op(B) with beta 0 or 1 and row-major C (row stride ldc):
  * - gemm_bc ("broadcast"): B(k, j) = b[k·ldb + j] is contiguous along j, vectorized along the
@@ -170,6 +171,11 @@ typedef struct mla__attn_kernels {
 MLA_INTERNAL float mla__src_get(const mla__src *s, int64_t t, int64_t k);
 
 MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_portable;
+/* generic.c: the products in GCC/Clang vector extensions, for any target (CPUs without AVX2). */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)
+#  define MLA_ATTN_HAVE_GENERIC 1
+MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_generic;
+#endif
 #if defined(__x86_64__) && defined(__GNUC__)
 #  define MLA_ATTN_HAVE_AVX512 1
 MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_avx512;
