@@ -150,7 +150,7 @@ INL vf load_v(const int dt, const mla__src *s, int64_t t, int64_t k, const scale
      * (sign-extending): vector shifts, where a conversion from int8 lanes was scalar. */
     int32_t w;
     memcpy(&w, row + k, sizeof w);
-    vi q = (splat_i(w) << byte_shift()) >> 24;
+    vi q = (vi)((vu)splat_i(w) << (vu)byte_shift()) >> 24; /* unsigned left: no overflow */
     return __builtin_convertvector(q, vf) * scales(s, t, sm);
 }
 
