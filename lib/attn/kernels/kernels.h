@@ -167,6 +167,15 @@ typedef struct mla__attn_kernels {
 #define MLA__EXP_C2 2.4022650e-1f
 #define MLA__EXP_C1 6.9314718e-1f
 
+/* Rows t0 .. t0+rows−1, columns col0 .. col0+kc−1 of a source converted into buf (rows × kc). */
+typedef void (*mla__panel_fn)(const mla__src *a, int64_t t0, int64_t rows, int64_t col0,
+                              int64_t kc, float *buf);
+/* gemm_bc_asrc by panels converted with `convert` and multiplied by `gemm_bc` (panels.c). */
+MLA_INTERNAL void mla__gemm_bc_asrc_panels(int64_t m, int64_t n, int64_t k, const mla__src *a,
+                                           int64_t t0, int64_t col0, const float *b,
+                                           ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc,
+                                           mla__gemm_bc_fn gemm_bc, mla__panel_fn convert);
+
 /* Element (t, k) of a source (the portable conversion every kernel must reproduce exactly). */
 MLA_INTERNAL float mla__src_get(const mla__src *s, int64_t t, int64_t k);
 
