@@ -892,12 +892,9 @@ static TGT void mha_values(int64_t n_kv, int64_t d, int64_t n, const float *p, p
     }
 }
 
-/* Panels of whole rows of A converted to float32 in a 32 KiB buffer, then the float32 kernel:
- * one conversion per value against n multiply-adds (n = 32 query heads for Llama-2-7B). Whole
- * rows are converted in memory order, so the cached rows stream in at the prefetchers' pace. */
-#define ASRC_BUF 8192
-#define ASRC_M 24
-
+/* Panels of whole rows of A converted to float32 (panels.c), then the float32 kernel: one
+ * conversion per value against n multiply-adds (n = 32 query heads for Llama-2-7B). Whole rows
+ * are converted in memory order, so the cached rows stream in at the prefetchers' pace. */
 INL void asrc_convert(const int dt, const mla__src *a, int64_t t0, int64_t rows, int64_t col0,
                       int64_t kc, float *buf)
 {
@@ -909,39 +906,22 @@ INL void asrc_convert(const int dt, const mla__src *a, int64_t t0, int64_t rows,
     }
 }
 
+static TGT void asrc_panel(const mla__src *a, int64_t t0, int64_t rows, int64_t col0, int64_t kc,
+                           float *buf)
+{
+    switch (dt_of(a->t)) {
+    case DT_F16: asrc_convert(DT_F16, a, t0, rows, col0, kc, buf); break;
+    case DT_BF16: asrc_convert(DT_BF16, a, t0, rows, col0, kc, buf); break;
+    case DT_I8: asrc_convert(DT_I8, a, t0, rows, col0, kc, buf); break;
+    default: asrc_convert(DT_F32, a, t0, rows, col0, kc, buf); break;
+    }
+}
+
 static TGT void gemm_bc_asrc(int64_t m, int64_t n, int64_t k, const mla__src *a, int64_t t0,
                              int64_t col0, const float *b, ptrdiff_t ldb, float beta, float *c,
                              ptrdiff_t ldc)
 {
-    int dt = dt_of(a->t);
-    if (dt == DT_F32 && a->ld % (ptrdiff_t)sizeof(float) == 0 &&
-        (uintptr_t)a->p % sizeof(float) == 0) {
-        /* Aligned float32 rows are read where they are. */
-        gemm_bc(m, n, k, (const float *)(const void *)(a->p + t0 * a->ld) + col0,
-                a->ld / (ptrdiff_t)sizeof(float), 1, b, ldb, beta, c, ldc);
-        return;
-    }
-    float buf[ASRC_BUF];
-    int64_t kc_max = k < ASRC_BUF ? (k > 0 ? k : 1) : ASRC_BUF;
-    int64_t pm = ASRC_BUF / kc_max < ASRC_M ? ASRC_BUF / kc_max : ASRC_M;
-    for (int64_t i = 0; i < m; i += pm) {
-        int64_t rows = m - i < pm ? m - i : pm;
-        if (k == 0) {
-            gemm_bc(rows, n, 0, buf, 1, 1, b, ldb, beta, c + i * ldc, ldc);
-            continue;
-        }
-        for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
-            int64_t kc = k - k0 < kc_max ? k - k0 : kc_max;
-            switch (dt) {
-            case DT_F16: asrc_convert(DT_F16, a, t0 + i, rows, col0 + k0, kc, buf); break;
-            case DT_BF16: asrc_convert(DT_BF16, a, t0 + i, rows, col0 + k0, kc, buf); break;
-            case DT_I8: asrc_convert(DT_I8, a, t0 + i, rows, col0 + k0, kc, buf); break;
-            default: asrc_convert(DT_F32, a, t0 + i, rows, col0 + k0, kc, buf); break;
-            }
-            gemm_bc(rows, n, kc, buf, kc, 1, b + k0 * ldb, ldb, k0 == 0 ? beta : 1.0f,
-                    c + i * ldc, ldc);
-        }
-    }
+    mla__gemm_bc_asrc_panels(m, n, k, a, t0, col0, b, ldb, beta, c, ldc, gemm_bc, asrc_panel);
 }
 
 /* ---- bf16 pairs on float32 FMAs --------------------------------------------------------- */

@@ -1,7 +1,7 @@
 /*
- * gemm_bc_asrc by panels (avx2.c, generic.c): aligned float32 rows are read where they are;
- * other rows are converted, up to 24 rows and 8192 values at a time, into a float32 buffer that
- * stays in L1, which the table's gemm_bc then multiplies.
+ * gemm_bc_asrc by panels (avx512.c, avx2.c, generic.c): aligned float32 rows are read where
+ * they are; other rows are converted, up to 24 rows and 8192 values (32 KiB) at a time, into a
+ * float32 buffer that stays in L1, which the table's gemm_bc then multiplies.
  */
 #include "attn/kernels/kernels.h"
 
