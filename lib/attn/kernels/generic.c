@@ -8,12 +8,13 @@
  * once per row it meets) served 11-70 times slower than the AVX2 kernels.
  *
  * Same contract as avx2.c, blocked for AArch64's 32 registers: each converted cache vector feeds
- * up to 6 rows, register blocks are compile-time constants. Conversions are exact and equal to
+ * up to 5 rows, register blocks are compile-time constants. Conversions are exact and equal to
  * mla__src_get: F16 by the hardware on AArch64 (fcvtl), elsewhere by integer arithmetic on the
  * bits (one multiply by 2^112 rebiases normal and subnormal values alike), BF16 by a shift, I8
- * by conversion and one multiply by the group's scale.
- * lib/attn/meson.build compiles this file with -ffp-contract=fast, so that a·b + c is one fused
- * multiply-add where the target has it (ISO C mode forbids the contraction otherwise).
+ * by conversion and one multiply by the group's scale. lib/attn/meson.build compiles this file
+ * with -ffp-contract=fast, so that a·b + c is one fused multiply-add where the target has it
+ * (ISO C mode forbids the contraction otherwise). doc/attention.md, "Kernels", has the
+ * measurements.
  */
 #include "attn/kernels/kernels.h"
 
