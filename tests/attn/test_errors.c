@@ -316,7 +316,8 @@ int main(void)
         for (int i = 0; i < 2 * D; i++) {
             /* Comparisons, not fmax: GCC 12 for AArch64 crashes vectorizing this loop with
              * fmax (doc/testing.md). */
-            double d0 = fabs((double)r0[i] - o0[6 * D + i]), d1 = fabs((double)r1[i] - o1[6 * D + i]);
+            double d0 = fabs((double)r0[i] - o0[6 * D + i]);
+            double d1 = fabs((double)r1[i] - o1[6 * D + i]);
             double a = fabs((double)o0[6 * D + i]);
             e0 = d0 > e0 ? d0 : e0;
             e1 = d1 > e1 ? d1 : e1;
