@@ -21,6 +21,42 @@ int mla__absorbed_rows_wide(int64_t rows)
     return 4 * rows >= 3 * 16 * ((rows + 15) / 16);
 }
 
+/* Query rows × r values a block may pack for rope_scores_wide (16 KiB on the stack). */
+#define ROPE_PACK_MAX 4096
+
+/*
+ * The RoPE part of many-rows scores over a float32 tile: S(u, row) += Σ_kk rope(u, j·r + kk) ·
+ * qr(kk, row), j the row's KV head. A KV head's part is g rows by r columns, too narrow for the
+ * products' blocks: Llama-2-7B took 32 calls a tile of one row and 4 columns each, whose
+ * partial vectors were read element by element, and they cost more than the 256-column latent
+ * product beside them. Here the block's queries are packed head by head (qp, rows × r) and each
+ * token's part is one pass over its RoPE row. beta 0: S is set, not added to.
+ */
+static void rope_scores_wide(const mla__ctx *c, const mla__qblock *b, int64_t col0,
+                             const float *rope, int64_t n, float beta, float *s, float *qp)
+{
+    int64_t r = c->r, g = c->g, W = c->fmt->rope_width, rows = b->m * c->n_h;
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t kk = 0; kk < r; kk++)
+            qp[row * r + kk] = c->qrt[kk * c->ldq + col0 + row];
+    for (int64_t u = 0; u < n; u++) {
+        const float *ru = rope + u * W;
+        float *su = s + u * rows;
+        for (int64_t t = 0; t < b->m; t++)
+            for (int64_t j = 0; j < c->n_kv; j++) {
+                const float *rj = ru + j * r;
+                int64_t row0 = t * c->n_h + j * g;
+                for (int64_t i = 0; i < g; i++) {
+                    const float *qi = qp + (row0 + i) * r;
+                    float acc = 0.0f;
+                    for (int64_t kk = 0; kk < r; kk++)
+                        acc += rj[kk] * qi[kk];
+                    su[row0 + i] = beta != 0.0f ? su[row0 + i] + acc : acc;
+                }
+            }
+    }
+}
+
 /*
  * Many query rows (Llama-2-7B: 32 heads): the rows are the vector dimension of both products
  * (S: tile × rows), so no transposed copy is needed. Each cached value feeds 2·rows
@@ -36,6 +72,7 @@ static void job_rows_wide(const mla__ctx *c, const mla__job *job, mla__work *w)
     int64_t rows = b->m * c->n_h, col0 = b->t0 * c->n_h, T = c->tile_tokens;
     int64_t W = c->fmt->rope_width;
     float *st = w->s;
+    float qp[ROPE_PACK_MAX];
     mla__rtile *rt = &w->rt;
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;
@@ -56,7 +93,10 @@ static void job_rows_wide(const mla__ctx *c, const mla__job *job, mla__work *w)
             if (c->nope > 0)
                 k->gemm_bc_asrc(g->n, rows, c->lat_k, &g->latent, 0, 0, c->qt + col0, c->ldq,
                                 0.0f, sg, rows);
-            if (c->r > 0)
+            if (c->r > 0 && rows * c->r <= ROPE_PACK_MAX)
+                rope_scores_wide(c, b, col0, w->tile.rope + g->t * W, g->n,
+                                 c->nope > 0 ? 1.0f : 0.0f, sg, qp);
+            else if (c->r > 0)
                 for (int64_t t = 0; t < b->m; t++)
                     for (int32_t j = 0; j < c->n_kv; j++) {
                         int64_t col = t * c->n_h + (int64_t)j * c->g;
