@@ -21,7 +21,7 @@ int mla__absorbed_rows_wide(int64_t rows)
     return 4 * rows >= 3 * 16 * ((rows + 15) / 16);
 }
 
-/* Query rows × r values a block may pack for rope_scores_wide (16 KiB on the stack). */
+/* Query rows × r values a block may pack for the RoPE part of its scores (16 KiB of stack). */
 #define ROPE_PACK_MAX 4096
 
 /*
@@ -29,32 +29,19 @@ int mla__absorbed_rows_wide(int64_t rows)
  * qr(kk, row), j the row's KV head. A KV head's part is g rows by r columns, too narrow for the
  * products' blocks: Llama-2-7B took 32 calls a tile of one row and 4 columns each, whose
  * partial vectors were read element by element, and they cost more than the 256-column latent
- * product beside them. Here the block's queries are packed head by head (qp, rows × r) and each
- * token's part is one pass over its RoPE row. beta 0: S is set, not added to.
+ * product beside them. Here the block's queries are packed head by head (qp, rows × r) and
+ * seg_dots takes each token's RoPE row in one pass. beta 0: S is set, not added to.
  */
 static void rope_scores_wide(const mla__ctx *c, const mla__qblock *b, int64_t col0,
                              const float *rope, int64_t n, float beta, float *s, float *qp)
 {
-    int64_t r = c->r, g = c->g, W = c->fmt->rope_width, rows = b->m * c->n_h;
+    int64_t r = c->r, rows = b->m * c->n_h;
     for (int64_t row = 0; row < rows; row++)
         for (int64_t kk = 0; kk < r; kk++)
             qp[row * r + kk] = c->qrt[kk * c->ldq + col0 + row];
-    for (int64_t u = 0; u < n; u++) {
-        const float *ru = rope + u * W;
-        float *su = s + u * rows;
-        for (int64_t t = 0; t < b->m; t++)
-            for (int64_t j = 0; j < c->n_kv; j++) {
-                const float *rj = ru + j * r;
-                int64_t row0 = t * c->n_h + j * g;
-                for (int64_t i = 0; i < g; i++) {
-                    const float *qi = qp + (row0 + i) * r;
-                    float acc = 0.0f;
-                    for (int64_t kk = 0; kk < r; kk++)
-                        acc += rj[kk] * qi[kk];
-                    su[row0 + i] = beta != 0.0f ? su[row0 + i] + acc : acc;
-                }
-            }
-    }
+    for (int64_t t = 0; t < b->m; t++)
+        c->k->seg_dots(n, c->n_kv, c->g, r, rope, c->fmt->rope_width, qp + t * c->n_h * r,
+                       beta, s + t * c->n_h, rows);
 }
 
 /*

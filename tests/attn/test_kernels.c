@@ -614,6 +614,53 @@ static void test_to_bf16(const mla__attn_kernels *v)
 
 /* round_bf16 against the same definition, in place, on the same kinds of values (subnormals
  * included: the float32 rounding is exact for them). */
+/* seg_dots against the dots taken in float64: widths the vectorized kernels take (2, 4, 8, 16)
+ * and others (6), one query row a KV head and several, KV heads in whole 8s and with a tail,
+ * setting and adding (beta). The rows of s past each token's n_kv·g must stay untouched. */
+static void test_seg_dots(const mla__attn_kernels *v)
+{
+    static const int64_t rs[] = {2, 4, 6, 8, 16}, gs[] = {1, 3}, nkvs[] = {3, 8, 21, 32};
+    unsigned long long seed = 41;
+    double worst = 0;
+    int untouched = 1;
+    for (size_t ri = 0; ri < sizeof rs / sizeof rs[0]; ri++)
+        for (size_t gi = 0; gi < sizeof gs / sizeof gs[0]; gi++)
+            for (size_t ki = 0; ki < sizeof nkvs / sizeof nkvs[0]; ki++)
+                for (int add = 0; add < 2; add++) {
+                    int64_t r = rs[ri], g = gs[gi], n_kv = nkvs[ki], n = 13;
+                    ptrdiff_t ldx = n_kv * r + 5, lds = n_kv * g + 3;
+                    float *x = randv((size_t)(n * ldx), &seed);
+                    float *q = randv((size_t)(n_kv * g * r), &seed);
+                    float *s = randv((size_t)(n * lds), &seed);
+                    float *s0 = malloc((size_t)(n * lds) * sizeof *s0);
+                    float *want = malloc((size_t)(n * lds) * sizeof *want);
+                    memcpy(s0, s, (size_t)(n * lds) * sizeof *s);
+                    for (int64_t u = 0; u < n; u++)
+                        for (int64_t row = 0; row < n_kv * g; row++) {
+                            double acc = add ? s[u * lds + row] : 0.0;
+                            for (int64_t kk = 0; kk < r; kk++)
+                                acc += (double)x[u * ldx + row / g * r + kk] *
+                                       (double)q[row * r + kk];
+                            want[u * lds + row] = (float)acc;
+                        }
+                    v->seg_dots(n, n_kv, g, r, x, ldx, q, add ? 1.0f : 0.0f, s, lds);
+                    for (int64_t u = 0; u < n; u++) {
+                        double e = tap_rel_diff(s + u * lds, want + u * lds, (size_t)(n_kv * g));
+                        worst = e > worst || e != e ? e : worst;
+                        for (int64_t row = n_kv * g; row < lds; row++)
+                            untouched &= s[u * lds + row] == s0[u * lds + row];
+                    }
+                    free(x);
+                    free(q);
+                    free(s);
+                    free(s0);
+                    free(want);
+                }
+    CHECK(worst < 1e-5 && untouched,
+          "%s seg_dots equal the float64 segment dots (max rel err %.2e), nothing else written",
+          v->name, worst);
+}
+
 static void test_round_bf16(const mla__attn_kernels *v)
 {
     unsigned long long seed = 19;
@@ -915,7 +962,7 @@ int main(void)
     const mla__attn_kernels *best = mla__attn_kernels_best();
     CHECK(best != NULL && best->gemm_bc && best->gemm_dot && best->softmax_step &&
               best->load_t && best->gemm_bc_src && best->gemm_dot_src &&
-              best->gemm_bc_asrc && best->mha_scores && best->mha_values,
+              best->gemm_bc_asrc && best->mha_scores && best->mha_values && best->seg_dots,
           "kernel table chosen (%s)", best ? best->name : "none");
     test_src_get();
     test_sgemm_one_row();
@@ -936,6 +983,8 @@ int main(void)
     test_to_bf16(best);
     test_round_bf16(p);
     test_round_bf16(best);
+    test_seg_dots(p);
+    test_seg_dots(best);
     CHECK(best->gemm_bf16 && best->pack_pairs && best->to_bf16, "BF16 kernels chosen (%s)",
           best->name);
     test_gemm_bf16(best);
@@ -1022,6 +1071,7 @@ int main(void)
         test_pack_pairs(g);
         test_to_bf16(g);
         test_round_bf16(g);
+        test_seg_dots(g);
         test_sgemm_wt(g);
         test_wgemm(g);
         test_f16_every_value(g);
@@ -1043,6 +1093,7 @@ int main(void)
         test_gemm_bf16(&mla__attn_kernels_avx2);
         test_to_bf16(&mla__attn_kernels_avx2);
         test_round_bf16(&mla__attn_kernels_avx2);
+        test_seg_dots(&mla__attn_kernels_avx2);
         test_sgemm_wt(&mla__attn_kernels_avx2);
         test_f16_every_value(&mla__attn_kernels_avx2);
     } else {
@@ -1056,6 +1107,7 @@ int main(void)
         test_softmax_overflow(&mla__attn_kernels_avx512, 1);
         test_softmax_overflow(&mla__attn_kernels_avx512, 0);
         test_f16_every_value(&mla__attn_kernels_avx512);
+        test_seg_dots(&mla__attn_kernels_avx512);
         /* With the AMD variant of gemm_bc_src (kernels.c), wherever AVX-512 runs. */
         mla__attn_kernels w48 = mla__attn_kernels_avx512;
         w48.name = "avx512 (9 x 48 blocks)";

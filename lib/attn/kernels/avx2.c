@@ -790,9 +790,70 @@ static TGT void round_bf16(float *x, int64_t n)
         mla__attn_kernels_portable.round_bf16(x + i, n - i);
 }
 
+/* The sums of 8 vectors' lanes, a[0]'s first. */
+INL __m256 reduce8(const __m256 a[8])
+{
+    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    /* u0: the four lower-half sums of a[0..3], then their upper-half sums; u1 of a[4..7]. */
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                         _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* Eight segments' dots (one query row each), in order. r is 2, 4 or a multiple of 8. */
+INL __m256 seg_dots8(int64_t r, const float *x, const float *q)
+{
+    if (r == 2) {
+        /* hadd leaves segments 0, 1, 4, 5, 2, 3, 6, 7. */
+        __m256 h = _mm256_hadd_ps(_mm256_mul_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(q)),
+                                  _mm256_mul_ps(_mm256_loadu_ps(x + 8), _mm256_loadu_ps(q + 8)));
+        return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+    }
+    if (r == 4) {
+        __m256 p[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++)
+            p[v] = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * v), _mm256_loadu_ps(q + 8 * v));
+        /* Segments 0, 2, 4, 6, then 1, 3, 5, 7. */
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3]));
+        return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    }
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int h = 0; h < 8; h++) {
+        a[h] = _mm256_setzero_ps();
+        for (int64_t kk = 0; kk < r; kk += 8)
+            a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(x + h * r + kk),
+                                   _mm256_loadu_ps(q + h * r + kk), a[h]);
+    }
+    return reduce8(a);
+}
+
+/* g = 1 (one query row a KV head: MHA-born models) in 8 segments at a time; the rest, and
+ * other widths, by the portable loop. */
+TGT void mla__seg_dots_avx2(int64_t n, int64_t n_kv, int64_t g, int64_t r, const float *x,
+                            ptrdiff_t ldx, const float *q, float beta, float *s, ptrdiff_t lds)
+{
+    if (g != 1 || !(r == 2 || r == 4 || (r > 0 && r % 8 == 0)) || n_kv < 8) {
+        mla__seg_dots_portable(n, n_kv, g, r, x, ldx, q, beta, s, lds);
+        return;
+    }
+    int64_t j8 = n_kv / 8 * 8;
+    for (int64_t u = 0; u < n; u++) {
+        const float *xu = x + u * ldx;
+        float *su = s + u * lds;
+        for (int64_t j = 0; j < j8; j += 8)
+            store8(seg_dots8(r, xu + j * r, q + j * r), beta, su + j);
+    }
+    if (j8 < n_kv)
+        mla__seg_dots_portable(n, n_kv - j8, 1, r, x + j8 * r, ldx, q + j8 * r, beta, s + j8,
+                               lds);
+}
+
 const mla__attn_kernels mla__attn_kernels_avx2 = {
     "avx2", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
     gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16, round_bf16,
+    mla__seg_dots_avx2,
     INT64_MAX, /* few rows over BF16 caches: the float32 loop (kernels.h) */
     "avx2", 0, 64, /* weights products of fewer rows: gemm_dot_src (kernels.h) */
 };

@@ -115,6 +115,16 @@ typedef void (*mla__to_bf16_fn)(const float *x, int64_t n, uint16_t *dst);
  * i < n: the float32 products over a BF16 cache take the operands the bf16 ones would. */
 typedef void (*mla__round_bf16_fn)(float *x, int64_t n);
 
+/*
+ * The RoPE part of many-rows absorbed scores (absorbed.c): each token u of a float32 tile holds
+ * n_kv segments of r values, x[u·ldx + j·r ..], and each segment is dotted with the g query
+ * rows of its KV head, packed q[(j·g + i)·r + kk]:
+ * s[u·lds + j·g + i] = beta·s + Σ_{kk < r} x[u·ldx + j·r + kk]·q[(j·g + i)·r + kk] (beta 0: set).
+ */
+typedef void (*mla__seg_dots_fn)(int64_t n, int64_t n_kv, int64_t g, int64_t r, const float *x,
+                                 ptrdiff_t ldx, const float *q, float beta, float *s,
+                                 ptrdiff_t lds);
+
 typedef struct mla__attn_kernels {
     const char *name;
     mla__gemm_bc_fn gemm_bc;
@@ -131,6 +141,7 @@ typedef struct mla__attn_kernels {
     mla__pack_pairs_fn pack_pairs;
     mla__to_bf16_fn to_bf16;
     mla__round_bf16_fn round_bf16;
+    mla__seg_dots_fn seg_dots;
     /*
      * The latent width (lat_k) from which the absorbed path with few query rows over a BF16
      * cache multiplies with gemm_bf16; below it, float32 FMAs over a 16-bit transposed tile
@@ -197,6 +208,12 @@ MLA_INTERNAL void mla__gemm_bf16_avx512(int64_t m, int64_t n, int64_t kp, const 
 MLA_INTERNAL void mla__to_bf16_avx512(const float *x, int64_t n, uint16_t *dst);
 /* avx512.c: gemm_bf16 on float32 FMAs (AVX-512F/BW only; faster than vdpbf16ps where that
  * issues at half the FMA rate, kernels.c). */
+MLA_INTERNAL void mla__seg_dots_portable(int64_t n, int64_t n_kv, int64_t g, int64_t r,
+                                         const float *x, ptrdiff_t ldx, const float *q,
+                                         float beta, float *s, ptrdiff_t lds);
+MLA_INTERNAL void mla__seg_dots_avx2(int64_t n, int64_t n_kv, int64_t g, int64_t r,
+                                     const float *x, ptrdiff_t ldx, const float *q, float beta,
+                                     float *s, ptrdiff_t lds);
 MLA_INTERNAL void mla__gemm_bf16_fma(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
                                      ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
                                      ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc);

@@ -209,9 +209,25 @@ static void round_bf16(float *x, int64_t n)
         x[i] = mla_bf16_to_f32(mla_f32_to_bf16(x[i]));
 }
 
+void mla__seg_dots_portable(int64_t n, int64_t n_kv, int64_t g, int64_t r, const float *x,
+                            ptrdiff_t ldx, const float *q, float beta, float *s, ptrdiff_t lds)
+{
+    for (int64_t u = 0; u < n; u++)
+        for (int64_t j = 0; j < n_kv; j++)
+            for (int64_t i = 0; i < g; i++) {
+                const float *xj = x + u * ldx + j * r, *qi = q + (j * g + i) * r;
+                float acc = 0.0f;
+                for (int64_t kk = 0; kk < r; kk++)
+                    acc += xj[kk] * qi[kk];
+                float *sp = s + u * lds + j * g + i;
+                *sp = beta != 0.0f ? *sp + acc : acc;
+            }
+}
+
 const mla__attn_kernels mla__attn_kernels_portable = {
     "portable", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
     gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16, round_bf16,
+    mla__seg_dots_portable,
     0, /* the oracle keeps the bf16 products everywhere (tests: attn/quant-portable) */
     "portable", 0, 0, /* weights products: BLIS */
 };
