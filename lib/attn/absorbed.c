@@ -94,6 +94,10 @@ static void job_rows_wide(const mla__ctx *c, const mla__job *job, mla__work *w)
         }
         k->softmax_step(rows, n, st, 1, rows, w->nvis, c->n_h, job->mx, job->l, 1, job->o,
                         job->ldo, c->lat_v);
+        /* Over a BF16 cache, the probabilities job_bf16 would multiply (the queries were
+         * rounded in forward.c). */
+        if (c->bf16)
+            k->round_bf16(st, n * rows);
         for (int64_t i = 0; i < rt->n_seg; i++) {
             const mla__seg *g = &rt->seg[i];
             k->gemm_bc_src(rows, c->lat_v, g->n, st + g->t * rows, 1, rows, &g->latent, 0,
@@ -321,11 +325,12 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     const mla__qblock *b = &c->blocks[job->block];
     const mla__attn_kernels *k = c->k;
     int64_t rows = b->m * c->n_h;
-    if (c->bf16 && (mla__absorbed_rows_wide(rows) || c->bf16_few_rows)) {
+    int wide = mla__absorbed_rows_wide(rows);
+    if (c->bf16 && (wide ? k->bf16_many_rows : c->bf16_few_rows)) {
         job_bf16(c, job, w);
         return;
     }
-    if (mla__absorbed_rows_wide(rows)) {
+    if (wide) {
         job_rows_wide(c, job, w);
         return;
     }

@@ -84,17 +84,18 @@ static void prefetch_env(const char *value, int want)
 }
 
 /*
- * Over a BF16 cache with few query rows, the float32 path (16-bit transposed tile, FMAs) must
- * multiply exactly the operands job_bf16 multiplies (bf16-rounded queries and probabilities):
- * the kernel table's bf16_few_rows_min_k picks the path, so the test gives a handle a copy of
- * the table set each way in turn and compares prefill-and-decode outputs. Only the summation
- * order may differ; a path that skipped either rounding differs by ~1e-3 here (bf16's unit
- * roundoff 3.9e-3).
+ * Over a BF16 cache, the float32 paths (few query rows: a 16-bit transposed tile; many: the
+ * float32 tile) must multiply exactly the operands job_bf16 multiplies (bf16-rounded queries
+ * and probabilities). The kernel table's bf16_few_rows_min_k and bf16_many_rows pick the path,
+ * so the test gives a handle a copy of the table set each way in turn and compares
+ * prefill-and-decode outputs. Only the summation order may differ; a path that skipped either
+ * rounding differs by ~1e-3 here (bf16's unit roundoff 3.9e-3). many: 16 heads, so that a
+ * decode's rows take the many-rows loop too.
  */
-static void bf16_paths_agree(void)
+static void bf16_paths_agree(int many)
 {
     src_layer src;
-    src_init(&src, 64, 8, 2, 16, 1, 301);
+    src_init(&src, 64, many ? 16 : 8, 2, 16, 1, 301);
     mla_layer *l = convert(&src, 4, 8, MLA_FACTOR_JOINT);
     /* A handle's own copy of the table: the chosen one may be read-only (the portable). */
     mla__attn_kernels kc = *mla__attn_kernels_best();
@@ -103,9 +104,12 @@ static void bf16_paths_agree(void)
     for (int v = 0; v < 2; v++) {
         seq_init(&s[v][0], 0, 150, 120, 64, 0, 1);
         seq_init(&s[v][1], 1, 40, 10, 64, 0, 2);
-        kc.bf16_few_rows_min_k = v == 0 ? 0 : INT64_MAX;
+        if (many)
+            kc.bf16_many_rows = v == 0;
+        else
+            kc.bf16_few_rows_min_k = v == 0 ? 0 : INT64_MAX;
         mla_cache *c = l ? make_cache(&l, 1, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 1024, 16) : NULL;
-        mla_attn *a = make_attn(2, MLA_ATTN_PATH_AUTO);
+        mla_attn *a = make_attn(2, MLA_ATTN_PATH_ABSORBED);
         if (a)
             a->k = &kc;
         if (c && a)
@@ -121,8 +125,8 @@ static void bf16_paths_agree(void)
             worst = e > worst || e != e ? e : worst;
         }
     CHECK(l && st[0] == MLA_OK && st[1] == MLA_OK && worst < 2e-5,
-          "BF16 cache, few query rows: the float32 path equals the bf16 products "
-          "(max relative difference %.2e)", worst);
+          "BF16 cache, %s query rows: the float32 path equals the bf16 products "
+          "(max relative difference %.2e)", many ? "many" : "few", worst);
     for (int v = 0; v < 2; v++)
         for (int i = 0; i < 2; i++)
             seq_free(&s[v][i]);
@@ -637,7 +641,8 @@ int main(void)
     prefetch_env("1", 1);
     unsetenv("MLA_ATTN_STREAM_PREFETCH");
 
-    bf16_paths_agree();
+    bf16_paths_agree(0);
+    bf16_paths_agree(1);
     few_rows_w48_agrees();
     few_rows_prefetch_same();
     thread_bytes_rule();

@@ -1058,7 +1058,7 @@ const mla__attn_kernels mla__attn_kernels_avx512 = {
     "avx512", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
     gemm_bc_asrc, mha_scores, mha_values,
     /* The BF16 kernels, bf16_few_rows_min_k and the AMD choices are set by kernels.c. */
-    NULL, NULL, NULL, round_bf16, mla__seg_dots_avx2, 0, NULL, 0,
+    NULL, NULL, NULL, round_bf16, mla__seg_dots_avx2, 0, 1, NULL, 0,
     512, /* weights products of fewer rows: gemm_dot_src (kernels.h) */
 };
 

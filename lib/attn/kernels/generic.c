@@ -734,7 +734,7 @@ const mla__attn_kernels mla__attn_kernels_generic = {
     "generic", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
     gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16, round_bf16,
     mla__seg_dots_portable, /* a few percent of a decode: left to the compiler */
-    INT64_MAX, /* few rows over BF16 caches: the float32 loop (kernels.h) */
+    INT64_MAX, 0, /* rows over BF16 caches: the float32 loops (kernels.h) */
     "generic", 0, 0, /* weights products: BLIS, which has kernels of its own for each target */
 };
 

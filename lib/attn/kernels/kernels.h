@@ -149,6 +149,10 @@ typedef struct mla__attn_kernels {
      * kernels.c from the gemm_bf16 it chose.
      */
     int64_t bf16_few_rows_min_k;
+    /* 1: many query rows over a BF16 cache multiply with gemm_bf16 (job_bf16); 0: float32 FMAs
+     * over the float32 tile, with the same bf16-rounded queries and probabilities (absorbed.c),
+     * where the table's gemm_bf16 only emulates bf16 products with FMAs on split words. */
+    int bf16_many_rows;
     /* Which gemm_bf16 this is ("portable", "fma", "vdpbf16ps", "amx"), for mla_build_info. */
     const char *bf16_products;
     /* Tokens of a few-rows absorbed tile over 16-bit keys when the query rows are 9

@@ -228,6 +228,6 @@ const mla__attn_kernels mla__attn_kernels_portable = {
     "portable", gemm_bc, gemm_dot, softmax_step, load_t, load_t16, gemm_bc_src, gemm_dot_src,
     gemm_bc_asrc, mha_scores, mha_values, gemm_bf16, pack_pairs, to_bf16, round_bf16,
     mla__seg_dots_portable,
-    0, /* the oracle keeps the bf16 products everywhere (tests: attn/quant-portable) */
+    0, 1, /* the oracle keeps the bf16 products everywhere (tests: attn/quant-portable) */
     "portable", 0, 0, /* weights products: BLIS */
 };
