@@ -646,11 +646,49 @@ static TGT void load_t(const mla__src *s, int64_t t0, int64_t n, int64_t col0, i
     }
 }
 
-/* 16-bit rows transposed bit for bit, 8 × 8 blocks of 128-bit rows (24 unpacks each). */
+/* 16-bit rows transposed bit for bit: 16 tokens × 8 columns at a time, tokens t .. t+7 in the
+ * lower 128-bit lanes and t+8 .. t+15 in the upper ones, so that 24 unpacks transpose two 8 × 8
+ * blocks and each column's 16 tokens leave in one 256-bit store; then 8 × 8 blocks of 128-bit
+ * rows. */
 static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
                          uint16_t *dst, ptrdiff_t ldd)
 {
     int64_t t = 0;
+    for (; t + 16 <= n; t += 16) {
+        int64_t k = 0;
+        for (; k + 8 <= kw; k += 8) {
+            __m256i r[8], a[8], b[8];
+#pragma GCC unroll 16
+            for (int i = 0; i < 8; i++) {
+                const unsigned char *lo = s->p + (t0 + t + i) * s->ld + 2 * (col0 + k);
+                r[i] = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)lo)),
+                    _mm_loadu_si128((const __m128i *)(const void *)(lo + 8 * s->ld)), 1);
+            }
+#pragma GCC unroll 16
+            for (int i = 0; i < 8; i += 2) {
+                a[i] = _mm256_unpacklo_epi16(r[i], r[i + 1]);
+                a[i + 1] = _mm256_unpackhi_epi16(r[i], r[i + 1]);
+            }
+#pragma GCC unroll 16
+            for (int i = 0; i < 8; i += 4) {
+                b[i] = _mm256_unpacklo_epi32(a[i], a[i + 2]);
+                b[i + 1] = _mm256_unpackhi_epi32(a[i], a[i + 2]);
+                b[i + 2] = _mm256_unpacklo_epi32(a[i + 1], a[i + 3]);
+                b[i + 3] = _mm256_unpackhi_epi32(a[i + 1], a[i + 3]);
+            }
+#pragma GCC unroll 16
+            for (int c = 0; c < 4; c++) {
+                _mm256_storeu_si256((__m256i *)(void *)(dst + (k + 2 * c) * ldd + t),
+                                    _mm256_unpacklo_epi64(b[c], b[c + 4]));
+                _mm256_storeu_si256((__m256i *)(void *)(dst + (k + 2 * c + 1) * ldd + t),
+                                    _mm256_unpackhi_epi64(b[c], b[c + 4]));
+            }
+        }
+        for (; k < kw; k++)
+            for (int64_t i = 0; i < 16; i++)
+                memcpy(dst + k * ldd + t + i, s->p + (t0 + t + i) * s->ld + 2 * (col0 + k), 2);
+    }
     for (; t + 8 <= n; t += 8) {
         int64_t k = 0;
         for (; k + 8 <= kw; k += 8) {
