@@ -21,27 +21,30 @@ int mla__absorbed_rows_wide(int64_t rows)
     return 4 * rows >= 3 * 16 * ((rows + 15) / 16);
 }
 
-/* Query rows × r values a block may pack for the RoPE part of its scores (16 KiB of stack). */
-#define ROPE_PACK_MAX 4096
-
 /*
  * The RoPE part of many-rows scores over a float32 tile: S(u, row) += Σ_kk rope(u, j·r + kk) ·
  * qr(kk, row), j the row's KV head. A KV head's part is g rows by r columns, too narrow for the
  * products' blocks: Llama-2-7B took 32 calls a tile of one row and 4 columns each, whose
  * partial vectors were read element by element, and they cost more than the 256-column latent
- * product beside them. Here the block's queries are packed head by head (qp, rows × r) and
- * seg_dots takes each token's RoPE row in one pass. beta 0: S is set, not added to.
+ * product beside them. Here the block's queries are packed head by head once a job (qp, rows
+ * × r: pack_rope_queries) and seg_dots takes each token's RoPE row in one pass. beta 0: S is
+ * set, not added to.
  */
-static void rope_scores_wide(const mla__ctx *c, const mla__qblock *b, int64_t col0,
-                             const float *rope, int64_t n, float beta, float *s, float *qp)
+static void pack_rope_queries(const mla__ctx *c, const mla__qblock *b, float *qp)
 {
-    int64_t r = c->r, rows = b->m * c->n_h;
+    int64_t r = c->r, rows = b->m * c->n_h, col0 = b->t0 * c->n_h;
     for (int64_t row = 0; row < rows; row++)
         for (int64_t kk = 0; kk < r; kk++)
             qp[row * r + kk] = c->qrt[kk * c->ldq + col0 + row];
+}
+
+static void rope_scores_wide(const mla__ctx *c, const mla__qblock *b, const float *rope,
+                             int64_t n, float beta, float *s, const float *qp)
+{
+    int64_t rows = b->m * c->n_h;
     for (int64_t t = 0; t < b->m; t++)
-        c->k->seg_dots(n, c->n_kv, c->g, r, rope, c->fmt->rope_width, qp + t * c->n_h * r,
-                       beta, s + t * c->n_h, rows);
+        c->k->seg_dots(n, c->n_kv, c->g, c->r, rope, c->fmt->rope_width,
+                       qp + t * c->n_h * c->r, beta, s + t * c->n_h, rows);
 }
 
 /*
@@ -59,8 +62,9 @@ static void job_rows_wide(const mla__ctx *c, const mla__job *job, mla__work *w)
     int64_t rows = b->m * c->n_h, col0 = b->t0 * c->n_h, T = c->tile_tokens;
     int64_t W = c->fmt->rope_width;
     float *st = w->s;
-    float qp[ROPE_PACK_MAX];
     mla__rtile *rt = &w->rt;
+    if (c->r > 0)
+        pack_rope_queries(c, b, w->qp);
     for (int64_t first = job->c0; first < job->c1; first += T) {
         int64_t n = job->c1 - first < T ? job->c1 - first : T;
         /* Dequantized once into an L2-resident float32 tile (forward.c reserves it), see
@@ -80,17 +84,9 @@ static void job_rows_wide(const mla__ctx *c, const mla__job *job, mla__work *w)
             if (c->nope > 0)
                 k->gemm_bc_asrc(g->n, rows, c->lat_k, &g->latent, 0, 0, c->qt + col0, c->ldq,
                                 0.0f, sg, rows);
-            if (c->r > 0 && rows * c->r <= ROPE_PACK_MAX)
-                rope_scores_wide(c, b, col0, w->tile.rope + g->t * W, g->n,
-                                 c->nope > 0 ? 1.0f : 0.0f, sg, qp);
-            else if (c->r > 0)
-                for (int64_t t = 0; t < b->m; t++)
-                    for (int32_t j = 0; j < c->n_kv; j++) {
-                        int64_t col = t * c->n_h + (int64_t)j * c->g;
-                        k->gemm_bc_asrc(g->n, c->g, c->r, &g->rope, 0, (int64_t)j * c->r,
-                                        c->qrt + col0 + col, c->ldq, c->nope > 0 ? 1.0f : 0.0f,
-                                        sg + col, rows);
-                    }
+            if (c->r > 0)
+                rope_scores_wide(c, b, w->tile.rope + g->t * W, g->n, c->nope > 0 ? 1.0f : 0.0f,
+                                 sg, w->qp);
         }
         k->softmax_step(rows, n, st, 1, rows, w->nvis, c->n_h, job->mx, job->l, 1, job->o,
                         job->ldo, c->lat_v);

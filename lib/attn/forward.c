@@ -210,6 +210,10 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
         }
         if (p->i4)
             w.tile.codes = take(a, mul(a, T, (size_t)dm->L), 1);
+        /* Many-rows absorbed blocks pack their RoPE queries (absorbed.c, rope_scores_wide). */
+        if (p->need_f32 && p->rows_abs > 0)
+            w.qp = take(a, add(a, mul(a, (size_t)p->rows_abs, (size_t)dm->r), 1),
+                        sizeof(float));
         if (p->up_panel)
             w.tile.wpanel = take(a, mul(a, MLA_ATTN_UP_PANEL_ROWS, lat_max), sizeof(float));
         w.rt.seg = take(a, T, sizeof(mla__seg));

@@ -234,6 +234,7 @@ typedef struct mla__work {
     float *ct;                   /* transposed keys / latents of an in-place tile */
     float *s;                    /* scores / probabilities */
     float *kbuf, *vbuf;          /* materialized keys and values of a tile (MLA only) */
+    float *qp;                   /* many-rows absorbed: the block's RoPE queries, rows × r */
     uint16_t *qb;                /* BF16 path: the block's queries rounded to bf16, in pairs */
     uint16_t *pb;                /* BF16 path: probabilities rounded to bf16, rows × tile */
     uint16_t *cv;                /* BF16 path: the tile's value latents, token pairs interleaved */
