@@ -195,6 +195,10 @@ MLA_INTERNAL void mla__gemm_bc_asrc_panels(int64_t m, int64_t n, int64_t k, cons
 MLA_INTERNAL float mla__src_get(const mla__src *s, int64_t t, int64_t k);
 
 MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_portable;
+/* portable.c's seg_dots, which the generic table and the vectorized ones' remainders use. */
+MLA_INTERNAL void mla__seg_dots_portable(int64_t n, int64_t n_kv, int64_t g, int64_t r,
+                                         const float *x, ptrdiff_t ldx, const float *q,
+                                         float beta, float *s, ptrdiff_t lds);
 /* generic.c: the products in GCC/Clang vector extensions, for any target (CPUs without AVX2). */
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)
 #  define MLA_ATTN_HAVE_GENERIC 1
@@ -205,6 +209,10 @@ MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_generic;
 MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_avx512;
 /* avx2.c: the same kernels in 8 lanes, for CPUs with AVX2, FMA and F16C but no AVX-512. */
 MLA_INTERNAL extern const mla__attn_kernels mla__attn_kernels_avx2;
+/* avx2.c's seg_dots, which the AVX-512 table takes too. */
+MLA_INTERNAL void mla__seg_dots_avx2(int64_t n, int64_t n_kv, int64_t g, int64_t r,
+                                     const float *x, ptrdiff_t ldx, const float *q, float beta,
+                                     float *s, ptrdiff_t lds);
 /* avx512_bf16.c: the BF16 kernels with vdpbf16ps (CPUs with AVX512_BF16 only). */
 MLA_INTERNAL void mla__gemm_bf16_avx512(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
                                         ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
@@ -212,12 +220,6 @@ MLA_INTERNAL void mla__gemm_bf16_avx512(int64_t m, int64_t n, int64_t kp, const 
 MLA_INTERNAL void mla__to_bf16_avx512(const float *x, int64_t n, uint16_t *dst);
 /* avx512.c: gemm_bf16 on float32 FMAs (AVX-512F/BW only; faster than vdpbf16ps where that
  * issues at half the FMA rate, kernels.c). */
-MLA_INTERNAL void mla__seg_dots_portable(int64_t n, int64_t n_kv, int64_t g, int64_t r,
-                                         const float *x, ptrdiff_t ldx, const float *q,
-                                         float beta, float *s, ptrdiff_t lds);
-MLA_INTERNAL void mla__seg_dots_avx2(int64_t n, int64_t n_kv, int64_t g, int64_t r,
-                                     const float *x, ptrdiff_t ldx, const float *q, float beta,
-                                     float *s, ptrdiff_t lds);
 MLA_INTERNAL void mla__gemm_bf16_fma(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
                                      ptrdiff_t rsa, ptrdiff_t csa, const uint16_t *b,
                                      ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc);
