@@ -132,6 +132,7 @@ typedef struct plan {
     int need_f32;        /* some job reads a float32 tile (whole-tile products, many query rows) */
     int i4;              /* I4 latents, read in place as int8 codes (mla__rtile_map) */
     int bf16;            /* absorbed products in bf16 (BF16 cache, mla__absorbed_bf16) */
+    int job_bf16;        /* ... and some of them through gemm_bf16 (job_bf16's buffers) */
     int sorted;          /* the batch's tokens are in (sequence, position) order already */
     double min_flops;    /* the handle's parallel_min_flops */
     const float *xin;    /* the input rows in that order: x itself, or xp */
@@ -225,7 +226,7 @@ static void carve(arena *a, plan *p, const dims *dm, chunk *ch)
         w.vbuf = up ? take(a, kvw, sizeof(float)) : NULL;
         w.nvis = take(a, max_m > (size_t)p->tokens_mat ? max_m : (size_t)p->tokens_mat,
                       sizeof(int64_t));
-        if (p->bf16) {
+        if (p->job_bf16) {
             size_t ra = (size_t)p->rows_abs;
             /* q̃, the RoPE queries, and for many rows those block-diagonal (absorbed.c) */
             w.qb = take(a, add(a, mul(a, ra, (size_t)(dm->lat_k + dm->r + dm->W)), 2),
@@ -1333,6 +1334,8 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
      * bf16 products (job_bf16, absorbed.c) do not use; other rows keep the L1 rule (4 heads on
      * AMD: 192-token tiles within the noise of it). A decode's few rows are its heads. */
     int bf16_few_rows = p.bf16 && dm.lat_k >= attn->k->bf16_few_rows_min_k;
+    /* Where neither row count takes gemm_bf16 (AVX2, generic), job_bf16 never runs. */
+    p.job_bf16 = bf16_few_rows || (p.bf16 && attn->k->bf16_many_rows);
     p.tile = tile_tokens(&dm, p.any_mat && !dm.mha, p.need_f32, keys16,
                          dm.n_h == 9 && !bf16_few_rows ? attn->k->nine_rows_tile : 0);
     /* Panels of 16-bit weights, no taller than the weights they take: the tallest input
