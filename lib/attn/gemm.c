@@ -39,10 +39,13 @@ static void gemv_part(void *arg, int64_t t, int thread)
     float one = 1.0f, bt = g->beta;
     int64_t j0, j1;
     part_range(g->n, t, g->parts, 16, &j0, &j1);
-    if (j1 > j0)
+    if (j1 > j0) {
+        mla__blas_enter();
         bli_sgemv(BLIS_NO_TRANSPOSE, BLIS_NO_CONJUGATE, (dim_t)(j1 - j0), (dim_t)g->k, &one,
                   (float *)(g->b + j0 * g->csb), (inc_t)g->csb, (inc_t)g->rsb, (float *)g->a,
                   (inc_t)g->csa, &bt, g->c + j0 * g->csc, (inc_t)g->csc);
+        mla__blas_leave();
+    }
 }
 
 static void gemv_rows(mla__team tm, int64_t n, int64_t k, const float *a, ptrdiff_t csa,
@@ -67,9 +70,11 @@ static void blis_gemm1(int sup, int64_t m, int64_t n, int64_t k, const float *a,
     if (!sup)
         bli_rntm_disable_l3_sup(&rntm);
     /* BLIS only reads a and b; its typed API is not const-qualified. */
+    mla__blas_enter();
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, (dim_t)m, (dim_t)n, (dim_t)k, &one,
                  (float *)a, (inc_t)rsa, (inc_t)csa, (float *)b, (inc_t)rsb, (inc_t)csb, &beta,
                  c, (inc_t)rsc, (inc_t)csc, NULL, &rntm);
+    mla__blas_leave();
 }
 
 typedef struct gemm_loop {

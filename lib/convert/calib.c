@@ -127,8 +127,10 @@ static void project(const float *x, size_t t, size_t d, const float *w, const fl
                     size_t rows, float *y)
 {
     /* y = x·wᵀ (+ b): t × rows */
+    mla__blas_enter();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (f77_int)t, (f77_int)rows, (f77_int)d,
                 1.0f, x, (f77_int)d, w, (f77_int)d, 0.0f, y, (f77_int)rows);
+    mla__blas_leave();
     if (b)
         for (size_t s = 0; s < t; s++)
             for (size_t i = 0; i < rows; i++)
@@ -168,8 +170,10 @@ MLA_API mla_status mla_calib_feed(mla_calib *c, const float *x, int64_t n_tokens
         if (c->p.covariance) {
             for (size_t i = 0; i < t * d; i++)
                 c->xbuf[i] = xc[i];
+            mla__blas_enter();
             cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (f77_int)d, (f77_int)t, 1.0,
                         c->xbuf, (f77_int)d, 1.0, c->xtx, (f77_int)d);
+            mla__blas_leave();
         }
     }
     c->n_tokens += n_tokens;

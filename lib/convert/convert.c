@@ -176,8 +176,10 @@ static mla_status rel_errors(const double *orig, const float *up, const float *d
     for (size_t i = 0; i < rank * d; i++)
         dn[i] = down[i];
     memcpy(e, orig, rows * d * sizeof(double));
+    mla__blas_enter();
     cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (f77_int)rows, (f77_int)d,
                 (f77_int)rank, -1.0, u, (f77_int)rank, dn, (f77_int)d, 1.0, e, (f77_int)d);
+    mla__blas_leave();
     double num = 0, den = 0;
     for (size_t i = 0; i < rows * d; i++) {
         num += e[i] * e[i];
@@ -190,14 +192,20 @@ static mla_status rel_errors(const double *orig, const float *up, const float *d
          * rank × d. Its rounding, ε‖M‖‖C‖ an element, moves tr(E C Eᵀ) by ε‖E‖‖M‖‖C‖: the
          * relative error stays below ε·‖M‖/‖E‖, a few ε in a_err even at full rank. */
         double an = 0, ad = 0;
+        mla__blas_enter();
         cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (f77_int)rows, (f77_int)d, 1.0, c,
                     (f77_int)d, orig, (f77_int)d, 0.0, ec, (f77_int)d);
+        mla__blas_leave();
         for (size_t i = 0; i < rows * d; i++)
             ad += orig[i] * ec[i];
+        mla__blas_enter();
         cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (f77_int)rank, (f77_int)d, 1.0, c,
                     (f77_int)d, dn, (f77_int)d, 0.0, dc, (f77_int)d);
+        mla__blas_leave();
+        mla__blas_enter();
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (f77_int)rows, (f77_int)d,
                     (f77_int)rank, -1.0, u, (f77_int)rank, dc, (f77_int)d, 1.0, ec, (f77_int)d);
+        mla__blas_leave();
         for (size_t i = 0; i < rows * d; i++)
             an += e[i] * ec[i];
         *a_err = ad > 0 ? sqrt(fmax(an, 0) / ad) : 0;

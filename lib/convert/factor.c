@@ -37,9 +37,11 @@ static lapack_int top_eigen(int robust, double *g, size_t d, size_t rank, double
         if (!isuppz)
             return LAPACK_WORK_MEMORY_ERROR;
         /* Eigenvalues come ascending: the top `rank` are indices d − rank + 1 .. d. */
+        mla__blas_enter();
         info = LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)d, g, (lapack_int)d,
                               0.0, 0.0, (lapack_int)(d - rank + 1), (lapack_int)d, 0.0, &found,
                               w, z, (lapack_int)d, isuppz);
+        mla__blas_leave();
         mla_free(isuppz);
         if (info == 0 && (size_t)found != rank)
             info = 1;
@@ -47,7 +49,9 @@ static lapack_int top_eigen(int robust, double *g, size_t d, size_t rank, double
         double *wall = mla_alloc(d * sizeof(double));
         if (!wall)
             return LAPACK_WORK_MEMORY_ERROR;
+        mla__blas_enter();
         info = LAPACKE_dsyev(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)d, g, (lapack_int)d, wall);
+        mla__blas_leave();
         if (info == 0) {
             memcpy(w, wall + (d - rank), rank * sizeof(double));
             memcpy(z, g + (d - rank) * d, rank * d * sizeof(double));
@@ -84,15 +88,20 @@ mla_status mla__lowrank(const double *mat, size_t m, size_t d, size_t rank, cons
         goto done;
     }
     memcpy(a, mat, m * d * sizeof(double));
-    if (chol) /* (M·L)ᵀ = Lᵀ·Mᵀ */
+    if (chol) { /* (M·L)ᵀ = Lᵀ·Mᵀ */
+        mla__blas_enter();
         cblas_dtrmm(CblasColMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, (f77_int)d,
                     (f77_int)m, 1.0, chol, (f77_int)d, a, (f77_int)d);
+        mla__blas_leave();
+    }
     /* MLA_CONVERT_EIGEN=qr starts with the fallback (a test hook, and a way around an MRRR
      * implementation that misbehaves). */
     const char *env = getenv("MLA_CONVERT_EIGEN");
     for (int attempt = env && strcmp(env, "qr") == 0; attempt < 2; attempt++) {
+        mla__blas_enter();
         cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, (f77_int)d, (f77_int)m, 1.0, a,
                     (f77_int)d, 0.0, g, (f77_int)d);
+        mla__blas_leave();
         *total = 0;
         for (size_t i = 0; i < d; i++)
             *total += g[i * d + i];
@@ -118,11 +127,16 @@ mla_status mla__lowrank(const double *mat, size_t m, size_t d, size_t rank, cons
     for (size_t r = 0; r < rank; r++)
         *kept += w[r];
     /* W_up = M' V_R: (V_Rᵀ · M'ᵀ) is R × m column-major, i.e. up row-major. */
+    mla__blas_enter();
     cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, (f77_int)rank, (f77_int)m, (f77_int)d,
                 1.0, z, (f77_int)d, a, (f77_int)d, 0.0, ud, (f77_int)rank);
-    if (chol) /* W_dkv = V_Rᵀ L⁻¹: solve Lᵀ Y = V_R, never forming L⁻¹ */
+    mla__blas_leave();
+    if (chol) { /* W_dkv = V_Rᵀ L⁻¹: solve Lᵀ Y = V_R, never forming L⁻¹ */
+        mla__blas_enter();
         cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, (f77_int)d,
                     (f77_int)rank, 1.0, chol, (f77_int)d, z, (f77_int)d);
+        mla__blas_leave();
+    }
     for (size_t i = 0; i < rank * d; i++)
         down[i] = (float)z[i];
     for (size_t i = 0; i < m * rank; i++)
@@ -152,8 +166,10 @@ mla_status mla__damped_cholesky(const double *c, size_t d, double damping, doubl
         memcpy(chol, c, d * d * sizeof(double));
         for (size_t i = 0; i < d; i++)
             chol[i * d + i] += lambda;
+        mla__blas_enter();
         lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', (lapack_int)d, chol,
                                          (lapack_int)d);
+        mla__blas_leave();
         if (info == 0) {
             for (size_t j = 0; j < d; j++) /* clear the untouched strictly upper part */
                 for (size_t i = 0; i < j; i++)

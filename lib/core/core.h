@@ -84,6 +84,11 @@ MLA_INTERNAL void mla_to_f32(float *dst, const void *src, mla_dtype dtype, size_
 /* Wall clock in seconds (monotonic). */
 MLA_INTERNAL double mla_now(void);
 
+/* Around every call into BLAS or LAPACK (blas.c): fork() in another thread waits until none is
+ * running, so a child never inherits BLIS's pool mutexes held. Not to be nested. */
+MLA_INTERNAL void mla__blas_enter(void);
+MLA_INTERNAL void mla__blas_leave(void);
+
 /*
  * Worker threads (pool.c). mla__pool_run calls fn(arg, item, thread) once for every item in
  * [0, n_items) on at most n_threads threads, the calling thread among them, and returns when
