@@ -201,8 +201,6 @@ static mla_status rel_errors(const double *orig, const float *up, const float *d
         mla__blas_enter();
         cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (f77_int)rank, (f77_int)d, 1.0, c,
                     (f77_int)d, dn, (f77_int)d, 0.0, dc, (f77_int)d);
-        mla__blas_leave();
-        mla__blas_enter();
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (f77_int)rows, (f77_int)d,
                     (f77_int)rank, -1.0, u, (f77_int)rank, dc, (f77_int)d, 1.0, ec, (f77_int)d);
         mla__blas_leave();
