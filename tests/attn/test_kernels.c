@@ -300,6 +300,69 @@ static double bc_src_err(const mla__attn_kernels *v, const mla__attn_kernels *p,
     return worst;
 }
 
+/*
+ * gemm_bc_src over I8 rows against a float64 sum of the exact dequantized values: groups of
+ * whole 8-value vectors (8 to 64, which avx2.c's I8 path moves to A), more tokens than one of
+ * its chunks (128) and more groups than one of its passes (4), blocks of 1 to 13 rows, both
+ * strides of A and both beta values. Error bound per element: 4e-6 of the sum of the terms'
+ * magnitudes (float32 sums of 300 terms reach 3e-7 here), far below what a wrong scale, group,
+ * column or chunk leaves (a wrong group's scales: 8; a chunk not added: above 0.1).
+ */
+static void test_bc_src_i8_groups(const mla__attn_kernels *v)
+{
+    static const int32_t groups[] = {8, 16, 32, 64};
+    static const int64_t ms[] = {1, 2, 3, 6, 9, 13}, ns[] = {8, 24, 48, 96}, ks[] = {1, 130, 300};
+    static const int64_t col0s[] = {0, 40};
+    unsigned long long seed = 71;
+    const int64_t rows = 320, w = 200, t0 = 5;
+    double worst = 0;
+    for (int gi = 0; gi < 4; gi++) {
+        test_src ts;
+        src_make(&ts, MLA_DTYPE_I8, rows, w, groups[gi], &seed);
+        for (int a = 0; a < 6; a++)
+            for (int b = 0; b < 4; b++)
+                for (int cc = 0; cc < 3; cc++)
+                    for (int o = 0; o < 2; o++)
+                        for (int variant = 0; variant < 2; variant++) {
+                            int64_t m = ms[a], n = ns[b], k = ks[cc], col0 = col0s[o];
+                            float beta = variant ? 1.0f : 0.0f;
+                            ptrdiff_t rsa = variant ? 1 : k + 3, csa = variant ? m + 2 : 1;
+                            ptrdiff_t ldc = n + 2;
+                            float *A = randv((size_t)((m + 2) * (k + 3) + 8), &seed);
+                            float *C = randv((size_t)(m * ldc), &seed);
+                            double *want = malloc((size_t)(m * ldc) * sizeof *want);
+                            double *mag = malloc((size_t)(m * ldc) * sizeof *mag);
+                            for (int64_t i = 0; i < m; i++)
+                                for (int64_t j = 0; j < n; j++) {
+                                    double sum = beta * (double)C[i * ldc + j];
+                                    double sm = fabs(sum);
+                                    for (int64_t kk = 0; kk < k; kk++) {
+                                        double t = (double)A[i * rsa + kk * csa] *
+                                                   ts.exact[(t0 + kk) * w + col0 + j];
+                                        sum += t;
+                                        sm += fabs(t);
+                                    }
+                                    want[i * ldc + j] = sum;
+                                    mag[i * ldc + j] = sm;
+                                }
+                            v->gemm_bc_src(m, n, k, A, rsa, csa, &ts.s, t0, col0, beta, C, ldc);
+                            for (int64_t i = 0; i < m; i++)
+                                for (int64_t j = 0; j < n; j++) {
+                                    double e = fabs(C[i * ldc + j] - want[i * ldc + j]) /
+                                               (mag[i * ldc + j] > 0 ? mag[i * ldc + j] : 1);
+                                    worst = e > worst || e != e ? e : worst;
+                                }
+                            free(A);
+                            free(C);
+                            free(want);
+                            free(mag);
+                        }
+        src_free(&ts);
+    }
+    CHECK(worst < 4e-6, "%s gemm_bc_src over I8 groups of 8 to 64, up to 300 tokens, equals a "
+          "float64 sum (max error %.2e of the terms' magnitude)", v->name, worst);
+}
+
 /* load_t (a conversion: bit for bit) and gemm_bc_src (to rounding) against the portable ones;
  * v2, when given, another table whose gemm_bc_src is checked over the same sources. */
 static void test_src_kernels(const mla__attn_kernels *v, const mla__attn_kernels *p,
@@ -1056,6 +1119,8 @@ int main(void)
                ++tap_count);
     }
 #endif
+    /* The oracle itself over I8 groups against float64 (the vectorized tables follow). */
+    test_bc_src_i8_groups(p);
 #ifdef MLA_ATTN_HAVE_GENERIC
     /* The vector-extension kernels, on every CPU (kernels.c chooses them where neither AVX2
      * nor AVX-512 is there, or with MLA_ATTN_KERNELS=generic). */
@@ -1067,6 +1132,7 @@ int main(void)
         test_softmax_overflow(g, 1);
         test_softmax_overflow(g, 0);
         test_src_kernels(g, p, NULL);
+        test_bc_src_i8_groups(g);
         test_gemm_bf16(g);
         test_pack_pairs(g);
         test_to_bf16(g);
@@ -1090,6 +1156,7 @@ int main(void)
         test_softmax_overflow(&mla__attn_kernels_avx2, 1);
         test_softmax_overflow(&mla__attn_kernels_avx2, 0);
         test_src_kernels(&mla__attn_kernels_avx2, p, NULL);
+        test_bc_src_i8_groups(&mla__attn_kernels_avx2);
         test_gemm_bf16(&mla__attn_kernels_avx2);
         test_to_bf16(&mla__attn_kernels_avx2);
         test_round_bf16(&mla__attn_kernels_avx2);
@@ -1113,6 +1180,8 @@ int main(void)
         w48.name = "avx512 (9 x 48 blocks)";
         w48.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
         test_src_kernels(&mla__attn_kernels_avx512, p, &w48);
+        test_bc_src_i8_groups(&mla__attn_kernels_avx512);
+        test_bc_src_i8_groups(&w48);
     } else {
         printf("ok %d # SKIP this CPU has no AVX-512\n", ++tap_count);
     }

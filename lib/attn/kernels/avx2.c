@@ -221,6 +221,171 @@ INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const flo
     }
 }
 
+/*
+ * gemm_bc_src over I8 rows whose groups hold whole 8-value vectors (the group, col0 and n
+ * multiples of 8): the scales move to A. B(t, c) = code(t, c)·sc(t, g(c)), so C(i, c) gets
+ * Σ_t (A(i, t)·sc(t, g(c)))·code(t, c). Per chunk of I8_KC tokens, the scales of up to I8_GMAX
+ * groups are laid out along the tokens and each block of rows of A is scaled by them into a
+ * buffer on the stack (mr/8 multiplies a token and group); a code vector then costs a sign
+ * extension and an int-to-float, no multiply beside the FMAs. load8 took one multiply a code
+ * vector and row block, and its scales' registers pushed bcs_block's accumulators to the
+ * stack: SmolLM-135M's 9-row values over I8 latents took 1.4 times as long as this (perf
+ * samples, d_kv 32, Zen 3).
+ */
+#define I8_KC 128
+#define I8_GMAX 4 /* groups a pass: 4 × 6 rows × 128 tokens of scaled A, 12 KiB */
+
+INL __m256 codes8(const signed char *p)
+{
+    const __m128i q = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+}
+
+/* C (mr × 8·nv) += or = (add) A'·codes over kc tokens. Vector v's scaled A, row r, token kk:
+ * av[v][r·I8_KC + kk]; one: every vector's is the same (one broadcast a row and token). */
+INL void i8_block(const int mr, const int nv, const int one, int64_t kc, const float *const *av,
+                  const signed char *row, ptrdiff_t ld, int add, float *c, ptrdiff_t ldc)
+{
+    __m256 acc[6][4];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = add ? _mm256_loadu_ps(c + r * ldc + 8 * v) : _mm256_setzero_ps();
+    const float *a0 = av[0], *a1 = av[nv > 1 ? 1 : 0], *a2 = av[nv > 2 ? 2 : 0],
+                *a3 = av[nv > 3 ? 3 : 0];
+    for (int64_t kk = 0; kk < kc; kk++, row += ld) {
+        if (one) {
+            __m256 bv[4];
+            if (nv > 2) {
+                /* 12 accumulators: the rows' broadcasts held, one code vector at a time. */
+                __m256 ar[3];
+#pragma GCC unroll 16
+                for (int r = 0; r < mr && r < 3; r++)
+                    ar[r] = _mm256_broadcast_ss(a0 + r * I8_KC + kk);
+#pragma GCC unroll 16
+                for (int v = 0; v < nv; v++) {
+                    bv[0] = codes8(row + 8 * v);
+#pragma GCC unroll 16
+                    for (int r = 0; r < mr && r < 3; r++)
+                        acc[r][v] = _mm256_fmadd_ps(ar[r], bv[0], acc[r][v]);
+                }
+                continue;
+            }
+#pragma GCC unroll 16
+            for (int v = 0; v < nv; v++)
+                bv[v] = codes8(row + 8 * v);
+#pragma GCC unroll 16
+            for (int r = 0; r < mr; r++) {
+                __m256 ar = _mm256_broadcast_ss(a0 + r * I8_KC + kk);
+#pragma GCC unroll 16
+                for (int v = 0; v < nv && v < 2; v++)
+                    acc[r][v] = _mm256_fmadd_ps(ar, bv[v], acc[r][v]);
+            }
+            continue;
+        }
+        /* Vectors of different groups: a broadcast a row and vector. */
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++) {
+            const float *ap = v == 0 ? a0 : v == 1 ? a1 : v == 2 ? a2 : a3;
+            __m256 bv = codes8(row + 8 * v);
+#pragma GCC unroll 16
+            for (int r = 0; r < mr; r++)
+                acc[r][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(ap + r * I8_KC + kk), bv,
+                                            acc[r][v]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++)
+            _mm256_storeu_ps(c + r * ldc + 8 * v, acc[r][v]);
+}
+
+INL void i8_block_nv(const int mr, const int nv, int64_t kc, const float *const *av,
+                     const signed char *row, ptrdiff_t ld, int add, float *c, ptrdiff_t ldc)
+{
+    if (av[0] == av[nv - 1])
+        i8_block(mr, nv, 1, kc, av, row, ld, add, c, ldc);
+    else
+        i8_block(mr, nv, 0, kc, av, row, ld, add, c, ldc);
+}
+
+/* Columns j0 .. j1 of mr rows (a constant) in blocks as bcs_rows takes them; the scaled A of
+ * group g0 + q at ap + q·mr·I8_KC. */
+INL void i8_rows(const int mr, int64_t j0, int64_t j1, int64_t kc, const float *ap,
+                 int64_t col0, int64_t g0, int64_t gs, const signed char *row, ptrdiff_t ld,
+                 int add, float *c, ptrdiff_t ldc)
+{
+    for (int64_t j = j0; j < j1;) {
+        int64_t left = j1 - j;
+        int nv = (mr == 3 || mr == 1) && (left >= 32 || left == 24) ? (left >= 32 ? 4 : 3)
+                 : left >= 16                                       ? 2
+                                                                    : 1;
+        const float *av[4];
+        for (int v = 0; v < nv; v++)
+            av[v] = ap + ((col0 + j + 8 * v) / gs - g0) * mr * I8_KC;
+        switch (nv) {
+        case 4: i8_block_nv(mr, 4, kc, av, row + j, ld, add, c + j, ldc); break;
+        case 3: i8_block_nv(mr, 3, kc, av, row + j, ld, add, c + j, ldc); break;
+        case 2: i8_block_nv(mr, 2, kc, av, row + j, ld, add, c + j, ldc); break;
+        default: i8_block_nv(mr, 1, kc, av, row + j, ld, add, c + j, ldc); break;
+        }
+        j += 8 * nv;
+    }
+}
+
+static TGT void gemm_bc_src_i8(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+                               ptrdiff_t csa, const mla__src *b, int64_t t0, int64_t col0,
+                               float beta, float *c, ptrdiff_t ldc)
+{
+    const int64_t gs = b->group;
+    float ap[I8_GMAX * 6 * I8_KC] __attribute__((aligned(32)));
+    float sv[I8_GMAX * I8_KC] __attribute__((aligned(32)));
+    const int step = m % 3 == 0 && n % 32 == 24 ? 3 : 6;
+    for (int64_t kc0 = 0; kc0 < k; kc0 += I8_KC) {
+        const int64_t kc = k - kc0 < I8_KC ? k - kc0 : I8_KC;
+        const int add = beta != 0.0f || kc0 > 0;
+        const signed char *row = (const signed char *)(b->p + (t0 + kc0) * b->ld) + col0;
+        for (int64_t j0 = 0; j0 < n;) {
+            const int64_t g0 = (col0 + j0) / gs;
+            int64_t j1 = (g0 + I8_GMAX) * gs - col0;
+            j1 = j1 < n ? j1 : n;
+            const int64_t ng = (col0 + j1 - 1) / gs - g0 + 1;
+            /* The chunk's scales of these groups, a group's along the tokens. */
+            const float *sc = b->sc + (t0 + kc0) * b->lds + g0;
+            for (int64_t kk = 0; kk < kc; kk++)
+                for (int64_t q = 0; q < ng; q++)
+                    sv[q * I8_KC + kk] = sc[kk * b->lds + q];
+            for (int64_t i0 = 0; i0 < m; i0 += step) {
+                const int mr = (int)(m - i0 < step ? m - i0 : step);
+                for (int64_t q = 0; q < ng; q++)
+                    for (int r = 0; r < mr; r++) {
+                        const float *ar = a + (i0 + r) * rsa + kc0 * csa, *sq = sv + q * I8_KC;
+                        float *d = ap + (q * mr + r) * I8_KC;
+                        int64_t kk = 0;
+                        if (csa == 1)
+                            for (; kk + 8 <= kc; kk += 8)
+                                _mm256_store_ps(d + kk, _mm256_mul_ps(_mm256_loadu_ps(ar + kk),
+                                                                      _mm256_load_ps(sq + kk)));
+                        for (; kk < kc; kk++)
+                            d[kk] = ar[kk * csa] * sq[kk];
+                    }
+                float *ci = c + i0 * ldc;
+                switch (mr) {
+                case 1: i8_rows(1, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+                case 2: i8_rows(2, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+                case 3: i8_rows(3, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+                case 4: i8_rows(4, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+                case 5: i8_rows(5, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+                default: i8_rows(6, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+                }
+            }
+            j0 = j1;
+        }
+    }
+}
+
 static TGT void gemm_bc_src(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
                             ptrdiff_t csa, const mla__src *b, int64_t t0, int64_t col0,
                             float beta, float *c, ptrdiff_t ldc)
@@ -228,7 +393,12 @@ static TGT void gemm_bc_src(int64_t m, int64_t n, int64_t k, const float *a, ptr
     switch (dt_of(b->t)) {
     case DT_F16: gemm_bc_src_dt(DT_F16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
     case DT_BF16: gemm_bc_src_dt(DT_BF16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
-    case DT_I8: gemm_bc_src_dt(DT_I8, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
+    case DT_I8:
+        if (k > 0 && b->group % 8 == 0 && col0 % 8 == 0 && n % 8 == 0)
+            gemm_bc_src_i8(m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
+        else
+            gemm_bc_src_dt(DT_I8, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
+        break;
     default: gemm_bc_src_dt(DT_F32, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
     }
 }
