@@ -339,6 +339,11 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
     mla__src chs = {(const unsigned char *)ch, 2 * T, c->fmt->latent_dtype, NULL, 0, 1};
     mla__src chrs = chs;
     chrs.p = (const unsigned char *)chr;
+    /* I8 latent keys (c->keys8): their codes as int16, lat_k × T, then each group's scales along
+     * the tokens, ng × T (forward.c checks that both fit the float32 keys' room). */
+    int16_t *c8 = (int16_t *)(void *)w->ct;
+    float *sv = w->ct + ((int64_t)c->lat_k * T + 1) / 2;
+    int64_t gs = c->fmt->quant_group, ng = gs > 0 ? (c->lat_k + gs - 1) / gs : 0;
     float *s = w->s;             /* rows × T: the scores of a query row contiguous */
     mla__rtile *rt = &w->rt;
     pf_cursor pc = {b->view, 0, job->c0 + T, job->c1};
@@ -357,9 +362,15 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
                 int64_t nu = pf && g->n - u > PF_CHUNK ? PF_CHUNK : g->n - u;
                 if (pf)
                     pf_tokens(&pc, nu);
-                if (c->nope > 0 && c->keys16)
+                if (c->nope > 0 && c->keys16) {
                     k->load_t16(&g->latent, u, nu, 0, c->lat_k, ch + g->t + u, T);
-                else if (c->nope > 0)
+                } else if (c->nope > 0 && c->keys8) {
+                    k->load_t8(&g->latent, u, nu, 0, c->lat_k, c8 + g->t + u, T);
+                    for (int64_t e = 0; e < nu; e++)
+                        for (int64_t q = 0; q < ng; q++)
+                            sv[q * T + g->t + u + e] =
+                                g->latent.sc[(u + e) * g->latent.lds + q];
+                } else if (c->nope > 0)
                     k->load_t(&g->latent, u, nu, 0, c->lat_k, ct + g->t + u, T);
                 if (c->r > 0 && c->keys16)
                     k->load_t16(&g->rope, u, nu, 0, W, chr + g->t + u, T);
@@ -369,6 +380,12 @@ void mla__absorbed_job(const mla__ctx *c, const mla__job *job, mla__work *w)
         }
         if (c->nope > 0 && c->keys16)
             k->gemm_bc_src(rows, n, c->lat_k, c->qt + col0, 1, c->ldq, &chs, 0, 0, 0.0f, s, T);
+        else if (c->nope > 0 && c->keys8)
+            for (int64_t q = 0; q < ng; q++) {
+                int64_t d = c->lat_k - q * gs < gs ? c->lat_k - q * gs : gs;
+                k->gemm_bc_i16s(rows, n, d, c->qt + col0 + q * gs * c->ldq, 1, c->ldq,
+                                c8 + q * gs * T, T, sv + q * T, q > 0 ? 1.0f : 0.0f, s, T);
+            }
         else if (c->nope > 0)
             k->gemm_bc(rows, n, c->lat_k, c->qt + col0, 1, c->ldq, ct, T, 0.0f, s, T);
         if (c->r > 0)

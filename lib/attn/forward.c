@@ -1330,6 +1330,14 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
     p.bf16 = p.any_abs && abs_bf16;
     int keys16 = (fmt.latent_dtype == MLA_DTYPE_F16 || fmt.latent_dtype == MLA_DTYPE_BF16) &&
                  (dm.W == 0 || fmt.rope_dtype == fmt.latent_dtype);
+    /* I8 latents (I4 ones are read as I8 codes) in groups of 8 or more, where the table scales
+     * the scores after each group's sums (absorbed.c). The codes (2 bytes each) and the
+     * groups' scales, transposed, must fit the float32 keys' room in the tile: 2·groups + 1 ≤
+     * lat_k keeps lat_k/2 + groups within lat_k floats a token. */
+    int64_t k_groups = fmt.quant_group > 0 ? (dm.lat_k + fmt.quant_group - 1) / fmt.quant_group : 0;
+    int keys8 = (fmt.latent_dtype == MLA_DTYPE_I8 || fmt.latent_dtype == MLA_DTYPE_I4) &&
+                fmt.quant_group >= 8 && 2 * k_groups + 1 <= dm.lat_k && attn->k->load_t8 &&
+                attn->k->gemm_bc_i16s;
     /* The kernel table's tile for 9 query rows suits the blocks of its gemm_bc_src, which the
      * bf16 products (job_bf16, absorbed.c) do not use; other rows keep the L1 rule (4 heads on
      * AMD: 192-token tiles within the noise of it). A decode's few rows are its heads. */
@@ -1450,7 +1458,7 @@ MLA_API mla_status mla_attn_forward(mla_attn *attn, const mla_layer *layer, mla_
         .tile_tokens = p.tile, .stream_bytes = attn->stream_bytes,
         .stream_prefetch = attn->stream_prefetch, .qg = p.qg, .qt = p.qt,
         .qrt = p.qrt, .ldq = n_tokens * dm.n_h, .blocks = p.blocks, .bf16 = p.bf16,
-        .keys16 = keys16, .bf16_few_rows = bf16_few_rows,
+        .keys16 = keys16, .keys8 = keys8, .bf16_few_rows = bf16_few_rows,
         .thread_bytes = mla__attn_thread_bytes(&fmt, p.jobs, p.n_jobs, nt_jobs),
     };
     share_up(&ctx, &dm, &p, ch, team);

@@ -259,6 +259,8 @@ typedef struct mla__ctx {
     int bf16;                    /* absorbed products in bf16 (mla__absorbed_bf16) */
     int keys16;                  /* latent and RoPE keys stored as one 16-bit type (F16 or
                                   * BF16): few-rows tiles transposed by load_t16 */
+    int keys8;                   /* I8 latent keys: few-rows tiles transposed by load_t8, each
+                                  * group's scores scaled after its sums (gemm_bc_i16s) */
     int bf16_few_rows;           /* few query rows take the bf16 products too (job_bf16; the
                                   * kernel table's bf16_few_rows_min_k), not the float32 loop */
 } mla__ctx;

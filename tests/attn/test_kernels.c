@@ -303,7 +303,7 @@ static double bc_src_err(const mla__attn_kernels *v, const mla__attn_kernels *p,
 /*
  * gemm_bc_src over I8 rows against a float64 sum of the exact dequantized values: groups of
  * whole 8-value vectors (8 to 64, which avx2.c's I8 path moves to A), more tokens than one of
- * its chunks (128) and more groups than one of its passes (4), blocks of 1 to 13 rows, both
+ * its chunks (128) and more groups than one of its passes (4), blocks of 1 to 6 rows, both
  * strides of A and both beta values. Error bound per element: 4e-6 of the sum of the terms'
  * magnitudes (float32 sums of 300 terms reach 3e-7 here), far below what a wrong scale, group,
  * column or chunk leaves (a wrong group's scales: 8; a chunk not added: above 0.1).
@@ -311,7 +311,8 @@ static double bc_src_err(const mla__attn_kernels *v, const mla__attn_kernels *p,
 static void test_bc_src_i8_groups(const mla__attn_kernels *v)
 {
     static const int32_t groups[] = {8, 16, 32, 64};
-    static const int64_t ms[] = {1, 2, 3, 6, 9, 13}, ns[] = {8, 24, 48, 96}, ks[] = {1, 130, 300};
+    /* 9 rows: a block of 6 and one of 3; 13: two of 6 and one of 1. */
+    static const int64_t ms[] = {1, 3, 9, 13}, ns[] = {8, 24, 48, 96}, ks[] = {130, 300};
     static const int64_t col0s[] = {0, 40};
     unsigned long long seed = 71;
     const int64_t rows = 320, w = 200, t0 = 5;
@@ -319,9 +320,9 @@ static void test_bc_src_i8_groups(const mla__attn_kernels *v)
     for (int gi = 0; gi < 4; gi++) {
         test_src ts;
         src_make(&ts, MLA_DTYPE_I8, rows, w, groups[gi], &seed);
-        for (int a = 0; a < 6; a++)
+        for (int a = 0; a < 4; a++)
             for (int b = 0; b < 4; b++)
-                for (int cc = 0; cc < 3; cc++)
+                for (int cc = 0; cc < 2; cc++)
                     for (int o = 0; o < 2; o++)
                         for (int variant = 0; variant < 2; variant++) {
                             int64_t m = ms[a], n = ns[b], k = ks[cc], col0 = col0s[o];
@@ -361,6 +362,95 @@ static void test_bc_src_i8_groups(const mla__attn_kernels *v)
     }
     CHECK(worst < 4e-6, "%s gemm_bc_src over I8 groups of 8 to 64, up to 300 tokens, equals a "
           "float64 sum (max error %.2e of the terms' magnitude)", v->name, worst);
+}
+
+/*
+ * The scores over I8 codes with the scales after the sums (tables that have them; kernels.h):
+ * load_t8 against the codes read here, sign-extended, with the cells around each block left
+ * alone; gemm_bc_i16s against float64 with int16 values up to ±32767 (exact in float32), odd
+ * shapes, both strides of A and both beta values.
+ */
+static void test_i8_codes(const mla__attn_kernels *v)
+{
+    CHECK((v->load_t8 == NULL) == (v->gemm_bc_i16s == NULL),
+          "%s has load_t8 and gemm_bc_i16s both or neither", v->name);
+    if (!v->load_t8)
+        return;
+    unsigned long long seed = 91;
+    test_src ts;
+    src_make(&ts, MLA_DTYPE_I8, 60, 90, 8, &seed);
+    int64_t bad = 0, cases = 0;
+    for (int64_t n = 1; n <= 50; n += 7)
+        for (int64_t kw = 1; kw <= 80; kw += 13)
+            for (int64_t col0 = 0; col0 <= 9; col0 += 9) {
+                ptrdiff_t ldd = n + 3;
+                size_t sz = (size_t)(kw * ldd);
+                int16_t *d = malloc(sz * sizeof *d);
+                for (size_t i = 0; i < sz; i++)
+                    d[i] = 0x7ead;
+                v->load_t8(&ts.s, 2, n, col0, kw, d, ldd);
+                int64_t wrong = 0;
+                for (int64_t kk = 0; kk < kw; kk++)
+                    for (ptrdiff_t t = 0; t < ldd; t++) {
+                        int16_t want = 0x7ead;
+                        if (t < n)
+                            want = (int8_t)ts.s.p[(2 + t) * ts.s.ld + col0 + kk];
+                        wrong += d[kk * ldd + t] != want;
+                    }
+                bad += wrong != 0;
+                cases++;
+                free(d);
+            }
+    src_free(&ts);
+    CHECK(bad == 0, "%s load_t8 transposes I8 codes sign-extended (%lld of %lld cases differ)",
+          v->name, (long long)bad, (long long)cases);
+    static const int64_t ms[] = {1, 3, 9, 13}, ns[] = {1, 5, 16, 24, 37, 128, 130};
+    static const int64_t ks[] = {0, 1, 8, 32, 33};
+    double worst = 0;
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 7; b++)
+            for (int c = 0; c < 5; c++)
+                for (int variant = 0; variant < 2; variant++) {
+                    int64_t m = ms[a], n = ns[b], k = ks[c];
+                    float beta = variant ? 1.0f : 0.0f;
+                    ptrdiff_t rsa = variant ? 1 : k + 3, csa = variant ? m + 2 : 1;
+                    ptrdiff_t ldb = n + 5, ldc = n + 2;
+                    float *A = randv((size_t)((m + 2) * (k + 3) + 8), &seed);
+                    float *C = randv((size_t)(m * ldc), &seed);
+                    float *cs = randv((size_t)n, &seed);
+                    int16_t *B = malloc((size_t)(k * ldb + 1) * sizeof *B);
+                    for (int64_t i = 0; i < k * ldb; i++)
+                        B[i] = (int16_t)floor(tap_rand(&seed) * (i % 5 ? 127.0 : 32767.0));
+                    double *want = malloc((size_t)(m * ldc) * sizeof *want);
+                    double *mag = malloc((size_t)(m * ldc) * sizeof *mag);
+                    for (int64_t i = 0; i < m; i++)
+                        for (int64_t j = 0; j < n; j++) {
+                            double sum = 0, sm = 0;
+                            for (int64_t kk = 0; kk < k; kk++) {
+                                double t = (double)A[i * rsa + kk * csa] * B[kk * ldb + j];
+                                sum += t;
+                                sm += fabs(t);
+                            }
+                            double c0 = beta * (double)C[i * ldc + j];
+                            want[i * ldc + j] = c0 + cs[j] * sum;
+                            mag[i * ldc + j] = fabs(c0) + fabs(cs[j]) * sm;
+                        }
+                    v->gemm_bc_i16s(m, n, k, A, rsa, csa, B, ldb, cs, beta, C, ldc);
+                    for (int64_t i = 0; i < m; i++)
+                        for (int64_t j = 0; j < n; j++) {
+                            double e = fabs(C[i * ldc + j] - want[i * ldc + j]) /
+                                       (mag[i * ldc + j] > 0 ? mag[i * ldc + j] : 1);
+                            worst = e > worst || e != e ? e : worst;
+                        }
+                    free(A);
+                    free(C);
+                    free(cs);
+                    free(B);
+                    free(want);
+                    free(mag);
+                }
+    CHECK(worst < 4e-6, "%s gemm_bc_i16s equals a float64 sum times the column scales (max "
+          "error %.2e of the terms' magnitude)", v->name, worst);
 }
 
 /* load_t (a conversion: bit for bit) and gemm_bc_src (to rounding) against the portable ones;
@@ -1121,6 +1211,7 @@ int main(void)
 #endif
     /* The oracle itself over I8 groups against float64 (the vectorized tables follow). */
     test_bc_src_i8_groups(p);
+    test_i8_codes(p);
 #ifdef MLA_ATTN_HAVE_GENERIC
     /* The vector-extension kernels, on every CPU (kernels.c chooses them where neither AVX2
      * nor AVX-512 is there, or with MLA_ATTN_KERNELS=generic). */
@@ -1133,6 +1224,7 @@ int main(void)
         test_softmax_overflow(g, 0);
         test_src_kernels(g, p, NULL);
         test_bc_src_i8_groups(g);
+        test_i8_codes(g);
         test_gemm_bf16(g);
         test_pack_pairs(g);
         test_to_bf16(g);
@@ -1157,6 +1249,7 @@ int main(void)
         test_softmax_overflow(&mla__attn_kernels_avx2, 0);
         test_src_kernels(&mla__attn_kernels_avx2, p, NULL);
         test_bc_src_i8_groups(&mla__attn_kernels_avx2);
+        test_i8_codes(&mla__attn_kernels_avx2);
         test_gemm_bf16(&mla__attn_kernels_avx2);
         test_to_bf16(&mla__attn_kernels_avx2);
         test_round_bf16(&mla__attn_kernels_avx2);
@@ -1182,6 +1275,7 @@ int main(void)
         test_src_kernels(&mla__attn_kernels_avx512, p, &w48);
         test_bc_src_i8_groups(&mla__attn_kernels_avx512);
         test_bc_src_i8_groups(&w48);
+        test_i8_codes(&mla__attn_kernels_avx512);
     } else {
         printf("ok %d # SKIP this CPU has no AVX-512\n", ++tap_count);
     }

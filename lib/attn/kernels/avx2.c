@@ -19,7 +19,9 @@
 #define TGT __attribute__((target("avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline)) TGT
 
-enum { DT_F32, DT_F16, DT_BF16, DT_I8 };
+/* DT_I16: int16 codes with a scale a column (gemm_bc_i16s's B): load8 gives the codes, and
+ * bcs_block multiplies its sums by the scales sc[col0 + j] before it stores them. */
+enum { DT_F32, DT_F16, DT_BF16, DT_I8, DT_I16 };
 
 static int dt_of(mla_dtype t)
 {
@@ -78,6 +80,9 @@ INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, const sc
         return _mm256_loadu_ps((const float *)(const void *)(row + 4 * k));
     if (dt == DT_F16)
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k)));
+    if (dt == DT_I16)
+        return _mm256_cvtepi32_ps(
+            _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k))));
     if (dt == DT_BF16)
         return _mm256_castsi256_ps(_mm256_slli_epi32(
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k))),
@@ -88,11 +93,18 @@ INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, const sc
 }
 
 /* Elements (t, k .. k+n−1), n < 8, and zeros after them. */
-INL __m256 load_part(const mla__src *s, int64_t t, int64_t k, int64_t n)
+INL __m256 load_part(const int dt, const mla__src *s, int64_t t, int64_t k, int64_t n)
 {
     float b[8] = {0};
-    for (int64_t l = 0; l < n; l++)
-        b[l] = mla__src_get(s, t, k + l);
+    for (int64_t l = 0; l < n; l++) {
+        if (dt == DT_I16) {
+            int16_t q;
+            memcpy(&q, s->p + t * s->ld + 2 * (k + l), 2);
+            b[l] = (float)q;
+        } else {
+            b[l] = mla__src_get(s, t, k + l);
+        }
+    }
     return _mm256_loadu_ps(b);
 }
 
@@ -143,7 +155,7 @@ INL void bcs_block(const int dt, const int mr, const int nv, const int full, int
             for (int v = 0; v < nv; v++) {
                 __m256 bv = full || v + 1 < nv
                                 ? load8(dt, b, t0 + kk, col0 + 8 * v, &sm[v])
-                                : load_part(b, t0 + kk, col0 + 8 * v, ncols - 8 * v);
+                                : load_part(dt, b, t0 + kk, col0 + 8 * v, ncols - 8 * v);
 #pragma GCC unroll 16
                 for (int r = 0; r < mr && r < 3; r++)
                     acc[r][v] = _mm256_fmadd_ps(av[r], bv, acc[r][v]);
@@ -154,7 +166,7 @@ INL void bcs_block(const int dt, const int mr, const int nv, const int full, int
 #pragma GCC unroll 16
         for (int v = 0; v < nv; v++)
             bv[v] = full || v + 1 < nv ? load8(dt, b, t0 + kk, col0 + 8 * v, &sm[v])
-                                       : load_part(b, t0 + kk, col0 + 8 * v, ncols - 8 * v);
+                                       : load_part(dt, b, t0 + kk, col0 + 8 * v, ncols - 8 * v);
 #pragma GCC unroll 16
         for (int r = 0; r < mr; r++) {
             __m256 av = _mm256_broadcast_ss(ak + r * rsa);
@@ -162,6 +174,25 @@ INL void bcs_block(const int dt, const int mr, const int nv, const int full, int
             for (int v = 0; v < nv && v < 2; v++)
                 acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
         }
+    }
+    if (dt == DT_I16) {
+        /* The columns' scales, after the sums. */
+        __m256 cs[4];
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++) {
+            if (full || v + 1 < nv) {
+                cs[v] = _mm256_loadu_ps(b->sc + col0 + 8 * v);
+            } else {
+                float t[8] = {0};
+                memcpy(t, b->sc + col0 + 8 * v, (size_t)(ncols - 8 * v) * sizeof *t);
+                cs[v] = _mm256_loadu_ps(t);
+            }
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++)
+#pragma GCC unroll 16
+            for (int v = 0; v < nv; v++)
+                acc[r][v] = _mm256_mul_ps(acc[r][v], cs[v]);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
@@ -413,6 +444,15 @@ static TGT void gemm_bc(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff
     gemm_bc_src_dt(DT_F32, m, n, k, a, rsa, csa, &s, 0, 0, beta, c, ldc);
 }
 
+/* int16 B with a scale a column (kernels.h): the blocks of gemm_bc_src, DT_I16. */
+static TGT void gemm_bc_i16s(int64_t m, int64_t n, int64_t k, const float *a, ptrdiff_t rsa,
+                             ptrdiff_t csa, const int16_t *b, ptrdiff_t ldb, const float *cs,
+                             float beta, float *c, ptrdiff_t ldc)
+{
+    mla__src s = {(const unsigned char *)b, ldb * (ptrdiff_t)sizeof *b, MLA_DTYPE_I32, cs, 0, 1};
+    gemm_bc_src_dt(DT_I16, m, n, k, a, rsa, csa, &s, 0, 0, beta, c, ldc);
+}
+
 INL float hsum8(__m256 x)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
@@ -460,7 +500,7 @@ INL void dots_block(const int dt, const int mr, const int nr, int64_t rows, int6
         __m256 bv[4];
 #pragma GCC unroll 16
         for (int q = 0; q < nr; q++)
-            bv[q] = q < toks ? load_part(b, t0 + q, col0 + kk, k - kk) : _mm256_setzero_ps();
+            bv[q] = q < toks ? load_part(dt, b, t0 + q, col0 + kk, k - kk) : _mm256_setzero_ps();
 #pragma GCC unroll 16
         for (int r = 0; r < mr; r++)
             if (r < rows) {
@@ -817,13 +857,25 @@ static TGT void load_t(const mla__src *s, int64_t t0, int64_t n, int64_t col0, i
     }
 }
 
-/* 16-bit rows transposed bit for bit: 16 tokens × 8 columns at a time, tokens t .. t+7 in the
- * lower 128-bit lanes and t+8 .. t+15 in the upper ones, so that 24 unpacks transpose two 8 × 8
- * blocks and each column's 16 tokens leave in one 256-bit store; then 8 × 8 blocks of 128-bit
- * rows. */
-static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
-                         uint16_t *dst, ptrdiff_t ldd)
+/* Element (t, k) of a 16-bit source (i8 0: its bits) or of an I8 one (i8 1: its code,
+ * sign-extended), as 16 bits. */
+INL uint16_t bits16(const int i8, const mla__src *s, int64_t t, int64_t k)
 {
+    if (i8)
+        return (uint16_t)(int16_t)(signed char)s->p[t * s->ld + k];
+    uint16_t h;
+    memcpy(&h, s->p + t * s->ld + 2 * k, 2);
+    return h;
+}
+
+/* 16-bit rows (or I8 codes widened to 16 bits) transposed bit for bit: 16 tokens × 8 columns at
+ * a time, tokens t .. t+7 in the lower 128-bit lanes and t+8 .. t+15 in the upper ones, so that
+ * 24 unpacks transpose two 8 × 8 blocks and each column's 16 tokens leave in one 256-bit store;
+ * then 8 × 8 blocks of 128-bit rows. */
+INL void load_t16_dt(const int i8, const mla__src *s, int64_t t0, int64_t n, int64_t col0,
+                     int64_t kw, uint16_t *dst, ptrdiff_t ldd)
+{
+    const int es = i8 ? 1 : 2;
     int64_t t = 0;
     for (; t + 16 <= n; t += 16) {
         int64_t k = 0;
@@ -831,10 +883,15 @@ static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
             __m256i r[8], a[8], b[8];
 #pragma GCC unroll 16
             for (int i = 0; i < 8; i++) {
-                const unsigned char *lo = s->p + (t0 + t + i) * s->ld + 2 * (col0 + k);
-                r[i] = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)lo)),
-                    _mm_loadu_si128((const __m128i *)(const void *)(lo + 8 * s->ld)), 1);
+                const unsigned char *lo = s->p + (t0 + t + i) * s->ld + es * (col0 + k);
+                if (i8)
+                    r[i] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi64(
+                        _mm_loadl_epi64((const __m128i *)(const void *)lo),
+                        _mm_loadl_epi64((const __m128i *)(const void *)(lo + 8 * s->ld))));
+                else
+                    r[i] = _mm256_inserti128_si256(
+                        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)lo)),
+                        _mm_loadu_si128((const __m128i *)(const void *)(lo + 8 * s->ld)), 1);
             }
 #pragma GCC unroll 16
             for (int i = 0; i < 8; i += 2) {
@@ -858,16 +915,18 @@ static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
         }
         for (; k < kw; k++)
             for (int64_t i = 0; i < 16; i++)
-                memcpy(dst + k * ldd + t + i, s->p + (t0 + t + i) * s->ld + 2 * (col0 + k), 2);
+                dst[k * ldd + t + i] = bits16(i8, s, t0 + t + i, col0 + k);
     }
     for (; t + 8 <= n; t += 8) {
         int64_t k = 0;
         for (; k + 8 <= kw; k += 8) {
             __m128i r[8], a[8], b[8];
 #pragma GCC unroll 16
-            for (int i = 0; i < 8; i++)
-                r[i] = _mm_loadu_si128((const __m128i *)(const void *)(s->p + (t0 + t + i) * s->ld +
-                                                                       2 * (col0 + k)));
+            for (int i = 0; i < 8; i++) {
+                const unsigned char *lo = s->p + (t0 + t + i) * s->ld + es * (col0 + k);
+                r[i] = i8 ? _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)lo))
+                          : _mm_loadu_si128((const __m128i *)(const void *)lo);
+            }
 #pragma GCC unroll 16
             for (int i = 0; i < 8; i += 2) {
                 a[i] = _mm_unpacklo_epi16(r[i], r[i + 1]);
@@ -891,11 +950,23 @@ static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
         }
         for (; k < kw; k++)
             for (int64_t i = 0; i < 8; i++)
-                memcpy(dst + k * ldd + t + i, s->p + (t0 + t + i) * s->ld + 2 * (col0 + k), 2);
+                dst[k * ldd + t + i] = bits16(i8, s, t0 + t + i, col0 + k);
     }
     for (; t < n; t++)
         for (int64_t k = 0; k < kw; k++)
-            memcpy(dst + k * ldd + t, s->p + (t0 + t) * s->ld + 2 * (col0 + k), 2);
+            dst[k * ldd + t] = bits16(i8, s, t0 + t, col0 + k);
+}
+
+static TGT void load_t16(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
+                         uint16_t *dst, ptrdiff_t ldd)
+{
+    load_t16_dt(0, s, t0, n, col0, kw, dst, ldd);
+}
+
+static TGT void load_t8(const mla__src *s, int64_t t0, int64_t n, int64_t col0, int64_t kw,
+                        int16_t *dst, ptrdiff_t ldd)
+{
+    load_t16_dt(1, s, t0, n, col0, kw, (uint16_t *)(void *)dst, ldd);
 }
 
 /*
@@ -1065,6 +1136,7 @@ const mla__attn_kernels mla__attn_kernels_avx2 = {
     mla__seg_dots_avx2,
     INT64_MAX, 0, /* rows over BF16 caches: the float32 loops (kernels.h) */
     "avx2", 0, 64, /* weights products of fewer rows: gemm_dot_src (kernels.h) */
+    load_t8, gemm_bc_i16s,
 };
 
 #endif

@@ -1060,6 +1060,7 @@ const mla__attn_kernels mla__attn_kernels_avx512 = {
     /* The BF16 kernels, bf16_few_rows_min_k and the AMD choices are set by kernels.c. */
     NULL, NULL, NULL, round_bf16, mla__seg_dots_avx2, 0, 1, NULL, 0,
     512, /* weights products of fewer rows: gemm_dot_src (kernels.h) */
+    NULL, NULL, /* I8 keys dequantized by load_t (not measured otherwise on AVX-512) */
 };
 
 #endif /* MLA_ATTN_HAVE_AVX512 */

@@ -736,6 +736,7 @@ const mla__attn_kernels mla__attn_kernels_generic = {
     mla__seg_dots_portable, /* a few percent of a decode: left to the compiler */
     INT64_MAX, 0, /* rows over BF16 caches: the float32 loops (kernels.h) */
     "generic", 0, 0, /* weights products: BLIS, which has kernels of its own for each target */
+    NULL, NULL,      /* I8 keys dequantized by load_t */
 };
 
 #endif

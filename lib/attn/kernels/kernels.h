@@ -125,6 +125,20 @@ typedef void (*mla__seg_dots_fn)(int64_t n, int64_t n_kv, int64_t g, int64_t r, 
                                  ptrdiff_t ldx, const float *q, float beta, float *s,
                                  ptrdiff_t lds);
 
+/*
+ * Scores over I8 latents with the group scales after the sums (absorbed.c, few query rows):
+ * load_t8 transposes I8 codes as load_t16 does 16-bit values, dst[k·ldd + t] = the code of
+ * (t0 + t, col0 + k) sign-extended to 16 bits, scales not applied; gemm_bc_i16s multiplies
+ * them, C(i, j) = beta·C + cs[j]·Σ_kk A(i, kk)·b[kk·ldb + j] (one group's columns as the
+ * depth, cs[j] the group's scale of token j). NULL in tables that dequantize in load_t instead.
+ */
+typedef void (*mla__load_t8_fn)(const mla__src *s, int64_t t0, int64_t n, int64_t col0,
+                                int64_t kw, int16_t *dst, ptrdiff_t ldd);
+typedef void (*mla__gemm_bc_i16s_fn)(int64_t m, int64_t n, int64_t k, const float *a,
+                                     ptrdiff_t rsa, ptrdiff_t csa, const int16_t *b,
+                                     ptrdiff_t ldb, const float *cs, float beta, float *c,
+                                     ptrdiff_t ldc);
+
 typedef struct mla__attn_kernels {
     const char *name;
     mla__gemm_bc_fn gemm_bc;
@@ -165,6 +179,8 @@ typedef struct mla__attn_kernels {
      * BLIS's small-matrix threshold), 64 with AVX2 (half the vector width: BLIS's packed
      * product is faster from there), 0 in the portable table. */
     int64_t dot_weights_max_m;
+    mla__load_t8_fn load_t8;           /* both or neither (see their types) */
+    mla__gemm_bc_i16s_fn gemm_bc_i16s;
 } mla__attn_kernels;
 
 /*

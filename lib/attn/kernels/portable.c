@@ -230,4 +230,5 @@ const mla__attn_kernels mla__attn_kernels_portable = {
     mla__seg_dots_portable,
     0, 1, /* the oracle keeps the bf16 products everywhere (tests: attn/quant-portable) */
     "portable", 0, 0, /* weights products: BLIS */
+    NULL, NULL,       /* I8 keys dequantized by load_t */
 };
