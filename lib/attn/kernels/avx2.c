@@ -425,7 +425,7 @@ static TGT void gemm_bc_src(int64_t m, int64_t n, int64_t k, const float *a, ptr
     case DT_F16: gemm_bc_src_dt(DT_F16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
     case DT_BF16: gemm_bc_src_dt(DT_BF16, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc); break;
     case DT_I8:
-        if (k > 0 && b->group % 8 == 0 && col0 % 8 == 0 && n % 8 == 0)
+        if (k > 0 && b->group >= 8 && b->group % 8 == 0 && col0 % 8 == 0 && n % 8 == 0)
             gemm_bc_src_i8(m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
         else
             gemm_bc_src_dt(DT_I8, m, n, k, a, rsa, csa, b, t0, col0, beta, c, ldc);
