@@ -385,23 +385,33 @@ static TGT void gemm_bc_src_i8(int64_t m, int64_t n, int64_t k, const float *a, 
             const int64_t ng = (col0 + j1 - 1) / gs - g0 + 1;
             /* The chunk's scales of these groups, a group's along the tokens. */
             const float *sc = b->sc + (t0 + kc0) * b->lds + g0;
-            for (int64_t kk = 0; kk < kc; kk++)
-                for (int64_t q = 0; q < ng; q++)
-                    sv[q * I8_KC + kk] = sc[kk * b->lds + q];
+            const ptrdiff_t lds = b->lds;
+            for (int64_t q = 0; q < ng; q++) {
+                float *sq = sv + q * I8_KC;
+                const float *sg = sc + q;
+                for (int64_t kk = 0; kk < kc; kk++)
+                    sq[kk] = sg[kk * lds];
+            }
             for (int64_t i0 = 0; i0 < m; i0 += step) {
                 const int mr = (int)(m - i0 < step ? m - i0 : step);
-                for (int64_t q = 0; q < ng; q++)
-                    for (int r = 0; r < mr; r++) {
-                        const float *ar = a + (i0 + r) * rsa + kc0 * csa, *sq = sv + q * I8_KC;
-                        float *d = ap + (q * mr + r) * I8_KC;
-                        int64_t kk = 0;
-                        if (csa == 1)
-                            for (; kk + 8 <= kc; kk += 8)
-                                _mm256_store_ps(d + kk, _mm256_mul_ps(_mm256_loadu_ps(ar + kk),
-                                                                      _mm256_load_ps(sq + kk)));
-                        for (; kk < kc; kk++)
-                            d[kk] = ar[kk * csa] * sq[kk];
-                    }
+                for (int r = 0; r < mr; r++) {
+                    /* A's row read once for every group. */
+                    const float *ar = a + (i0 + r) * rsa + kc0 * csa;
+                    float *d = ap + r * I8_KC;
+                    const ptrdiff_t dq = (ptrdiff_t)mr * I8_KC;
+                    int64_t kk = 0;
+                    if (csa == 1)
+                        for (; kk + 8 <= kc; kk += 8) {
+                            const __m256 x = _mm256_loadu_ps(ar + kk);
+                            for (int64_t q = 0; q < ng; q++) {
+                                const __m256 sq = _mm256_load_ps(sv + q * I8_KC + kk);
+                                _mm256_store_ps(d + q * dq + kk, _mm256_mul_ps(x, sq));
+                            }
+                        }
+                    for (; kk < kc; kk++)
+                        for (int64_t q = 0; q < ng; q++)
+                            d[q * dq + kk] = ar[kk * csa] * sv[q * I8_KC + kk];
+                }
                 float *ci = c + i0 * ldc;
                 switch (mr) {
                 case 1: i8_rows(1, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
