@@ -264,7 +264,7 @@ INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const flo
  * samples, d_kv 32, Zen 3).
  */
 #define I8_KC 128
-#define I8_GMAX 4 /* groups a pass: 4 × 6 rows × 128 tokens of scaled A, 12 KiB */
+#define I8_GMAX 4 /* groups a pass: 4 × 12 rows × 128 tokens of scaled A, 24 KiB */
 
 INL __m256 codes8(const signed char *p)
 {
@@ -272,58 +272,43 @@ INL __m256 codes8(const signed char *p)
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
 }
 
-/* C (mr × 8·nv) += or = (add) A'·codes over kc tokens. Vector v's scaled A, row r, token kk:
- * av[v][r·I8_KC + kk]; one: every vector's is the same (one broadcast a row and token). */
-INL void i8_block(const int mr, const int nv, const int one, int64_t kc, const float *const *av,
+/* C (mr × 8·nv) += or = (add) A'·codes over kc tokens, every column of the block in one group:
+ * the group's scaled A, row r, token kk, at ap[r·I8_KC + kk]. */
+INL void i8_block(const int mr, const int nv, int64_t kc, const float *ap,
                   const signed char *row, ptrdiff_t ld, int add, float *c, ptrdiff_t ldc)
 {
-    __m256 acc[6][4];
+    __m256 acc[12][4];
 #pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 16
         for (int v = 0; v < nv; v++)
             acc[r][v] = add ? _mm256_loadu_ps(c + r * ldc + 8 * v) : _mm256_setzero_ps();
-    const float *a0 = av[0], *a1 = av[nv > 1 ? 1 : 0], *a2 = av[nv > 2 ? 2 : 0],
-                *a3 = av[nv > 3 ? 3 : 0];
     for (int64_t kk = 0; kk < kc; kk++, row += ld) {
-        if (one) {
-            __m256 bv[4];
-            if (nv > 2) {
-                /* 12 accumulators: the rows' broadcasts held, one code vector at a time. */
-                __m256 ar[3];
+        if (nv > 2) {
+            /* 12 accumulators (3 rows): the rows' broadcasts held, one code vector at a time. */
+            __m256 ar[3];
+#pragma GCC unroll 16
+            for (int r = 0; r < mr && r < 3; r++)
+                ar[r] = _mm256_broadcast_ss(ap + r * I8_KC + kk);
+#pragma GCC unroll 16
+            for (int v = 0; v < nv; v++) {
+                const __m256 bv = codes8(row + 8 * v);
 #pragma GCC unroll 16
                 for (int r = 0; r < mr && r < 3; r++)
-                    ar[r] = _mm256_broadcast_ss(a0 + r * I8_KC + kk);
-#pragma GCC unroll 16
-                for (int v = 0; v < nv; v++) {
-                    bv[0] = codes8(row + 8 * v);
-#pragma GCC unroll 16
-                    for (int r = 0; r < mr && r < 3; r++)
-                        acc[r][v] = _mm256_fmadd_ps(ar[r], bv[0], acc[r][v]);
-                }
-                continue;
-            }
-#pragma GCC unroll 16
-            for (int v = 0; v < nv; v++)
-                bv[v] = codes8(row + 8 * v);
-#pragma GCC unroll 16
-            for (int r = 0; r < mr; r++) {
-                __m256 ar = _mm256_broadcast_ss(a0 + r * I8_KC + kk);
-#pragma GCC unroll 16
-                for (int v = 0; v < nv && v < 2; v++)
-                    acc[r][v] = _mm256_fmadd_ps(ar, bv[v], acc[r][v]);
+                    acc[r][v] = _mm256_fmadd_ps(ar[r], bv, acc[r][v]);
             }
             continue;
         }
-        /* Vectors of different groups: a broadcast a row and vector. */
+        __m256 bv[2];
 #pragma GCC unroll 16
-        for (int v = 0; v < nv; v++) {
-            const float *ap = v == 0 ? a0 : v == 1 ? a1 : v == 2 ? a2 : a3;
-            __m256 bv = codes8(row + 8 * v);
+        for (int v = 0; v < nv && v < 2; v++)
+            bv[v] = codes8(row + 8 * v);
 #pragma GCC unroll 16
-            for (int r = 0; r < mr; r++)
-                acc[r][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(ap + r * I8_KC + kk), bv,
-                                            acc[r][v]);
+        for (int r = 0; r < mr; r++) {
+            const __m256 ar = _mm256_broadcast_ss(ap + r * I8_KC + kk);
+#pragma GCC unroll 16
+            for (int v = 0; v < nv && v < 2; v++)
+                acc[r][v] = _mm256_fmadd_ps(ar, bv[v], acc[r][v]);
         }
     }
 #pragma GCC unroll 16
@@ -333,36 +318,31 @@ INL void i8_block(const int mr, const int nv, const int one, int64_t kc, const f
             _mm256_storeu_ps(c + r * ldc + 8 * v, acc[r][v]);
 }
 
-INL void i8_block_nv(const int mr, const int nv, int64_t kc, const float *const *av,
-                     const signed char *row, ptrdiff_t ld, int add, float *c, ptrdiff_t ldc)
-{
-    if (av[0] == av[nv - 1])
-        i8_block(mr, nv, 1, kc, av, row, ld, add, c, ldc);
-    else
-        i8_block(mr, nv, 0, kc, av, row, ld, add, c, ldc);
-}
+/* Vectors a block of mr rows takes: 12 accumulators at most (3 rows × 4, 6 × 2, 12 × 1). */
+#define I8_NV(mr) ((mr) <= 3 ? 4 : (mr) <= 6 ? 2 : 1)
 
-/* Columns j0 .. j1 of mr rows (a constant) in blocks as bcs_rows takes them; the scaled A of
- * group g0 + q at ap + q·mr·I8_KC. */
+/* Columns j0 .. j1 of mr rows (a constant), in blocks of up to I8_NV(mr) vectors that end at
+ * the end of a group, so that one broadcast a row serves the block (a block across groups
+ * took one a row and vector, and the loads, not the FMAs, bounded it). Group g0 + q's scaled A
+ * at ap + q·mr·I8_KC. */
 INL void i8_rows(const int mr, int64_t j0, int64_t j1, int64_t kc, const float *ap,
                  int64_t col0, int64_t g0, int64_t gs, const signed char *row, ptrdiff_t ld,
                  int add, float *c, ptrdiff_t ldc)
 {
     for (int64_t j = j0; j < j1;) {
-        int64_t left = j1 - j;
-        int nv = (mr == 3 || mr == 1) && (left >= 32 || left == 24) ? (left >= 32 ? 4 : 3)
-                 : left >= 16                                       ? 2
-                                                                    : 1;
-        const float *av[4];
-        for (int v = 0; v < nv; v++)
-            av[v] = ap + ((col0 + j + 8 * v) / gs - g0) * mr * I8_KC;
-        switch (nv) {
-        case 4: i8_block_nv(mr, 4, kc, av, row + j, ld, add, c + j, ldc); break;
-        case 3: i8_block_nv(mr, 3, kc, av, row + j, ld, add, c + j, ldc); break;
-        case 2: i8_block_nv(mr, 2, kc, av, row + j, ld, add, c + j, ldc); break;
-        default: i8_block_nv(mr, 1, kc, av, row + j, ld, add, c + j, ldc); break;
-        }
-        j += 8 * nv;
+        const int64_t g = (col0 + j) / gs, to_end = (g + 1) * gs - (col0 + j);
+        int64_t left = j1 - j < to_end ? j1 - j : to_end;
+        int nv = (int)(left / 8 < I8_NV(mr) ? left / 8 : I8_NV(mr));
+        const float *apg = ap + (g - g0) * mr * I8_KC;
+        if (nv >= 4 && I8_NV(mr) >= 4)
+            i8_block(mr, 4, kc, apg, row + j, ld, add, c + j, ldc);
+        else if (nv == 3 && I8_NV(mr) >= 3)
+            i8_block(mr, 3, kc, apg, row + j, ld, add, c + j, ldc);
+        else if (nv == 2 && I8_NV(mr) >= 2)
+            i8_block(mr, 2, kc, apg, row + j, ld, add, c + j, ldc);
+        else
+            i8_block(mr, 1, kc, apg, row + j, ld, add, c + j, ldc);
+        j += 8 * (int64_t)nv;
     }
 }
 
@@ -371,9 +351,14 @@ static TGT void gemm_bc_src_i8(int64_t m, int64_t n, int64_t k, const float *a, 
                                float beta, float *c, ptrdiff_t ldc)
 {
     const int64_t gs = b->group;
-    float ap[I8_GMAX * 6 * I8_KC] __attribute__((aligned(32)));
+    float ap[I8_GMAX * 12 * I8_KC] __attribute__((aligned(32)));
     float sv[I8_GMAX * I8_KC] __attribute__((aligned(32)));
-    const int step = m % 3 == 0 && n % 32 == 24 ? 3 : 6;
+    /* Rows in blocks of at most 6 (at most 12 in groups of one vector, whose blocks are one
+     * vector wide), as even as they go in groups of 8 and 16 (SmolLM-135M's 9 heads: 9 rows,
+     * 5 + 4); in wider groups 6 + 3, whose 2- and 4-vector blocks fill 32 columns. */
+    const int64_t mr_max = gs == 8 ? 12 : 6;
+    const int64_t nb = (m + mr_max - 1) / mr_max;
+    const int64_t mr_even = gs <= 16 ? (m + nb - 1) / nb : mr_max;
     for (int64_t kc0 = 0; kc0 < k; kc0 += I8_KC) {
         const int64_t kc = k - kc0 < I8_KC ? k - kc0 : I8_KC;
         const int add = beta != 0.0f || kc0 > 0;
@@ -392,8 +377,8 @@ static TGT void gemm_bc_src_i8(int64_t m, int64_t n, int64_t k, const float *a, 
                 for (int64_t kk = 0; kk < kc; kk++)
                     sq[kk] = sg[kk * lds];
             }
-            for (int64_t i0 = 0; i0 < m; i0 += step) {
-                const int mr = (int)(m - i0 < step ? m - i0 : step);
+            for (int64_t i0 = 0; i0 < m;) {
+                const int mr = (int)(m - i0 < mr_even ? m - i0 : mr_even);
                 for (int r = 0; r < mr; r++) {
                     /* A's row read once for every group. */
                     const float *ar = a + (i0 + r) * rsa + kc0 * csa;
@@ -414,13 +399,23 @@ static TGT void gemm_bc_src_i8(int64_t m, int64_t n, int64_t k, const float *a, 
                 }
                 float *ci = c + i0 * ldc;
                 switch (mr) {
-                case 1: i8_rows(1, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
-                case 2: i8_rows(2, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
-                case 3: i8_rows(3, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
-                case 4: i8_rows(4, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
-                case 5: i8_rows(5, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
-                default: i8_rows(6, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+#define I8_ROWS_CASE(R)                                                                        \
+    case R: i8_rows(R, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+                I8_ROWS_CASE(1)
+                I8_ROWS_CASE(2)
+                I8_ROWS_CASE(3)
+                I8_ROWS_CASE(4)
+                I8_ROWS_CASE(5)
+                I8_ROWS_CASE(6)
+                I8_ROWS_CASE(7)
+                I8_ROWS_CASE(8)
+                I8_ROWS_CASE(9)
+                I8_ROWS_CASE(10)
+                I8_ROWS_CASE(11)
+                default: i8_rows(12, j0, j1, kc, ap, col0, g0, gs, row, b->ld, add, ci, ldc); break;
+#undef I8_ROWS_CASE
                 }
+                i0 += mr;
             }
             j0 = j1;
         }
