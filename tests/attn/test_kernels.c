@@ -300,6 +300,20 @@ static double bc_src_err(const mla__attn_kernels *v, const mla__attn_kernels *p,
     return worst;
 }
 
+/* The larger of worst and the largest |C − want| / mag over m × n (row stride ldc): a result
+ * against its float64 value, relative to the sum of its terms' magnitudes. */
+static double worst_vs_f64(const float *C, const double *want, const double *mag, int64_t m,
+                           int64_t n, ptrdiff_t ldc, double worst)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double e = fabs(C[i * ldc + j] - want[i * ldc + j]) /
+                       (mag[i * ldc + j] > 0 ? mag[i * ldc + j] : 1);
+            worst = e > worst || e != e ? e : worst;
+        }
+    return worst;
+}
+
 /*
  * gemm_bc_src over I8 rows against a float64 sum of the exact dequantized values: groups of
  * whole 8-value vectors (8 to 64, which avx2.c's I8 path moves to A), more tokens than one of
@@ -347,12 +361,7 @@ static void test_bc_src_i8_groups(const mla__attn_kernels *v)
                                     mag[i * ldc + j] = sm;
                                 }
                             v->gemm_bc_src(m, n, k, A, rsa, csa, &ts.s, t0, col0, beta, C, ldc);
-                            for (int64_t i = 0; i < m; i++)
-                                for (int64_t j = 0; j < n; j++) {
-                                    double e = fabs(C[i * ldc + j] - want[i * ldc + j]) /
-                                               (mag[i * ldc + j] > 0 ? mag[i * ldc + j] : 1);
-                                    worst = e > worst || e != e ? e : worst;
-                                }
+                            worst = worst_vs_f64(C, want, mag, m, n, ldc, worst);
                             free(A);
                             free(C);
                             free(want);
@@ -436,12 +445,7 @@ static void test_i8_codes(const mla__attn_kernels *v)
                             mag[i * ldc + j] = fabs(c0) + fabs(cs[j]) * sm;
                         }
                     v->gemm_bc_i16s(m, n, k, A, rsa, csa, B, ldb, cs, beta, C, ldc);
-                    for (int64_t i = 0; i < m; i++)
-                        for (int64_t j = 0; j < n; j++) {
-                            double e = fabs(C[i * ldc + j] - want[i * ldc + j]) /
-                                       (mag[i * ldc + j] > 0 ? mag[i * ldc + j] : 1);
-                            worst = e > worst || e != e ? e : worst;
-                        }
+                    worst = worst_vs_f64(C, want, mag, m, n, ldc, worst);
                     free(A);
                     free(C);
                     free(cs);
