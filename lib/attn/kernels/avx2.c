@@ -20,8 +20,9 @@
 #define INL static inline __attribute__((always_inline)) TGT
 
 /* DT_I16: int16 codes with a scale a column (gemm_bc_i16s's B): load8 gives the codes, and
- * bcs_block multiplies its sums by the scales sc[col0 + j] before it stores them. */
-enum { DT_F32, DT_F16, DT_BF16, DT_I8, DT_I16 };
+ * bcs_block multiplies its sums by the scales sc[col0 + j] before it stores them. DT_Q8: I8
+ * codes whose scales were applied to A (gemm_bc_src_i8): load8 gives the codes. */
+enum { DT_F32, DT_F16, DT_BF16, DT_I8, DT_I16, DT_Q8 };
 
 static int dt_of(mla_dtype t)
 {
@@ -71,6 +72,13 @@ INL __m256 scale8(const mla__src *s, int64_t t, const scale_map *m)
     return _mm256_permutevar8x32_ps(_mm256_maskload_ps(sc, m->ld), m->idx);
 }
 
+/* Eight I8 codes as float32. */
+INL __m256 codes8(const signed char *p)
+{
+    const __m128i q = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+}
+
 /* Elements (t, k .. k+7) as float32, exactly as mla__src_get converts them. sm: scale_map8(dt,
  * s, k). */
 INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, const scale_map *sm)
@@ -80,6 +88,8 @@ INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, const sc
         return _mm256_loadu_ps((const float *)(const void *)(row + 4 * k));
     if (dt == DT_F16)
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k)));
+    if (dt == DT_Q8)
+        return codes8((const signed char *)row + k);
     if (dt == DT_I16)
         return _mm256_cvtepi32_ps(
             _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k))));
@@ -132,7 +142,7 @@ INL void bcs_block(const int dt, const int mr, const int nv, const int full, int
                    int64_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const mla__src *b,
                    int64_t t0, int64_t col0, float beta, float *c, ptrdiff_t ldc)
 {
-    __m256 acc[6][4];
+    __m256 acc[12][4]; /* up to 6 rows × 2 vectors here; gemm_bc_src_i8 takes 12 × 1 */
 #pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 16
@@ -266,58 +276,6 @@ INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const flo
 #define I8_KC 128
 #define I8_GMAX 4 /* groups a pass: 4 × 12 rows × 128 tokens of scaled A, 24 KiB */
 
-INL __m256 codes8(const signed char *p)
-{
-    const __m128i q = _mm_loadl_epi64((const __m128i *)(const void *)p);
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-}
-
-/* C (mr × 8·nv) += or = (add) A'·codes over kc tokens, every column of the block in one group:
- * the group's scaled A, row r, token kk, at ap[r·I8_KC + kk]. */
-INL void i8_block(const int mr, const int nv, int64_t kc, const float *ap,
-                  const signed char *row, ptrdiff_t ld, int add, float *c, ptrdiff_t ldc)
-{
-    __m256 acc[12][4];
-#pragma GCC unroll 16
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 16
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = add ? _mm256_loadu_ps(c + r * ldc + 8 * v) : _mm256_setzero_ps();
-    for (int64_t kk = 0; kk < kc; kk++, row += ld) {
-        if (nv > 2) {
-            /* 12 accumulators (3 rows): the rows' broadcasts held, one code vector at a time. */
-            __m256 ar[3];
-#pragma GCC unroll 16
-            for (int r = 0; r < mr && r < 3; r++)
-                ar[r] = _mm256_broadcast_ss(ap + r * I8_KC + kk);
-#pragma GCC unroll 16
-            for (int v = 0; v < nv; v++) {
-                const __m256 bv = codes8(row + 8 * v);
-#pragma GCC unroll 16
-                for (int r = 0; r < mr && r < 3; r++)
-                    acc[r][v] = _mm256_fmadd_ps(ar[r], bv, acc[r][v]);
-            }
-            continue;
-        }
-        __m256 bv[2];
-#pragma GCC unroll 16
-        for (int v = 0; v < nv && v < 2; v++)
-            bv[v] = codes8(row + 8 * v);
-#pragma GCC unroll 16
-        for (int r = 0; r < mr; r++) {
-            const __m256 ar = _mm256_broadcast_ss(ap + r * I8_KC + kk);
-#pragma GCC unroll 16
-            for (int v = 0; v < nv && v < 2; v++)
-                acc[r][v] = _mm256_fmadd_ps(ar, bv[v], acc[r][v]);
-        }
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 16
-        for (int v = 0; v < nv; v++)
-            _mm256_storeu_ps(c + r * ldc + 8 * v, acc[r][v]);
-}
-
 /* Vectors a block of mr rows takes: 12 accumulators at most (3 rows × 4, 6 × 2, 12 × 1). */
 #define I8_NV(mr) ((mr) <= 3 ? 4 : (mr) <= 6 ? 2 : 1)
 
@@ -329,19 +287,22 @@ INL void i8_rows(const int mr, int64_t j0, int64_t j1, int64_t kc, const float *
                  int64_t col0, int64_t g0, int64_t gs, const signed char *row, ptrdiff_t ld,
                  int add, float *c, ptrdiff_t ldc)
 {
+    /* bcs_block over the codes (DT_Q8) with the group's scaled A, rows I8_KC apart. */
+    const mla__src q = {(const unsigned char *)row, ld, MLA_DTYPE_I8, NULL, 0, 1};
+    const float beta = add ? 1.0f : 0.0f;
     for (int64_t j = j0; j < j1;) {
         const int64_t g = (col0 + j) / gs, to_end = (g + 1) * gs - (col0 + j);
         int64_t left = j1 - j < to_end ? j1 - j : to_end;
         int nv = (int)(left / 8 < I8_NV(mr) ? left / 8 : I8_NV(mr));
         const float *apg = ap + (g - g0) * mr * I8_KC;
         if (nv >= 4 && I8_NV(mr) >= 4)
-            i8_block(mr, 4, kc, apg, row + j, ld, add, c + j, ldc);
+            bcs_block(DT_Q8, mr, 4, 1, 32, kc, apg, I8_KC, 1, &q, 0, j, beta, c + j, ldc);
         else if (nv == 3 && I8_NV(mr) >= 3)
-            i8_block(mr, 3, kc, apg, row + j, ld, add, c + j, ldc);
+            bcs_block(DT_Q8, mr, 3, 1, 24, kc, apg, I8_KC, 1, &q, 0, j, beta, c + j, ldc);
         else if (nv == 2 && I8_NV(mr) >= 2)
-            i8_block(mr, 2, kc, apg, row + j, ld, add, c + j, ldc);
+            bcs_block(DT_Q8, mr, 2, 1, 16, kc, apg, I8_KC, 1, &q, 0, j, beta, c + j, ldc);
         else
-            i8_block(mr, 1, kc, apg, row + j, ld, add, c + j, ldc);
+            bcs_block(DT_Q8, mr, 1, 1, 8, kc, apg, I8_KC, 1, &q, 0, j, beta, c + j, ldc);
         j += 8 * (int64_t)nv;
     }
 }
