@@ -439,48 +439,65 @@ INL void dots_block(const int dt, const int mr, const int nr, int64_t rows, int6
                     int64_t k, const float *a, ptrdiff_t lda, const mla__src *b, int64_t t0,
                     int64_t col0, float beta, float *c, ptrdiff_t ldc)
 {
-    __m256 acc[4][4];
+    __m256 acc[4][12];
 #pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 16
         for (int q = 0; q < nr; q++)
             acc[r][q] = _mm256_setzero_ps();
     int64_t kk = 0;
+    /* A's rows held, one token of B at a time: mr + 1 + mr·nr registers (16 for 3 × 4), so
+     * every accumulator stays in a register. */
     for (; kk + 8 <= k; kk += 8) {
-        __m256 bv[4];
+        __m256 av[4];
         scale_map sm = scale_map8(dt, b, col0 + kk);
 #pragma GCC unroll 16
-        for (int q = 0; q < nr; q++)
-            bv[q] = q < toks ? load8(dt, b, t0 + q, col0 + kk, &sm) : _mm256_setzero_ps();
-#pragma GCC unroll 16
         for (int r = 0; r < mr; r++)
-            if (r < rows) {
-                __m256 av = _mm256_loadu_ps(a + r * lda + kk);
+            av[r] = r < rows ? _mm256_loadu_ps(a + r * lda + kk) : _mm256_setzero_ps();
 #pragma GCC unroll 16
-                for (int q = 0; q < nr; q++)
-                    if (q < toks)
-                        acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+        for (int q = 0; q < nr; q++)
+            if (q < toks) {
+                __m256 bv = load8(dt, b, t0 + q, col0 + kk, &sm);
+#pragma GCC unroll 16
+                for (int r = 0; r < mr; r++)
+                    if (r < rows)
+                        acc[r][q] = _mm256_fmadd_ps(av[r], bv, acc[r][q]);
             }
     }
     if (kk < k) {
-        __m256 bv[4];
+        __m256 av[4];
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++) {
+            float ab[8] = {0};
+            if (r < rows)
+                memcpy(ab, a + r * lda + kk, (size_t)(k - kk) * sizeof *ab);
+            av[r] = _mm256_loadu_ps(ab);
+        }
 #pragma GCC unroll 16
         for (int q = 0; q < nr; q++)
-            bv[q] = q < toks ? load_part(dt, b, t0 + q, col0 + kk, k - kk) : _mm256_setzero_ps();
+            if (q < toks) {
+                __m256 bv = load_part(dt, b, t0 + q, col0 + kk, k - kk);
 #pragma GCC unroll 16
-        for (int r = 0; r < mr; r++)
-            if (r < rows) {
-                float ab[8] = {0};
-                memcpy(ab, a + r * lda + kk, (size_t)(k - kk) * sizeof *ab);
-                __m256 av = _mm256_loadu_ps(ab);
-#pragma GCC unroll 16
-                for (int q = 0; q < nr; q++)
-                    if (q < toks)
-                        acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+                for (int r = 0; r < mr; r++)
+                    if (r < rows)
+                        acc[r][q] = _mm256_fmadd_ps(av[r], bv, acc[r][q]);
             }
     }
-    /* Four sums at a time (reduce4: 5 instructions where hsum8 takes 5 for one sum). */
-    float sv[16];
+    /* Four sums at a time (reduce4: 5 instructions where hsum8 takes 5 for one sum). With
+     * whole rows of four, each reduction is four neighbours of C, stored as a vector. */
+    if (nr % 4 == 0 && toks == nr) {
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++)
+            if (r < rows)
+#pragma GCC unroll 4
+                for (int q = 0; q < nr; q += 4) {
+                    float *cp = c + r * ldc + q;
+                    __m128 x = reduce4(acc[r][q], acc[r][q + 1], acc[r][q + 2], acc[r][q + 3]);
+                    _mm_storeu_ps(cp, beta != 0.0f ? _mm_add_ps(_mm_loadu_ps(cp), x) : x);
+                }
+        return;
+    }
+    float sv[48];
 #pragma GCC unroll 16
     for (int g = 0; g < mr * nr; g += 4) {
         __m256 x[4];
@@ -515,15 +532,18 @@ INL void gemm_dot_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const fl
                          ptrdiff_t lda, const mla__src *b, int64_t t0, int64_t col0, float beta,
                          float *c, ptrdiff_t ldc)
 {
-    for (int64_t i = 0; i < m; i += 4) {
-        int64_t rows = m - i < 4 ? m - i : 4;
+    /* Rows in threes: a 3 × 4 block has 12 independent sums, enough FMA chains to hide the
+     * FMA latency (8 do at best: 4 cycles, 2 a cycle), and fits the 16 registers. A last 1, 2
+     * or 4 rows take blocks of 8, 12 and 12 sums. */
+    for (int64_t i = 0, rows; i < m; i += rows) {
+        rows = m - i == 4 || m - i == 2 || m - i == 1 ? m - i : 3;
         const float *ai = a + i * lda;
         float *ci = c + i * ldc;
         switch (rows) {
-        case 1: dots_rows(dt, 1, 4, 1, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
-        case 2: dots_rows(dt, 2, 4, 2, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
-        case 3: dots_rows(dt, 3, 2, 3, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
-        default: dots_rows(dt, 4, 2, 4, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
+        case 1: dots_rows(dt, 1, 8, 1, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
+        case 2: dots_rows(dt, 2, 6, 2, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
+        case 3: dots_rows(dt, 3, 4, 3, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
+        default: dots_rows(dt, 4, 3, 4, n, k, ai, lda, b, t0, col0, beta, ci, ldc); break;
         }
     }
 }
