@@ -101,20 +101,22 @@ static void mha_rows(const mla__ctx *c, const mla__job *job, mla__work *w, int64
  *   prefetch instructions only queued behind them (Llama-2-7B 32K, 6 alternating runs: median
  *   28.9 ms, against 34.2 with 4-row steps and prefetching, 30.5 with 16-row steps);
  * - smaller rows (SmolLM-135M: 384 bytes, one stream), on AMD CPUs (c->stream_prefetch):
- *   steps of 4 rows, each KV head's call preceded by its share of the rows MHA_PF_STEPS steps
+ *   steps of 8 rows, each KV head's call preceded by its share of the rows MHA_PF_STEPS step
  *   ahead, prefetched so that the requests are spread out rather than issued in one burst (AMD
  *   EPYC, SmolLM-135M 32K, 8 alternating runs: median 1.99 ms, 2.30 with every head in one call
- *   after one burst; 1.6 times slower without prefetching). On an Intel Xeon the same loop was
+ *   after one burst; 1.6 times slower without prefetching). Steps of 8 one ahead took 0.84–0.89
+ *   of the time of steps of 4 two ahead once the AVX2 dots ran 3 × 4 blocks (Zen 3, one process
+ *   alternating both; doc/attention.md, "The two paths"). On an Intel Xeon the same loop was
  *   2.1–2.4 times slower than the 16-row one at 32K and 15–30% slower from DRAM (192 and
  *   768 MiB), so elsewhere small rows keep the 16-row loop.
  * Cache-resident jobs keep 16-row steps without prefetching, which measured 7–20% faster
  * there (doc/attention.md).
  */
 #define MHA_STEP 16
-#define MHA_STREAM_STEP 4
+#define MHA_STREAM_STEP 8
 #define MHA_PAGE_ROW_STEP 8
 #define MHA_PAGE_ROW_BYTES 4096
-#define MHA_PF_STEPS 2
+#define MHA_PF_STEPS 1
 
 /* Always inlined: as a function of its own, whose only effects are prefetches, GCC's IPA
  * pure-const pass finds it "const" and deletes every call (the objects built before this had
