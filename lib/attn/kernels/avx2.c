@@ -532,9 +532,9 @@ INL void gemm_dot_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const fl
                          ptrdiff_t lda, const mla__src *b, int64_t t0, int64_t col0, float beta,
                          float *c, ptrdiff_t ldc)
 {
-    /* Rows in threes: a 3 × 4 block has 12 independent sums, enough FMA chains to hide the
-     * FMA latency (8 do at best: 4 cycles, 2 a cycle), and fits the 16 registers. A last 1, 2
-     * or 4 rows take blocks of 8, 12 and 12 sums. */
+    /* Rows in threes: a 3 × 4 block has 12 independent sums, more than the 8 chains that keep
+     * both FMA pipes busy (Zen 3: 4 cycles of latency, 2 a cycle), and fits the 16 registers.
+     * A last 1, 2 or 4 rows take blocks of 8, 12 and 12 sums. */
     for (int64_t i = 0, rows; i < m; i += rows) {
         rows = m - i == 4 || m - i == 2 || m - i == 1 ? m - i : 3;
         const float *ai = a + i * lda;
