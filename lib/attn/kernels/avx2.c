@@ -272,16 +272,15 @@ INL void gemm_bc_src_dt(const int dt, int64_t m, int64_t n, int64_t k, const flo
 }
 
 /*
- * gemm_bc_src over I8 rows in groups of whole 8-value vectors wider than one (the group, col0
- * and n multiples of 8, the group 16 or more; groups of 8: gemm_bc_src_i8_g8): the scales move
- * to A. B(t, c) = code(t, c)·sc(t, g(c)), so C(i, c) gets
- * Σ_t (A(i, t)·sc(t, g(c)))·code(t, c). Per chunk of I8_KC tokens, the scales of up to I8_GMAX
- * groups are laid out along the tokens and each block of rows of A is scaled by them into a
- * buffer on the stack (mr/8 multiplies a token and group); a code vector then costs a sign
- * extension and an int-to-float, no multiply beside the FMAs. load8 took one multiply a code
- * vector and row block, and its scales' registers pushed bcs_block's accumulators to the
- * stack: SmolLM-135M's 9-row values over I8 latents took 1.4 times as long as this (perf
- * samples, d_kv 32, Zen 3).
+ * gemm_bc_src over I8 rows in groups of two or more whole 8-value vectors (the group, col0 and
+ * n multiples of 8; groups of 8: gemm_bc_src_i8_g8): the scales move to A.
+ * B(t, c) = code(t, c)·sc(t, g(c)), so C(i, c) gets Σ_t (A(i, t)·sc(t, g(c)))·code(t, c). Per
+ * chunk of I8_KC tokens, the scales of up to I8_GMAX groups are laid out along the tokens and
+ * each block of rows of A is scaled by them into a buffer on the stack (mr/8 multiplies a
+ * token and group); a code vector then costs a sign extension and an int-to-float, no
+ * multiply beside the FMAs. load8 took one multiply a code vector and row block, and its
+ * scales' registers pushed bcs_block's accumulators to the stack: SmolLM-135M's 9-row values
+ * over I8 latents took 1.4 times as long as this (perf samples, d_kv 32, Zen 3).
  */
 #define I8_KC 128
 #define I8_GMAX 4 /* groups a pass: 4 × 6 rows × 128 tokens of scaled A, 12 KiB */
