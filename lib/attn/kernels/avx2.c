@@ -486,7 +486,7 @@ INL void dots_block(const int dt, const int mr, const int nr, int64_t rows, int6
                     int64_t k, const float *a, ptrdiff_t lda, const mla__src *b, int64_t t0,
                     int64_t col0, float beta, float *c, ptrdiff_t ldc)
 {
-    __m256 acc[4][12];
+    __m256 acc[4][8]; /* mr × nr: 1 × 8, 2 × 6, 3 × 4 or 4 × 3 (gemm_dot_src_dt) */
 #pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 16
@@ -544,7 +544,7 @@ INL void dots_block(const int dt, const int mr, const int nr, int64_t rows, int6
                 }
         return;
     }
-    float sv[48];
+    float sv[12];
 #pragma GCC unroll 16
     for (int g = 0; g < mr * nr; g += 4) {
         __m256 x[4];
