@@ -21,10 +21,8 @@
 
 /* DT_I16: int16 codes with a scale a column (gemm_bc_i16s's B): load8 gives the codes, and
  * bcs_block multiplies its sums by the scales sc[col0 + j] before it stores them. DT_Q8: I8
- * codes whose scales were applied to A (gemm_bc_src_i8): load8 gives the codes. DT_Q8V: I8
- * codes whose 8-column vectors each lie in one group (gemm_bc_src_i8_g8): load8 gives the
- * codes times that group's scale, without DT_I8's lane map. */
-enum { DT_F32, DT_F16, DT_BF16, DT_I8, DT_I16, DT_Q8, DT_Q8V };
+ * codes whose scales were applied to A (gemm_bc_src_i8): load8 gives the codes. */
+enum { DT_F32, DT_F16, DT_BF16, DT_I8, DT_I16, DT_Q8 };
 
 static int dt_of(mla_dtype t)
 {
@@ -48,10 +46,6 @@ typedef struct scale_map {
 INL scale_map scale_map8(const int dt, const mla__src *s, int64_t k)
 {
     scale_map m = {0, 1, _mm256_setzero_si256(), _mm256_setzero_si256()};
-    if (dt == DT_Q8V) {
-        m.g0 = k / s->group;
-        return m;
-    }
     if (dt != DT_I8)
         return m;
     const int64_t gs = s->group;
@@ -96,9 +90,6 @@ INL __m256 load8(const int dt, const mla__src *s, int64_t t, int64_t k, const sc
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k)));
     if (dt == DT_Q8)
         return codes8((const signed char *)row + k);
-    if (dt == DT_Q8V)
-        return _mm256_mul_ps(codes8((const signed char *)row + k),
-                             _mm256_broadcast_ss(s->sc + t * s->lds + sm->g0));
     if (dt == DT_I16)
         return _mm256_cvtepi32_ps(
             _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * k))));
@@ -386,8 +377,8 @@ static TGT void gemm_bc_src_i8(int64_t m, int64_t n, int64_t k, const float *a, 
 
 /*
  * gemm_bc_src over I8 rows in groups of 8 (col0 and n multiples of 8): each code vector has one
- * scale a token, so it is scaled once in registers (DT_Q8V) for every row of a block of up to
- * 12, and A is read as it is. SmolLM-135M's 9 heads make one block of 9 rows, so no vector is
+ * scale a token, so load8 scales it once, in registers, for every row of a block of up to 12,
+ * and A is read as it is. SmolLM-135M's 9 heads make one block of 9 rows, so no vector is
  * scaled twice, and the scales' layout and the pass over A of gemm_bc_src_i8 (a quarter of its
  * perf samples at d_kv 8) are saved: SmolLM-135M decodes over I8 d_kv 8 latents in 0.88–0.92
  * of the time (Zen 3). Wider groups keep gemm_bc_src_i8, where blocks of at most 6 rows would
@@ -408,7 +399,7 @@ static TGT void gemm_bc_src_i8_g8(int64_t m, int64_t n, int64_t k, const float *
             switch (m - i0 < mr ? m - i0 : mr) {
 #define I8_G8_CASE(R)                                                                          \
     case R:                                                                                    \
-        bcs_block(DT_Q8V, R, 1, 1, 8, k, ai, rsa, csa, b, t0, col0 + j, beta, ci + j, ldc);    \
+        bcs_block(DT_I8, R, 1, 1, 8, k, ai, rsa, csa, b, t0, col0 + j, beta, ci + j, ldc);    \
         break;
                 I8_G8_CASE(1)
                 I8_G8_CASE(2)
