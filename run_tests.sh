@@ -11,6 +11,7 @@ if [ ! -f "$build/build.ninja" ]; then
     echo "run_tests.sh: no build in '$build': run ./setup.sh first" >&2
     exit 2
 fi
+build=$(cd "$build" && pwd)   # relative to the root or absolute, as setup.sh takes it
 ninja -C "$build" >/dev/null || { echo "run_tests.sh: build failed" >&2; exit 2; }
 
 passed=0
@@ -39,8 +40,8 @@ echo "C: $1 passed, $2 failed"
 
 # --- Python: numpy references and the ctypes binding, against this build's library.
 echo "== Python tests (pytest)"
-export MLA_LIBRARY="$root/$build/lib/libmla.so"
-export MLA_INCLUDE="$root/include:$root/$build/include"   # for the tests that compile C
+export MLA_LIBRARY="$build/lib/libmla.so"
+export MLA_INCLUDE="$root/include:$build/include"   # for the tests that compile C
 export CC=${CC:-cc}
 export PYTHONPATH="$root/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
 python3 -m pytest -q -p no:cacheprovider tests/python --junitxml="$logs/pytest.xml" 2>&1 | tail -n 25
@@ -63,9 +64,9 @@ echo "Python: $1 passed, $2 failed"
 
 # --- Rust: the FFI crate, linked against this build's library.
 echo "== Rust tests (cargo test)"
-export MLA_LIB_DIR="$root/$build/lib"
+export MLA_LIB_DIR="$build/lib"
 if cargo test --offline --quiet --manifest-path bindings/rust/Cargo.toml \
-        --target-dir "$root/$build/rust-target" >"$logs/cargo.txt" 2>&1; then :; fi
+        --target-dir "$build/rust-target" >"$logs/cargo.txt" 2>&1; then :; fi
 grep -E '^test result:|^error|panicked' "$logs/cargo.txt" || tail -n 20 "$logs/cargo.txt"
 rs=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
           END { print p + 0, f + 0 }' "$logs/cargo.txt")
