@@ -15,7 +15,7 @@ if [ "${MLA_SKIP_INSTALL:-0}" != 1 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         build-essential g++ clang libclang-rt-14-dev meson ninja-build pkg-config \
-        libblis-dev liblapacke-dev libjansson-dev valgrind abigail-tools python3 python3-pip >/dev/null
+        libblis-dev liblapacke-dev libjansson-dev libsimde-dev valgrind abigail-tools python3 python3-pip >/dev/null
     if ! command -v cargo >/dev/null 2>&1; then
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo >/dev/null
     fi

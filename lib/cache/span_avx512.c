@@ -11,7 +11,11 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #  include <immintrin.h>
 #  define HAVE_AVX512_KERNEL 1
-#  define TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
+#  ifdef MLA_X86_EMULATED /* tests/avx512_emulated.h: over SIMDe, for CPUs without AVX-512 */
+#    define TARGET
+#  else
+#    define TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
+#  endif
 #endif
 
 int mla__cache_have_avx512(void)

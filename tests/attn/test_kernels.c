@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef MLA_TEST_AVX512_EMULATED
+#  include "../avx512_emulated_names.h"
+#endif
 #include "attn/internal.h"
 #include "attn/kernels/kernels.h"
 #include "../tap.h"
@@ -1109,6 +1112,62 @@ static void test_softmax_merge(void)
     CHECK(empty_ok, "two empty parts merge to an empty row");
 }
 
+#ifdef MLA_ATTN_HAVE_AVX512
+/* An AVX-512 table t (the CPU's own, or tests/avx512_emulated.h's over SIMDe on any CPU), with
+ * the variants kernels.c puts in by CPU: the AMD 9 × 48 blocks of gemm_bc_src, the bf16 products
+ * on float32 FMAs and, with `dpbf16`, on vdpbf16ps with its bf16 rounding and pairing. */
+static void test_avx512(const mla__attn_kernels *t, const mla__attn_kernels *p, int dpbf16)
+{
+    test_sgemm_wt(t);
+    test_wgemm(t);
+    test_products(t, p);
+    test_softmax(t, p, 1);
+    test_softmax(t, p, 0);
+    test_softmax_overflow(t, 1);
+    test_softmax_overflow(t, 0);
+    test_f16_every_value(t);
+    test_seg_dots(t);
+    mla__attn_kernels w48 = *t;
+    w48.name = "avx512 (9 x 48 blocks)";
+    w48.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
+    test_src_kernels(t, p, &w48);
+    test_bc_src_i8_groups(t);
+    test_bc_src_i8_groups(&w48);
+    test_i8_codes(t);
+    mla__attn_kernels fma = *t;
+    fma.name = "fma";
+    fma.gemm_bf16 = mla__gemm_bf16_fma;
+    test_gemm_bf16(&fma);
+    if (dpbf16) {
+        mla__attn_kernels dp = *t;
+        dp.name = "vdpbf16ps";
+        dp.gemm_bf16 = mla__gemm_bf16_avx512;
+        dp.pack_pairs = mla__pack_pairs_avx512;
+        dp.to_bf16 = mla__to_bf16_avx512;
+        test_gemm_bf16(&dp);
+        test_pack_pairs(&dp);
+        test_to_bf16(&dp);
+    } else {
+        printf("ok %d # SKIP this CPU has no AVX512_BF16 (vdpbf16ps)\n", ++tap_count);
+    }
+}
+#endif
+
+#ifdef MLA_TEST_AVX512_EMULATED
+/* test_attn_kernels_avx512_emulated: only the AVX-512 kernels, compiled over SIMDe
+ * (tests/attn/avx512_emulated.c), so that CPUs without AVX-512 check them too. Their table takes
+ * avx2.c's seg_dots, which needs AVX2. */
+int main(void)
+{
+    CHECK(mla__pool_create(8, 0, &pool) == MLA_OK, "a pool of 8 threads");
+    if (mla_cpu()->avx2 && mla_cpu()->fma && mla_cpu()->f16c)
+        test_avx512(&mla__attn_kernels_avx512, &mla__attn_kernels_portable, 1);
+    else
+        printf("ok %d # SKIP this CPU has no AVX2, FMA and F16C\n", ++tap_count);
+    mla__pool_destroy(pool);
+    return tap_done();
+}
+#else
 int main(void)
 {
     const char *cap = getenv("MLA_TEST_MAX_THREADS");
@@ -1185,23 +1244,7 @@ int main(void)
               mla_build_info());
         CHECK(blocks, "a 9-row tile is set with the 9 x 48 gemm_bc_src, and only with it");
     }
-    if (!mla_cpu()->avx512_bf16)
-        printf("ok %d # SKIP this CPU has no AVX512_BF16 (vdpbf16ps)\n", ++tap_count);
 #ifdef MLA_ATTN_HAVE_AVX512
-    /* The FMA and vdpbf16ps kernels themselves, whichever the table holds (kernels.c picks by
-     * CPU, and the AMX kernel falls back to the FMA one). */
-    if (mla_cpu()->avx512f && mla_cpu()->avx512bw && mla_cpu()->avx512vl) {
-        mla__attn_kernels fma = *best;
-        fma.name = "fma";
-        fma.gemm_bf16 = mla__gemm_bf16_fma;
-        test_gemm_bf16(&fma);
-    }
-    if (mla_cpu()->avx512_bf16) {
-        mla__attn_kernels dp = *best;
-        dp.name = "vdpbf16ps";
-        dp.gemm_bf16 = mla__gemm_bf16_avx512;
-        test_gemm_bf16(&dp);
-    }
     /* The AMX kernel itself, whichever the table holds (MLA_ATTN_KERNELS may leave it out). */
     if (mla_cpu()->avx512_bf16 && mla_cpu()->amx_bf16 && mla__amx_request()) {
         mla__attn_kernels amx = *best;
@@ -1263,29 +1306,15 @@ int main(void)
     } else {
         printf("ok %d # SKIP this CPU has no AVX2, FMA and F16C\n", ++tap_count);
     }
-    if (f->avx512f && f->avx512bw && f->avx512vl && f->fma) {
-        test_sgemm_wt(&mla__attn_kernels_avx512);
-        test_products(&mla__attn_kernels_avx512, p);
-        test_softmax(&mla__attn_kernels_avx512, p, 1);
-        test_softmax(&mla__attn_kernels_avx512, p, 0);
-        test_softmax_overflow(&mla__attn_kernels_avx512, 1);
-        test_softmax_overflow(&mla__attn_kernels_avx512, 0);
-        test_f16_every_value(&mla__attn_kernels_avx512);
-        test_seg_dots(&mla__attn_kernels_avx512);
-        /* With the AMD variant of gemm_bc_src (kernels.c), wherever AVX-512 runs. */
-        mla__attn_kernels w48 = mla__attn_kernels_avx512;
-        w48.name = "avx512 (9 x 48 blocks)";
-        w48.gemm_bc_src = mla__gemm_bc_src_w48_avx512;
-        test_src_kernels(&mla__attn_kernels_avx512, p, &w48);
-        test_bc_src_i8_groups(&mla__attn_kernels_avx512);
-        test_bc_src_i8_groups(&w48);
-        test_i8_codes(&mla__attn_kernels_avx512);
-    } else {
+    /* The AVX-512 kernels on this CPU (test_attn_kernels_avx512_emulated runs them on any). */
+    if (f->avx512f && f->avx512bw && f->avx512vl && f->fma)
+        test_avx512(&mla__attn_kernels_avx512, p, f->avx512_bf16);
+    else
         printf("ok %d # SKIP this CPU has no AVX-512\n", ++tap_count);
-    }
 #else
     printf("ok %d # SKIP no AVX-512 kernels in this build\n", ++tap_count);
 #endif
     mla__pool_destroy(pool);
     return tap_done();
 }
+#endif

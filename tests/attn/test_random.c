@@ -464,6 +464,8 @@ static void run_case(int idx)
         ap.crossover_tokens = c.crossover;
     mla_attn *a = NULL;
     mla_status st = cache ? mla_attn_create(&ap, &a) : MLA_ERR_INTERNAL;
+    if (st == MLA_OK)
+        use_test_kernels(a);
     seqdata sq[2][3];
     lref r[2];
     for (int k = 0; k < c.n_layers; k++)

@@ -15,6 +15,44 @@
 #include "../src_layer.h"
 #include "../tap.h"
 
+#ifdef MLA_TEST_AVX512_EMULATED
+/*
+ * The test built again as test_attn_<name>_avx512_emulated (tests/attn/meson.build): every handle
+ * runs the AVX-512 table as kernels.c fills it for the CPU kind MLA_TEST_EMULATED_CPU names
+ * ("intel": no AVX512_BF16; "intel-bf16": bf16 products on FMAs; "amd": vdpbf16ps, and 9 query
+ * rows in 9 × 48 blocks over 192-token tiles), its kernels compiled over SIMDe
+ * (tests/avx512_emulated.h), so that any x86-64 CPU runs them through whole forwards. The table
+ * takes avx2.c's seg_dots, so the CPU needs AVX2.
+ */
+#  include <stdio.h>
+#  include "../avx512_emulated_names.h"
+#  include "attn/internal.h"
+
+static inline void use_test_kernels(mla_attn *a)
+{
+    static mla__attn_kernels filled;
+    static const mla__attn_kernels *t;
+    if (!t) {
+        mla_cpu_features f = *mla_cpu();
+        if (!(f.avx2 && f.fma && f.f16c)) {
+            printf("1..0 # SKIP this CPU has no AVX2, FMA and F16C\n");
+            exit(0);
+        }
+        const char *cpu = getenv("MLA_TEST_EMULATED_CPU");
+        cpu = cpu ? cpu : "intel";
+        f.avx512f = f.avx512bw = f.avx512vl = 1;
+        f.avx512_bf16 = strcmp(cpu, "intel") != 0;
+        f.amd = strcmp(cpu, "amd") == 0;
+        f.amx_bf16 = 0;
+        t = mla__attn_kernels_choose(&f, NULL, &filled);
+    }
+    if (a)
+        a->k = t;
+}
+#else
+static inline void use_test_kernels(mla_attn *a) { (void)a; }
+#endif
+
 /* Scaled so scores spread over a few units: softmax neither uniform nor one-hot. */
 static inline void src_init(src_layer *s, int d, int n_h, int n_kv, int d_h, int bias,
                             unsigned long long seed)
@@ -60,6 +98,7 @@ static inline mla_attn *make_attn_limited(int n_threads, mla_attn_path path, int
     mla_attn *a = NULL;
     if (mla_attn_create(&p, &a) != MLA_OK)
         return NULL;
+    use_test_kernels(a);
     return a;
 }
 

@@ -16,8 +16,18 @@
 
 #include <mla/mla.h>
 
+#ifdef MLA_TEST_AVX512_EMULATED
+#  include "../avx512_emulated_names.h"
+#endif
 #include "cache/internal.h"
 #include "../tap.h"
+
+#ifdef MLA_TEST_AVX512_EMULATED
+/* test_cache_quant_avx512_emulated: the AVX-512 dequantization compiled over SIMDe
+ * (tests/cache/span_avx512_emulated.c) runs on any x86-64 CPU. */
+#  undef mla__cache_have_avx512
+#  define mla__cache_have_avx512() 1
+#endif
 
 #define NTOK 37
 #define D 96

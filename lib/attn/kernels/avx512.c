@@ -12,8 +12,15 @@
 
 #include "attn/kernels/avx512_block.h"
 
-#define TGT __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-#define INL static inline __attribute__((always_inline)) TGT
+/* tests/avx512_emulated.h compiles this file over SIMDe, for CPUs without AVX-512: without the
+ * target, and with the blocks called rather than inlined (inlined, they take minutes to compile). */
+#ifdef MLA_X86_EMULATED
+#  define TGT
+#  define INL static __attribute__((noinline, unused))
+#else
+#  define TGT __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#  define INL static inline __attribute__((always_inline)) TGT
+#endif
 
 /*
  * One mr × (16·nv) block of C. mr and nv are compile-time constants at every call site, so the

@@ -12,8 +12,15 @@
 
 #include "attn/kernels/avx512_block.h"
 
-#define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-#define INL static inline __attribute__((always_inline)) TGT
+/* tests/avx512_emulated.h compiles this file over SIMDe, for CPUs without AVX-512: without the
+ * target, and with the blocks called rather than inlined (inlined, they take minutes to compile). */
+#ifdef MLA_X86_EMULATED
+#  define TGT
+#  define INL static __attribute__((noinline, unused))
+#else
+#  define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#  define INL static inline __attribute__((always_inline)) TGT
+#endif
 
 /* The pair A(i, p) broadcast to every lane (a 32-bit load: no alignment assumed). */
 INL __m512i pair_bcast(const uint16_t *p)

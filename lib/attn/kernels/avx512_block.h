@@ -10,8 +10,12 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#define BLOCK_INL \
-    static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl")))
+#ifdef MLA_X86_EMULATED /* tests/avx512_emulated.h: over SIMDe, for CPUs without AVX-512 */
+#  define BLOCK_INL static __attribute__((noinline, unused))
+#else
+#  define BLOCK_INL \
+      static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl")))
+#endif
 
 /* Lanes of the last 16-column vector that hold columns, for `left` columns remaining. */
 static inline __mmask16 tail_mask(int64_t left)

@@ -258,5 +258,11 @@ MLA_INTERNAL void mla__pack_pairs_avx512(const mla__src *s, int64_t n, int64_t c
  * the portable ones, "avx2" the AVX2 ones (where the CPU has them), "avx512" the AVX-512 ones
  * without AMX. */
 MLA_INTERNAL const mla__attn_kernels *mla__attn_kernels_best(void);
+/* The table for a CPU with features f, MLA_ATTN_KERNELS being `force` (NULL when unset): what
+ * mla__attn_kernels_best returns for this CPU. An AVX-512 table, whose BF16 kernels depend on
+ * the CPU, is filled into *avx512 and returned from there. */
+MLA_INTERNAL const mla__attn_kernels *mla__attn_kernels_choose(const mla_cpu_features *f,
+                                                              const char *force,
+                                                              mla__attn_kernels *avx512);
 
 #endif /* MLA_ATTN_KERNELS_H */
