@@ -1154,16 +1154,47 @@ static void test_avx512(const mla__attn_kernels *t, const mla__attn_kernels *p, 
 #endif
 
 #ifdef MLA_TEST_AVX512_EMULATED
+/*
+ * amx.c on tests/amx_emulated.h's tiles, and the table kernels.c fills for an AMX CPU: the
+ * tiles' products where the CPU has AMX-BF16 (from 64 latent columns on few query rows),
+ * the vdpbf16ps table when the tiles are refused (MLA_ATTN_KERNELS=avx512).
+ */
+static void test_amx_emulated(void)
+{
+    mla__attn_kernels amx = mla__attn_kernels_avx512;
+    amx.name = "amx (emulated tiles)";
+    amx.gemm_bf16 = mla__gemm_bf16_amx;
+    long before = mla_test_amx_products();
+    test_gemm_bf16(&amx);
+    long ran = mla_test_amx_products() - before;
+    CHECK(ran > 0, "the AMX kernel multiplied on tiles (%ld tdpbf16ps)", ran);
+
+    mla_cpu_features f = *mla_cpu();
+    f.avx512f = f.avx512bw = f.avx512vl = f.avx512_bf16 = f.amx_bf16 = 1;
+    f.amd = 0;
+    mla__attn_kernels filled;
+    const mla__attn_kernels *t = mla__attn_kernels_choose(&f, NULL, &filled);
+    CHECK(t == &filled && t->gemm_bf16 == mla__gemm_bf16_amx && t->bf16_few_rows_min_k == 64 &&
+              strcmp(t->bf16_products, "amx") == 0 && strcmp(t->name, "avx512+bf16+amx") == 0,
+          "an AMX-BF16 CPU gets the tiles (%s, bf16 products %s)", t->name, t->bf16_products);
+    t = mla__attn_kernels_choose(&f, "avx512", &filled);
+    CHECK(t->gemm_bf16 == mla__gemm_bf16_fma && strcmp(t->bf16_products, "fma") == 0,
+          "MLA_ATTN_KERNELS=avx512 leaves them out (%s, bf16 products %s)", t->name,
+          t->bf16_products);
+}
+
 /* test_attn_kernels_avx512_emulated: only the AVX-512 kernels, compiled over SIMDe
  * (tests/attn/avx512_emulated.c), so that CPUs without AVX-512 check them too. Their table takes
  * avx2.c's seg_dots, which needs AVX2. */
 int main(void)
 {
     CHECK(mla__pool_create(8, 0, &pool) == MLA_OK, "a pool of 8 threads");
-    if (mla_cpu()->avx2 && mla_cpu()->fma && mla_cpu()->f16c)
+    if (mla_cpu()->avx2 && mla_cpu()->fma && mla_cpu()->f16c) {
         test_avx512(&mla__attn_kernels_avx512, &mla__attn_kernels_portable, 1);
-    else
+        test_amx_emulated();
+    } else {
         printf("ok %d # SKIP this CPU has no AVX2, FMA and F16C\n", ++tap_count);
+    }
     mla__pool_destroy(pool);
     return tap_done();
 }

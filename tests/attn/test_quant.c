@@ -40,12 +40,13 @@ static mla_status run_one(mla_layer *l, mla_dtype lat, mla_dtype rope, mla_attn_
     return st;
 }
 
-/* Every format over one converted layer with d_kv latent values per KV head. */
-static void run_layer(int d_kv)
+/* Every format over one converted layer: 8 heads of d_h, 2 KV heads, d_kv latent values per KV
+ * head. */
+static void run_layer(int d_h, int d_kv)
 {
-    printf("# d_kv %d\n", d_kv);
+    printf("# d_h %d, d_kv %d\n", d_h, d_kv);
     src_layer src;
-    src_init(&src, 64, 8, 2, 16, 1, 301);
+    src_init(&src, 64, 8, 2, d_h, 1, 301);
     mla_layer *l = convert(&src, 4, d_kv, MLA_FACTOR_JOINT);
     CHECK(l != NULL, "conversion (d_kv %d)", d_kv);
     if (!l) {
@@ -176,9 +177,13 @@ static void run_layer(int d_kv)
 
 int main(void)
 {
-    run_layer(8);
+    run_layer(16, 8);
     /* R = 32: 16 latent pairs and 32 value columns, products as large as the AMX kernel takes
-     * on tiles (a decode's 8 query rows, prefill's many), where the CPU has them. */
-    run_layer(16);
+     * on tiles (prefill's many query rows). */
+    run_layer(16, 16);
+    /* R = 64, where the tables take the bf16 products for a decode's few rows on AMX tiles too
+     * (bf16_few_rows_min_k, kernels.c). */
+    run_layer(32, 32);
+    check_test_kernels_ran();
     return tap_done();
 }

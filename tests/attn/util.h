@@ -19,9 +19,10 @@
 /*
  * The test built again as test_attn_<name>_avx512_emulated (tests/attn/meson.build): every handle
  * runs the AVX-512 table as kernels.c fills it for the CPU kind MLA_TEST_EMULATED_CPU names
- * ("intel": no AVX512_BF16; "intel-bf16": bf16 products on FMAs; "amd": vdpbf16ps, and 9 query
- * rows in 9 × 48 blocks over 192-token tiles), its kernels compiled over SIMDe
- * (tests/avx512_emulated.h), so that any x86-64 CPU runs them through whole forwards. The table
+ * ("intel": no AVX512_BF16; "intel-bf16": bf16 products on FMAs; "intel-amx": on AMX tiles
+ * from 64 latent columns; "amd": vdpbf16ps, and 9 query rows in 9 × 48 blocks over 192-token
+ * tiles), its kernels compiled over SIMDe and the tiles emulated (tests/avx512_emulated.h,
+ * tests/amx_emulated.h), so that any x86-64 CPU runs them through whole forwards. The table
  * takes avx2.c's seg_dots, so the CPU needs AVX2.
  */
 #  include <stdio.h>
@@ -43,14 +44,24 @@ static inline void use_test_kernels(mla_attn *a)
         f.avx512f = f.avx512bw = f.avx512vl = 1;
         f.avx512_bf16 = strcmp(cpu, "intel") != 0;
         f.amd = strcmp(cpu, "amd") == 0;
-        f.amx_bf16 = 0;
+        f.amx_bf16 = strcmp(cpu, "intel-amx") == 0;
         t = mla__attn_kernels_choose(&f, NULL, &filled);
     }
     if (a)
         a->k = t;
 }
+
+/* On the AMX CPU kind, that the forwards went through the tiles at all. */
+static inline void check_test_kernels_ran(void)
+{
+    const char *cpu = getenv("MLA_TEST_EMULATED_CPU");
+    if (cpu && strcmp(cpu, "intel-amx") == 0)
+        CHECK(mla_test_amx_products() > 0, "the forwards multiplied on the emulated AMX tiles "
+              "(%ld tdpbf16ps)", mla_test_amx_products());
+}
 #else
 static inline void use_test_kernels(mla_attn *a) { (void)a; }
+static inline void check_test_kernels_ran(void) {}
 #endif
 
 /* Scaled so scores spread over a few units: softmax neither uniform nor one-hot. */

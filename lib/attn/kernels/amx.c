@@ -21,8 +21,14 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define TGT __attribute__((target("amx-tile,amx-bf16")))
-#define INL static inline __attribute__((always_inline)) TGT
+/* tests/amx_emulated.h runs this file on any x86-64 CPU, its tiles plain memory. */
+#ifdef MLA_X86_EMULATED
+#  define TGT
+#  define INL static __attribute__((unused))
+#else
+#  define TGT __attribute__((target("amx-tile,amx-bf16")))
+#  define INL static inline __attribute__((always_inline)) TGT
+#endif
 
 #define TR 16   /* rows of a tile; also pairs (32-bit words) of a row */
 /* Pairs of A copied at a time when A's pairs are not contiguous (csa ≠ 2): 32 rows × KC words
@@ -214,7 +220,9 @@ TGT void mla__gemm_bf16_amx(int64_t m, int64_t n, int64_t kp, const uint16_t *a,
  * for XTILEDATA, feature 18); without it the first tile instruction faults. 1 when granted. */
 int mla__amx_request(void)
 {
-#if defined(__linux__) && defined(SYS_arch_prctl)
+#if defined(MLA_X86_EMULATED)
+    return 1; /* no tile state to be granted */
+#elif defined(__linux__) && defined(SYS_arch_prctl)
     return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18) == 0;
 #else
     return 0;
