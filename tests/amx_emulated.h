@@ -6,8 +6,9 @@
  * CPUs without AMX; the names here stand for them in what follows.
  *
  * The checks the hardware makes are made too, and a failed one ends the test (it would fault):
- * an instruction before ldtilecfg or after tilerelease, a configuration other than palette 1
- * within 16 rows of 64 bytes, and tdpbf16ps over tiles whose shapes do not chain. Loads and
+ * an instruction before ldtilecfg or after tilerelease or on a tile left unconfigured, a
+ * configuration other than palette 1 within 16 rows of 64 bytes, and tdpbf16ps over tiles whose
+ * shapes do not chain. Loads and
  * stores touch only each row's colsb bytes, so ASan sees a row that runs past its array.
  *
  * emu_amx_products counts tdpbf16ps over all threads, so that a test can tell that a forward
@@ -55,6 +56,8 @@ static void emu_amx_check(int t)
         emu_amx_fault("tile instruction without a tile configuration");
     if (t < 0 || t >= EMU_TILES)
         emu_amx_fault("tile number out of range");
+    if (emu_amx.cfg.rows[t] == 0)
+        emu_amx_fault("a tile the configuration leaves out");
 }
 
 /* ldtilecfg: palette 1 (8 tiles of at most 16 rows × 64 bytes); all tiles zeroed. */

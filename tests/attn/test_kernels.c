@@ -1155,9 +1155,9 @@ static void test_avx512(const mla__attn_kernels *t, const mla__attn_kernels *p, 
 
 #ifdef MLA_TEST_AVX512_EMULATED
 /*
- * amx.c on tests/amx_emulated.h's tiles, and the table kernels.c fills for an AMX CPU: the
- * tiles' products where the CPU has AMX-BF16 (from 64 latent columns on few query rows),
- * the vdpbf16ps table when the tiles are refused (MLA_ATTN_KERNELS=avx512).
+ * amx.c on tests/amx_emulated.h's tiles, and the table kernels.c fills for an Intel CPU with
+ * AMX-BF16: the tiles' products (from 64 latent columns on few query rows), and the FMA ones
+ * when MLA_ATTN_KERNELS=avx512 leaves the tiles out.
  */
 static void test_amx_emulated(void)
 {

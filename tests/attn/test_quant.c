@@ -178,11 +178,9 @@ static void run_layer(int d_h, int d_kv)
 int main(void)
 {
     run_layer(16, 8);
-    /* R = 32: 16 latent pairs and 32 value columns, products as large as the AMX kernel takes
-     * on tiles (prefill's many query rows). */
     run_layer(16, 16);
-    /* R = 64, where the tables take the bf16 products for a decode's few rows on AMX tiles too
-     * (bf16_few_rows_min_k, kernels.c). */
+    /* R = 64: from 64 latent columns the AMX table takes a decode's bf16 products on the tiles
+     * (bf16_few_rows_min_k, kernels.c); the narrower layers never reach them. */
     run_layer(32, 32);
     check_test_kernels_ran();
     return tap_done();
