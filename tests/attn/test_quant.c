@@ -40,6 +40,27 @@ static mla_status run_one(mla_layer *l, mla_dtype lat, mla_dtype rope, mla_attn_
     return st;
 }
 
+/* Worst |o.out − refq| / (bound + 1e-4·max|ref|) over both sequences, with max|ref| from s;
+ * *bmax (if given): the largest bound relative to max|ref|, to show it is not vacuous. */
+static double bf16_error(const seqdata *s, const seqdata *o, double *const *refq,
+                         double *const *bound, int d, double *bmax)
+{
+    double worst = 0, bm = 0;
+    for (int i = 0; i < 2 && bound[i]; i++) {
+        double rmax = 0;
+        for (size_t q = 0; q < (size_t)s[i].n * d; q++)
+            rmax = fmax(rmax, fabs(s[i].ref[q]));
+        for (size_t q = 0; q < (size_t)s[i].n * d; q++) {
+            double x = fabs(o[i].out[q] - refq[i][q]) / (bound[i][q] + 1e-4 * rmax);
+            worst = x > worst || x != x ? x : worst;
+            bm = fmax(bm, bound[i][q] / rmax);
+        }
+    }
+    if (bmax)
+        *bmax = bm;
+    return worst;
+}
+
 /* Every format over one converted layer: 8 heads of d_h, 2 KV heads, d_kv latent values per KV
  * head. */
 static void run_layer(int d_h, int d_kv)
@@ -109,21 +130,25 @@ static void run_layer(int d_h, int d_kv)
                 double x = rel_diff_d(s[i].out, refq[i], (size_t)s[i].n * d);
                 eq = x > eq || x != x ? x : eq;
             }
-            for (int i = 0; i < 2 && bound[i]; i++) {
-                double rmax = 0;
-                for (size_t q = 0; q < (size_t)s[i].n * d; q++)
-                    rmax = fmax(rmax, fabs(s[i].ref[q]));
-                for (size_t q = 0; q < (size_t)s[i].n * d; q++) {
-                    double x = fabs(s[i].out[q] - refq[i][q]) / (bound[i][q] + 1e-4 * rmax);
-                    worst = x > worst || x != x ? x : worst;
-                    bmax = fmax(bmax, bound[i][q] / rmax);
-                }
-            }
+            worst = bf16_error(s, s, refq, bound, d, &bmax);
             CHECK(bound[0] && bound[1] && worst <= 1.0,
                   "%s latent, %s rope (bf16 products): the formula with bf16 queries on the "
                   "cached values, within the bound for bf16 probabilities (error/bound %.2f, "
                   "bound up to %.1e of max|ref|; rel %.2e from it, %.2e from the unrounded "
                   "formula)", name, rn, worst, bmax, eq, e);
+            /* The prompts absorbed too: many query rows, which the AVX-512 tables multiply
+             * with gemm_bf16 (bf16_many_rows; AMX tiles from 32 latent columns). Same cached
+             * values, so the same bound. */
+            seqdata u[2];
+            seq_init(&u[0], 0, 150, 120, d, 0, 1);
+            seq_init(&u[1], 1, 40, 10, d, 0, 2);
+            st = run_one(l, fmts[fi].lat, fmts[fi].rope, MLA_ATTN_PATH_ABSORBED, u, NULL);
+            double wa = bound[0] && bound[1] ? bf16_error(s, u, refq, bound, d, NULL) : INFINITY;
+            CHECK(st == MLA_OK && wa <= 1.0,
+                  "%s latent, %s rope: absorbed prompts (many query rows) within the same bound "
+                  "(error/bound %.2f)", name, rn, wa);
+            for (int i = 0; i < 2; i++)
+                seq_free(&u[i]);
 
         }
         double ef = 0;
@@ -179,8 +204,8 @@ int main(void)
 {
     run_layer(16, 8);
     run_layer(16, 16);
-    /* R = 64: from 64 latent columns the AMX table takes a decode's bf16 products on the tiles
-     * (bf16_few_rows_min_k, kernels.c); the narrower layers never reach them. */
+    /* R = 64: from 64 latent columns the AMX table takes a decode's few query rows to the tiles
+     * too (bf16_few_rows_min_k, kernels.c); the absorbed prompts reach them from R = 32. */
     run_layer(32, 32);
     check_test_kernels_ran();
     return tap_done();
